@@ -1,0 +1,36 @@
+"""agrad: gradients and optimizer updates written once against the Python Array API standard.
+
+The same code differentiates and trains on NumPy, PyTorch, CuPy, JAX, Dask and
+array-api-strict: torch and JAX through their own autograd, the others through agrad's
+reverse-mode tape. Importing agrad imports no framework.
+"""
+
+from agrad.autograd import (
+    EscapedTracerError,
+    Variable,
+    execute_with_gradients,
+    grad,
+    is_variable,
+    stop_gradient,
+    value_and_grad,
+    variable,
+)
+from agrad.namespace import array_namespace
+from agrad.updates import adam_update, gradient_descent_update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EscapedTracerError",
+    "Variable",
+    "__version__",
+    "adam_update",
+    "array_namespace",
+    "execute_with_gradients",
+    "grad",
+    "gradient_descent_update",
+    "is_variable",
+    "stop_gradient",
+    "value_and_grad",
+    "variable",
+]

@@ -1,0 +1,85 @@
+"""One adapter per autograd: torch's, JAX's, and agrad's tape for everything else.
+
+An adapter supplies only the primitives that differ between libraries: ``variable``,
+``is_variable``, ``stop_gradient``, ``value_and_grad`` and how to write an update in
+place. Lookup is by the namespace's library name; an adapter module imports its
+framework only when it is used, so importing agrad never imports torch, JAX or CuPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+from agrad.namespace import library_name
+
+__all__ = ["Adapter", "adapter_for"]
+
+
+class Adapter:
+    """The autograd primitives of one array library."""
+
+    name = "base"
+
+    def variable(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def is_variable(self, x: Any) -> bool:
+        raise NotImplementedError
+
+    def stop_gradient(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def value_and_grad(
+        self, flat_func: Any, leaves: list[Any], retain: bool
+    ) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        """Call ``flat_func(leaves) -> (y, extras)`` once; return ``(y, grads, extras)``."""
+        raise NotImplementedError
+
+    def read(self, x: Any) -> Any:
+        """The array a parameter holds (a variable box's value, or the array itself)."""
+        return x
+
+    def writable(self, dst: Any, new: Any) -> bool:
+        """Whether ``new`` can be written into ``dst`` in place (else the update is functional)."""
+        return False
+
+    def readonly_reason(self, dst: Any) -> str | None:
+        """Why ``dst`` refuses an in-place write that it should accept (e.g. read-only NumPy)."""
+        return None
+
+    def write(self, dst: Any, new: Any) -> Any:
+        """Write ``new`` into ``dst``; return the object the caller should keep."""
+        raise NotImplementedError
+
+
+_ADAPTER_MODULES = {"torch": "torch", "jax": "jax"}
+
+
+@lru_cache(maxsize=None)
+def _adapter_by_name(key: str) -> Adapter:
+    if key in _ADAPTER_MODULES:
+        mod = importlib.import_module(f"agrad.autograd.adapters.{_ADAPTER_MODULES[key]}")
+        return mod.ADAPTER
+    from agrad.autograd.adapters.tape import TapeAdapter
+
+    return TapeAdapter(key)
+
+
+def adapter_for(xp: ModuleType) -> Adapter:
+    """The adapter for namespace ``xp`` (a tracing namespace maps to its base's tape adapter)."""
+    base = getattr(xp, "_agrad_base_name", None)
+    if base is not None:
+        return _adapter_by_name(base)
+    name = library_name(xp)
+    from agrad.autograd.tape.tracing_namespace import BASE_MODULES
+
+    if name not in _ADAPTER_MODULES and name not in BASE_MODULES:
+        msg = (
+            f"agrad has no autograd adapter for the namespace {name!r}; supported: "
+            "numpy, array_api_strict, cupy, dask (agrad's tape), torch, jax (native)"
+        )
+        raise NotImplementedError(msg)
+    return _adapter_by_name(name)

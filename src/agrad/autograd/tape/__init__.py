@@ -1,0 +1,1 @@
+"""agrad's reverse-mode tape engine, written against the Array API standard."""

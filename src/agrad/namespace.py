@@ -1,0 +1,100 @@
+"""Which array library an input belongs to, without importing any framework.
+
+``array_namespace`` is array-api-compat's, taught about agrad's own objects: a
+:class:`~agrad.autograd.variable.Variable` counts as the array it holds, and a traced
+array gives its tracing namespace (``agrad.numpy`` ...), even when mixed with raw
+arrays of the same base library. Frameworks are recognised by module name through
+``sys.modules``; nothing here imports torch, JAX or CuPy.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+
+__all__ = ["array_namespace", "library_name", "is_native_autograd_namespace"]
+
+_LIBRARY_NAMES = {
+    "array_api_compat.numpy": "numpy",
+    "numpy": "numpy",
+    "array_api_compat.torch": "torch",
+    "torch": "torch",
+    "jax.numpy": "jax",
+    "jax.experimental.array_api": "jax",
+    "array_api_compat.cupy": "cupy",
+    "cupy": "cupy",
+    "array_api_compat.dask.array": "dask",
+    "dask.array": "dask",
+    "array_api_strict": "array_api_strict",
+}
+
+
+def library_name(xp: ModuleType) -> str:
+    """Short name of the library behind a namespace: ``numpy``, ``torch``, ``jax`` ..."""
+    name = getattr(xp, "__name__", repr(xp))
+    base = getattr(xp, "_agrad_base_name", None)
+    if base is not None:  # a tracing namespace: agrad.numpy -> "agrad.numpy"
+        return name
+    return _LIBRARY_NAMES.get(name, name)
+
+
+def _base_library(xp: ModuleType) -> str:
+    """The framework a namespace computes with (a tracing namespace counts as its base)."""
+    return getattr(xp, "_agrad_base_name", None) or library_name(xp)
+
+
+def is_native_autograd_namespace(xp: ModuleType) -> bool:
+    """True for namespaces whose library has its own autograd (torch, JAX)."""
+    return library_name(xp) in ("torch", "jax")
+
+
+def _namespace_of(x: Any) -> ModuleType | None:
+    from agrad.autograd.tape.traced import TracedArray
+    from agrad.autograd.variable import Variable
+
+    if isinstance(x, Variable):
+        x = x.value
+    if isinstance(x, TracedArray):
+        return x.__array_namespace__()
+    if x is None or isinstance(x, (bool, int, float, complex)):
+        return None
+    return array_api_compat.array_namespace(x)
+
+
+def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
+    """Return the Array API namespace shared by ``xs``.
+
+    Python scalars and ``None`` are ignored. A traced array mixed with raw arrays of
+    its base library gives the tracing namespace. Passing ``xp`` skips inference.
+
+    Raises:
+        TypeError: inputs come from two different array libraries (both are named, with
+            the positions of the first input of each), or no input is an array.
+    """
+    if xp is not None:
+        return xp
+    found: list[tuple[ModuleType, int]] = []
+    for i, x in enumerate(xs):
+        try:
+            ns = _namespace_of(x)
+        except TypeError as err:
+            msg = f"agrad.array_namespace: argument {i} of type {type(x).__qualname__} is not an array of any supported library ({err})"
+            raise TypeError(msg) from None
+        if ns is not None and all(ns is not f for f, _ in found):
+            found.append((ns, i))
+    if not found:
+        msg = "agrad.array_namespace: none of the inputs is an array"
+        raise TypeError(msg)
+    first, i0 = found[0]
+    for ns, i in found[1:]:
+        if _base_library(ns) != _base_library(first):
+            msg = (
+                "agrad.array_namespace: inputs come from two array libraries, "
+                f"{_base_library(first)} (argument {i0}) and {_base_library(ns)} (argument {i}); "
+                "convert them to one library first"
+            )
+            raise TypeError(msg)
+    tracing = [ns for ns, _ in found if getattr(ns, "_agrad_base_name", None)]
+    return tracing[0] if tracing else first

@@ -1,0 +1,213 @@
+"""Nested containers of arrays ("pytrees"): flatten, rebuild, compare.
+
+A pytree is an array (or any non-container leaf), or a ``dict``, ``list`` or ``tuple``
+(named tuples included) of pytrees. ``None`` is an empty subtree, as in JAX. Every leaf
+has a *key path* such as ``['layer1']['w']`` or ``[0][1]`` used in error messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "PyTreeDef",
+    "flatten",
+    "unflatten",
+    "tree_map",
+    "keystr",
+    "check_same_structure",
+    "leaves_like",
+]
+
+_LEAF = "leaf"
+
+
+class PyTreeDef:
+    """The shape of a pytree without its leaves; equality means same structure."""
+
+    __slots__ = ("children", "kind", "meta")
+
+    def __init__(self, kind: Any, meta: Any = None, children: tuple = ()):
+        self.kind = kind
+        self.meta = meta
+        self.children = children
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, PyTreeDef)
+            and self.kind == other.kind
+            and self.meta == other.meta
+            and self.children == other.children
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.meta, self.children))
+
+    def __repr__(self) -> str:
+        if self.kind is _LEAF:
+            return "*"
+        if self.kind is None:
+            return "None"
+        inner = ", ".join(map(repr, self.children))
+        if self.kind is dict:
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children))
+            return "{" + inner + "}"
+        return f"{self.kind.__name__}({inner})"
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind is _LEAF:
+            return 1
+        return sum(c.num_leaves for c in self.children)
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _children(node: Any) -> tuple[Any, Any, list[tuple[str, Any]]] | None:
+    """(kind, meta, [(key_string, child), ...]) for a container, ``None`` for a leaf."""
+    if isinstance(node, dict):
+        keys = tuple(node)
+        return dict, keys, [(f"[{k!r}]", node[k]) for k in keys]
+    if _is_namedtuple(node):
+        return type(node), None, [(f".{f}", getattr(node, f)) for f in node._fields]
+    if isinstance(node, (list, tuple)):
+        return type(node), None, [(f"[{i}]", c) for i, c in enumerate(node)]
+    return None
+
+
+def flatten(tree: Any) -> tuple[list[Any], PyTreeDef, list[str]]:
+    """Return ``(leaves, treedef, key_paths)``, leaves in depth-first order."""
+    leaves: list[Any] = []
+    paths: list[str] = []
+
+    def walk(node: Any, path: str) -> PyTreeDef:
+        if node is None:
+            return PyTreeDef(None)
+        spec = _children(node)
+        if spec is None:
+            leaves.append(node)
+            paths.append(path)
+            return PyTreeDef(_LEAF)
+        kind, meta, items = spec
+        return PyTreeDef(kind, meta, tuple(walk(c, path + k) for k, c in items))
+
+    treedef = walk(tree, "")
+    return leaves, treedef, paths
+
+
+def unflatten(treedef: PyTreeDef, leaves: list[Any] | tuple[Any, ...]) -> Any:
+    """Inverse of :func:`flatten`."""
+    it: Iterator[Any] = iter(leaves)
+
+    def build(td: PyTreeDef) -> Any:
+        if td.kind is _LEAF:
+            return next(it)
+        if td.kind is None:
+            return None
+        children = [build(c) for c in td.children]
+        if td.kind is dict:
+            return dict(zip(td.meta, children))
+        if issubclass(td.kind, tuple) and hasattr(td.kind, "_fields"):
+            return td.kind(*children)
+        return td.kind(children)
+
+    return build(treedef)
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` leafwise over trees of the same structure."""
+    leaves, treedef, _ = flatten(tree)
+    others = [flatten(r)[0] for r in rest]
+    return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
+
+
+def keystr(path: str) -> str:
+    """Human form of a key path: the root is written ``<root>``."""
+    return path if path else "<root>"
+
+
+def _describe(node: Any) -> str:
+    spec = _children(node)
+    if node is None:
+        return "None"
+    if spec is None:
+        shape = getattr(node, "shape", None)
+        return f"a leaf (shape {tuple(shape)})" if shape is not None else f"a leaf ({type(node).__name__})"
+    kind, meta, items = spec
+    if kind is dict:
+        return f"a dict with keys {sorted(map(repr, meta))}"
+    return f"a {kind.__name__} of length {len(items)}"
+
+
+def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str]) -> None:
+    """Raise ``ValueError`` naming the first key path where ``other`` differs from ``reference``.
+
+    ``names`` are how the two trees are called in the message, e.g. ``("ws", "dcdws")``.
+    Dict key order is ignored; everything else (container types, lengths) must match.
+    """
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        sa, sb = _children(a), _children(b)
+        if a is None or b is None:
+            if a is None and b is None:
+                return
+        elif sa is None and sb is None:
+            return
+        elif sa is not None and sb is not None:
+            ka, kb = sa[0], sb[0]
+            same_kind = ka is kb or (
+                issubclass(ka, (list, tuple))
+                and issubclass(kb, (list, tuple))
+                and not hasattr(ka, "_fields")
+                and not hasattr(kb, "_fields")
+            )
+            if ka is dict and kb is dict:
+                if set(a) == set(b):
+                    for k in a:
+                        walk(a[k], b[k], f"{path}[{k!r}]")
+                    return
+                missing = sorted(map(repr, set(a) - set(b)))
+                extra = sorted(map(repr, set(b) - set(a)))
+                msg = (
+                    f"{names[1]} does not match the structure of {names[0]} at "
+                    f"{keystr(path)}: keys missing {missing}, unexpected keys {extra}"
+                )
+                raise ValueError(msg)
+            if same_kind and ka is not dict and kb is not dict and len(sa[2]) == len(sb[2]):
+                for (k, ca), (_, cb) in zip(sa[2], sb[2]):
+                    walk(ca, cb, path + k)
+                return
+        msg = (
+            f"{names[1]} does not match the structure of {names[0]} at {keystr(path)}: "
+            f"{names[0]} has {_describe(a)}, {names[1]} has {_describe(b)}"
+        )
+        raise ValueError(msg)
+
+    walk(reference, other, "")
+
+
+def leaves_like(tree: Any, like: Any) -> list[Any]:
+    """Leaves of ``tree`` in the order :func:`flatten` gives for ``like`` (same structure).
+
+    Dicts are read in ``like``'s key order, so ``{'a', 'b'}`` and ``{'b', 'a'}`` line up.
+    """
+    out: list[Any] = []
+
+    def walk(a: Any, b: Any) -> None:
+        if b is None:
+            return
+        spec = _children(b)
+        if spec is None:
+            out.append(a)
+        elif spec[0] is dict:
+            for k in b:
+                walk(a[k], b[k])
+        else:
+            for ca, cb in zip(a, b):
+                walk(ca, cb)
+
+    walk(tree, like)
+    return out

@@ -1,0 +1,222 @@
+"""The seed's functional updates, written once against the Array API standard.
+
+Every update validates all leaves first (structure, namespaces, shapes, dtypes,
+writability), then computes every new value, and only then writes: a bad leaf
+anywhere leaves every input untouched. ``inplace=True`` writes into the arrays (or
+variable boxes) where the library allows it and returns them; JAX arrays, traced arrays
+and tensors inside a differentiated computation get new arrays instead.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+from agrad.autograd.adapters import Adapter, adapter_for
+from agrad.autograd.api import common_namespace
+from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
+
+__all__ = ["adam_update", "gradient_descent_update"]
+
+
+def _is_scalar(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def scale(xp: ModuleType, x: Any, s: Any) -> Any:
+    """``s * x`` for a Python scalar or an array ``s`` (kept in ``x``'s dtype for scalars)."""
+    return x * s if _is_scalar(s) else xp.multiply(s, x)
+
+
+class _Leaves:
+    """Validated, aligned leaves of the parameter tree and the trees that go with it."""
+
+    def __init__(self, fn: str, ws: Any, others: dict[str, Any], xp: ModuleType | None):
+        w_leaves, self.treedef, self.paths = flatten(ws)
+        if not w_leaves:
+            raise ValueError(f"{fn}: ws contains no arrays")
+        self.fn = fn
+        self.params = w_leaves
+        self.trees: dict[str, list[Any]] = {}
+        for name, tree in others.items():
+            check_same_structure(ws, tree, names=("ws", name))
+            self.trees[name] = leaves_like(tree, ws)
+        everything = w_leaves + [x for leaves in self.trees.values() for x in leaves]
+        all_paths = self.paths * (1 + len(self.trees))
+        self.xp = common_namespace(everything, self._labelled(all_paths, len(w_leaves)), fn, xp)
+        self.adapter: Adapter = adapter_for(self.xp)
+        self.values = {"ws": [self.adapter.read(w) for w in w_leaves]}
+        for name, leaves in self.trees.items():
+            self.values[name] = [self.adapter.read(x) for x in leaves]
+        self._check_shapes_and_dtypes()
+
+    def _labelled(self, paths: list[str], n: int) -> list[str]:
+        names = ["ws", *self.trees]
+        return [f"{names[i // n]}{p}" for i, p in enumerate(paths)]
+
+    def _check_shapes_and_dtypes(self) -> None:
+        for name, vals in self.values.items():
+            if name == "ws":
+                continue
+            for i, (w, x) in enumerate(zip(self.values["ws"], vals)):
+                where = keystr(self.paths[i])
+                if tuple(w.shape) != tuple(x.shape):
+                    msg = (
+                        f"{self.fn}: shape mismatch at {where}: ws has shape {tuple(w.shape)} "
+                        f"but {name} has shape {tuple(x.shape)}"
+                    )
+                    raise ValueError(msg)
+                if w.dtype != x.dtype:
+                    msg = (
+                        f"{self.fn}: dtype mismatch at {where}: ws has dtype {w.dtype} "
+                        f"but {name} has dtype {x.dtype}"
+                    )
+                    raise TypeError(msg)
+        for i, w in enumerate(self.values["ws"]):
+            if not self.xp.isdtype(w.dtype, "real floating"):
+                msg = f"{self.fn}: ws at {keystr(self.paths[i])} has dtype {w.dtype}; updates need real floating-point parameters"
+                raise TypeError(msg)
+
+    def commit(self, name: str, originals: list[Any], new: list[Any], inplace: bool) -> list[Any]:
+        """Check every leaf can take its write, then write them all; returns the leaves to keep."""
+        if not inplace:
+            return new
+        targets = []
+        for i, (dst, val) in enumerate(zip(originals, new)):
+            write = self.adapter.writable(dst, val)
+            if write:
+                reason = self.adapter.readonly_reason(dst)
+                if reason is not None:
+                    msg = (
+                        f"{self.fn}: cannot update {name} at {keystr(self.paths[i])} in place: "
+                        f"{reason}; pass inplace=False or a writable array"
+                    )
+                    raise ValueError(msg)
+            targets.append(write)
+        return targets
+
+    def write(self, originals: list[Any], new: list[Any], targets: list[bool] | list[Any]) -> list[Any]:
+        if targets is new:
+            return new
+        return [self.adapter.write(d, v) if t else v for d, v, t in zip(originals, new, targets)]
+
+    def unflatten(self, leaves: list[Any]) -> Any:
+        return unflatten(self.treedef, leaves)
+
+
+def _check_lr(fn: str, lr: Any) -> None:
+    if _is_scalar(lr) and not math.isfinite(lr):
+        raise ValueError(f"{fn}: lr must be finite, got {lr}")
+
+
+def gradient_descent_update(
+    ws: Any,
+    dcdws: Any,
+    lr: float | Any,
+    inplace: bool = True,
+    *,
+    xp: ModuleType | None = None,
+) -> Any:
+    """One step of gradient descent: ``w <- w - lr * dc/dw`` for every leaf.
+
+    Args:
+        ws: parameters: an array, a variable, or a pytree of them.
+        dcdws: gradients with the structure, shapes and dtypes of ``ws``.
+        lr: learning rate, a Python float or a 0-d array (differentiable when traced).
+        inplace: write into ``ws`` where possible (see the module docstring).
+
+    Returns:
+        The updated parameters, with the structure of ``ws``.
+    """
+    fn = "gradient_descent_update"
+    _check_lr(fn, lr)
+    leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp)
+    xp = leaves.xp
+    new = [
+        xp.subtract(w, scale(xp, g, lr)) for w, g in zip(leaves.values["ws"], leaves.values["dcdws"])
+    ]
+    targets = leaves.commit("ws", leaves.params, new, inplace)
+    return leaves.unflatten(leaves.write(leaves.params, new, targets))
+
+
+def adam_update(
+    ws: Any,
+    dcdws: Any,
+    lr: float | Any,
+    mw: Any,
+    vw: Any,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-7,
+    inplace: bool = True,
+    *,
+    xp: ModuleType | None = None,
+) -> tuple[Any, Any, Any]:
+    """One Adam step (Kingma & Ba, 2015), identical to ``torch.optim.Adam`` for the same eps.
+
+    .. math::
+        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t,\\quad
+        v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2
+
+        w_t = w_{t-1} - \\frac{lr}{1-\\beta_1^t}\\,
+              \\frac{m_t}{\\sqrt{v_t}/\\sqrt{1-\\beta_2^t} + \\epsilon}
+
+    evaluated in torch's order (``m + (1-b1)(g-m)``, ``v b2 + ((1-b2) g) g``), so results
+    agree with ``torch.optim.Adam`` to the last bit on the same dtype.
+
+    Args:
+        ws, dcdws, mw, vw: parameters, gradients, first and second moments: arrays or
+            pytrees of one structure, shape and dtype.
+        lr: learning rate (Python float or 0-d array).
+        step: the 1-based step count ``t``.
+        beta1, beta2: moment decay rates in ``[0, 1)``; epsilon: ``>= 0``.
+        inplace: write ``ws``, ``mw`` and ``vw`` in place where possible.
+
+    Returns:
+        ``(ws_new, mw_new, vw_new)`` with the structure of ``ws``.
+
+    Raises:
+        ValueError: ``step < 1``, hyperparameters out of range, structure or shape mismatch.
+    """
+    fn = "adam_update"
+    try:
+        t = int(step)
+    except TypeError:
+        raise TypeError(f"{fn}: step must be an integer >= 1, got {step!r}") from None
+    if t < 1:
+        raise ValueError(f"{fn}: step is the 1-based step count and must be >= 1, got {t}")
+    for name, b in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"{fn}: {name} must be in [0, 1), got {b}")
+    if not epsilon >= 0.0:
+        raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon}")
+    _check_lr(fn, lr)
+    leaves = _Leaves(fn, ws, {"dcdws": dcdws, "mw": mw, "vw": vw}, xp)
+    xp = leaves.xp
+
+    bias_correction1 = 1.0 - beta1**t
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
+    step_size = lr / bias_correction1 if _is_scalar(lr) else xp.divide(lr, bias_correction1)
+    neg_step_size = -step_size if _is_scalar(step_size) else xp.negative(step_size)
+    new_w, new_m, new_v = [], [], []
+    for w, g, m, v in zip(*(leaves.values[k] for k in ("ws", "dcdws", "mw", "vw"))):
+        m = xp.add(m, xp.subtract(g, m) * (1.0 - beta1))
+        v = xp.add(v * beta2, xp.multiply(g * (1.0 - beta2), g))
+        denom = xp.sqrt(v) / bias_correction2_sqrt + epsilon
+        new_w.append(xp.add(w, xp.divide(scale(xp, m, neg_step_size), denom)))
+        new_m.append(m)
+        new_v.append(v)
+    targets = [
+        leaves.commit(name, orig, new, inplace)
+        for name, orig, new in (
+            ("ws", leaves.params, new_w),
+            ("mw", leaves.trees["mw"], new_m),
+            ("vw", leaves.trees["vw"], new_v),
+        )
+    ]
+    out_w = leaves.write(leaves.params, new_w, targets[0])
+    out_m = leaves.write(leaves.trees["mw"], new_m, targets[1])
+    out_v = leaves.write(leaves.trees["vw"], new_v, targets[2])
+    return leaves.unflatten(out_w), leaves.unflatten(out_m), leaves.unflatten(out_v)
