@@ -135,7 +135,11 @@ def _describe(node: Any) -> str:
         return "None"
     if spec is None:
         shape = getattr(node, "shape", None)
-        return f"a leaf (shape {tuple(shape)})" if shape is not None else f"a leaf ({type(node).__name__})"
+        return (
+            f"a leaf (shape {tuple(shape)})"
+            if shape is not None
+            else f"a leaf ({type(node).__name__})"
+        )
     kind, meta, items = spec
     if kind is dict:
         return f"a dict with keys {sorted(map(repr, meta))}"

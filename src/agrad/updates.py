@@ -96,7 +96,9 @@ class _Leaves:
             targets.append(write)
         return targets
 
-    def write(self, originals: list[Any], new: list[Any], targets: list[bool] | list[Any]) -> list[Any]:
+    def write(
+        self, originals: list[Any], new: list[Any], targets: list[bool] | list[Any]
+    ) -> list[Any]:
         if targets is new:
             return new
         return [self.adapter.write(d, v) if t else v for d, v, t in zip(originals, new, targets)]
@@ -134,7 +136,8 @@ def gradient_descent_update(
     leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp)
     xp = leaves.xp
     new = [
-        xp.subtract(w, scale(xp, g, lr)) for w, g in zip(leaves.values["ws"], leaves.values["dcdws"])
+        xp.subtract(w, scale(xp, g, lr))
+        for w, g in zip(leaves.values["ws"], leaves.values["dcdws"])
     ]
     targets = leaves.commit("ws", leaves.params, new, inplace)
     return leaves.unflatten(leaves.write(leaves.params, new, targets))

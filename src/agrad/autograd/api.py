@@ -112,7 +112,9 @@ def stop_gradient(x: Any, *, xp: ModuleType | None = None) -> Any:
 def _split_output(out: Any) -> tuple[Any, tuple[Any, ...]]:
     if isinstance(out, tuple):
         if not out:
-            raise TypeError("execute_with_gradients: func returned an empty tuple; expected (y, *extra)")
+            raise TypeError(
+                "execute_with_gradients: func returned an empty tuple; expected (y, *extra)"
+            )
         return out[0], tuple(out[1:])
     return out, ()
 
@@ -214,10 +216,14 @@ def value_and_grad(
             out = func(*new_args, **kwargs)
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
-                    raise TypeError("value_and_grad(has_aux=True): func must return a pair (y, aux)")
+                    raise TypeError(
+                        "value_and_grad(has_aux=True): func must return a pair (y, aux)"
+                    )
                 return out
             if isinstance(out, tuple):
-                raise TypeError("value_and_grad: func returned a tuple; pass has_aux=True to return (y, aux)")
+                raise TypeError(
+                    "value_and_grad: func returned a tuple; pass has_aux=True to return (y, aux)"
+                )
             return (out,)
 
         xs = tuple(args[i] for i in nums)

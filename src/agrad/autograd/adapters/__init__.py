@@ -9,7 +9,7 @@ framework only when it is used, so importing agrad never imports torch, JAX or C
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -58,7 +58,7 @@ class Adapter:
 _ADAPTER_MODULES = {"torch": "torch", "jax": "jax"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter_by_name(key: str) -> Adapter:
     if key in _ADAPTER_MODULES:
         mod = importlib.import_module(f"agrad.autograd.adapters.{_ADAPTER_MODULES[key]}")

@@ -47,9 +47,7 @@ class TapeAdapter(Adapter):
                 cotangents = backward(ns, y._node, seed, [b._node for b in boxes])
             else:
                 cotangents = [None] * len(boxes)
-            grads = [
-                ns.zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)
-            ]
+            grads = [ns.zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
             extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:
             trace.active = False
@@ -61,7 +59,11 @@ class TapeAdapter(Adapter):
         return fin(y_value), [fin(g) for g in grads], tree_map(fin, extras)
 
     def writable(self, dst: Any, new: Any) -> bool:
-        return not isinstance(strip(new), TracedArray) and not isinstance(new, TracedArray) and not isinstance(dst, TracedArray)
+        return (
+            not isinstance(strip(new), TracedArray)
+            and not isinstance(new, TracedArray)
+            and not isinstance(dst, TracedArray)
+        )
 
     def readonly_reason(self, dst: Any) -> str | None:
         flags = getattr(dst, "flags", None)

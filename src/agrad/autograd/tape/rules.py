@@ -271,7 +271,7 @@ def _concat_rule(i):
             return ns.reshape(g[start : start + n], _shape(arrays[i]))
         ax = axis % len(_shape(g))
         start = sum(_shape(a)[ax] for a in arrays[:i])
-        key = (slice(None),) * ax + (slice(start, start + _shape(arrays[i])[ax]),)
+        key = (slice(None),) * ax + (slice(start, start + _shape(arrays[i])[ax]), Ellipsis)
         return g[key]
 
     return rule
@@ -280,7 +280,7 @@ def _concat_rule(i):
 def _stack_rule(i):
     def rule(ns, g, ans, *arrays, axis=0):
         ax = axis % len(_shape(g))
-        return g[(slice(None),) * ax + (i,)]
+        return g[(slice(None),) * ax + (i, Ellipsis)]
 
     return rule
 
@@ -361,12 +361,53 @@ RULES: dict[str, Any] = {
 
 # Functions whose outputs carry no gradient: called on the raw values.
 NONDIFFERENTIABLE = frozenset(
-    """
-    equal not_equal less less_equal greater greater_equal isnan isinf isfinite
-    logical_and logical_or logical_xor logical_not signbit sign floor ceil trunc round
-    argmax argmin argsort nonzero count_nonzero searchsorted unique_all unique_counts
-    unique_inverse unique_values all any zeros_like ones_like empty_like full_like
-    floor_divide bitwise_and bitwise_or bitwise_xor bitwise_invert
-    bitwise_left_shift bitwise_right_shift isdtype result_type can_cast finfo iinfo
-    """.split()
+    [
+        "equal",
+        "not_equal",
+        "less",
+        "less_equal",
+        "greater",
+        "greater_equal",
+        "isnan",
+        "isinf",
+        "isfinite",
+        "logical_and",
+        "logical_or",
+        "logical_xor",
+        "logical_not",
+        "signbit",
+        "sign",
+        "floor",
+        "ceil",
+        "trunc",
+        "round",
+        "argmax",
+        "argmin",
+        "argsort",
+        "nonzero",
+        "count_nonzero",
+        "searchsorted",
+        "unique_all",
+        "unique_counts",
+        "unique_inverse",
+        "unique_values",
+        "all",
+        "any",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "floor_divide",
+        "bitwise_and",
+        "bitwise_or",
+        "bitwise_xor",
+        "bitwise_invert",
+        "bitwise_left_shift",
+        "bitwise_right_shift",
+        "isdtype",
+        "result_type",
+        "can_cast",
+        "finfo",
+        "iinfo",
+    ]
 )

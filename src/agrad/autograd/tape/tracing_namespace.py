@@ -60,7 +60,9 @@ def _strip_deep(obj: Any) -> Any:
 
 def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
-        return raw(*(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()})
+        return raw(
+            *(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()}
+        )
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"``{name}`` of the base namespace; its result carries no gradient."
@@ -151,7 +153,9 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         """Join arrays along a new axis (differentiable)."""
         return stack_p(*arrays, axis=axis)
 
-    def asarray(obj: Any, /, *, dtype: Any = None, device: Any = None, copy: bool | None = None) -> Any:
+    def asarray(
+        obj: Any, /, *, dtype: Any = None, device: Any = None, copy: bool | None = None
+    ) -> Any:
         """``asarray`` of the base; a traced array stays traced (cast if ``dtype`` differs)."""
         if isinstance(obj, TracedArray):
             if dtype is not None and dtype != obj.dtype:
@@ -162,8 +166,13 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         return base.asarray(obj, dtype=dtype, device=device, copy=copy)
 
     def _scatter_raw(g: Any, key: Any, shape: tuple[int, ...]) -> Any:
+        """Zeros of ``shape`` with ``g`` placed at ``key`` (the transpose of basic indexing)."""
         out = base.zeros(shape, dtype=g.dtype, device=array_api_compat.device(g))
-        out[key] = g
+        parts = key if isinstance(key, tuple) else (key,)
+        if any(p is None for p in parts):  # newaxis: drop it from the key and from g
+            parts = tuple(p for p in parts if p is not None)
+            g = base.reshape(g, tuple(out[parts].shape))
+        out[parts] = g
         return out
 
     def _setitem_raw(x: Any, key: Any, value: Any) -> Any:
