@@ -9,7 +9,7 @@ framework only when it is used, so importing agrad never imports torch, JAX or C
 from __future__ import annotations
 
 import importlib
-from functools import cache, lru_cache
+from functools import cache
 from types import ModuleType
 from typing import Any
 

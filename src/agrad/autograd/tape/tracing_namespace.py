@@ -221,7 +221,7 @@ def _check_key(ns_name: str, key: Any) -> None:
     for k in parts:
         if hasattr(k, "dtype") and hasattr(k, "shape"):
             kd = strip(k).dtype
-            is_bool = str(kd).endswith("bool") or kd == bool
+            is_bool = str(kd).endswith("bool")
             if not is_bool:
                 msg = (
                     f"{ns_name}: indexing a traced array with an integer array has no "
