@@ -1,11 +1,4 @@
-"""Test helpers for agrad and for libraries built on it.
-
-- :func:`available_backends` / :func:`load_backend`: the installed array namespaces,
-  each with a reason when it cannot run here (e.g. CuPy without a CUDA GPU).
-- :func:`to_numpy`: any supported array as a NumPy array (for comparisons only).
-- :func:`assert_close`: checks namespace, dtype, device and shape before values, with a
-  dtype-aware default tolerance.
-"""
+"""Comparison helpers and backend discovery for tests (re-exported by ``agrad.testing``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,28 @@
+"""Test helpers for agrad and for libraries built on it.
+
+- :func:`available_backends` / :func:`load_backend`: the installed array namespaces,
+  each with a reason when it cannot run here (e.g. CuPy without a CUDA GPU).
+- :func:`to_numpy`: any supported array as a NumPy array (for comparisons only).
+- :func:`assert_close` / :func:`assert_same_kind`: namespace, dtype, device and shape
+  before values, with a dtype-aware default tolerance.
+"""
+
+from agrad.testing._compare import (
+    BACKENDS,
+    assert_close,
+    assert_same_kind,
+    available_backends,
+    default_tolerance,
+    load_backend,
+    to_numpy,
+)
+
+__all__ = [
+    "BACKENDS",
+    "assert_close",
+    "assert_same_kind",
+    "available_backends",
+    "default_tolerance",
+    "load_backend",
+    "to_numpy",
+]
