@@ -5,6 +5,7 @@ array-api-strict: torch and JAX through their own autograd, the others through a
 reverse-mode tape. Importing agrad imports no framework.
 """
 
+from agrad import optim
 from agrad.autograd import (
     EscapedTracerError,
     Variable,
@@ -30,6 +31,7 @@ __all__ = [
     "grad",
     "gradient_descent_update",
     "is_variable",
+    "optim",
     "stop_gradient",
     "value_and_grad",
     "variable",

@@ -1,0 +1,340 @@
+"""The optimizer record, composition, and applying updates.
+
+An optimizer (any gradient transformation) is a pair of pure functions, optax-style:
+``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``,
+wrapped in :class:`GradientTransformation`, whose public methods validate everything
+(structure, namespaces, shapes, dtypes, the state's structure with key paths) before
+computing anything, and whose :meth:`~GradientTransformation.step` also writes the new
+parameters and state in place where the arrays allow it, all or nothing.
+
+States are small ``NamedTuple`` records of pytrees shaped like the parameters plus
+Python numbers (step counts). The inner functions work on raw arrays of one
+namespace; transforms composed by :func:`chain` call each other's inner functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from agrad.autograd.adapters import adapter_for
+from agrad.autograd.api import common_namespace
+from agrad.namespace import array_namespace
+from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
+
+__all__ = [
+    "GradientTransformation",
+    "Optimizer",
+    "apply_updates",
+    "chain",
+    "ChainState",
+    "is_array",
+]
+
+InitFn = Callable[[Any], Any]
+UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+def is_array(x: Any) -> bool:
+    """True for array leaves (anything with a shape and dtype), False for Python numbers."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _signature(leaves: list[Any]) -> tuple:
+    return tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+class _Checked(NamedTuple):
+    """Validated inputs of one call: raw parameter and gradient leaves and their tree."""
+
+    xp: ModuleType
+    treedef: Any
+    paths: list[str]
+    params: list[Any]
+    raw_params: list[Any]
+    raw_grads: list[Any] | None
+    state_leaves: list[Any]
+
+
+class GradientTransformation:
+    """A named pair of pure functions ``init`` and ``update``, with validation and ``step``.
+
+    ``init(params) -> state``; ``update(grads, state, params) -> (updates, state)``
+    computes the additive updates (``params + updates`` is the new parameters) and the
+    new state without touching any input; ``step(params, grads, state)`` does both and
+    writes the results in place where the library allows it.
+    """
+
+    __slots__ = ("_templates", "hyperparams", "inner_init", "inner_update", "name")
+
+    def __init__(
+        self,
+        name: str,
+        init: InitFn,
+        update: UpdateFn,
+        hyperparams: dict[str, Any] | None = None,
+    ):
+        self.name = name
+        self.inner_init = init
+        self.inner_update = update
+        self.hyperparams = dict(hyperparams or {})
+        self._templates: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items() if not k.startswith("_"))
+        return f"{self.name}({args})"
+
+    # -- validation -------------------------------------------------------------
+    def _check(self, fn: str, params: Any, grads: Any, state: Any, xp: ModuleType | None):
+        p_leaves, treedef, paths = flatten(params)
+        if not p_leaves:
+            raise ValueError(f"{fn}: params contains no arrays")
+        labels = [f"params{keystr(p)}" for p in paths]
+        leaves = list(p_leaves)
+        if grads is not None:
+            check_same_structure(params, grads, names=("params", "grads"))
+            g_leaves = leaves_like(grads, params)
+            leaves += g_leaves
+            labels += [f"grads{keystr(p)}" for p in paths]
+        s_leaves, _, s_paths = flatten(state) if state is not None else ([], None, [])
+        for leaf, path in zip(s_leaves, s_paths):
+            if is_array(leaf):
+                leaves.append(leaf)
+                labels.append(f"state{path}")
+        leaves += [h for h in _hyper_arrays(self.hyperparams)]
+        labels += [f"hyperparameter {k}" for k, v in self.hyperparams.items() if is_array(v)]
+        xp = common_namespace(leaves, labels, fn, xp)
+        adapter = adapter_for(xp)
+        raw_p = [adapter.read(p) for p in p_leaves]
+        for raw, path in zip(raw_p, paths):
+            if not xp.isdtype(raw.dtype, "real floating"):
+                msg = f"{fn}: params{keystr(path)} has dtype {raw.dtype}; optimizers need real floating-point parameters"
+                raise TypeError(msg)
+        raw_g = None
+        if grads is not None:
+            raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
+            for p, g, path in zip(raw_p, raw_g, paths):
+                if tuple(p.shape) != tuple(g.shape):
+                    msg = (
+                        f"{fn}: shape mismatch at {keystr(path)}: params has shape "
+                        f"{tuple(p.shape)} but grads has shape {tuple(g.shape)}"
+                    )
+                    raise ValueError(msg)
+                if p.dtype != g.dtype:
+                    msg = (
+                        f"{fn}: dtype mismatch at {keystr(path)}: params has dtype "
+                        f"{p.dtype} but grads has dtype {g.dtype}"
+                    )
+                    raise TypeError(msg)
+        if state is not None:
+            self._check_state(fn, raw_p, treedef, state)
+        return _Checked(xp, treedef, paths, p_leaves, raw_p, raw_g, s_leaves)
+
+    def _template(self, raw_params: list[Any], treedef: Any) -> Any:
+        key = (treedef, _signature(raw_params))
+        if key not in self._templates:
+            self._templates[key] = self.inner_init(unflatten(treedef, raw_params))
+        return self._templates[key]
+
+    def _check_state(self, fn: str, raw_params: list[Any], treedef: Any, state: Any) -> None:
+        template = self._template(raw_params, treedef)
+        t_leaves, t_def, t_paths = flatten(template)
+        s_leaves, s_def, _ = flatten(state)
+        if s_def != t_def:
+            try:
+                check_same_structure(
+                    template, state, names=(f"the state {self.name}.init(params) makes", "state")
+                )
+            except ValueError as err:
+                msg = f"{fn}: state does not belong to {self!r} with these params: {err}"
+                raise ValueError(msg) from None
+            s_leaves = leaves_like(state, template)
+        for t, s, path in zip(t_leaves, s_leaves, t_paths):
+            where = f"state{path}"
+            if is_array(t) != is_array(s):
+                kind = "an array" if is_array(t) else f"a {type(t).__name__}"
+                msg = (
+                    f"{fn}: state does not belong to {self!r} with these params: {where} "
+                    f"should be {kind}, got {type(s).__name__}"
+                )
+                raise ValueError(msg)
+            if is_array(t) and tuple(t.shape) != tuple(s.shape):
+                msg = (
+                    f"{fn}: state does not belong to {self!r} with these params: {where} has "
+                    f"shape {tuple(s.shape)}, expected {tuple(t.shape)}"
+                )
+                raise ValueError(msg)
+
+    # -- public API -------------------------------------------------------------
+    def init(self, params: Any, *, xp: ModuleType | None = None) -> Any:
+        """The initial state for ``params`` (arrays with each parameter's dtype and device)."""
+        c = self._check(f"{self.name}.init", params, None, None, xp)
+        return self.inner_init(unflatten(c.treedef, c.raw_params))
+
+    def update(
+        self, grads: Any, state: Any, params: Any = None, *, xp: ModuleType | None = None
+    ) -> tuple[Any, Any]:
+        """``(updates, new_state)`` for ``grads``; pure: no input is modified.
+
+        ``params`` is needed by rules that read the parameters (weight decay, trust
+        ratios); without it the gradients' structure stands in for the check.
+        """
+        fn = f"{self.name}.update"
+        ref = grads if params is None else params
+        c = self._check(fn, ref, None if params is None else grads, state, xp)
+        raw_g = c.raw_params if params is None else c.raw_grads
+        raw_p = None if params is None else unflatten(c.treedef, c.raw_params)
+        if params is None and self._needs_params():
+            msg = f"{fn}: {self!r} reads the parameters; pass params"
+            raise ValueError(msg)
+        updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
+        return updates, new_state
+
+    def _needs_params(self) -> bool:
+        return bool(self.hyperparams.get("_needs_params", True))
+
+    def step(
+        self,
+        params: Any,
+        grads: Any,
+        state: Any,
+        inplace: bool = True,
+        *,
+        xp: ModuleType | None = None,
+    ) -> tuple[Any, Any]:
+        """One optimizer step: ``(new_params, new_state)``.
+
+        With ``inplace=True`` the new values are written into ``params`` and the state's
+        arrays where the library allows (NumPy arrays, torch tensors, agrad variables),
+        after every write has been checked; JAX arrays and arrays inside a gradient
+        trace get new arrays. With ``inplace=False`` nothing is modified and, inside
+        ``agrad.execute_with_gradients``, the step is differentiable.
+        """
+        fn = f"{self.name}.step"
+        c = self._check(fn, params, grads, state, xp)
+        updates, new_state = self.inner_update(
+            unflatten(c.treedef, c.raw_grads), state, unflatten(c.treedef, c.raw_params)
+        )
+        xp = c.xp
+        u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
+        new_p = [xp.add(p, u) for p, u in zip(c.raw_params, u_leaves)]
+        if not inplace:
+            return unflatten(c.treedef, new_p), new_state
+        n_leaves, n_def, n_paths = flatten(new_state)
+        adapter = adapter_for(xp)
+        pairs = [(f"params{keystr(p)}", d, v) for p, d, v in zip(c.paths, c.params, new_p)]
+        if flatten(state)[1] == n_def:
+            pairs += [
+                (f"state{p}", d, v)
+                for p, d, v in zip(n_paths, c.state_leaves, n_leaves)
+                if is_array(d) and is_array(v)
+            ]
+        out_p, out_s = _write_all(fn, adapter, pairs, len(new_p))
+        if out_s is not None:
+            it = iter(out_s)
+            n_leaves = [
+                next(it) if is_array(d) and is_array(v) else v
+                for d, v in zip(c.state_leaves, n_leaves)
+            ]
+            new_state = unflatten(n_def, n_leaves)
+        return unflatten(c.treedef, out_p), new_state
+
+
+Optimizer = GradientTransformation
+
+
+def _hyper_arrays(hyper: dict[str, Any]) -> list[Any]:
+    return [v for v in hyper.values() if is_array(v)]
+
+
+def _write_all(fn: str, adapter: Any, pairs: list[tuple[str, Any, Any]], n_params: int):
+    """Check that every ``(label, dst, new)`` can be written, then write them all."""
+    plan = []
+    for label, dst, new in pairs:
+        write = adapter.writable(dst, new) and _same_buffer_kind(dst, new)
+        if write:
+            reason = adapter.readonly_reason(dst)
+            if reason is not None:
+                msg = f"{fn}: cannot update {label} in place: {reason}; pass inplace=False or a writable array"
+                raise ValueError(msg)
+        plan.append(write)
+    out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
+    return out[:n_params], (out[n_params:] if len(pairs) > n_params else None)
+
+
+def _same_buffer_kind(dst: Any, new: Any) -> bool:
+    shape = getattr(dst, "shape", None)
+    return shape is None or tuple(shape) == tuple(new.shape)
+
+
+def apply_updates(
+    params: Any, updates: Any, inplace: bool = True, *, xp: ModuleType | None = None
+) -> Any:
+    """``params + updates`` leafwise, written into ``params`` where possible.
+
+    .. math:: \\theta_{t} = \\theta_{t-1} + u_t
+
+    (as ``optax.apply_updates``; the optimizers here put the sign and learning rate
+    into :math:`u_t`). All leaves are validated first, then all are written.
+    """
+    fn = "agrad.optim.apply_updates"
+    carrier = GradientTransformation("apply_updates", _no_init, _no_update)
+    c = carrier._check(fn, params, updates, None, xp)
+    new = [c.xp.add(p, u) for p, u in zip(c.raw_params, c.raw_grads)]
+    if not inplace:
+        return unflatten(c.treedef, new)
+    adapter = adapter_for(c.xp)
+    pairs = [(f"params{keystr(p)}", d, v) for p, d, v in zip(c.paths, c.params, new)]
+    out, _ = _write_all(fn, adapter, pairs, len(new))
+    return unflatten(c.treedef, out)
+
+
+def _no_init(params: Any) -> None:
+    return None
+
+
+def _no_update(updates: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    return updates, state
+
+
+class ChainState(NamedTuple):
+    """The states of the chained transformations, in order."""
+
+    states: tuple
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Compose transformations: each one's updates are the next one's input (``optax.chain``).
+
+    .. math:: u = T_n(\\dots T_2(T_1(g)))
+
+    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``.
+    """
+    for i, t in enumerate(transforms):
+        if not isinstance(t, GradientTransformation):
+            msg = f"agrad.optim.chain: argument {i} is a {type(t).__name__}, not a transformation"
+            raise TypeError(msg)
+
+    def init(params: Any) -> ChainState:
+        return ChainState(tuple(t.inner_init(params) for t in transforms))
+
+    def update(updates: Any, state: ChainState, params: Any) -> tuple[Any, ChainState]:
+        new_states = []
+        for t, s in zip(transforms, state.states):
+            updates, s = t.inner_update(updates, s, params)
+            new_states.append(s)
+        return updates, ChainState(tuple(new_states))
+
+    needs = any(t._needs_params() for t in transforms)
+    hyper: dict[str, Any] = {"transforms": transforms, "_needs_params": needs}
+    for t in transforms:
+        hyper.update({k: v for k, v in t.hyperparams.items() if is_array(v)})
+    return GradientTransformation("chain", init, update, hyper)
+
+
+def namespace_of(*trees: Any, extra: tuple = ()) -> ModuleType:
+    """The namespace of the array leaves of ``trees`` and any array in ``extra``."""
+    leaves = [x for t in trees for x in flatten(t)[0] if is_array(x)]
+    leaves += [e for e in extra if is_array(e)]
+    return array_namespace(*leaves)
