@@ -142,7 +142,7 @@ def _describe(node: Any) -> str:
         )
     kind, meta, items = spec
     if kind is dict:
-        return f"a dict with keys {sorted(map(repr, meta))}"
+        return f"a dict with keys [{', '.join(sorted(map(repr, meta)))}]"
     return f"a {kind.__name__} of length {len(items)}"
 
 
@@ -173,11 +173,15 @@ def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str]) 
                     for k in a:
                         walk(a[k], b[k], f"{path}[{k!r}]")
                     return
-                missing = sorted(map(repr, set(a) - set(b)))
-                extra = sorted(map(repr, set(b) - set(a)))
+                missing = ", ".join(sorted(map(repr, set(a) - set(b))))
+                extra = ", ".join(sorted(map(repr, set(b) - set(a))))
+                parts = [
+                    f"keys missing [{missing}]" if missing else "",
+                    f"unexpected keys [{extra}]" if extra else "",
+                ]
                 msg = (
                     f"{names[1]} does not match the structure of {names[0]} at "
-                    f"{keystr(path)}: keys missing {missing}, unexpected keys {extra}"
+                    f"{keystr(path)}: {', '.join(p for p in parts if p)}"
                 )
                 raise ValueError(msg)
             if same_kind and ka is not dict and kb is not dict and len(sa[2]) == len(sb[2]):

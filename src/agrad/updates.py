@@ -32,7 +32,14 @@ def scale(xp: ModuleType, x: Any, s: Any) -> Any:
 class _Leaves:
     """Validated, aligned leaves of the parameter tree and the trees that go with it."""
 
-    def __init__(self, fn: str, ws: Any, others: dict[str, Any], xp: ModuleType | None):
+    def __init__(
+        self,
+        fn: str,
+        ws: Any,
+        others: dict[str, Any],
+        xp: ModuleType | None,
+        hyperparameters: dict[str, Any] | None = None,
+    ):
         w_leaves, self.treedef, self.paths = flatten(ws)
         if not w_leaves:
             raise ValueError(f"{fn}: ws contains no arrays")
@@ -43,8 +50,13 @@ class _Leaves:
             check_same_structure(ws, tree, names=("ws", name))
             self.trees[name] = leaves_like(tree, ws)
         everything = w_leaves + [x for leaves in self.trees.values() for x in leaves]
-        all_paths = self.paths * (1 + len(self.trees))
-        self.xp = common_namespace(everything, self._labelled(all_paths, len(w_leaves)), fn, xp)
+        labels = self._labelled(self.paths * (1 + len(self.trees)), len(w_leaves))
+        # Array-valued hyperparameters (a learned lr) take part in choosing the namespace.
+        for name, value in (hyperparameters or {}).items():
+            if not _is_scalar(value):
+                everything.append(value)
+                labels.append(name)
+        self.xp = common_namespace(everything, labels, fn, xp)
         self.adapter: Adapter = adapter_for(self.xp)
         self.values = {"ws": [self.adapter.read(w) for w in w_leaves]}
         for name, leaves in self.trees.items():
@@ -133,7 +145,7 @@ def gradient_descent_update(
     """
     fn = "gradient_descent_update"
     _check_lr(fn, lr)
-    leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp)
+    leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp, {"lr": lr})
     xp = leaves.xp
     new = [
         xp.subtract(w, scale(xp, g, lr))
@@ -196,7 +208,7 @@ def adam_update(
     if not epsilon >= 0.0:
         raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon}")
     _check_lr(fn, lr)
-    leaves = _Leaves(fn, ws, {"dcdws": dcdws, "mw": mw, "vw": vw}, xp)
+    leaves = _Leaves(fn, ws, {"dcdws": dcdws, "mw": mw, "vw": vw}, xp, {"lr": lr})
     xp = leaves.xp
 
     bias_correction1 = 1.0 - beta1**t
