@@ -89,7 +89,7 @@ def test_step_below_one(xp):
     w, g = asarray(xp, [1.0]), asarray(xp, [1.0])
     m, v = asarray(xp, [0.0]), asarray(xp, [0.0])
     snap = _snapshot(w, m, v)
-    with pytest.raises(ValueError, match="step .* must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"step .* must be >= 1, got 0"):
         agrad.adam_update(w, g, 0.1, m, v, 0)
     _unchanged([w, m, v], snap)
 
