@@ -2,7 +2,9 @@
 
 Nodes are visited in reverse topological order (a node runs only after every node
 that uses it has sent its cotangent); cotangents reaching one node are summed with the
-tracing namespace, so the reverse pass is recorded on any enclosing trace.
+tracing namespace, so the reverse pass is recorded on any enclosing trace. The node of
+a multi-output primitive receives a :class:`TupleCotangent` (summed output-wise). An
+input rebound in place by ``x[key] = v`` reports the gradient of its original leaf.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agrad.autograd.tape.traced import Node
+from agrad.autograd.tape.traced import Node, TupleCotangent
 
 __all__ = ["backward"]
 
@@ -42,8 +44,13 @@ def backward(ns: Any, output: Node, seed: Any, inputs: Sequence[Node]) -> list[A
         for parent, pg in zip(node.parents, parent_grads):
             if pg is not None:
                 prev = cotangents.get(parent)
-                cotangents[parent] = pg if prev is None else ns.add(prev, pg)
+                if prev is None:
+                    cotangents[parent] = pg
+                elif isinstance(prev, TupleCotangent):
+                    cotangents[parent] = prev.accumulate(ns, pg)
+                else:
+                    cotangents[parent] = ns.add(prev, pg)
             children[parent] -= 1
             if children[parent] == 0:
                 ready.append(parent)
-    return [leaves.get(node) for node in inputs]
+    return [leaves.get(getattr(node, "origin", node)) for node in inputs]

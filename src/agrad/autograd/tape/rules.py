@@ -1,11 +1,20 @@
-"""VJP rules, one entry per differentiable primitive, written with the tracing namespace.
+"""VJP rules for the main namespace, written with the tracing namespace.
 
 ``RULES[name]`` is a tuple with one rule per positional argument (``None``: that
 argument gets no gradient). A rule is ``rule(ns, g, ans, *args, **kwargs)``: ``ns`` is the
 tracing namespace, ``g`` the cotangent of the output ``ans``, ``args`` the forward inputs.
-Rules only call ``ns`` functions (never the operators between two arrays, which
-array-api-strict refuses to mix with traced arrays), so the backward pass is itself
-traceable and higher-order derivatives come for free.
+Rules only call ``ns`` functions between arrays (never the operators between two arrays,
+which array-api-strict refuses to mix with traced arrays; operators with a Python scalar
+are fine), so the backward pass is itself traceable and higher-order derivatives come
+for free.
+
+Complex inputs follow torch's convention: for a holomorphic ``f`` the rule is
+``g * conj(f'(z))``, and the gradient of a real loss is what ``torch.autograd`` returns.
+A real input never receives a complex gradient (its real part is taken).
+
+``MULTI_RULES[name] = (rule, differentiable_outputs)`` serves primitives returning a
+tuple: ``rule(ns, gs, ans, *args, **kwargs)`` gets one cotangent per output (``None`` if
+unused) and returns one cotangent per positional argument.
 """
 
 from __future__ import annotations
@@ -14,7 +23,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["NONDIFFERENTIABLE", "RULES", "unbroadcast"]
+from agrad.autograd.tape.traced import strip
+
+__all__ = [
+    "MULTI_RULES",
+    "NONDIFFERENTIABLE",
+    "RULES",
+    "conj",
+    "fit",
+    "is_complex",
+    "normalize_axes",
+    "restore_reduced",
+    "unbroadcast",
+]
+
+_SCALARS = (bool, int, float, complex)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -35,7 +58,38 @@ def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
     return ns.reshape(g, tuple(shape))
 
 
-def _normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+def is_complex(ns: Any, x: Any) -> bool:
+    """Whether ``x`` (an array or a Python scalar) is complex."""
+    if isinstance(x, _SCALARS):
+        return isinstance(x, complex)
+    dt = x.dtype
+    return dt == ns.complex128 or dt == ns.complex64
+
+
+def conj(ns: Any, x: Any) -> Any:
+    """``conj(x)`` for complex ``x``; ``x`` itself otherwise (no work on the real path)."""
+    if isinstance(x, _SCALARS):
+        return x.conjugate()
+    return ns.conj(x) if is_complex(ns, x) else x
+
+
+def _is_floating(ns: Any, dtype: Any) -> bool:
+    return dtype in (ns.float64, ns.float32, ns.complex128, ns.complex64)
+
+
+def fit(ns: Any, g: Any, x: Any) -> Any:
+    """``g`` as the cotangent of ``x``: broadcast axes summed, real if ``x`` is, ``x``'s dtype."""
+    g = unbroadcast(ns, g, _shape(x))
+    if g.dtype != x.dtype:
+        if is_complex(ns, g) and not is_complex(ns, x):
+            g = ns.real(g)
+        if g.dtype != x.dtype and _is_floating(ns, x.dtype):
+            g = ns.astype(g, x.dtype)
+    return g
+
+
+def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """``axis`` of a reduction as a sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, int):
@@ -47,10 +101,10 @@ def _keepdims_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int,
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
-def _restore_reduced(ns: Any, g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
+def restore_reduced(ns: Any, g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
     """Broadcast the cotangent of a reduction back to the input's shape."""
     shape = _shape(x)
-    axes = _normalize_axes(axis, len(shape))
+    axes = normalize_axes(axis, len(shape))
     if not keepdims:
         g = ns.reshape(g, _keepdims_shape(shape, axes))
     return ns.broadcast_to(g, shape)
@@ -64,92 +118,235 @@ def _as_float(ns: Any, mask: Any, like: Any) -> Any:
     return ns.astype(mask, like.dtype)
 
 
-# ---- elementwise -------------------------------------------------------------------
+def _masked(ns: Any, mask: Any, g: Any) -> Any:
+    """``g`` where ``mask`` holds, zero elsewhere."""
+    return ns.where(mask, g, ns.zeros_like(g))
+
+
+def _full_like(ns: Any, value: Any, like: Any) -> Any:
+    if isinstance(value, _SCALARS):
+        return ns.full_like(like, value)
+    return value
+
+
+def _to_complex(ns: Any, g: Any) -> Any:
+    return ns.astype(g, ns.complex64 if g.dtype == ns.float32 else ns.complex128)
+
+
+# ---- elementwise: binary -------------------------------------------------------------
 
 
 def _add_x(ns, g, ans, x, y):
-    return unbroadcast(ns, g, _shape(x))
+    return fit(ns, g, x)
 
 
 def _add_y(ns, g, ans, x, y):
-    return unbroadcast(ns, g, _shape(y))
+    return fit(ns, g, y)
 
 
 def _sub_y(ns, g, ans, x, y):
-    return unbroadcast(ns, ns.negative(g), _shape(y))
+    return fit(ns, ns.negative(g), y)
 
 
 def _mul_x(ns, g, ans, x, y):
-    return unbroadcast(ns, ns.multiply(g, y), _shape(x))
+    return fit(ns, ns.multiply(g, conj(ns, y)), x)
 
 
 def _mul_y(ns, g, ans, x, y):
-    return unbroadcast(ns, ns.multiply(g, x), _shape(y))
+    return fit(ns, ns.multiply(g, conj(ns, x)), y)
 
 
 def _div_x(ns, g, ans, x, y):
-    return unbroadcast(ns, ns.divide(g, y), _shape(x))
+    return fit(ns, ns.divide(g, conj(ns, y)), x)
 
 
 def _div_y(ns, g, ans, x, y):
-    return unbroadcast(ns, ns.negative(ns.divide(ns.multiply(g, ans), y)), _shape(y))
+    # d(x/y)/dy = -(x/y)/y
+    return fit(ns, ns.negative(ns.divide(ns.multiply(g, conj(ns, ans)), conj(ns, y))), y)
 
 
 def _pow_x(ns, g, ans, x, y):
-    # d/dx x**y = y * x**(y-1)
-    return unbroadcast(ns, ns.multiply(g, ns.multiply(y, ns.pow(x, y - 1))), _shape(x))
+    # d/dx x**y = y * x**(y-1), taken as 0 where y == 0 (as torch)
+    if isinstance(y, _SCALARS) and y == 0:
+        return ns.zeros_like(x)
+    d = ns.multiply(y, ns.pow(x, ns.subtract(y, 1.0)))
+    if not isinstance(y, _SCALARS):
+        d = ns.where(y == 0, ns.zeros_like(d), d)
+    return fit(ns, ns.multiply(g, conj(ns, d)), x)
 
 
 def _pow_y(ns, g, ans, x, y):
     # d/dy x**y = x**y * log(x), taken as 0 where x == 0 (the limit for y > 0)
-    if isinstance(x, (int, float)):
+    if isinstance(x, _SCALARS):
         logx = math.log(x) if x > 0 else 0.0
-        return unbroadcast(ns, ns.multiply(g, ans) * logx, _shape(y))
+        return fit(ns, ns.multiply(g, conj(ns, ans)) * logx, y)
     safe = ns.where(x == 0, ns.ones_like(x), x)
-    return unbroadcast(ns, ns.multiply(ns.multiply(g, ans), ns.log(safe)), _shape(y))
+    d = ns.multiply(ans, ns.log(safe))
+    return fit(ns, ns.multiply(g, conj(ns, d)), y)
+
+
+def _tie_weights(ns, wins, ties, like):
+    """1 where an argument wins, 1/2 on ties (torch's split), 0 where it loses."""
+    return ns.add(_as_float(ns, wins, like), _as_float(ns, ties, like) * 0.5)
 
 
 def _max_x(ns, g, ans, x, y):
-    # ties split evenly, as torch.maximum
-    xv = x if not isinstance(x, (int, float)) else ns.full_like(ans, x)
-    w = _as_float(ns, x > y, ans) + _as_float(ns, x == y, ans) * 0.5
-    return unbroadcast(ns, ns.multiply(g, w), _shape(xv))
+    return fit(ns, ns.multiply(g, _tie_weights(ns, x > y, x == y, ans)), _full_like(ns, x, ans))
 
 
 def _max_y(ns, g, ans, x, y):
-    yv = y if not isinstance(y, (int, float)) else ns.full_like(ans, y)
-    w = _as_float(ns, y > x, ans) + _as_float(ns, x == y, ans) * 0.5
-    return unbroadcast(ns, ns.multiply(g, w), _shape(yv))
+    return fit(ns, ns.multiply(g, _tie_weights(ns, y > x, x == y, ans)), _full_like(ns, y, ans))
 
 
 def _min_x(ns, g, ans, x, y):
-    w = _as_float(ns, x < y, ans) + _as_float(ns, x == y, ans) * 0.5
-    return unbroadcast(ns, ns.multiply(g, w), _shape(x))
+    return fit(ns, ns.multiply(g, _tie_weights(ns, x < y, x == y, ans)), _full_like(ns, x, ans))
 
 
 def _min_y(ns, g, ans, x, y):
-    w = _as_float(ns, y < x, ans) + _as_float(ns, x == y, ans) * 0.5
-    return unbroadcast(ns, ns.multiply(g, w), _shape(y))
+    return fit(ns, ns.multiply(g, _tie_weights(ns, y < x, x == y, ans)), _full_like(ns, y, ans))
 
 
 def _where_x(ns, g, ans, cond, x, y):
-    return unbroadcast(ns, ns.where(cond, g, ns.zeros_like(g)), _shape(x))
+    return fit(ns, _masked(ns, cond, g), x)
 
 
 def _where_y(ns, g, ans, cond, x, y):
-    return unbroadcast(ns, ns.where(cond, ns.zeros_like(g), g), _shape(y))
+    return fit(ns, ns.where(cond, ns.zeros_like(g), g), y)
+
+
+def _atan2_y(ns, g, ans, y, x):
+    # atan2(y, x): d/dy = x / (x^2 + y^2)
+    denom = ns.add(ns.multiply(x, x), ns.multiply(y, y))
+    return fit(ns, ns.multiply(g, ns.divide(x, denom)), y)
+
+
+def _atan2_x(ns, g, ans, y, x):
+    denom = ns.add(ns.multiply(x, x), ns.multiply(y, y))
+    return fit(ns, ns.multiply(g, ns.negative(ns.divide(y, denom))), x)
+
+
+def _hypot_x(ns, g, ans, x, y):
+    return fit(ns, ns.multiply(g, ns.divide(x, ans)), x)
+
+
+def _hypot_y(ns, g, ans, x, y):
+    return fit(ns, ns.multiply(g, ns.divide(y, ans)), y)
+
+
+def _logaddexp_x(ns, g, ans, x, y):
+    return fit(ns, ns.multiply(g, ns.exp(ns.subtract(x, ans))), x)
+
+
+def _logaddexp_y(ns, g, ans, x, y):
+    return fit(ns, ns.multiply(g, ns.exp(ns.subtract(y, ans))), y)
+
+
+def _copysign_x(ns, g, ans, x, y):
+    # copysign(x, y) = |x| * (+-1): derivative ans / x, 0 at x == 0 (as torch)
+    zero = x == 0
+    safe = ns.where(zero, ns.ones_like(x), x)
+    ratio = ns.where(zero, ns.zeros_like(ans), ns.divide(ans, safe))
+    return fit(ns, ns.multiply(g, ratio), x)
+
+
+def _remainder_y(ns, g, ans, x, y):
+    # x mod y = x - floor(x / y) * y
+    return fit(ns, ns.multiply(ns.negative(g), ns.floor_divide(x, y)), y)
+
+
+def _clip_x(ns, g, ans, x, lo, hi):
+    keep = ns.ones_like(strip(x), dtype=ns.bool) if lo is None else x >= lo
+    if hi is not None:
+        keep = ns.logical_and(keep, x <= hi)
+    return fit(ns, _masked(ns, keep, g), x)
+
+
+def _clip_lo(ns, g, ans, x, lo, hi):
+    below = x < lo
+    if hi is not None:
+        below = ns.logical_and(below, lo <= hi)
+    return fit(ns, _masked(ns, below, g), lo)
+
+
+def _clip_hi(ns, g, ans, x, lo, hi):
+    above = x > hi if lo is None else ns.logical_or(x > hi, lo > hi)
+    return fit(ns, _masked(ns, above, g), hi)
+
+
+# ---- elementwise: unary --------------------------------------------------------------
 
 
 def _unary(derivative):
-    """Rule for ``f(x)`` given ``derivative(ns, ans, x) = f'(x)``."""
+    """Rule for ``f(x)`` given ``derivative(ns, ans, x) = f'(x)``: ``g * conj(f'(x))``."""
 
     def rule(ns, g, ans, x, **kw):
-        return ns.multiply(g, derivative(ns, ans, x))
+        return ns.multiply(g, conj(ns, derivative(ns, ans, x)))
 
     return (rule,)
 
 
-# ---- linear algebra ----------------------------------------------------------------
+def _over(denominator):
+    """Rule ``g / conj(denominator(ns, ans, x))``."""
+
+    def rule(ns, g, ans, x, **kw):
+        return ns.divide(g, conj(ns, denominator(ns, ans, x)))
+
+    return (rule,)
+
+
+def _one_minus_square(ns, x):
+    return 1.0 - ns.multiply(x, x)
+
+
+def _abs(ns, g, ans, x):
+    return ns.multiply(g, ns.sign(x))
+
+
+def _real(ns, g, ans, x):
+    return _to_complex(ns, g) if is_complex(ns, x) else g
+
+
+def _imag(ns, g, ans, x):
+    if not is_complex(ns, x):
+        return ns.zeros_like(x)
+    return ns.multiply(_to_complex(ns, g), 1j)
+
+
+_LN2 = math.log(2.0)
+_LN10 = math.log(10.0)
+
+UNARY_RULES: dict[str, Any] = {
+    "negative": (lambda ns, g, ans, x: ns.negative(g),),
+    "positive": (lambda ns, g, ans, x: g,),
+    "conj": (lambda ns, g, ans, x: conj(ns, g),),
+    "real": (_real,),
+    "imag": (_imag,),
+    "abs": (_abs,),
+    "exp": _unary(lambda ns, ans, x: ans),
+    "expm1": _unary(lambda ns, ans, x: ans + 1.0),
+    "log": _over(lambda ns, ans, x: x),
+    "log1p": _over(lambda ns, ans, x: x + 1.0),
+    "log2": _over(lambda ns, ans, x: x * _LN2),
+    "log10": _over(lambda ns, ans, x: x * _LN10),
+    "sqrt": _over(lambda ns, ans, x: ans * 2.0),
+    "square": _unary(lambda ns, ans, x: x * 2.0),
+    "reciprocal": _unary(lambda ns, ans, x: ns.negative(ns.multiply(ans, ans))),
+    "sin": _unary(lambda ns, ans, x: ns.cos(x)),
+    "cos": _unary(lambda ns, ans, x: ns.negative(ns.sin(x))),
+    "tan": _unary(lambda ns, ans, x: 1.0 + ns.multiply(ans, ans)),
+    "sinh": _unary(lambda ns, ans, x: ns.cosh(x)),
+    "cosh": _unary(lambda ns, ans, x: ns.sinh(x)),
+    "tanh": _unary(lambda ns, ans, x: _one_minus_square(ns, ans)),
+    "asin": _over(lambda ns, ans, x: ns.sqrt(_one_minus_square(ns, x))),
+    "acos": _over(lambda ns, ans, x: ns.negative(ns.sqrt(_one_minus_square(ns, x)))),
+    "atan": _over(lambda ns, ans, x: 1.0 + ns.multiply(x, x)),
+    "asinh": _over(lambda ns, ans, x: ns.sqrt(ns.multiply(x, x) + 1.0)),
+    "acosh": _over(lambda ns, ans, x: ns.multiply(ns.sqrt(x - 1.0), ns.sqrt(x + 1.0))),
+    "atanh": _over(lambda ns, ans, x: _one_minus_square(ns, x)),
+}
+
+
+# ---- matmul and tensordot ----------------------------------------------------------
 
 
 def _matmul_parts(a, b, g):
@@ -167,14 +364,14 @@ def _matmul_parts(a, b, g):
 
 def _matmul_a(ns, g, ans, a, b):
     a2, b2, g2 = _matmul_parts(a, b, g)
-    da = ns.matmul(ns.reshape(g, g2), ns.matrix_transpose(ns.reshape(b, b2)))
-    return ns.reshape(unbroadcast(ns, da, a2), _shape(a))
+    da = ns.matmul(ns.reshape(g, g2), ns.matrix_transpose(conj(ns, ns.reshape(b, b2))))
+    return fit(ns, ns.reshape(unbroadcast(ns, da, a2), _shape(a)), a)
 
 
 def _matmul_b(ns, g, ans, a, b):
     a2, b2, g2 = _matmul_parts(a, b, g)
-    db = ns.matmul(ns.matrix_transpose(ns.reshape(a, a2)), ns.reshape(g, g2))
-    return ns.reshape(unbroadcast(ns, db, b2), _shape(b))
+    db = ns.matmul(ns.matrix_transpose(conj(ns, ns.reshape(a, a2))), ns.reshape(g, g2))
+    return fit(ns, ns.reshape(unbroadcast(ns, db, b2), _shape(b)), b)
 
 
 def _tensordot_axes(a_ndim: int, b_ndim: int, axes: Any) -> tuple[list[int], list[int]]:
@@ -184,7 +381,8 @@ def _tensordot_axes(a_ndim: int, b_ndim: int, axes: Any) -> tuple[list[int], lis
     return [i % a_ndim for i in a_ax], [i % b_ndim for i in b_ax]
 
 
-def _inverse_permutation(perm: Sequence[int]) -> tuple[int, ...]:
+def inverse_permutation(perm: Sequence[int]) -> tuple[int, ...]:
+    """The permutation that undoes ``perm``."""
     inv = [0] * len(perm)
     for i, p in enumerate(perm):
         inv[p] = i
@@ -197,12 +395,10 @@ def _tensordot_a(ns, g, ans, a, b, axes=2):
     a_free = [i for i in range(a_nd) if i not in a_ax]
     b_free = [i for i in range(b_nd) if i not in b_ax]
     g_b = list(range(len(a_free), len(a_free) + len(b_free)))
-    r = ns.tensordot(g, b, axes=(g_b, b_free))
+    r = ns.tensordot(g, conj(ns, b), axes=(g_b, b_free))
     # r's axes: a_free..., then b's contracted axes in ascending order of b's axes
-    b_order = sorted(b_ax)
-    source = a_free + [a_ax[b_ax.index(j)] for j in b_order]
-    perm = _inverse_permutation(source)
-    return ns.permute_dims(r, perm)
+    source = a_free + [a_ax[b_ax.index(j)] for j in sorted(b_ax)]
+    return fit(ns, ns.permute_dims(r, inverse_permutation(source)), a)
 
 
 def _tensordot_b(ns, g, ans, a, b, axes=2):
@@ -210,34 +406,89 @@ def _tensordot_b(ns, g, ans, a, b, axes=2):
     a_ax, b_ax = _tensordot_axes(a_nd, b_nd, axes)
     a_free = [i for i in range(a_nd) if i not in a_ax]
     b_free = [i for i in range(b_nd) if i not in b_ax]
-    g_a = list(range(len(a_free)))
-    r = ns.tensordot(a, g, axes=(a_free, g_a))
-    a_order = sorted(a_ax)
-    source = [b_ax[a_ax.index(i)] for i in a_order] + b_free
-    return ns.permute_dims(r, _inverse_permutation(source))
+    r = ns.tensordot(conj(ns, a), g, axes=(a_free, list(range(len(a_free)))))
+    source = [b_ax[a_ax.index(i)] for i in sorted(a_ax)] + b_free
+    return fit(ns, ns.permute_dims(r, inverse_permutation(source)), b)
 
 
 # ---- reductions --------------------------------------------------------------------
 
 
-def _sum(ns, g, ans, x, axis=None, keepdims=False, dtype=None):
-    g = ns.astype(g, x.dtype) if g.dtype != x.dtype else g
-    return _restore_reduced(ns, g, x, axis, keepdims)
+def _sum(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
+    return fit(ns, restore_reduced(ns, g, x, axis, keepdims), x)
 
 
 def _mean(ns, g, ans, x, axis=None, keepdims=False):
-    n = _count(_shape(x), _normalize_axes(axis, len(_shape(x))))
-    return _restore_reduced(ns, g, x, axis, keepdims) / n
+    n = _count(_shape(x), normalize_axes(axis, len(_shape(x))))
+    return restore_reduced(ns, g, x, axis, keepdims) / n
+
+
+def _prod(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
+    # d prod / dx_i = prod of the others: ans / x_i without zeros; with exactly one zero
+    # only that element gets the product of the rest; with two or more, nothing does.
+    axes = normalize_axes(axis, len(_shape(x)))
+    gk = restore_reduced(ns, g, x, axis, keepdims)
+    ansk = restore_reduced(ns, ans, x, axis, keepdims)
+    zero = strip(x) == 0
+    n_zero = ns.sum(ns.astype(zero, ns.int64), axis=axes, keepdims=True)
+    safe = ns.where(zero, ns.ones_like(x), x)
+    others = ns.where(
+        n_zero == 1, ns.prod(safe, axis=axes, keepdims=True, dtype=dtype), ns.zeros_like(ans)
+    )
+    d = ns.where(zero, ns.broadcast_to(others, _shape(x)), ns.divide(ansk, safe))
+    return fit(ns, ns.multiply(gk, conj(ns, d)), x)
 
 
 def _extremum(ns, g, ans, x, axis=None, keepdims=False):
     shape = _shape(x)
-    axes = _normalize_axes(axis, len(shape))
+    axes = normalize_axes(axis, len(shape))
     ans_k = ans if keepdims else ns.reshape(ans, _keepdims_shape(shape, axes))
-    mask = _as_float(ns, x == ans_k, x)  # ties share the gradient evenly
+    mask = _as_float(ns, strip(x) == strip(ans_k), strip(x))  # ties share evenly
     count = ns.sum(mask, axis=axes, keepdims=True)
-    g_full = _restore_reduced(ns, g, x, axis, keepdims)
+    g_full = restore_reduced(ns, g, x, axis, keepdims)
     return ns.divide(ns.multiply(g_full, mask), count)
+
+
+def _along(axis: int, ndim: int, index: Any) -> tuple[Any, ...]:
+    return (slice(None),) * (axis % ndim) + (index, Ellipsis)
+
+
+def _reverse_cumsum(ns, g, axis):
+    return ns.flip(ns.cumulative_sum(ns.flip(g, axis=axis), axis=axis), axis=axis)
+
+
+def _cumulative_sum(ns, g, ans, x, axis=None, dtype=None, include_initial=False):
+    ax = 0 if axis is None else axis % len(_shape(x))
+    if include_initial:
+        g = g[_along(ax, len(_shape(g)), slice(1, None))]
+    return fit(ns, _reverse_cumsum(ns, g, ax), x)
+
+
+def _cumulative_prod(ns, g, ans, x, axis=None, dtype=None, include_initial=False):
+    ndim = len(_shape(x))
+    ax = 0 if axis is None else axis % ndim
+    if include_initial:
+        g = g[_along(ax, ndim, slice(1, None))]
+        ans = ans[_along(ax, ndim, slice(1, None))]
+    if not bool(ns.any(strip(x) == 0)):
+        d = _reverse_cumsum(ns, ns.multiply(g, conj(ns, ans)), ax)
+        return fit(ns, ns.divide(d, conj(ns, x)), x)
+    return fit(ns, _cumulative_prod_with_zeros(ns, g, x, ax), x)
+
+
+def _cumulative_prod_with_zeros(ns, g, x, ax):
+    """sum_{k >= i} g_k prod_{j <= k, j != i} x_j, in O(n^2) (safe where x has zeros)."""
+    n = _shape(x)[ax]
+    xm = ns.moveaxis(x, ax, -1)
+    gm = ns.moveaxis(g, ax, -1)
+    dev = ns._base_device(strip(x))
+    eye = ns.eye(n, dtype=ns.bool, device=dev)
+    others = ns.where(eye, ns.ones_like(ns.expand_dims(xm, axis=-2)), ns.expand_dims(xm, axis=-2))
+    partial = ns.cumulative_prod(others, axis=-1)  # [..., i, k] = prod_{j<=k, j!=i} x_j
+    upper = ns.triu(ns.ones((n, n), dtype=x.dtype, device=dev))
+    weights = ns.multiply(conj(ns, partial), upper)
+    d = ns.sum(ns.multiply(weights, ns.expand_dims(gm, axis=-2)), axis=-1)
+    return ns.moveaxis(d, -1, ax)
 
 
 # ---- shape manipulation ------------------------------------------------------------
@@ -248,7 +499,7 @@ def _reshape(ns, g, ans, x, shape=None, *rest, **kw):
 
 
 def _permute_dims(ns, g, ans, x, axes):
-    return ns.permute_dims(g, _inverse_permutation([a % len(_shape(x)) for a in axes]))
+    return ns.permute_dims(g, inverse_permutation([a % len(_shape(x)) for a in axes]))
 
 
 def _matrix_transpose(ns, g, ans, x):
@@ -260,7 +511,30 @@ def _broadcast_to(ns, g, ans, x, shape):
 
 
 def _astype(ns, g, ans, x, dtype, *rest, **kw):
+    if is_complex(ns, g) and not is_complex(ns, x):
+        g = ns.real(g)
     return ns.astype(g, x.dtype)
+
+
+def _flip(ns, g, ans, x, axis=None):
+    return ns.flip(g, axis=axis)
+
+
+def _roll(ns, g, ans, x, shift, axis=None):
+    back = -shift if isinstance(shift, int) else tuple(-s for s in shift)
+    return ns.roll(g, back, axis=axis)
+
+
+def _moveaxis(ns, g, ans, x, source, destination):
+    return ns.moveaxis(g, destination, source)
+
+
+def _tril(ns, g, ans, x, k=0):
+    return ns.tril(g, k=k)
+
+
+def _triu(ns, g, ans, x, k=0):
+    return ns.triu(g, k=k)
 
 
 def _concat_rule(i):
@@ -271,16 +545,14 @@ def _concat_rule(i):
             return ns.reshape(g[start : start + n], _shape(arrays[i]))
         ax = axis % len(_shape(g))
         start = sum(_shape(a)[ax] for a in arrays[:i])
-        key = (slice(None),) * ax + (slice(start, start + _shape(arrays[i])[ax]), Ellipsis)
-        return g[key]
+        return g[_along(ax, len(_shape(g)), slice(start, start + _shape(arrays[i])[ax]))]
 
     return rule
 
 
 def _stack_rule(i):
     def rule(ns, g, ans, *arrays, axis=0):
-        ax = axis % len(_shape(g))
-        return g[(slice(None),) * ax + (i, Ellipsis)]
+        return g[_along(axis, len(_shape(g)), i)]
 
     return rule
 
@@ -304,12 +576,42 @@ class _PerArgument(tuple):
         return rule
 
 
+# ---- indexing ----------------------------------------------------------------------
+
+
+def positions(ns: Any, x: Any) -> Any:
+    """Raw array of ``x``'s shape holding each element's flat (row-major) position."""
+    raw = strip(x)
+    base = ns._base
+    flat = base.arange(math.prod(_shape(x)), device=ns._base_device(raw))
+    return base.reshape(flat, _shape(x))
+
+
+def gather_transpose(ns: Any, g: Any, picked: Any, x: Any) -> Any:
+    """Cotangent of ``x`` from that of a gather that read positions ``picked`` of ``x``.
+
+    Repeated positions accumulate (a scatter-add).
+    """
+    size = math.prod(_shape(x))
+    flat_g = ns.reshape(g, (-1,))
+    flat_pos = ns._base.reshape(picked, (-1,))
+    return ns.reshape(ns._index_add(flat_g, flat_pos, size), _shape(x))
+
+
 def _getitem(ns, g, ans, x, key):
     return ns._scatter(g, key, _shape(x))
 
 
+def _getitem_advanced(ns, g, ans, x, key):
+    return gather_transpose(ns, g, positions(ns, x)[key], x)
+
+
 def _scatter(ns, g, ans, cot, key, shape):
     return ns._getitem(g, key)
+
+
+def _index_add_values(ns, g, ans, values, index, size):
+    return ns.take(g, index)
 
 
 def _setitem_x(ns, g, ans, x, key, value):
@@ -317,11 +619,31 @@ def _setitem_x(ns, g, ans, x, key, value):
 
 
 def _setitem_value(ns, g, ans, x, key, value):
-    part = ns._getitem(g, key)
-    return unbroadcast(ns, part, _shape(value))
+    return fit(ns, ns._getitem(g, key), value)
+
+
+def _take(ns, g, ans, x, indices, axis=None):
+    return gather_transpose(ns, g, ns._base.take(positions(ns, x), strip(indices), axis=axis), x)
+
+
+def _take_along_axis(ns, g, ans, x, indices, axis=-1):
+    picked = ns._take_along_axis_raw(positions(ns, x), strip(indices), axis=axis)
+    return gather_transpose(ns, g, picked, x)
+
+
+def _unique_values(ns, g, ans, x):
+    inverse = ns._base.unique_inverse(strip(x)).inverse_indices
+    return ns.reshape(ns.take(g, ns._base.reshape(inverse, (-1,))), _shape(x))
+
+
+def _unique_multi(ns, gs, ans, x):
+    if gs[0] is None:
+        return (None,)
+    return (_unique_values(ns, gs[0], None, x),)
 
 
 RULES: dict[str, Any] = {
+    **UNARY_RULES,
     "add": (_add_x, _add_y),
     "subtract": (_add_x, _sub_y),
     "multiply": (_mul_x, _mul_y),
@@ -330,21 +652,22 @@ RULES: dict[str, Any] = {
     "maximum": (_max_x, _max_y),
     "minimum": (_min_x, _min_y),
     "where": (None, _where_x, _where_y),
-    "negative": (lambda ns, g, ans, x: ns.negative(g),),
-    "positive": (lambda ns, g, ans, x: g,),
-    "exp": _unary(lambda ns, ans, x: ans),
-    "log": (lambda ns, g, ans, x: ns.divide(g, x),),
-    "tanh": _unary(lambda ns, ans, x: 1.0 - ns.multiply(ans, ans)),
-    "sqrt": (lambda ns, g, ans, x: ns.divide(g, ans * 2.0),),
-    "sin": _unary(lambda ns, ans, x: ns.cos(x)),
-    "cos": _unary(lambda ns, ans, x: ns.negative(ns.sin(x))),
-    "abs": _unary(lambda ns, ans, x: ns.sign(x)),
+    "atan2": (_atan2_y, _atan2_x),
+    "hypot": (_hypot_x, _hypot_y),
+    "logaddexp": (_logaddexp_x, _logaddexp_y),
+    "copysign": (_copysign_x, None),
+    "remainder": (_add_x, _remainder_y),
+    "nextafter": (_add_x, None),
+    "clip": (_clip_x, _clip_lo, _clip_hi),
     "matmul": (_matmul_a, _matmul_b),
     "tensordot": (_tensordot_a, _tensordot_b),
     "sum": (_sum,),
+    "prod": (_prod,),
     "mean": (_mean,),
     "max": (_extremum,),
     "min": (_extremum,),
+    "cumulative_sum": (_cumulative_sum,),
+    "cumulative_prod": (_cumulative_prod,),
     "reshape": (_reshape,),
     "permute_dims": (_permute_dims,),
     "matrix_transpose": (_matrix_transpose,),
@@ -352,14 +675,31 @@ RULES: dict[str, Any] = {
     "squeeze": (_reshape,),
     "broadcast_to": (_broadcast_to,),
     "astype": (_astype,),
+    "flip": (_flip,),
+    "roll": (_roll,),
+    "moveaxis": (_moveaxis,),
+    "tril": (_tril,),
+    "triu": (_triu,),
     "concat": _PerArgument(_concat_rule),
     "stack": _PerArgument(_stack_rule),
+    "take": (_take, None),
+    "take_along_axis": (_take_along_axis, None),
+    "unique_values": (_unique_values,),
     "_getitem": (_getitem,),
+    "_getitem_advanced": (_getitem_advanced,),
     "_scatter": (_scatter,),
+    "_index_add": (_index_add_values, None),
     "_setitem": (_setitem_x, None, _setitem_value),
 }
 
-# Functions whose outputs carry no gradient: called on the raw values.
+MULTI_RULES: dict[str, Any] = {
+    "unique_all": (_unique_multi, (0,)),
+    "unique_counts": (_unique_multi, (0,)),
+    "unique_inverse": (_unique_multi, (0,)),
+}
+
+# Functions whose outputs carry no gradient (integer, boolean or piecewise-constant
+# results, dtype queries, creation from shapes): called on the raw values.
 NONDIFFERENTIABLE = frozenset(
     [
         "equal",
@@ -371,6 +711,7 @@ NONDIFFERENTIABLE = frozenset(
         "isnan",
         "isinf",
         "isfinite",
+        "isin",
         "logical_and",
         "logical_or",
         "logical_xor",
@@ -387,10 +728,6 @@ NONDIFFERENTIABLE = frozenset(
         "nonzero",
         "count_nonzero",
         "searchsorted",
-        "unique_all",
-        "unique_counts",
-        "unique_inverse",
-        "unique_values",
         "all",
         "any",
         "zeros_like",
@@ -409,5 +746,16 @@ NONDIFFERENTIABLE = frozenset(
         "can_cast",
         "finfo",
         "iinfo",
+        "broadcast_shapes",
+        "arange",
+        "empty",
+        "eye",
+        "full",
+        "linspace",
+        "ones",
+        "zeros",
+        "linalg.matrix_rank",
+        "fft.fftfreq",
+        "fft.rfftfreq",
     ]
 )

@@ -24,10 +24,14 @@ from typing import Any
 __all__ = [
     "EscapedTracerError",
     "Node",
+    "RebasedLeaf",
     "Trace",
     "TracedArray",
+    "TupleCotangent",
+    "multi_output_primitive",
     "primitive",
     "strip",
+    "strip_key",
     "unbox",
 ]
 
@@ -59,6 +63,39 @@ class Node:
     def __init__(self, vjp: Callable[[Any], Sequence[Any]] | None, parents: tuple[Node, ...]):
         self.vjp = vjp
         self.parents = parents
+
+
+class RebasedLeaf(Node):
+    """The node of a differentiated input after ``x[key] = value`` rebound it in place.
+
+    ``origin`` is the input's own leaf node: the backward pass reports the input's
+    gradient from ``origin``, not from the rebound value.
+    """
+
+    __slots__ = ("origin",)
+
+    def __init__(
+        self, vjp: Callable[[Any], Sequence[Any]], parents: tuple[Node, ...], origin: Node
+    ):
+        super().__init__(vjp, parents)
+        self.origin = origin
+
+
+class TupleCotangent:
+    """Cotangents of the outputs of a multi-output primitive; ``None`` for unused outputs."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Any]):
+        self.parts = parts
+
+    def accumulate(self, ns: Any, other: TupleCotangent) -> TupleCotangent:
+        """The output-wise sum of two tuple cotangents."""
+        parts = [
+            b if a is None else a if b is None else ns.add(a, b)
+            for a, b in zip(self.parts, other.parts)
+        ]
+        return TupleCotangent(parts)
 
 
 def _escaped(name: str) -> EscapedTracerError:
@@ -157,12 +194,27 @@ class TracedArray:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Functional assignment: this traced array is rebound to a new tape node."""
+        node = self._node
         new = self._ns._setitem(self, key, value)
-        self._value, self._node, self._trace = new._value, new._node, new._trace
+        if not isinstance(new, TracedArray):  # nothing differentiable was involved
+            self._value = new
+            return
+        new_node = new._node
+        if new._trace is self._trace and (node.vjp is None or isinstance(node, RebasedLeaf)):
+            origin = node.origin if isinstance(node, RebasedLeaf) else node
+            new_node = RebasedLeaf(new_node.vjp, new_node.parents, origin)
+        self._value, self._node, self._trace = new._value, new_node, new._trace
 
     # -- methods of the standard --------------------------------------------------
     def to_device(self, device: Any, /, *, stream: Any = None) -> Any:
         return self._ns._to_device(self, device)
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """DLPack export of the value (reading it ends differentiability)."""
+        return strip(self).__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return strip(self).__dlpack_device__()
 
 
 def _binary(name: str, reflected: bool = False) -> Callable[[TracedArray, Any], Any]:
@@ -184,34 +236,39 @@ _BINARY_OPERATORS = {
     "sub": "subtract",
     "mul": "multiply",
     "truediv": "divide",
-    "floordiv": "floor_divide",
     "mod": "remainder",
     "pow": "pow",
     "matmul": "matmul",
-    "and": "bitwise_and",
-    "or": "bitwise_or",
-    "xor": "bitwise_xor",
-    "lshift": "bitwise_left_shift",
-    "rshift": "bitwise_right_shift",
 }
+# Operators whose results carry no gradient (integer, boolean, piecewise constant).
+_RAW_OPERATORS = ("floordiv", "and", "or", "xor", "lshift", "rshift")
+
+
+def _raw_operator(op: str) -> Callable[[TracedArray, Any], Any]:
+    """An operator whose result carries no gradient: applied to the raw values."""
+    method = f"__{op}__"
+
+    def fn(self: TracedArray, other: Any) -> Any:
+        return getattr(strip(self), method)(strip(other))
+
+    return fn
+
+
 for _op, _fn in _BINARY_OPERATORS.items():
     setattr(TracedArray, f"__{_op}__", _binary(_fn))
     setattr(TracedArray, f"__r{_op}__", _binary(_fn, reflected=True))
     # In-place operators are functional: ``x += y`` rebinds ``x`` to a new traced array.
     setattr(TracedArray, f"__i{_op}__", _binary(_fn))
-for _op, _fn in {
-    "lt": "less",
-    "le": "less_equal",
-    "gt": "greater",
-    "ge": "greater_equal",
-    "eq": "equal",
-    "ne": "not_equal",
-}.items():
-    setattr(TracedArray, f"__{_op}__", _binary(_fn))
+for _op in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(TracedArray, f"__{_op}__", _raw_operator(_op))
+for _op in _RAW_OPERATORS:
+    setattr(TracedArray, f"__{_op}__", _raw_operator(_op))
+    setattr(TracedArray, f"__r{_op}__", _raw_operator(f"r{_op}"))
+    setattr(TracedArray, f"__i{_op}__", _raw_operator(_op))
 TracedArray.__neg__ = lambda self: self._ns.negative(self)
 TracedArray.__pos__ = lambda self: self._ns.positive(self)
 TracedArray.__abs__ = lambda self: self._ns.abs(self)
-TracedArray.__invert__ = lambda self: self._ns.bitwise_invert(self)
+TracedArray.__invert__ = lambda self: ~strip(self)
 
 
 def unbox(x: Any, trace: Trace) -> Any:
@@ -226,6 +283,13 @@ def strip(x: Any) -> Any:
     while isinstance(x, TracedArray):
         x = x._value
     return x
+
+
+def strip_key(key: Any) -> Any:
+    """An index key with every traced array in it replaced by its raw value."""
+    if isinstance(key, tuple):
+        return tuple(strip(k) for k in key)
+    return strip(key)
 
 
 def _newest_trace(args: Sequence[Any], name: str) -> Trace | None:
@@ -285,3 +349,69 @@ def primitive(
 
     fn.__name__ = fn.__qualname__ = name
     return fn
+
+
+def multi_output_primitive(
+    name: str,
+    raw: Callable[..., Any],
+    rule: Callable[..., Sequence[Any]],
+    differentiable_outputs: Sequence[int],
+    ns: Any,
+) -> Callable[..., Any]:
+    """Make a differentiable function from ``raw``, which returns a tuple of arrays.
+
+    ``rule(ns, gs, ans, *args, **kwargs)`` receives ``gs``, one cotangent per output
+    (``None`` for an output that nothing used), and returns one cotangent per positional
+    argument (``None``: no gradient). Only the outputs at ``differentiable_outputs``
+    are traced; the others (indices, counts, signs) are returned raw.
+    """
+    n_outputs_hint = max(differentiable_outputs) + 1
+
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        trace = _newest_trace(args, name)
+        if trace is None:
+            return raw(*args, **kwargs)
+        vals = list(args)
+        parents = []
+        argnums = []
+        for i, a in enumerate(args):
+            if isinstance(a, TracedArray) and a._trace is trace:
+                vals[i] = a._value
+                parents.append(a._node)
+                argnums.append(i)
+        ans = fn(*vals, **kwargs)
+        if not parents:
+            return ans
+        n_out = max(len(ans), n_outputs_hint)
+
+        def vjp(gs: TupleCotangent) -> list[Any]:
+            parts = list(gs.parts) + [None] * (n_out - len(gs.parts))
+            grads = rule(ns, parts, ans, *vals, **kwargs)
+            return [grads[i] for i in argnums]
+
+        main = Node(vjp, tuple(parents))
+        outputs = list(ans)
+        for k in differentiable_outputs:
+            outputs[k] = ns._Traced(ans[k], Node(_select(k, n_out), (main,)), trace)
+        return _rebuild(ans, outputs)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def _select(k: int, n: int) -> Callable[[Any], tuple[TupleCotangent]]:
+    def vjp(g: Any) -> tuple[TupleCotangent]:
+        parts: list[Any] = [None] * n
+        parts[k] = g
+        return (TupleCotangent(parts),)
+
+    return vjp
+
+
+def _rebuild(template: Any, items: list[Any]) -> Any:
+    """``items`` in the container type of ``template`` (a tuple, list or named tuple)."""
+    if hasattr(template, "_fields"):
+        return type(template)(*items)
+    if isinstance(template, list):
+        return items
+    return tuple(items)

@@ -1,15 +1,23 @@
 """Build a tracing namespace (``agrad.numpy``, ``agrad.array_api_strict`` ...) over a base.
 
-Every public name of the base namespace is present. Functions with a VJP rule become
-primitives; functions without a gradient run on the raw values and return untraced
-results; any other function passes through when no argument is traced and raises
-``NotImplementedError`` naming itself when one is, never giving a wrong gradient.
+Every public name of the base namespace is present, and every name of the standard
+(:mod:`agrad.autograd.tape.standard`) even where the base lacks it. A function is, in
+order of precedence:
+
+- a *primitive* with a VJP rule (``RULES``, ``MULTI_RULES`` of the rule modules);
+- *derived*: the base's own function when nothing is traced, else a composition of
+  primitives (:mod:`agrad.autograd.tape.derived`);
+- *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
+- *unsupported*: a pass-through that raises ``NotImplementedError`` naming itself when
+  given a traced array (the base's non-standard extras), never a wrong gradient.
+
 With no active trace the namespace is a plain pass-through of its base.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 from collections.abc import Callable
@@ -17,10 +25,17 @@ from typing import Any
 
 import array_api_compat
 
-from agrad.autograd.tape.rules import NONDIFFERENTIABLE, RULES
-from agrad.autograd.tape.traced import TracedArray, primitive, strip
+from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
+from agrad.autograd.tape.standard import FFT_FUNCTIONS, FUNCTIONS, LINALG_FUNCTIONS
+from agrad.autograd.tape.traced import (
+    TracedArray,
+    multi_output_primitive,
+    primitive,
+    strip,
+    strip_key,
+)
 
-__all__ = ["BASE_MODULES", "populate"]
+__all__ = ["BASE_MODULES", "DERIVED", "MULTI_RULES", "NONDIFFERENTIABLE", "RULES", "populate"]
 
 #: Base namespace module for each tracing namespace.
 BASE_MODULES = {
@@ -30,6 +45,13 @@ BASE_MODULES = {
     "dask": "array_api_compat.dask.array",
 }
 
+RULES: dict[str, Any] = {**rules.RULES, **rules_linalg.RULES, **rules_fft.RULES}
+MULTI_RULES: dict[str, Any] = {**rules.MULTI_RULES, **rules_linalg.MULTI_RULES}
+DERIVED: dict[str, Any] = derived.DERIVED
+NONDIFFERENTIABLE = rules.NONDIFFERENTIABLE
+
+# Binary functions computed with the operators, so a Python scalar operand works on
+# every api_version (array-api-strict 2023.12 refuses scalars in ``add(x, 2.0)``).
 _OPERATOR_IMPLS: dict[str, Callable[[Any, Any], Any]] = {
     "add": lambda x, y: x + y,
     "subtract": lambda x, y: x - y,
@@ -37,7 +59,11 @@ _OPERATOR_IMPLS: dict[str, Callable[[Any, Any], Any]] = {
     "divide": lambda x, y: x / y,
     "pow": lambda x, y: x**y,
     "matmul": lambda x, y: x @ y,
+    "remainder": lambda x, y: x % y,
 }
+
+# Functions the namespace defines itself (see ``_own_functions``).
+_OWN = frozenset(["concat", "stack", "asarray", "clip", "astype", "take_along_axis"])
 
 
 def _contains_traced(obj: Any) -> bool:
@@ -58,6 +84,13 @@ def _strip_deep(obj: Any) -> Any:
     return obj
 
 
+def _any_traced(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for a in args:
+        if isinstance(a, TracedArray):
+            return True
+    return any(isinstance(v, TracedArray) for v in kwargs.values()) if kwargs else False
+
+
 def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         return raw(
@@ -73,7 +106,7 @@ def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         if _contains_traced(args) or _contains_traced(kwargs):
             msg = (
-                f"{qualname} has no gradient rule in agrad yet, so it cannot be "
+                f"{qualname} has no gradient rule in agrad, so it cannot be "
                 "differentiated; call it outside the differentiated function or on "
                 "agrad.stop_gradient(x)"
             )
@@ -81,7 +114,35 @@ def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
         return raw(*args, **kwargs)
 
     fn.__name__ = fn.__qualname__ = qualname.rsplit(".", 1)[-1]
-    fn.__doc__ = f"``{qualname}`` passes through to the base namespace; not differentiable yet."
+    fn.__doc__ = f"``{qualname}`` passes through to the base namespace; not differentiable."
+    return fn
+
+
+def _missing(qualname: str, base_name: str) -> Callable[..., Any]:
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        msg = f"{qualname}: the {base_name} namespace does not provide this function"
+        raise NotImplementedError(msg)
+
+    fn.__name__ = fn.__qualname__ = qualname.rsplit(".", 1)[-1]
+    fn.__doc__ = f"``{qualname}`` is missing from the base namespace {base_name}."
+    return fn
+
+
+def _derived(name: str, raw: Callable[..., Any] | None, impl: Callable[..., Any], ns: Any):
+    if raw is None:
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            return impl(ns, *args, **kwargs)
+
+    else:
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            if _any_traced(args, kwargs):
+                return impl(ns, *args, **kwargs)
+            return raw(*args, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = name.rsplit(".", 1)[-1]
+    fn.__doc__ = impl.__doc__
     return fn
 
 
@@ -89,27 +150,45 @@ def _is_function(obj: Any) -> bool:
     return callable(obj) and not isinstance(obj, type) and not isinstance(obj, types.ModuleType)
 
 
-def _wrap(name: str, qualname: str, obj: Any, ns: Any) -> Any:
-    if not _is_function(obj) or name.startswith("__"):
+def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
+    """The tracing version of ``obj`` (the base's ``key``: ``"sum"``, ``"linalg.svd"``)."""
+    name = key.rsplit(".", 1)[-1]
+    if obj is not None and (not _is_function(obj) or name.startswith("__")):
         return obj
-    if name in RULES:
-        return primitive(name, _OPERATOR_IMPLS.get(name, obj), RULES[name], ns)
-    if name in NONDIFFERENTIABLE:
+    if key in RULES:
+        if obj is None:
+            return _missing(qualname, ns._agrad_base_name)
+        return primitive(key, _OPERATOR_IMPLS.get(key, obj), RULES[key], ns)
+    if key in MULTI_RULES:
+        if obj is None:
+            return _missing(qualname, ns._agrad_base_name)
+        rule, outputs = MULTI_RULES[key]
+        return multi_output_primitive(key, obj, rule, outputs, ns)
+    if key in DERIVED:
+        return _derived(key, obj, DERIVED[key], ns)
+    if obj is None:
+        return _missing(qualname, ns._agrad_base_name)
+    if key in NONDIFFERENTIABLE:
         return _nondifferentiable(name, obj)
     return _unsupported(qualname, obj)
 
 
-def _populate_extension(ns: Any, base: Any, ext: str) -> types.ModuleType:
-    base_ext = getattr(base, ext)
-    mod = types.ModuleType(f"{ns.__name__}.{ext}", f"{ext} extension of {ns.__name__}.")
-    for name in dir(base_ext):
-        if name.startswith("_"):
-            continue
-        same_as_main = name in ("matmul", "tensordot", "matrix_transpose", "vecdot")
-        if same_as_main and hasattr(ns, name):
+_SHARED_WITH_MAIN = ("matmul", "tensordot", "matrix_transpose", "vecdot")
+
+
+def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) -> types.ModuleType:
+    base_ext = getattr(base, ext, None)
+    mod = types.ModuleType(f"{ns.__name__}.{ext}", f"``{ext}`` extension of {ns.__name__}.")
+    public = [n for n in dir(base_ext) if not n.startswith("_")] if base_ext is not None else []
+    for name in dict.fromkeys([*names, *public]):
+        obj = getattr(base_ext, name, None)
+        if name in _SHARED_WITH_MAIN and obj is not None:
             setattr(mod, name, getattr(ns, name))
-        else:
-            setattr(mod, name, _wrap(name, f"{mod.__name__}.{name}", getattr(base_ext, name), ns))
+            continue
+        if name not in names and not _is_function(obj):
+            continue  # the base module's imports (numpy, typing names ...)
+        setattr(mod, name, _wrap(f"{ext}.{name}", f"{mod.__name__}.{name}", obj, ns))
+    mod.__all__ = sorted(n for n in vars(mod) if not n.startswith("_"))
     sys.modules[mod.__name__] = mod
     return mod
 
@@ -122,28 +201,36 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     traced_cls.__module__ = ns.__name__
     module_globals.update(_Traced=traced_cls, _base=base, _agrad_base_name=base_name)
 
-    for name in dir(base):
-        if name.startswith("_") and name != "__array_namespace_info__":
+    names = [n for n in dir(base) if not n.startswith("_")]
+    for name in dict.fromkeys([*names, *FUNCTIONS]):
+        if name in ("linalg", "fft") or name in _OWN:
             continue
-        if name in ("linalg", "fft"):
-            continue
-        module_globals[name] = _wrap(name, f"{ns.__name__}.{name}", getattr(base, name), ns)
+        obj = getattr(base, name, None)
+        module_globals[name] = _wrap(name, f"{ns.__name__}.{name}", obj, ns)
     if hasattr(base, "__array_api_version__"):
         module_globals["__array_api_version__"] = base.__array_api_version__
+    module_globals.update(_own_functions(ns, base))
+    module_globals.update(_private_primitives(ns, base, base_name))
+    for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
+        module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
+    module_globals["__all__"] = sorted(
+        n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
+    )
 
-    # Variadic primitives take their arrays as separate positional arguments.
+
+def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
+    """Functions whose signature differs from a primitive's (variadic, keyword arrays)."""
     concat_p = primitive(
-        "concat",
-        lambda *arrays, axis=0: base.concat(list(arrays), axis=axis),
-        RULES["concat"],
-        ns,
+        "concat", lambda *arrays, axis=0: base.concat(list(arrays), axis=axis), RULES["concat"], ns
     )
     stack_p = primitive(
-        "stack",
-        lambda *arrays, axis=0: base.stack(list(arrays), axis=axis),
-        RULES["stack"],
-        ns,
+        "stack", lambda *arrays, axis=0: base.stack(list(arrays), axis=axis), RULES["stack"], ns
     )
+    clip_p = primitive("clip", lambda x, lo, hi: base.clip(x, min=lo, max=hi), RULES["clip"], ns)
+    astype_p = primitive("astype", base.astype, RULES["astype"], ns)
+    raw_take_along = getattr(base, "take_along_axis", None) or _generic_take_along_axis(base)
+    take_along_p = primitive("take_along_axis", raw_take_along, RULES["take_along_axis"], ns)
+    differentiable_dtypes = (base.float32, base.float64, base.complex64, base.complex128)
 
     def concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
         """Join arrays along an existing axis (differentiable)."""
@@ -152,6 +239,20 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     def stack(arrays: Any, /, *, axis: int = 0) -> Any:
         """Join arrays along a new axis (differentiable)."""
         return stack_p(*arrays, axis=axis)
+
+    def clip(x: Any, /, min: Any = None, max: Any = None) -> Any:
+        """Clamp ``x`` to ``[min, max]``; differentiable in ``x``, ``min`` and ``max``."""
+        return clip_p(x, min, max)
+
+    def astype(x: Any, dtype: Any, /, *, copy: bool = True, **kwargs: Any) -> Any:
+        """Cast ``x``; differentiable to floating and complex dtypes, untraced otherwise."""
+        if dtype not in differentiable_dtypes:
+            return base.astype(strip(x), dtype, copy=copy, **kwargs)
+        return astype_p(x, dtype, copy=copy, **kwargs)
+
+    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
+        """Gather along ``axis`` (differentiable: repeated indices accumulate)."""
+        return take_along_p(x, strip(indices), axis=axis)
 
     def asarray(
         obj: Any, /, *, dtype: Any = None, device: Any = None, copy: bool | None = None
@@ -163,7 +264,22 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
             if device is not None and device != obj.device:
                 obj = ns._to_device(obj, device)
             return obj
+        if isinstance(obj, (list, tuple)) and _contains_traced(obj):
+            return ns.stack([asarray(o, dtype=dtype, device=device) for o in obj])
         return base.asarray(obj, dtype=dtype, device=device, copy=copy)
+
+    return {
+        "concat": concat,
+        "stack": stack,
+        "clip": clip,
+        "astype": astype,
+        "take_along_axis": take_along_axis,
+        "asarray": asarray,
+    }
+
+
+def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
+    """Indexing, scatter-add and device transfer: the primitives behind array methods."""
 
     def _scatter_raw(g: Any, key: Any, shape: tuple[int, ...]) -> Any:
         """Zeros of ``shape`` with ``g`` placed at ``key`` (the transpose of basic indexing)."""
@@ -181,54 +297,108 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         return out
 
     getitem_p = primitive("_getitem", lambda x, key: x[key], RULES["_getitem"], ns)
+    getitem_adv_p = primitive(
+        "_getitem_advanced", lambda x, key: x[key], RULES["_getitem_advanced"], ns
+    )
+    setitem_p = primitive("_setitem", _setitem_raw, RULES["_setitem"], ns)
 
     def _getitem(x: Any, key: Any) -> Any:
-        _check_key(ns.__name__, key)
+        key = strip_key(key)
+        if _is_advanced(key):
+            return getitem_adv_p(x, key)
         return getitem_p(x, key)
 
-    def _to_device_raw(x: Any, device: Any) -> Any:
-        return array_api_compat.to_device(x, device)
+    def _setitem(x: Any, key: Any, value: Any) -> Any:
+        return setitem_p(x, strip_key(key), value)
 
     to_device_p = primitive(
         "to_device",
-        _to_device_raw,
+        lambda x, device: array_api_compat.to_device(x, device),
         (lambda ns_, g, ans, x, device: ns_._to_device(g, ns_._base_device(strip(x))),),
         ns,
     )
-
-    module_globals.update(
-        concat=concat,
-        stack=stack,
-        asarray=asarray,
-        _getitem=_getitem,
-        _scatter=primitive("_scatter", _scatter_raw, RULES["_scatter"], ns),
-        _setitem=primitive("_setitem", _setitem_raw, RULES["_setitem"], ns),
-        _to_device=lambda x, device: to_device_p(x, device),
-        _base_device=array_api_compat.device,
-        _finalize=_finalizer(base_name),
-    )
-    for ext in ("linalg", "fft"):
-        if hasattr(base, ext):
-            module_globals[ext] = _populate_extension(ns, base, ext)
-    module_globals["__all__"] = sorted(
-        n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
-    )
+    return {
+        "_getitem": _getitem,
+        "_setitem": _setitem,
+        "_scatter": primitive("_scatter", _scatter_raw, RULES["_scatter"], ns),
+        "_index_add": primitive(
+            "_index_add", _index_add_raw(base, base_name), RULES["_index_add"], ns
+        ),
+        "_to_device": lambda x, device: to_device_p(x, device),
+        "_base_device": array_api_compat.device,
+        "_take_along_axis_raw": getattr(base, "take_along_axis", None)
+        or _generic_take_along_axis(base),
+        "_finalize": _finalizer(base_name),
+    }
 
 
-def _check_key(ns_name: str, key: Any) -> None:
-    """Integer-array indices need a scatter-add gradient; refuse them rather than be wrong."""
+def _is_advanced(key: Any) -> bool:
+    """Whether ``key`` holds an integer array (or a list): a gather needing a scatter-add."""
     parts = key if isinstance(key, tuple) else (key,)
     for k in parts:
-        if hasattr(k, "dtype") and hasattr(k, "shape"):
-            kd = strip(k).dtype
-            is_bool = str(kd).endswith("bool")
-            if not is_bool:
-                msg = (
-                    f"{ns_name}: indexing a traced array with an integer array has no "
-                    "gradient rule yet (repeated indices need a scatter-add); use take "
-                    "outside the differentiated path"
-                )
-                raise NotImplementedError(msg)
+        if isinstance(k, list):
+            return True
+        dtype = getattr(k, "dtype", None)
+        if dtype is not None and getattr(k, "ndim", None) is not None and "bool" not in str(dtype):
+            return True
+    return False
+
+
+def _index_add_raw(base: Any, base_name: str) -> Callable[[Any, Any, int], Any]:
+    """``zeros(size)`` with ``values`` added at ``index`` (1-D; repeats accumulate).
+
+    NumPy and CuPy use their unbuffered ``add.at``; other bases a one-hot matrix
+    product written against the standard (exact, O(len(index) * size) memory).
+    """
+    if base_name == "numpy":
+        import numpy as np
+
+        def index_add(values: Any, index: Any, size: int) -> Any:
+            out = np.zeros(size, dtype=values.dtype)
+            np.add.at(out, index, values)
+            return out
+
+        return index_add
+    if base_name == "cupy":
+
+        def index_add(values: Any, index: Any, size: int) -> Any:
+            import cupy
+            import cupyx
+
+            out = cupy.zeros(size, dtype=values.dtype)
+            cupyx.scatter_add(out, index, values)
+            return out
+
+        return index_add
+
+    def index_add(values: Any, index: Any, size: int) -> Any:
+        dev = array_api_compat.device(values)
+        targets = base.reshape(base.arange(size, device=dev), (1, size))
+        one_hot = base.astype(base.reshape(index, (-1, 1)) == targets, values.dtype)
+        return base.matmul(values, one_hot)
+
+    return index_add
+
+
+def _generic_take_along_axis(base: Any) -> Callable[..., Any]:
+    """``take_along_axis`` through ``take`` on the flattened array (for bases without it)."""
+
+    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
+        axis %= x.ndim
+        xm = base.moveaxis(x, axis, -1)
+        im = base.moveaxis(indices, axis, -1)
+        n, k = xm.shape[-1], im.shape[-1]
+        batch = tuple(max(a, b) for a, b in zip(xm.shape[:-1], im.shape[:-1]))
+        xm = base.broadcast_to(xm, (*batch, n))
+        im = base.broadcast_to(im, (*batch, k))
+        im = base.where(im < 0, im + n, im)
+        dev = array_api_compat.device(x)
+        rows = base.reshape(base.arange(math.prod(batch), device=dev) * n, (*batch, 1))
+        rows = base.astype(rows, im.dtype)
+        flat = base.take(base.reshape(xm, (-1,)), base.reshape(im + rows, (-1,)))
+        return base.moveaxis(base.reshape(flat, (*batch, k)), -1, axis)
+
+    return take_along_axis
 
 
 def _finalizer(base_name: str) -> Callable[[Any], Any]:

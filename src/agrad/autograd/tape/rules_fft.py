@@ -1,0 +1,99 @@
+"""VJP rules for the ``fft`` extension, written with the tracing namespace.
+
+Every transform is linear, so its VJP is its adjoint: the adjoint of ``fft`` with
+normalisation ``norm`` is ``ifft`` with the dual normalisation (``backward`` <->
+``forward``, ``ortho`` fixed), and vice versa. Zero-padding (``n`` larger than the
+input) is undone by cropping and cropping by zero-padding. ``rfft`` embeds its half
+spectrum in a full one; ``irfft``'s adjoint doubles the bins that stand for two
+conjugate frequencies (as torch does). Keys are ``"fft.<name>"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agrad.autograd.tape.rules import fit
+from agrad.autograd.tape.traced import strip
+
+__all__ = ["RULES"]
+
+_DUAL = {"backward": "forward", "forward": "backward", "ortho": "ortho", None: "forward"}
+
+
+def _resize(ns: Any, a: Any, axis: int, size: int) -> Any:
+    """``a`` cropped or zero-padded at the end of ``axis`` to ``size``."""
+    axis %= a.ndim
+    current = a.shape[axis]
+    if current == size:
+        return a
+    if current > size:
+        return a[(slice(None),) * axis + (slice(0, size), Ellipsis)]
+    pad_shape = (*a.shape[:axis], size - current, *a.shape[axis + 1 :])
+    pad = ns.zeros(pad_shape, dtype=a.dtype, device=ns._base_device(strip(a)))
+    return ns.concat([a, pad], axis=axis)
+
+
+def _c2c(adjoint_name: str):
+    def rule(ns, g, ans, x, n=None, axis=-1, norm="backward"):
+        r = getattr(ns.fft, adjoint_name)(g, axis=axis, norm=_DUAL[norm])
+        return fit(ns, _resize(ns, r, axis, x.shape[axis]), x)
+
+    return (rule,)
+
+
+def _fft_axes(x, s, axes):
+    if axes is None:
+        axes = tuple(range(x.ndim)) if s is None else tuple(range(x.ndim - len(s), x.ndim))
+    return tuple(axes)
+
+
+def _c2c_n(adjoint_name: str):
+    def rule(ns, g, ans, x, s=None, axes=None, norm="backward"):
+        axes = _fft_axes(x, s, axes)
+        r = getattr(ns.fft, adjoint_name)(g, axes=axes, norm=_DUAL[norm])
+        for ax in axes:
+            r = _resize(ns, r, ax, x.shape[ax])
+        return fit(ns, r, x)
+
+    return (rule,)
+
+
+def _rfft(ns, g, ans, x, n=None, axis=-1, norm="backward"):
+    n = x.shape[axis] if n is None else n
+    full = _resize(ns, g, axis, n)
+    r = ns.real(ns.fft.ifft(full, axis=axis, norm=_DUAL[norm]))
+    return fit(ns, _resize(ns, r, axis, x.shape[axis]), x)
+
+
+def _irfft(ns, g, ans, x, n=None, axis=-1, norm="backward"):
+    n = 2 * (x.shape[axis] - 1) if n is None else n
+    r = ns.fft.rfft(g, axis=axis, norm=_DUAL[norm])
+    bins = r.shape[axis]
+    doubled = n - bins  # bins 1..doubled stand for a frequency and its conjugate
+    base = ns._base
+    idx = base.arange(bins, device=ns._base_device(strip(r)))
+    w = base.astype(base.logical_and(idx >= 1, idx <= doubled), base.float64) + 1.0
+    shape = [1] * r.ndim
+    shape[axis % r.ndim] = bins
+    w = base.astype(base.reshape(w, tuple(shape)), ns.real(strip(r)).dtype)
+    return fit(ns, _resize(ns, ns.multiply(r, w), axis, x.shape[axis]), x)
+
+
+def _fftshift(ns, g, ans, x, axes=None):
+    return ns.fft.ifftshift(g, axes=axes)
+
+
+def _ifftshift(ns, g, ans, x, axes=None):
+    return ns.fft.fftshift(g, axes=axes)
+
+
+RULES: dict[str, Any] = {
+    "fft.fft": _c2c("ifft"),
+    "fft.ifft": _c2c("fft"),
+    "fft.fftn": _c2c_n("ifftn"),
+    "fft.ifftn": _c2c_n("fftn"),
+    "fft.rfft": (_rfft,),
+    "fft.irfft": (_irfft,),
+    "fft.fftshift": (_fftshift,),
+    "fft.ifftshift": (_ifftshift,),
+}
