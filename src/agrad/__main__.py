@@ -19,7 +19,7 @@ USAGE = "usage: agrad {demo,bench} [options]   (agrad <command> --help for its o
 
 
 def _help() -> str:
-    lines = [USAGE, "", __doc__.splitlines()[0], "", "commands:"]
+    lines = [USAGE, "", "commands:"]
     lines += [f"  {name:<8}{summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
 
