@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.namespace import array_namespace
+from agrad.optim.fastpath import try_step as try_fast_step
 from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
 
 __all__ = [
@@ -211,6 +212,10 @@ class GradientTransformation:
         trace get new arrays. With ``inplace=False`` nothing is modified and, inside
         ``agrad.execute_with_gradients``, the step is differentiable.
         """
+        if inplace and xp is None:
+            fast = try_fast_step(self, params, grads, state)
+            if fast is not None:
+                return fast
         fn = f"{self.name}.step"
         c = self._check(fn, params, grads, state, xp)
         updates, new_state = self.inner_update(
