@@ -7,6 +7,7 @@
 """
 
 from agrad.optim.base import ChainState, GradientTransformation, Optimizer, apply_updates, chain
+from agrad.optim.packed import Packed, pack
 from agrad.optim.torch_family import (
     adadelta,
     adagrad,
@@ -23,6 +24,7 @@ __all__ = [
     "ChainState",
     "GradientTransformation",
     "Optimizer",
+    "Packed",
     "adadelta",
     "adagrad",
     "adam",
@@ -31,6 +33,7 @@ __all__ = [
     "apply_updates",
     "chain",
     "nadam",
+    "pack",
     "radam",
     "rmsprop",
     "sgd",
