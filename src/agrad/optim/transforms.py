@@ -1,0 +1,462 @@
+"""Gradient transformations to compose with :func:`agrad.optim.chain`, optax-style.
+
+Each function returns a :class:`~agrad.optim.base.GradientTransformation` whose
+``update`` maps incoming updates (gradients, at the start of a chain) to outgoing
+ones. Transforms that wrap another (``multi_steps``, ``apply_if_finite``, ``masked``,
+``partition``) keep the inner state inside their own record. Everything is written
+against the Array API; Python-float hyperparameters keep the leaves' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from agrad.optim.base import GradientTransformation, is_array, namespace_of
+from agrad.optim.numerics import check_nonnegative, check_positive, lerp, scale
+from agrad.pytree import flatten, keystr, leaves_like, unflatten
+
+__all__ = [
+    "ApplyIfFiniteState",
+    "CountState",
+    "EmaParamsState",
+    "EmptyState",
+    "MaskedState",
+    "MultiStepsState",
+    "PartitionState",
+    "TraceState",
+    "add_decayed_weights",
+    "apply_if_finite",
+    "clip",
+    "clip_by_global_norm",
+    "ema_params",
+    "find_state",
+    "global_norm",
+    "masked",
+    "multi_steps",
+    "partition",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "scale_values",
+    "trace",
+]
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transformation."""
+
+
+class CountState(NamedTuple):
+    count: int
+
+
+class TraceState(NamedTuple):
+    trace: Any
+
+
+class EmaParamsState(NamedTuple):
+    count: int
+    ema: Any
+
+
+class MultiStepsState(NamedTuple):
+    mini_step: int
+    gradient_step: int
+    inner_state: Any
+    acc_grads: Any
+
+
+class ApplyIfFiniteState(NamedTuple):
+    notfinite_count: int
+    last_finite: bool
+    total_notfinite: int
+    inner_state: Any
+
+
+class MaskedState(NamedTuple):
+    inner_state: Any
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict
+
+
+def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    leaves, treedef, _ = flatten(tree)
+    others = [leaves_like(r, tree) for r in rest]
+    return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
+
+
+def _empty_init(params: Any) -> EmptyState:
+    return EmptyState()
+
+
+def _stateless(name: str, fn: Callable[[Any, Any], Any], hyper: dict, needs_params: bool):
+    def update(updates: Any, state: EmptyState, params: Any) -> tuple[Any, EmptyState]:
+        return fn(updates, params), state
+
+    return GradientTransformation(
+        name, _empty_init, update, {**hyper, "_needs_params": needs_params}
+    )
+
+
+def global_norm(tree: Any) -> Any:
+    """:math:`\\sqrt{\\sum_i \\lVert u_i \\rVert_2^2}` over every leaf, a 0-d array."""
+    leaves = [x for x in flatten(tree)[0] if is_array(x)]
+    xp = namespace_of(leaves)
+    total = None
+    for u in leaves:
+        s = xp.sum(xp.multiply(u, u))
+        total = s if total is None else xp.add(total, s)
+    return xp.sqrt(total)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Rescale all updates together when their global norm exceeds ``max_norm`` (``optax.clip_by_global_norm``).
+
+    .. math:: u \\leftarrow u \\text{ if } \\lVert u\\rVert < c \\text{ else } \\frac{u}{\\lVert u\\rVert} c
+
+    Reference: Pascanu et al., "On the difficulty of training recurrent neural
+    networks", ICML 2013.
+    """
+    check_positive("agrad.optim.clip_by_global_norm", max_norm=max_norm)
+
+    def fn(updates: Any, params: Any) -> Any:
+        xp = namespace_of(updates)
+        norm = global_norm(updates)
+        trigger = norm < max_norm
+        return _map(lambda u: xp.where(trigger, u, xp.divide(u, norm) * max_norm), updates)
+
+    return _stateless("clip_by_global_norm", fn, {"max_norm": max_norm}, False)
+
+
+def clip(max_delta: float) -> GradientTransformation:
+    """Clip every element to ``[-max_delta, max_delta]`` (``optax.clip``).
+
+    .. math:: u \\leftarrow \\min(\\max(u, -\\delta), \\delta)
+    """
+    check_nonnegative("agrad.optim.clip", max_delta=max_delta)
+
+    def fn(updates: Any, params: Any) -> Any:
+        xp = namespace_of(updates)
+        return _map(lambda u: xp.clip(u, min=-float(max_delta), max=float(max_delta)), updates)
+
+    return _stateless("clip", fn, {"max_delta": max_delta}, False)
+
+
+def _mask_leaves(fn: str, mask: Any, params: Any) -> list[bool]:
+    """One bool per leaf of ``params`` from a bool, a pytree of bools, or a callable."""
+    leaves, _, paths = flatten(params)
+    if callable(mask):
+        mask = mask(params)
+    if isinstance(mask, bool):
+        return [mask] * len(leaves)
+    from agrad.pytree import check_same_structure
+
+    try:
+        check_same_structure(params, mask, names=("params", "mask"))
+    except ValueError as err:
+        raise ValueError(f"{fn}: {err}") from None
+    out = leaves_like(mask, params)
+    for m, p in zip(out, paths):
+        if not isinstance(m, bool):
+            msg = f"{fn}: mask{keystr(p)} must be a bool, got {type(m).__name__}"
+            raise TypeError(msg)
+    return out
+
+
+def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> GradientTransformation:
+    """Add :math:`\\lambda\\theta` to the updates of the masked leaves (``optax.add_decayed_weights``).
+
+    .. math:: u \\leftarrow u + \\lambda \\theta
+
+    ``mask``: ``None`` (every leaf), a bool, a pytree of bools shaped like the
+    parameters, or a callable ``params -> mask``. Reference: Loshchilov & Hutter,
+    "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    fn_name = "agrad.optim.add_decayed_weights"
+    check_nonnegative(fn_name, weight_decay=weight_decay)
+
+    def fn(updates: Any, params: Any) -> Any:
+        if weight_decay == 0:
+            return updates
+        use = (
+            [True] * len(flatten(params)[0])
+            if mask is None
+            else _mask_leaves(fn_name, mask, params)
+        )
+        xp = namespace_of(updates)
+        u_leaves, treedef, _ = flatten(updates)
+        p_leaves = leaves_like(params, updates)
+        out = [xp.add(u, p * weight_decay) if m else u for u, p, m in zip(u_leaves, p_leaves, use)]
+        return unflatten(treedef, out)
+
+    return _stateless("add_decayed_weights", fn, {"weight_decay": weight_decay, "mask": mask}, True)
+
+
+def scale_values(step_size: float) -> GradientTransformation:
+    """Multiply every update by a constant (``optax.scale``): :math:`u \\leftarrow \\alpha u`."""
+
+    def fn(updates: Any, params: Any) -> Any:
+        xp = namespace_of(updates, extra=(step_size,))
+        return _map(lambda u: scale(xp, u, step_size), updates)
+
+    return _stateless("scale", fn, {"step_size": step_size}, False)
+
+
+def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformation:
+    """Multiply the updates by ``step_size_fn(count)`` (``optax.scale_by_schedule``).
+
+    .. math:: u_t \\leftarrow s(t-1)\\, u_t
+    """
+
+    def init(params: Any) -> CountState:
+        return CountState(0)
+
+    def update(updates: Any, state: CountState, params: Any) -> tuple[Any, CountState]:
+        factor = step_size_fn(state.count)
+        xp = namespace_of(updates, extra=(factor,))
+        return _map(lambda u: scale(xp, u, factor), updates), CountState(state.count + 1)
+
+    return GradientTransformation(
+        "scale_by_schedule", init, update, {"step_size_fn": step_size_fn, "_needs_params": False}
+    )
+
+
+def scale_by_learning_rate(lr: Any, *, flip_sign: bool = True) -> GradientTransformation:
+    """Multiply by :math:`-\\gamma` (a float or a schedule), ``optax.scale_by_learning_rate``."""
+    if callable(lr):
+        return scale_by_schedule(lambda count: -lr(count) if flip_sign else lr(count))
+    if flip_sign:
+        return scale_values(-lr if not is_array(lr) else lr * -1.0)
+    return scale_values(lr)
+
+
+def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
+    """Momentum (``optax.trace``): :math:`m_t = u_t + \\beta m_{t-1}`, output :math:`m_t` (or :math:`u_t + \\beta m_t`)."""
+
+    def init(params: Any) -> TraceState:
+        xp = namespace_of(params)
+        return TraceState(_map(xp.zeros_like, params))
+
+    def update(updates: Any, state: TraceState, params: Any) -> tuple[Any, TraceState]:
+        xp = namespace_of(updates)
+        new_trace = _map(lambda g, t: xp.add(g, t * decay), updates, state.trace)
+        if nesterov:
+            updates = _map(lambda g, t: xp.add(g, t * decay), updates, new_trace)
+        else:
+            updates = new_trace
+        return updates, TraceState(new_trace)
+
+    return GradientTransformation(
+        "trace", init, update, {"decay": decay, "nesterov": nesterov, "_needs_params": False}
+    )
+
+
+def ema_params(decay: float) -> GradientTransformation:
+    """An exponential moving average of the parameters after each step; put it last in a chain.
+
+    .. math:: \\bar\\theta_1 = \\theta_1,\\quad \\bar\\theta_t = \\bar\\theta_{t-1} + (1-\\beta)(\\theta_t - \\bar\\theta_{t-1})
+
+    where :math:`\\theta_t = \\theta_{t-1} + u_t`, as ``torch.optim.swa_utils.AveragedModel``
+    with ``get_ema_multi_avg_fn(decay)``. Updates pass through unchanged; read the
+    average with ``find_state(state, EmaParamsState).ema``. Reference: Polyak &
+    Juditsky, "Acceleration of stochastic approximation by averaging", 1992.
+    """
+    from agrad.optim.numerics import check_unit_interval
+
+    check_unit_interval("agrad.optim.ema_params", closed=True, decay=decay)
+
+    def init(params: Any) -> EmaParamsState:
+        return EmaParamsState(0, _map(lambda p: p * 1.0, params))
+
+    def update(updates: Any, state: EmaParamsState, params: Any) -> tuple[Any, EmaParamsState]:
+        xp = namespace_of(updates, params)
+        new_p = _map(xp.add, params, updates)
+        if state.count == 0:
+            ema = new_p
+        else:
+            ema = _map(lambda e, p: lerp(xp, e, p, 1.0 - decay), state.ema, new_p)
+        return updates, EmaParamsState(state.count + 1, ema)
+
+    return GradientTransformation("ema_params", init, update, {"decay": decay})
+
+
+def find_state(state: Any, kind: type) -> Any:
+    """The first record of type ``kind`` inside a (nested) optimizer state, depth first."""
+    if isinstance(state, kind):
+        return state
+    children: Any = ()
+    if isinstance(state, dict):
+        children = state.values()
+    elif isinstance(state, (list, tuple)):
+        children = state
+    for c in children:
+        found = find_state(c, kind)
+        if found is not None:
+            return found
+    return None
+
+
+def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransformation:
+    """Accumulate gradients over ``every_k`` calls, then apply ``inner`` to their mean (``optax.MultiSteps``).
+
+    .. math::
+        u_t = 0 \\text{ for the first } k-1 \\text{ calls},\\quad
+        u_t = \\mathrm{inner}\\Big(\\tfrac1k \\sum_{i=1}^{k} g_i\\Big) \\text{ on the } k\\text{-th}
+    """
+    if not (isinstance(every_k, int) and every_k >= 1):
+        raise ValueError(
+            f"agrad.optim.multi_steps: every_k must be an integer >= 1, got {every_k!r}"
+        )
+
+    def init(params: Any) -> MultiStepsState:
+        xp = namespace_of(params)
+        return MultiStepsState(0, 0, inner.inner_init(params), _map(xp.zeros_like, params))
+
+    def update(updates: Any, state: MultiStepsState, params: Any) -> tuple[Any, MultiStepsState]:
+        xp = namespace_of(updates)
+        acc = _map(xp.add, state.acc_grads, updates)
+        if state.mini_step + 1 < every_k:
+            zeros = _map(xp.zeros_like, updates)
+            return zeros, state._replace(mini_step=state.mini_step + 1, acc_grads=acc)
+        mean = _map(lambda a: a / float(every_k), acc)
+        out, inner_state = inner.inner_update(mean, state.inner_state, params)
+        return out, MultiStepsState(
+            0, state.gradient_step + 1, inner_state, _map(xp.zeros_like, acc)
+        )
+
+    return GradientTransformation(
+        "multi_steps",
+        init,
+        update,
+        {"inner": inner, "every_k": every_k, "_needs_params": inner._needs_params()},
+    )
+
+
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int
+) -> GradientTransformation:
+    """Skip steps whose updates are not all finite (``optax.apply_if_finite``).
+
+    A step with a NaN or infinity in ``inner``'s updates gives zero updates and keeps
+    ``inner``'s state, unless more than ``max_consecutive_errors`` such steps came in
+    a row (then it is applied). The state counts consecutive and total skips.
+    """
+
+    def init(params: Any) -> ApplyIfFiniteState:
+        return ApplyIfFiniteState(0, True, 0, inner.inner_init(params))
+
+    def update(updates: Any, state: ApplyIfFiniteState, params: Any):
+        xp = namespace_of(updates)
+        new_updates, inner_state = inner.inner_update(updates, state.inner_state, params)
+        finite = all(bool(xp.all(xp.isfinite(u))) for u in flatten(new_updates)[0])
+        nf = 0 if finite else state.notfinite_count + 1
+        total = state.total_notfinite + (0 if finite else 1)
+        if finite or nf > max_consecutive_errors:
+            return new_updates, ApplyIfFiniteState(nf, finite, total, inner_state)
+        zeros = _map(xp.zeros_like, updates)
+        return zeros, ApplyIfFiniteState(nf, finite, total, state.inner_state)
+
+    return GradientTransformation(
+        "apply_if_finite",
+        init,
+        update,
+        {
+            "inner": inner,
+            "max_consecutive_errors": max_consecutive_errors,
+            "_needs_params": inner._needs_params(),
+        },
+    )
+
+
+def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+    """Apply ``inner`` to the masked leaves only; the others pass through (``optax.masked``)."""
+    fn_name = "agrad.optim.masked"
+
+    def select(tree: Any, use: list[bool], like: Any) -> list[Any]:
+        return [x for x, m in zip(leaves_like(tree, like), use) if m]
+
+    def init(params: Any) -> MaskedState:
+        use = _mask_leaves(fn_name, mask, params)
+        return MaskedState(inner.inner_init(select(params, use, params)))
+
+    def update(updates: Any, state: MaskedState, params: Any) -> tuple[Any, MaskedState]:
+        ref = params if params is not None else updates
+        use = _mask_leaves(fn_name, mask, ref)
+        sub_p = None if params is None else select(params, use, ref)
+        sub_u, inner_state = inner.inner_update(select(updates, use, ref), state.inner_state, sub_p)
+        it = iter(sub_u)
+        out = [next(it) if m else u for u, m in zip(leaves_like(updates, ref), use)]
+        return unflatten(flatten(ref)[1], out), MaskedState(inner_state)
+
+    return GradientTransformation(
+        "masked",
+        init,
+        update,
+        {"inner": inner, "mask": mask, "_needs_params": inner._needs_params()},
+    )
+
+
+def partition(
+    transforms: Mapping[str, GradientTransformation], labels: Any
+) -> GradientTransformation:
+    """A different transformation per group of leaves, like torch's param groups (``optax.partition``).
+
+    ``labels`` is a pytree shaped like the parameters whose leaves are keys of
+    ``transforms`` (or a callable ``params -> labels``). Each transformation sees the
+    list of its leaves, in tree order.
+    """
+    fn_name = "agrad.optim.partition"
+    transforms = dict(transforms)
+
+    def label_leaves(params: Any) -> list[Any]:
+        lab = labels(params) if callable(labels) else labels
+        leaves, _, paths = flatten(params)
+        if not isinstance(lab, str):
+            from agrad.pytree import check_same_structure
+
+            try:
+                check_same_structure(params, lab, names=("params", "labels"))
+            except ValueError as err:
+                raise ValueError(f"{fn_name}: {err}") from None
+            out = leaves_like(lab, params)
+        else:
+            out = [lab] * len(leaves)
+        for label, path in zip(out, paths):
+            if label not in transforms:
+                msg = (
+                    f"{fn_name}: labels{keystr(path)} is {label!r}, which has no "
+                    f"transformation (known labels: {sorted(transforms)})"
+                )
+                raise ValueError(msg)
+        return out
+
+    def groups(tree: Any, labs: list[Any], like: Any) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in transforms}
+        for x, lab in zip(leaves_like(tree, like), labs):
+            out[lab].append(x)
+        return out
+
+    def init(params: Any) -> PartitionState:
+        labs = label_leaves(params)
+        g = groups(params, labs, params)
+        return PartitionState({k: t.inner_init(g[k]) for k, t in transforms.items()})
+
+    def update(updates: Any, state: PartitionState, params: Any) -> tuple[Any, PartitionState]:
+        ref = params if params is not None else updates
+        labs = label_leaves(ref)
+        gu = groups(updates, labs, ref)
+        gp = groups(params, labs, ref) if params is not None else dict.fromkeys(transforms)
+        new_states, outs = {}, {}
+        for k, t in transforms.items():
+            outs[k], new_states[k] = t.inner_update(gu[k], state.inner_states[k], gp[k])
+        iters = {k: iter(v) for k, v in outs.items()}
+        leaves = [next(iters[lab]) for lab in labs]
+        return unflatten(flatten(ref)[1], leaves), PartitionState(new_states)
+
+    needs = any(t._needs_params() for t in transforms.values())
+    hyper: dict[str, Any] = {"transforms": transforms, "labels": labels, "_needs_params": needs}
+    for t in transforms.values():
+        hyper.update({k: v for k, v in t.hyperparams.items() if is_array(v)})
+    return GradientTransformation("partition", init, update, hyper)
