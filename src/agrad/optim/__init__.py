@@ -22,6 +22,7 @@ from agrad.optim.optax_family import (
     scale_by_param_block_rms,
     scale_by_trust_ratio,
 )
+from agrad.optim.packed import Packed, pack
 from agrad.optim.schedules import (
     constant,
     constant_lr,
@@ -71,6 +72,7 @@ __all__ = [
     "EmaParamsState",
     "GradientTransformation",
     "Optimizer",
+    "Packed",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -103,6 +105,7 @@ __all__ = [
     "multistep_lr",
     "nadam",
     "one_cycle_lr",
+    "pack",
     "partition",
     "polynomial_lr",
     "radam",
