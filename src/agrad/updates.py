@@ -13,6 +13,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+import array_api_compat
+
 from agrad.autograd.adapters import Adapter, adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
@@ -44,6 +46,7 @@ class _Leaves:
         if not w_leaves:
             raise ValueError(f"{fn}: ws contains no arrays")
         self.fn = fn
+        self._written: dict[int, tuple[str, Any]] = {}
         self.params = w_leaves
         self.trees: dict[str, list[Any]] = {}
         for name, tree in others.items():
@@ -85,24 +88,45 @@ class _Leaves:
                         f"but {name} has dtype {x.dtype}"
                     )
                     raise TypeError(msg)
+                dev_w, dev_x = _device(w), _device(x)
+                if dev_w is not None and dev_x is not None and dev_w != dev_x:
+                    msg = (
+                        f"{self.fn}: device mismatch at {where}: ws is on {dev_w!r} but "
+                        f"{name} is on {dev_x!r}; move them to one device first"
+                    )
+                    raise ValueError(msg)
         for i, w in enumerate(self.values["ws"]):
             if not self.xp.isdtype(w.dtype, "real floating"):
                 msg = f"{self.fn}: ws at {keystr(self.paths[i])} has dtype {w.dtype}; updates need real floating-point parameters"
                 raise TypeError(msg)
 
     def commit(self, name: str, originals: list[Any], new: list[Any], inplace: bool) -> list[Any]:
-        """Check every leaf can take its write, then write them all; returns the leaves to keep."""
+        """Check that every leaf can take its write; return per leaf whether to write it.
+
+        Nothing is written here: callers check every tree first, then :meth:`write`.
+        Raises ``ValueError`` for a read-only array, or for one array that would be
+        written twice (the same object at two key paths, or as both ``mw`` and ``vw``).
+        """
         if not inplace:
             return new
         targets = []
         for i, (dst, val) in enumerate(zip(originals, new)):
             write = self.adapter.writable(dst, val)
             if write:
+                where = name + self.paths[i]
                 reason = self.adapter.readonly_reason(dst)
                 if reason is not None:
                     msg = (
                         f"{self.fn}: cannot update {name} at {keystr(self.paths[i])} in place: "
                         f"{reason}; pass inplace=False or a writable array"
+                    )
+                    raise ValueError(msg)
+                first = self._written.setdefault(id(dst), (where, dst))[0]
+                if first != where:
+                    msg = (
+                        f"{self.fn}: {first} and {where} are the same array, so in-place "
+                        "writes would overwrite each other; pass separate arrays (or "
+                        "inplace=False)"
                     )
                     raise ValueError(msg)
             targets.append(write)
@@ -119,9 +143,33 @@ class _Leaves:
         return unflatten(self.treedef, leaves)
 
 
+def _device(x: Any) -> Any:
+    """The device of ``x``, or ``None`` where the library cannot say (a JAX tracer)."""
+    try:
+        return array_api_compat.device(x)
+    except Exception:
+        return None
+
+
 def _check_lr(fn: str, lr: Any) -> None:
-    if _is_scalar(lr) and not math.isfinite(lr):
-        raise ValueError(f"{fn}: lr must be finite, got {lr}")
+    if isinstance(lr, bool):
+        raise TypeError(f"{fn}: lr must be a number or a 0-d array, got {lr!r}")
+    if _is_scalar(lr) and not (math.isfinite(lr) and lr >= 0.0):
+        raise ValueError(f"{fn}: lr must be >= 0 and finite, got {lr}")
+
+
+def _check_step(fn: str, step: Any) -> int:
+    """``step`` as a Python int: an integer (or integral 0-d array) that is at least 1."""
+    msg = f"{fn}: step must be an integer (the 1-based step count), got {step!r}"
+    if isinstance(step, (bool, float)):
+        raise TypeError(msg)
+    try:
+        t = step.__index__()
+    except (AttributeError, TypeError):
+        raise TypeError(msg) from None
+    if t < 1:
+        raise ValueError(f"{fn}: step is the 1-based step count and must be >= 1, got {t}")
+    return t
 
 
 def gradient_descent_update(
@@ -196,17 +244,12 @@ def adam_update(
         ValueError: ``step < 1``, hyperparameters out of range, structure or shape mismatch.
     """
     fn = "adam_update"
-    try:
-        t = int(step)
-    except TypeError:
-        raise TypeError(f"{fn}: step must be an integer >= 1, got {step!r}") from None
-    if t < 1:
-        raise ValueError(f"{fn}: step is the 1-based step count and must be >= 1, got {t}")
+    t = _check_step(fn, step)
     for name, b in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= b < 1.0:
             raise ValueError(f"{fn}: {name} must be in [0, 1), got {b}")
-    if not epsilon >= 0.0:
-        raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon}")
+    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+        raise ValueError(f"{fn}: epsilon must be >= 0 and finite, got {epsilon}")
     _check_lr(fn, lr)
     leaves = _Leaves(fn, ws, {"dcdws": dcdws, "mw": mw, "vw": vw}, xp, {"lr": lr})
     xp = leaves.xp
