@@ -47,8 +47,33 @@ def _random_like(xp: Any, x: Any, rng: Any) -> Any:
     return xp.asarray(np.asarray(data), dtype=x.dtype, device=array_api_compat.device(x))
 
 
+def _scalar(x: Any) -> float:
+    """A 0-d array as a Python float (torch tensors detached first)."""
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
+
+
 def _outputs(out: Any) -> list[Any]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _namespace_of(x: Any, fallback: Any) -> Any:
+    """``x``'s namespace; ``fallback`` for scalars that carry none (NumPy's 0-d results)."""
+    import agrad
+
+    try:
+        return agrad.array_namespace(x)
+    except TypeError:
+        return fallback
+
+
+def _add(a: Any, b: Any, fallback: Any) -> Any:
+    import agrad
+
+    try:
+        ns = agrad.array_namespace(a, b)
+    except TypeError:
+        ns = fallback
+    return ns.add(ns.asarray(a), ns.asarray(b))
 
 
 def _inner(xp: Any, a: Any, b: Any) -> Any:
@@ -56,6 +81,25 @@ def _inner(xp: Any, a: Any, b: Any) -> Any:
     if xp.isdtype(a.dtype, "complex floating") or xp.isdtype(b.dtype, "complex floating"):
         return xp.sum(xp.real(xp.multiply(xp.conj(a), b)))
     return xp.sum(xp.multiply(a, b))
+
+
+def _projected_loss(
+    func: Callable[..., Any], us: list[Any], args: list[Any], argnums: Sequence[int], xp: Any
+) -> Callable[[list[Any]], Any]:
+    """``values -> Re <u, func(args with args[argnums] = values)>``, a 0-d array."""
+
+    def loss(values: list[Any]) -> Any:
+        full = list(args)
+        for i, v in zip(argnums, values):
+            full[i] = v
+        total = None
+        for u, o in zip(us, _outputs(func(*full))):
+            ns = _namespace_of(o, xp)
+            term = _inner(ns, ns.asarray(u), ns.asarray(o))
+            total = term if total is None else _add(total, term, xp)
+        return _namespace_of(total, xp).asarray(total)
+
+    return loss
 
 
 def _check_order_one(
@@ -72,29 +116,20 @@ def _check_order_one(
 
     xp = agrad.array_namespace(*[args[i] for i in argnums])
     outs = _outputs(func(*args))
-    us = [_random_like(agrad.array_namespace(o), o, rng) for o in outs]
+    us = [_random_like(_namespace_of(o, xp), xp.asarray(o), rng) for o in outs]
     vs = {i: _random_like(xp, args[i], rng) for i in argnums}
     d_eps, d_rtol, d_atol = default_fd_settings(args[argnums[0]].dtype)
     eps = d_eps if eps is None else eps
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
 
-    def loss_of(values: list[Any]) -> Any:
-        full = list(args)
-        for i, v in zip(argnums, values):
-            full[i] = v
-        total = None
-        for u, o in zip(us, _outputs(func(*full))):
-            ns = agrad.array_namespace(o)
-            term = _inner(ns, ns.asarray(u), o)
-            total = term if total is None else total + term
-        return total
+    loss_of = _projected_loss(func, us, args, argnums, xp)
 
     _, grads = agrad.execute_with_gradients(loss_of, [args[i] for i in argnums])
-    reverse = sum(float(agrad.stop_gradient(_inner(xp, g, vs[i]))) for g, i in zip(grads, argnums))
-    plus = agrad.stop_gradient(loss_of([args[i] + eps * vs[i] for i in argnums]))
-    minus = agrad.stop_gradient(loss_of([args[i] - eps * vs[i] for i in argnums]))
-    numeric = (float(plus) - float(minus)) / (2 * eps)
+    reverse = sum(_scalar(_inner(xp, g, vs[i])) for g, i in zip(grads, argnums))
+    plus = _scalar(loss_of([args[i] + eps * vs[i] for i in argnums]))
+    minus = _scalar(loss_of([args[i] - eps * vs[i] for i in argnums]))
+    numeric = (plus - minus) / (2 * eps)
     scale = max(abs(reverse), abs(numeric), 1.0)
     if abs(reverse - numeric) > atol + rtol * scale:
         msg = (
@@ -163,20 +198,11 @@ def _gradient_map(
     """``x -> grad_x Re <u, func(x)>`` for a fixed random ``u``, differentiable again."""
     import agrad
 
-    us = [_random_like(agrad.array_namespace(o), o, rng) for o in _outputs(func(*args))]
+    xp = agrad.array_namespace(*[args[i] for i in argnums])
+    us = [_random_like(_namespace_of(o, xp), xp.asarray(o), rng) for o in _outputs(func(*args))]
 
     def grad_fn(*xs: Any) -> tuple[Any, ...]:
-        def loss(values: list[Any]) -> Any:
-            full = list(xs)
-            for i, v in zip(argnums, values):
-                full[i] = v
-            total = None
-            for u, o in zip(us, _outputs(func(*full))):
-                ns = agrad.array_namespace(o)
-                term = _inner(ns, ns.asarray(u), o)
-                total = term if total is None else total + term
-            return total
-
+        loss = _projected_loss(func, us, list(xs), argnums, xp)
         _, grads = agrad.execute_with_gradients(loss, [xs[i] for i in argnums], retain_grads=True)
         return tuple(grads)
 

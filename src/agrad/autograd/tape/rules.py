@@ -424,19 +424,29 @@ def _mean(ns, g, ans, x, axis=None, keepdims=False):
 
 
 def _prod(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
-    # d prod / dx_i = prod of the others: ans / x_i without zeros; with exactly one zero
-    # only that element gets the product of the rest; with two or more, nothing does.
-    axes = normalize_axes(axis, len(_shape(x)))
+    # d prod / dx_i = prod of the others: ans / x_i where x has no zeros; otherwise the
+    # products of the others are formed explicitly (exact, and right at every order).
     gk = restore_reduced(ns, g, x, axis, keepdims)
-    ansk = restore_reduced(ns, ans, x, axis, keepdims)
-    zero = strip(x) == 0
-    n_zero = ns.sum(ns.astype(zero, ns.int64), axis=axes, keepdims=True)
-    safe = ns.where(zero, ns.ones_like(x), x)
-    others = ns.where(
-        n_zero == 1, ns.prod(safe, axis=axes, keepdims=True, dtype=dtype), ns.zeros_like(ans)
-    )
-    d = ns.where(zero, ns.broadcast_to(others, _shape(x)), ns.divide(ansk, safe))
+    if bool(ns.any(strip(x) == 0)):
+        d = _prod_of_others(ns, x, normalize_axes(axis, len(_shape(x))))
+    else:
+        d = ns.divide(restore_reduced(ns, ans, x, axis, keepdims), x)
     return fit(ns, ns.multiply(gk, conj(ns, d)), x)
+
+
+def _prod_of_others(ns, x, axes):
+    """``prod_{j != i} x_j`` over ``axes`` for every element ``i``, in O(n^2)."""
+    shape = _shape(x)
+    keep = [a for a in range(len(shape)) if a not in axes]
+    perm = keep + list(axes)
+    moved = ns.permute_dims(x, tuple(perm))
+    batch = tuple(shape[a] for a in keep)
+    n = _count(shape, axes)
+    flat = ns.expand_dims(ns.reshape(moved, (*batch, n)), axis=-2)
+    eye = ns.eye(n, dtype=ns.bool, device=ns._base_device(strip(x)))
+    others = ns.prod(ns.where(eye, ns.ones_like(flat), flat), axis=-1)
+    others = ns.reshape(others, tuple(shape[a] for a in perm))
+    return ns.permute_dims(others, inverse_permutation(perm))
 
 
 def _extremum(ns, g, ans, x, axis=None, keepdims=False):

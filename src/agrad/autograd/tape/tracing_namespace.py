@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import operator
 import sys
 import types
 from collections.abc import Callable
@@ -51,15 +52,33 @@ DERIVED: dict[str, Any] = derived.DERIVED
 NONDIFFERENTIABLE = rules.NONDIFFERENTIABLE
 
 # Binary functions computed with the operators, so a Python scalar operand works on
-# every api_version (array-api-strict 2023.12 refuses scalars in ``add(x, 2.0)``).
+# every api_version (array-api-strict 2023.12 refuses scalars in ``add(x, 2.0)``). A raw
+# left operand with a traced right one (nested traces) goes to the reflected operator:
+# array-api-strict raises on foreign operands instead of deferring.
+
+
+def _operator_impl(op: str) -> Callable[[Any, Any], Any]:
+    forward, reflected = getattr(operator, op), f"__r{op}__"
+
+    def impl(x: Any, y: Any) -> Any:
+        if isinstance(y, TracedArray) and not isinstance(x, TracedArray):
+            return getattr(y, reflected)(x)
+        return forward(x, y)
+
+    return impl
+
+
 _OPERATOR_IMPLS: dict[str, Callable[[Any, Any], Any]] = {
-    "add": lambda x, y: x + y,
-    "subtract": lambda x, y: x - y,
-    "multiply": lambda x, y: x * y,
-    "divide": lambda x, y: x / y,
-    "pow": lambda x, y: x**y,
-    "matmul": lambda x, y: x @ y,
-    "remainder": lambda x, y: x % y,
+    name: _operator_impl(op)
+    for name, op in [
+        ("add", "add"),
+        ("subtract", "sub"),
+        ("multiply", "mul"),
+        ("divide", "truediv"),
+        ("pow", "pow"),
+        ("matmul", "matmul"),
+        ("remainder", "mod"),
+    ]
 }
 
 # Functions the namespace defines itself (see ``_own_functions``).

@@ -1,0 +1,389 @@
+"""Every differentiable function of the standard: agrad's tape against torch.autograd.
+
+Each case is a function written once against the standard (run on agrad's tracing
+namespaces and on ``array_api_compat.torch`` for the reference) with its input shapes.
+Checked on numpy and array_api_strict, float64 and float32: the value and the gradient
+of a weighted loss against torch (float64 reference), and ``check_grads`` (central
+finite differences, first and second order) in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import agrad
+from agrad.testing import check_grads, to_numpy
+
+BACKENDS = ["numpy", "array_api_strict"]
+
+
+def _spd(xp, a):
+    """A well-conditioned symmetric positive-definite matrix from any square ``a``."""
+    n = a.shape[-1]
+    eye = xp.eye(n, dtype=a.dtype)
+    return xp.matmul(a, xp.matrix_transpose(a)) + eye * float(n)
+
+
+def _sym(xp, a):
+    return (a + xp.matrix_transpose(a)) * 0.5
+
+
+def _complex(xp, x, y):
+    dt = xp.complex128 if x.dtype == xp.float64 else xp.complex64
+    return xp.astype(x, dt) + xp.astype(y, dt) * 1j
+
+
+def _pos(xp, a):
+    return a * a + 0.5
+
+
+def _unit(xp, a):
+    return xp.tanh(a) * 0.9
+
+
+# name -> (function of (xp, *arrays) returning an array or a tuple, input shapes)
+CASES = {
+    # elementwise, one argument
+    "abs": (lambda xp, a: xp.abs(a), [(5,)]),
+    "acos": (lambda xp, a: xp.acos(_unit(xp, a)), [(5,)]),
+    "acosh": (lambda xp, a: xp.acosh(_pos(xp, a) + 1.0), [(5,)]),
+    "asin": (lambda xp, a: xp.asin(_unit(xp, a)), [(5,)]),
+    "asinh": (lambda xp, a: xp.asinh(a), [(5,)]),
+    "atan": (lambda xp, a: xp.atan(a), [(5,)]),
+    "atanh": (lambda xp, a: xp.atanh(_unit(xp, a)), [(5,)]),
+    "cos": (lambda xp, a: xp.cos(a), [(5,)]),
+    "cosh": (lambda xp, a: xp.cosh(a), [(5,)]),
+    "exp": (lambda xp, a: xp.exp(a), [(5,)]),
+    "expm1": (lambda xp, a: xp.expm1(a), [(5,)]),
+    "log": (lambda xp, a: xp.log(_pos(xp, a)), [(5,)]),
+    "log1p": (lambda xp, a: xp.log1p(_pos(xp, a)), [(5,)]),
+    "log2": (lambda xp, a: xp.log2(_pos(xp, a)), [(5,)]),
+    "log10": (lambda xp, a: xp.log10(_pos(xp, a)), [(5,)]),
+    "negative": (lambda xp, a: -a, [(5,)]),
+    "positive": (lambda xp, a: +a, [(5,)]),
+    "reciprocal": (lambda xp, a: xp.reciprocal(_pos(xp, a)), [(5,)]),
+    "sin": (lambda xp, a: xp.sin(a), [(5,)]),
+    "sinh": (lambda xp, a: xp.sinh(a), [(5,)]),
+    "sqrt": (lambda xp, a: xp.sqrt(_pos(xp, a)), [(5,)]),
+    "square": (lambda xp, a: xp.square(a), [(5,)]),
+    "tan": (lambda xp, a: xp.tan(_unit(xp, a)), [(5,)]),
+    "tanh": (lambda xp, a: xp.tanh(a), [(5,)]),
+    # elementwise, two arguments (with broadcasting)
+    "add": (lambda xp, a, b: a + b, [(3, 4), (4,)]),
+    "subtract": (lambda xp, a, b: xp.subtract(a, b), [(3, 4), (3, 1)]),
+    "multiply": (lambda xp, a, b: a * b, [(2, 3), (2, 3)]),
+    "divide": (lambda xp, a, b: a / _pos(xp, b), [(2, 3), (3,)]),
+    "pow_both": (lambda xp, a, b: xp.pow(_pos(xp, a), b), [(4,), (4,)]),
+    "pow_scalar_exponent": (lambda xp, a: a**3.0, [(4,)]),
+    "pow_scalar_base": (lambda xp, a: 2.0**a, [(4,)]),
+    "atan2": (lambda xp, a, b: xp.atan2(a, b), [(2, 3), (3,)]),
+    "hypot": (lambda xp, a, b: xp.hypot(a, b), [(2, 3), (2, 3)]),
+    "logaddexp": (lambda xp, a, b: xp.logaddexp(a, b), [(2, 3), (3,)]),
+    "copysign": (lambda xp, a, b: xp.copysign(a, b), [(6,), (6,)]),
+    "maximum": (lambda xp, a, b: xp.maximum(a, b), [(3, 4), (4,)]),
+    "minimum": (lambda xp, a, b: xp.minimum(a, b), [(3, 4), (4,)]),
+    "remainder": (lambda xp, a, b: xp.remainder(a, _pos(xp, b) + 1.0), [(6,), (6,)]),
+    "clip_scalars": (lambda xp, a: xp.clip(a, min=-0.5, max=0.7), [(8,)]),
+    "clip_arrays": (lambda xp, a, lo, hi: xp.clip(a, min=lo - 1.0, max=hi + 1.0), [(8,)] * 3),
+    "where": (lambda xp, a, b: xp.where(a > 0, a, b * 2.0), [(3, 4), (3, 4)]),
+    # reductions
+    "sum": (lambda xp, a: xp.sum(a, axis=1), [(3, 4)]),
+    "sum_keepdims": (lambda xp, a: xp.sum(a, axis=(0, 2), keepdims=True), [(2, 3, 4)]),
+    "prod": (lambda xp, a: xp.prod(a, axis=0), [(3, 4)]),
+    "prod_all": (lambda xp, a: xp.prod(a), [(2, 3)]),
+    "mean": (lambda xp, a: xp.mean(a, axis=0), [(3, 4)]),
+    "var": (lambda xp, a: xp.var(a, axis=1), [(3, 4)]),
+    "var_correction": (lambda xp, a: xp.var(a, axis=0, correction=1, keepdims=True), [(4, 3)]),
+    "std": (lambda xp, a: xp.std(a, correction=1.0), [(3, 4)]),
+    "max": (lambda xp, a: xp.max(a, axis=1), [(3, 4)]),
+    "min": (lambda xp, a: xp.min(a), [(3, 4)]),
+    "cumulative_sum": (lambda xp, a: xp.cumulative_sum(a, axis=1), [(3, 4)]),
+    "cumulative_sum_initial": (
+        lambda xp, a: xp.cumulative_sum(a, axis=0, include_initial=True),
+        [(3, 2)],
+    ),
+    "cumulative_prod": (lambda xp, a: xp.cumulative_prod(a, axis=1), [(3, 4)]),
+    "logsumexp": (
+        lambda xp, a: (
+            xp.log(xp.sum(xp.exp(a - xp.max(a, axis=-1, keepdims=True)), axis=-1))
+            + xp.max(a, axis=-1)
+        ),
+        [(3, 5)],
+    ),
+    # manipulation
+    "reshape": (lambda xp, a: xp.reshape(a, (4, 3)), [(3, 4)]),
+    "permute_dims": (lambda xp, a: xp.permute_dims(a, (2, 0, 1)), [(2, 3, 4)]),
+    "matrix_transpose": (lambda xp, a: a.mT, [(2, 3, 4)]),
+    "T": (lambda xp, a: a.T, [(2, 3)]),
+    "expand_dims": (lambda xp, a: xp.expand_dims(a, axis=1), [(3, 4)]),
+    "squeeze": (lambda xp, a: xp.squeeze(a, axis=1), [(3, 1, 4)]),
+    "broadcast_to": (lambda xp, a: xp.broadcast_to(a, (2, 3, 4)), [(3, 1)]),
+    "broadcast_arrays": (lambda xp, a, b: tuple(xp.broadcast_arrays(a, b)), [(3, 1), (4,)]),
+    "concat": (lambda xp, a, b: xp.concat([a, b], axis=1), [(2, 3), (2, 2)]),
+    "stack": (lambda xp, a, b: xp.stack([a, b], axis=1), [(2, 3), (2, 3)]),
+    "flip": (lambda xp, a: xp.flip(a, axis=0), [(3, 4)]),
+    "roll": (lambda xp, a: xp.roll(a, 2, axis=1), [(3, 4)]),
+    "roll_flat": (lambda xp, a: xp.roll(a, -1), [(3, 4)]),
+    "moveaxis": (lambda xp, a: xp.moveaxis(a, 0, -1), [(2, 3, 4)]),
+    "repeat": (lambda xp, a: xp.repeat(a, 2, axis=1), [(3, 4)]),
+    "tile": (lambda xp, a: xp.tile(a, (2, 1, 3)), [(3, 2)]),
+    "unstack": (lambda xp, a: tuple(xp.unstack(a, axis=1)), [(3, 2)]),
+    "tril": (lambda xp, a: xp.tril(a, k=-1), [(4, 4)]),
+    "triu": (lambda xp, a: xp.triu(a, k=1), [(3, 4)]),
+    "diff": (lambda xp, a: xp.diff(a, axis=0), [(4, 3)]),
+    "meshgrid": (lambda xp, a, b: tuple(xp.meshgrid(a, b)), [(3,), (4,)]),
+    # searching, sorting, indexing
+    "sort": (lambda xp, a: xp.sort(a, axis=1), [(3, 5)]),
+    "sort_descending": (lambda xp, a: xp.sort(a, axis=0, descending=True), [(4, 2)]),
+    "take": (
+        lambda xp, a: xp.take(a, xp.asarray([0, 2, 2, 1, 0]), axis=1),
+        [(3, 4)],
+    ),
+    "take_along_axis": (
+        lambda xp, a: xp.take_along_axis(a, xp.argsort(-a, axis=1)[:, :2], axis=1),
+        [(3, 4)],
+    ),
+    "getitem_basic": (lambda xp, a: a[1:, ::2], [(3, 4)]),
+    "getitem_newaxis": (lambda xp, a: a[..., None, 0], [(3, 4)]),
+    "getitem_mask": (lambda xp, a: a[a > 0], [(3, 4)]),
+    "getitem_int_arrays": (
+        lambda xp, a: a[xp.asarray([0, 2, 0, 0]), xp.asarray([1, 3, 1, 2])],
+        [(3, 4)],
+    ),
+    "getitem_int_array_repeats": (lambda xp, a: a[xp.asarray([2, 0, 2, 2])], [(3,)]),
+    # linear algebra in the main namespace
+    "matmul": (lambda xp, a, b: a @ b, [(3, 4), (4, 5)]),
+    "matmul_batched": (lambda xp, a, b: xp.matmul(a, b), [(2, 3, 4), (4, 5)]),
+    "matmul_vec": (lambda xp, a, b: xp.matmul(a, b), [(4,), (2, 4, 3)]),
+    "vecdot": (lambda xp, a, b: xp.vecdot(a, b), [(3, 4), (4,)]),
+    "tensordot": (
+        lambda xp, a, b: xp.tensordot(a, b, axes=([1, 0], [0, 2])),
+        [(3, 2, 4), (2, 5, 3)],
+    ),
+    # linalg extension
+    "inv": (lambda xp, a: xp.linalg.inv(_spd(xp, a)), [(3, 3)]),
+    "solve": (lambda xp, a, b: xp.linalg.solve(_spd(xp, a), b), [(3, 3), (3, 2)]),
+    "solve_batched": (lambda xp, a, b: xp.linalg.solve(_spd(xp, a), b), [(2, 3, 3), (2, 3, 1)]),
+    "det": (lambda xp, a: xp.linalg.det(a), [(3, 3)]),
+    "slogdet": (lambda xp, a: xp.linalg.slogdet(a)[1], [(2, 3, 3)]),
+    "cholesky": (lambda xp, a: xp.linalg.cholesky(_spd(xp, a)), [(3, 3)]),
+    "cholesky_upper": (lambda xp, a: xp.linalg.cholesky(_spd(xp, a), upper=True), [(3, 3)]),
+    "eigh": (
+        lambda xp, a: (lambda r: (r[0], r[1] * r[1]))(xp.linalg.eigh(_sym(xp, a))),
+        [(4, 4)],
+    ),
+    "eigvalsh": (lambda xp, a: xp.linalg.eigvalsh(_sym(xp, a)), [(3, 3)]),
+    "svd_tall": (
+        lambda xp, a: (lambda r: (r[0] * r[0], r[1], r[2] * r[2]))(
+            xp.linalg.svd(a, full_matrices=False)
+        ),
+        [(4, 3)],
+    ),
+    "svd_wide": (
+        lambda xp, a: (lambda r: (r[0] * r[0], r[1], r[2] * r[2]))(
+            xp.linalg.svd(a, full_matrices=False)
+        ),
+        [(2, 4)],
+    ),
+    "svdvals": (lambda xp, a: xp.linalg.svdvals(a), [(3, 4)]),
+    "qr_tall": (lambda xp, a: (lambda r: (r[0] * r[0], r[1] * r[1]))(xp.linalg.qr(a)), [(4, 3)]),
+    "qr_wide": (lambda xp, a: (lambda r: (r[0] * r[0], r[1] * r[1]))(xp.linalg.qr(a)), [(3, 5)]),
+    "matrix_norm_fro": (lambda xp, a: xp.linalg.matrix_norm(a), [(3, 4)]),
+    "matrix_norm_nuc": (lambda xp, a: xp.linalg.matrix_norm(a, ord="nuc"), [(3, 4)]),
+    "matrix_norm_2": (lambda xp, a: xp.linalg.matrix_norm(a, ord=2, keepdims=True), [(3, 4)]),
+    "matrix_norm_1": (lambda xp, a: xp.linalg.matrix_norm(a, ord=1), [(3, 4)]),
+    "matrix_norm_inf": (lambda xp, a: xp.linalg.matrix_norm(a, ord=math.inf), [(3, 4)]),
+    "vector_norm": (lambda xp, a: xp.linalg.vector_norm(a, axis=1), [(3, 4)]),
+    "vector_norm_3": (lambda xp, a: xp.linalg.vector_norm(a, ord=3), [(3, 4)]),
+    "vector_norm_1": (lambda xp, a: xp.linalg.vector_norm(a, ord=1, axis=0), [(3, 4)]),
+    "vector_norm_inf": (
+        lambda xp, a: xp.linalg.vector_norm(a, ord=math.inf, axis=(0, 1), keepdims=True),
+        [(3, 4)],
+    ),
+    "pinv": (lambda xp, a: xp.linalg.pinv(a), [(4, 3)]),
+    "matrix_power": (lambda xp, a: xp.linalg.matrix_power(a * 0.5, 3), [(3, 3)]),
+    "trace": (lambda xp, a: xp.linalg.trace(a, offset=1), [(2, 3, 4)]),
+    "diagonal": (lambda xp, a: xp.linalg.diagonal(a, offset=-1), [(2, 4, 3)]),
+    "outer": (lambda xp, a, b: xp.linalg.outer(a, b), [(3,), (4,)]),
+    "cross": (lambda xp, a, b: xp.linalg.cross(a, b), [(2, 3), (3,)]),
+    # fft extension (real views of complex results)
+    "fft": (lambda xp, a, b: xp.fft.fft(_complex(xp, a, b), axis=0), [(4, 3), (4, 3)]),
+    "fft_n": (lambda xp, a, b: xp.fft.fft(_complex(xp, a, b), n=6), [(2, 4), (2, 4)]),
+    "ifft": (lambda xp, a, b: xp.fft.ifft(_complex(xp, a, b), n=3, norm="ortho"), [(5,), (5,)]),
+    "fftn": (lambda xp, a, b: xp.fft.fftn(_complex(xp, a, b)), [(3, 4), (3, 4)]),
+    "ifftn": (
+        lambda xp, a, b: xp.fft.ifftn(_complex(xp, a, b), s=(2, 5), axes=(0, 1), norm="forward"),
+        [(3, 4), (3, 4)],
+    ),
+    "rfft": (lambda xp, a: xp.fft.rfft(a), [(2, 6)]),
+    "rfft_n": (lambda xp, a: xp.fft.rfft(a, n=5, norm="ortho"), [(7,)]),
+    "irfft": (lambda xp, a, b: xp.fft.irfft(_complex(xp, a, b)), [(4,), (4,)]),
+    "irfft_odd": (lambda xp, a, b: xp.fft.irfft(_complex(xp, a, b), n=7), [(3, 4), (3, 4)]),
+    "rfftn": (lambda xp, a: xp.fft.rfftn(a), [(3, 4)]),
+    "irfftn": (
+        lambda xp, a, b: xp.fft.irfftn(_complex(xp, a, b), s=(3, 4), axes=(0, 1)),
+        [(3, 3), (3, 3)],
+    ),
+    "hfft": (lambda xp, a, b: xp.fft.hfft(_complex(xp, a, b)), [(4,), (4,)]),
+    "ihfft": (lambda xp, a: xp.fft.ihfft(a), [(6,)]),
+    "fftshift": (lambda xp, a: xp.fft.fftshift(a), [(3, 4)]),
+    "ifftshift": (lambda xp, a: xp.fft.ifftshift(a, axes=1), [(3, 5)]),
+    # complex elementwise through real inputs
+    "complex_mul_abs": (
+        lambda xp, a, b: xp.abs(_complex(xp, a, b) * _complex(xp, b, a)),
+        [(4,), (4,)],
+    ),
+    "complex_exp_log": (
+        lambda xp, a, b: xp.log(xp.exp(_complex(xp, a, b)) + 2.0),
+        [(4,), (4,)],
+    ),
+    "complex_div_sqrt": (
+        lambda xp, a, b: xp.sqrt(_complex(xp, a, b) / (_complex(xp, b, a) + 3.0)),
+        [(4,), (4,)],
+    ),
+    "complex_trig": (
+        lambda xp, a, b: xp.sin(_complex(xp, a, b)) * xp.cosh(_complex(xp, b, a)),
+        [(4,), (4,)],
+    ),
+    "complex_conj_real_imag": (
+        lambda xp, a, b: (
+            xp.real(xp.conj(_complex(xp, a, b)) * _complex(xp, b, a))
+            + xp.imag(_complex(xp, a, b) ** 2.0)
+        ),
+        [(4,), (4,)],
+    ),
+    "complex_matmul": (
+        lambda xp, a, b: xp.matmul(_complex(xp, a, b), _complex(xp, b, a)),
+        [(3, 3), (3, 3)],
+    ),
+    "complex_sum_mean": (
+        lambda xp, a, b: xp.mean(_complex(xp, a, b), axis=0) * xp.sum(_complex(xp, b, a)),
+        [(3, 2), (3, 2)],
+    ),
+    "complex_inv_det": (
+        lambda xp, a, b: xp.linalg.det(xp.linalg.inv(_complex(xp, _spd(xp, a), b))),
+        [(3, 3), (3, 3)],
+    ),
+    "complex_vector_norm": (
+        lambda xp, a, b: xp.linalg.vector_norm(_complex(xp, a, b), axis=1),
+        [(2, 3), (2, 3)],
+    ),
+}
+
+# Cases whose inputs need special values (ties, zeros).
+SPECIAL_DATA = {
+    "prod": lambda rng: [
+        np.array([[1.5, 0.0, 2.0, -1.0], [0.5, 0.0, 0.0, 3.0], [2.0, 1.0, 1.0, -2.0]])
+    ],
+    "prod_all": lambda rng: [np.array([[1.5, 0.0, 2.0], [0.5, -1.0, 3.0]])],
+    "cumulative_prod": lambda rng: [
+        np.array([[1.5, 0.0, 2.0, -1.0], [0.5, 1.2, 0.7, 3.0], [2.0, 0.0, 0.0, -2.0]])
+    ],
+    "max": lambda rng: [
+        np.array([[1.0, 3.0, 3.0, 0.5], [2.0, -1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    ],
+    "min": lambda rng: [
+        np.array([[1.0, -3.0, 2.0, 0.5], [2.0, -3.0, 0.0, 1.0], [0.0, 4.0, 1.0, 0.0]])
+    ],
+    "maximum": lambda rng: [
+        np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 1.0, -1.0], [1.0, 1.0, 1.0, 1.0]]),
+        np.array([1.0, 0.5, 3.0, -1.0]),
+    ],
+    "minimum": lambda rng: [
+        np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 1.0, -1.0], [1.0, 1.0, 1.0, 1.0]]),
+        np.array([1.0, 0.5, 3.0, -1.0]),
+    ],
+    "vector_norm_inf": lambda rng: [
+        np.array([[1.0, -3.0, 2.0, 0.5], [2.0, 3.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    ],
+}
+
+# Cases where finite differences are not valid (kinks at the chosen points, or
+# tie-splitting subgradients that a two-sided difference does not see).
+NOT_SMOOTH = {"max", "min", "maximum", "minimum", "vector_norm_inf"}
+
+
+def case_data(name: str, seed: int = 1) -> list[np.ndarray]:
+    """float64 NumPy inputs of case ``name``."""
+    rng = np.random.default_rng(seed)
+    if name in SPECIAL_DATA:
+        return SPECIAL_DATA[name](rng)
+    return [rng.standard_normal(s) for s in CASES[name][1]]
+
+
+def _outputs(out):
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def weighted_loss(fn):
+    """A scalar depending on every output element differently (real views of complex)."""
+
+    def loss(xp, *args):
+        total = 0.0
+        for k, out in enumerate(_outputs(fn(xp, *args))):
+            parts = [out]
+            if xp.isdtype(out.dtype, "complex floating"):
+                parts = [xp.real(out), xp.imag(out)]
+            for j, p in enumerate(parts):
+                n = math.prod(p.shape)
+                w = xp.reshape(xp.linspace(0.5, 1.5 + k + j, n, dtype=p.dtype), p.shape)
+                w = xp.asarray(w, device=getattr(p, "device", None))
+                total = total + xp.sum(xp.multiply(w, p)) + xp.sum(p * p) * 0.25
+        return total
+
+    return loss
+
+
+def torch_reference(fn, data):
+    """Value and gradients of ``weighted_loss(fn)`` by torch.autograd, float64."""
+    import array_api_compat.torch as txp
+    import torch
+
+    ts = [torch.tensor(d, dtype=torch.float64, requires_grad=True) for d in data]
+    out = weighted_loss(fn)(txp, *ts)
+    grads = torch.autograd.grad(out, ts, allow_unused=True, materialize_grads=True)
+    return float(out.detach()), [g.numpy() for g in grads]
+
+
+@pytest.fixture(params=BACKENDS)
+def base(request):
+    return pytest.importorskip(
+        "array_api_strict" if request.param == "array_api_strict" else "array_api_compat.numpy"
+    )
+
+
+def _tolerances(dtype):
+    return (1e-9, 1e-10) if dtype == "float64" else (2e-3, 2e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_matches_torch(base, name, dtype):
+    fn, _ = CASES[name]
+    data = case_data(name)
+    ref_value, ref_grads = torch_reference(fn, data)
+    args = [base.asarray(d, dtype=getattr(base, dtype)) for d in data]
+    loss = weighted_loss(fn)
+    value, grads = agrad.execute_with_gradients(
+        lambda xs: loss(agrad.array_namespace(*xs), *xs), args
+    )
+    rtol, atol = _tolerances(dtype)
+    scale = max(1.0, max(float(np.max(np.abs(g))) for g in ref_grads))
+    assert float(to_numpy(value)) == pytest.approx(ref_value, rel=rtol * 10, abs=atol * 10)
+    for g, ref, arg in zip(grads, ref_grads, args):
+        assert g.dtype == arg.dtype
+        assert tuple(g.shape) == tuple(arg.shape)
+        np.testing.assert_allclose(to_numpy(g), ref, rtol=rtol, atol=atol * scale, err_msg=name)
+
+
+SMOOTH = [n for n in CASES if n not in NOT_SMOOTH]
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_check_grads_first_and_second_order(base, name):
+    fn, _ = CASES[name]
+    args = [base.asarray(d) for d in case_data(name, seed=2)]
+    check_grads(lambda *xs: fn(agrad.array_namespace(*xs), *xs), *args, order=2)
