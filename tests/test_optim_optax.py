@@ -1,0 +1,167 @@
+"""Lion, LAMB, LARS, Adafactor equal optax on JAX over 200 float32 steps (to 1e-6)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from agrad import optim
+from agrad.testing import to_numpy
+from conftest import asarray
+
+optax = pytest.importorskip("optax")
+jnp = pytest.importorskip("jax.numpy")
+
+SHAPES = {"w": (40, 50), "b": (7,), "m": (3, 5)}
+STEPS = 200
+TOL = 1e-6
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    p0 = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+    c = {k: rng.uniform(0.5, 2.0, s).astype(np.float32) for k, s in SHAPES.items()}
+    targets = [
+        {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+        for _ in range(STEPS)
+    ]
+    return p0, c, targets
+
+
+def _grads(xp, params, c, target):
+    return {
+        k: xp.subtract(
+            xp.multiply(asarray(xp, c[k], np.float32), p), asarray(xp, target[k], np.float32)
+        )
+        for k, p in params.items()
+    }
+
+
+CASES = {
+    "lion": (
+        lambda: optim.lion(1e-3, weight_decay=0.1),
+        lambda: optax.lion(1e-3, weight_decay=0.1),
+    ),
+    "lamb": (
+        lambda: optim.lamb(1e-2, weight_decay=0.1),
+        lambda: optax.lamb(1e-2, weight_decay=0.1),
+    ),
+    "lars": (
+        lambda: optim.lars(0.1, weight_decay=0.1, nesterov=True),
+        lambda: optax.lars(0.1, weight_decay=0.1, nesterov=True),
+    ),
+    "lars_masks": (
+        lambda: optim.lars(
+            0.05,
+            weight_decay=0.01,
+            weight_decay_mask={"w": True, "b": False, "m": True},
+            trust_ratio_mask={"w": True, "b": False, "m": False},
+        ),
+        lambda: optax.lars(
+            0.05,
+            weight_decay=0.01,
+            weight_decay_mask={"w": True, "b": False, "m": True},
+            trust_ratio_mask={"w": True, "b": False, "m": False},
+        ),
+    ),
+    "adafactor": (
+        lambda: optim.adafactor(min_dim_size_to_factor=32),
+        lambda: optax.adafactor(min_dim_size_to_factor=32),
+    ),
+    "adafactor_all": (
+        lambda: optim.adafactor(
+            1e-2, momentum=0.9, weight_decay_rate=0.01, min_dim_size_to_factor=4
+        ),
+        lambda: optax.adafactor(
+            1e-2, momentum=0.9, weight_decay_rate=0.01, min_dim_size_to_factor=4
+        ),
+    ),
+    "adafactor_unfactored": (
+        lambda: optim.adafactor(0.05, factored=False, multiply_by_parameter_scale=False),
+        lambda: optax.adafactor(0.05, factored=False, multiply_by_parameter_scale=False),
+    ),
+}
+
+
+def _optax_run(make, p0, c, targets):
+    opt = make()
+    params = {k: jnp.asarray(v) for k, v in p0.items()}
+    state = opt.init(params)
+    for t in range(STEPS):
+        updates, state = opt.update(_grads(jnp, params, c, targets[t]), state, params)
+        params = optax.apply_updates(params, updates)
+    return {k: np.asarray(v) for k, v in params.items()}
+
+
+def _rel_err(got, ref):
+    """Largest elementwise error relative to each leaf's largest magnitude."""
+    return max(
+        float(np.max(np.abs(to_numpy(got[k]) - ref[k])) / np.max(np.abs(ref[k]))) for k in ref
+    )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_optax_on_jax_float32(name):
+    make_agrad, make_optax = CASES[name]
+    p0, c, targets = _problem()
+    ref = _optax_run(make_optax, p0, c, targets)
+    opt = make_agrad()
+    params = {k: jnp.asarray(v) for k, v in p0.items()}
+    state = opt.init(params)
+    for t in range(STEPS):
+        params, state = opt.step(params, _grads(jnp, params, c, targets[t]), state)
+    for k in params:
+        assert params[k].dtype == jnp.float32
+    assert _rel_err(params, ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["lion", "lamb", "lars", "adafactor_all"])
+def test_same_rule_on_every_backend(xp, name):
+    """The optax family runs unchanged on every backend (float64 here; 10 steps vs optax)."""
+    make_agrad, _ = CASES[name]
+    p0, c, targets = _problem()
+    steps = 10
+    p64 = {k: v.astype(np.float64) for k, v in p0.items()}
+    ref = _optax_float64(name, steps)
+    opt = make_agrad()
+    params = {k: asarray(xp, v.copy()) for k, v in p64.items()}
+    state = opt.init(params)
+    for t in range(steps):
+        params, state = opt.step(params, _grads64(xp, params, c, targets[t]), state)
+    assert _rel_err(params, ref) < 1e-6
+
+
+@functools.cache
+def _optax_float64(name, steps):
+    p0, c, targets = _problem()
+    opt = CASES[name][1]()
+    ref = {k: jnp.asarray(v.astype(np.float64)) for k, v in p0.items()}
+    state = opt.init(ref)
+    for t in range(steps):
+        u, state = opt.update(_grads64(jnp, ref, c, targets[t]), state, ref)
+        ref = optax.apply_updates(ref, u)
+    return {k: np.asarray(v) for k, v in ref.items()}
+
+
+def _grads64(xp, params, c, target):
+    return {
+        k: xp.subtract(xp.multiply(asarray(xp, c[k]), p), asarray(xp, target[k]))
+        for k, p in params.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: optim.lion(-1.0), "lr"),
+        (lambda: optim.lion(1e-3, b1=1.0), "b1"),
+        (lambda: optim.lamb(1e-3, eps=0.0), "eps"),
+        (lambda: optim.lars(1e-3, momentum=-0.1), "momentum"),
+        (lambda: optim.adafactor(eps=-1.0), "eps"),
+    ],
+)
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
