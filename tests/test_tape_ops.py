@@ -23,7 +23,7 @@ BACKENDS = ["numpy", "array_api_strict"]
 def _spd(xp, a):
     """A well-conditioned symmetric positive-definite matrix from any square ``a``."""
     n = a.shape[-1]
-    eye = xp.eye(n, dtype=a.dtype)
+    eye = xp.eye(n, dtype=a.dtype, device=a.device)
     return xp.matmul(a, xp.matrix_transpose(a)) + eye * float(n)
 
 
@@ -34,6 +34,11 @@ def _sym(xp, a):
 def _complex(xp, x, y):
     dt = xp.complex128 if x.dtype == xp.float64 else xp.complex64
     return xp.astype(x, dt) + xp.astype(y, dt) * 1j
+
+
+def _idx(xp, like, values):
+    """An index array on ``like``'s device."""
+    return xp.asarray(values, device=like.device)
 
 
 def _pos(xp, a):
@@ -139,7 +144,7 @@ CASES = {
     "sort": (lambda xp, a: xp.sort(a, axis=1), [(3, 5)]),
     "sort_descending": (lambda xp, a: xp.sort(a, axis=0, descending=True), [(4, 2)]),
     "take": (
-        lambda xp, a: xp.take(a, xp.asarray([0, 2, 2, 1, 0]), axis=1),
+        lambda xp, a: xp.take(a, _idx(xp, a, [0, 2, 2, 1, 0]), axis=1),
         [(3, 4)],
     ),
     "take_along_axis": (
@@ -150,10 +155,10 @@ CASES = {
     "getitem_newaxis": (lambda xp, a: a[..., None, 0], [(3, 4)]),
     "getitem_mask": (lambda xp, a: a[a > 0], [(3, 4)]),
     "getitem_int_arrays": (
-        lambda xp, a: a[xp.asarray([0, 2, 0, 0]), xp.asarray([1, 3, 1, 2])],
+        lambda xp, a: a[_idx(xp, a, [0, 2, 0, 0]), _idx(xp, a, [1, 3, 1, 2])],
         [(3, 4)],
     ),
-    "getitem_int_array_repeats": (lambda xp, a: a[xp.asarray([2, 0, 2, 2])], [(3,)]),
+    "getitem_int_array_repeats": (lambda xp, a: a[_idx(xp, a, [2, 0, 2, 2])], [(3,)]),
     # linear algebra in the main namespace
     "matmul": (lambda xp, a, b: a @ b, [(3, 4), (4, 5)]),
     "matmul_batched": (lambda xp, a, b: xp.matmul(a, b), [(2, 3, 4), (4, 5)]),
@@ -329,8 +334,8 @@ def weighted_loss(fn):
                 parts = [xp.real(out), xp.imag(out)]
             for j, p in enumerate(parts):
                 n = math.prod(p.shape)
-                w = xp.reshape(xp.linspace(0.5, 1.5 + k + j, n, dtype=p.dtype), p.shape)
-                w = xp.asarray(w, device=getattr(p, "device", None))
+                w = xp.linspace(0.5, 1.5 + k + j, n, dtype=p.dtype, device=p.device)
+                w = xp.reshape(w, p.shape)
                 total = total + xp.sum(xp.multiply(w, p)) + xp.sum(p * p) * 0.25
         return total
 
@@ -348,11 +353,34 @@ def torch_reference(fn, data):
     return float(out.detach()), [g.numpy() for g in grads]
 
 
-@pytest.fixture(params=BACKENDS)
+# Cases using functions added in the 2024.12 revision.
+NEEDS_2024 = {"cumulative_prod", "take_along_axis", "diff", "reciprocal", "complex_sum_mean"}
+
+
+@pytest.fixture(params=["numpy", "strict-2024.12", "strict-2023.12", "strict-device1"])
 def base(request):
-    return pytest.importorskip(
-        "array_api_strict" if request.param == "array_api_strict" else "array_api_compat.numpy"
-    )
+    """``(namespace, device)``; array-api-strict at an api_version or on a second device."""
+    if request.param == "numpy":
+        yield pytest.importorskip("array_api_compat.numpy"), None
+        return
+    strict = pytest.importorskip("array_api_strict")
+    kind = request.param.removeprefix("strict-")
+    version = "2023.12" if kind == "2023.12" else "2024.12"
+    saved = strict.get_array_api_strict_flags()
+    strict.set_array_api_strict_flags(api_version=version)
+    try:
+        yield strict, strict.Device("device1") if kind == "device1" else None
+    finally:
+        strict.set_array_api_strict_flags(**saved)
+
+
+def _inputs(base, name, dtype="float64", seed=1):
+    xp, device = base
+    if name in NEEDS_2024 and xp.__name__ == "array_api_strict":
+        if xp.get_array_api_strict_flags()["api_version"] < "2024.12":
+            pytest.skip(f"{name} needs the 2024.12 revision of the standard")
+    dt = getattr(xp, dtype)
+    return [xp.asarray(d, dtype=dt, device=device) for d in case_data(name, seed)]
 
 
 def _tolerances(dtype):
@@ -362,10 +390,11 @@ def _tolerances(dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_gradient_matches_torch(base, name, dtype):
+    if dtype == "float32" and base[0].__name__ == "array_api_strict" and base[1] is not None:
+        pytest.skip("float32 is covered on the default device")
     fn, _ = CASES[name]
-    data = case_data(name)
-    ref_value, ref_grads = torch_reference(fn, data)
-    args = [base.asarray(d, dtype=getattr(base, dtype)) for d in data]
+    args = _inputs(base, name, dtype)
+    ref_value, ref_grads = torch_reference(fn, case_data(name))
     loss = weighted_loss(fn)
     value, grads = agrad.execute_with_gradients(
         lambda xs: loss(agrad.array_namespace(*xs), *xs), args
@@ -376,6 +405,8 @@ def test_gradient_matches_torch(base, name, dtype):
     for g, ref, arg in zip(grads, ref_grads, args):
         assert g.dtype == arg.dtype
         assert tuple(g.shape) == tuple(arg.shape)
+        if base[1] is not None:
+            assert g.device == base[1]
         np.testing.assert_allclose(to_numpy(g), ref, rtol=rtol, atol=atol * scale, err_msg=name)
 
 
@@ -384,6 +415,10 @@ SMOOTH = [n for n in CASES if n not in NOT_SMOOTH]
 
 @pytest.mark.parametrize("name", SMOOTH)
 def test_check_grads_first_and_second_order(base, name):
+    if base[0].__name__ == "array_api_strict" and base[1] is None:
+        version = base[0].get_array_api_strict_flags()["api_version"]
+        if version != "2024.12":
+            pytest.skip("second order is checked on numpy and array_api_strict 2024.12")
     fn, _ = CASES[name]
-    args = [base.asarray(d) for d in case_data(name, seed=2)]
+    args = _inputs(base, name, seed=2)
     check_grads(lambda *xs: fn(agrad.array_namespace(*xs), *xs), *args, order=2)

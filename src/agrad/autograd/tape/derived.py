@@ -116,7 +116,7 @@ def meshgrid(ns, *arrays, indexing="xy"):
 def sort(ns, x, /, *, axis=-1, descending=False, stable=True):
     """``x`` sorted along ``axis``: a gather at ``argsort(x)``."""
     order = ns._base.argsort(strip(x), axis=axis, descending=descending, stable=stable)
-    return ns.take_along_axis(x, order, axis=axis)
+    return ns._take_along_axis(x, order, axis=axis)
 
 
 def diff(ns, x, /, *, axis=-1, n=1, prepend=None, append=None):
@@ -193,7 +193,7 @@ def pinv(ns, x, /, *, rtol=None):
     s_raw = strip(s)
     cutoff = ns._base.max(s_raw, axis=-1, keepdims=True) * strip(rtol)
     keep = s_raw > cutoff
-    s_inv = ns.where(keep, ns.reciprocal(ns.where(keep, s, ns.ones_like(s))), ns.zeros_like(s))
+    s_inv = ns.where(keep, ns.divide(1.0, ns.where(keep, s, ns.ones_like(s))), ns.zeros_like(s))
     uh = ns.matrix_transpose(conj(ns, u))
     scaled = ns.multiply(ns.expand_dims(s_inv, axis=-1), uh)
     return ns.matmul(ns.matrix_transpose(conj(ns, vh)), scaled)

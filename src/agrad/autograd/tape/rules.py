@@ -637,7 +637,7 @@ def _take(ns, g, ans, x, indices, axis=None):
 
 
 def _take_along_axis(ns, g, ans, x, indices, axis=-1):
-    picked = ns._take_along_axis_raw(positions(ns, x), strip(indices), axis=axis)
+    picked = ns._generic_take_along_axis(positions(ns, x), strip(indices), axis=axis)
     return gather_transpose(ns, g, picked, x)
 
 
@@ -694,6 +694,7 @@ RULES: dict[str, Any] = {
     "stack": _PerArgument(_stack_rule),
     "take": (_take, None),
     "take_along_axis": (_take_along_axis, None),
+    "_take_along_axis": (_take_along_axis, None),
     "unique_values": (_unique_values,),
     "_getitem": (_getitem,),
     "_getitem_advanced": (_getitem_advanced,),

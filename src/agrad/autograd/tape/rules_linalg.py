@@ -171,7 +171,7 @@ def _eigh(ns, gs, ans, x):
     if gv is not None:
         e = ns.subtract(ns.expand_dims(w, axis=-2), ns.expand_dims(w, axis=-1))  # w_j - w_i
         eye = ns.astype(_eye_like(ns, strip(e)), ns.bool)
-        f = ns.where(eye, ns.zeros_like(e), ns.reciprocal(ns.where(eye, ns.ones_like(e), e)))
+        f = ns.where(eye, ns.zeros_like(e), ns.divide(1.0, ns.where(eye, ns.ones_like(e), e)))
         inner = ns.multiply(ns.matmul(_h(ns, v), gv), f)
     if gw is not None:
         d = _diag_embed(ns, gw)

@@ -247,8 +247,13 @@ def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
     )
     clip_p = primitive("clip", lambda x, lo, hi: base.clip(x, min=lo, max=hi), RULES["clip"], ns)
     astype_p = primitive("astype", base.astype, RULES["astype"], ns)
-    raw_take_along = getattr(base, "take_along_axis", None) or _generic_take_along_axis(base)
+    generic_take_along = _generic_take_along_axis(base)
+    raw_take_along = getattr(base, "take_along_axis", None) or generic_take_along
     take_along_p = primitive("take_along_axis", raw_take_along, RULES["take_along_axis"], ns)
+    # Internal gathers (sort) use the generic version, present on every api_version.
+    internal_take_along_p = primitive(
+        "_take_along_axis", generic_take_along, RULES["_take_along_axis"], ns
+    )
     differentiable_dtypes = (base.float32, base.float64, base.complex64, base.complex128)
 
     def concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
@@ -293,6 +298,10 @@ def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
         "clip": clip,
         "astype": astype,
         "take_along_axis": take_along_axis,
+        "_take_along_axis": lambda x, indices, axis=-1: internal_take_along_p(
+            x, strip(indices), axis=axis
+        ),
+        "_generic_take_along_axis": generic_take_along,
         "asarray": asarray,
     }
 
@@ -345,22 +354,19 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
         ),
         "_to_device": lambda x, device: to_device_p(x, device),
         "_base_device": array_api_compat.device,
-        "_take_along_axis_raw": getattr(base, "take_along_axis", None)
-        or _generic_take_along_axis(base),
         "_finalize": _finalizer(base_name),
     }
 
 
 def _is_advanced(key: Any) -> bool:
-    """Whether ``key`` holds an integer array (or a list): a gather needing a scatter-add."""
+    """Whether ``key`` holds an array (or a list): a gather whose transpose is a scatter-add.
+
+    Boolean masks count too: their transpose through positions and ``_index_add``
+    needs no ``__setitem__`` with a mask, which some bases refuse (array-api-strict
+    on a non-default device).
+    """
     parts = key if isinstance(key, tuple) else (key,)
-    for k in parts:
-        if isinstance(k, list):
-            return True
-        dtype = getattr(k, "dtype", None)
-        if dtype is not None and getattr(k, "ndim", None) is not None and "bool" not in str(dtype):
-            return True
-    return False
+    return any(isinstance(k, list) or getattr(k, "ndim", None) is not None for k in parts)
 
 
 def _index_add_raw(base: Any, base_name: str) -> Callable[[Any, Any, int], Any]:
