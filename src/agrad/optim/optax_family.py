@@ -123,8 +123,10 @@ def scale_by_trust_ratio(
         xp = namespace_of(updates, params)
 
         def one(u: Any, p: Any) -> Any:
-            p_norm = xp.maximum(_norm(xp, p), xp.asarray(min_norm, dtype=p.dtype))
-            u_norm = xp.maximum(_norm(xp, u), xp.asarray(min_norm, dtype=u.dtype))
+            p_norm = _norm(xp, p)
+            u_norm = _norm(xp, u)
+            p_norm = xp.maximum(p_norm, xp.full_like(p_norm, min_norm))
+            u_norm = xp.maximum(u_norm, xp.full_like(u_norm, min_norm))
             ratio = xp.divide(p_norm * trust_coefficient, u_norm + eps)
             zero = xp.logical_or(p_norm == 0.0, u_norm == 0.0)
             return xp.multiply(u, xp.where(zero, xp.ones_like(ratio), ratio))

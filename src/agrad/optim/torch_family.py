@@ -142,7 +142,7 @@ def _torch_optimizer(
 
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         g_leaves, treedef, _ = flatten(grads)
-        p_leaves = leaves_like(params, grads)
+        p_leaves = [None] * len(g_leaves) if params is None else leaves_like(params, grads)
         lr_t = resolve(lr, state.count)
         xp = namespace_of(grads, params, extra=(lr_t,))
         t = state.count + 1
@@ -171,7 +171,7 @@ def _torch_optimizer(
         new_state = state_cls(count=t, **new_scalars, **fields)
         return unflatten(treedef, updates), new_state
 
-    hyper = {k: v for k, v in hyper.items()}
+    hyper = {**hyper, "_needs_params": weight_decay != 0 or returns_param}
     return GradientTransformation(name, init, update, hyper)
 
 

@@ -1,0 +1,348 @@
+"""Behaviour on every backend: in place where writable, functional on JAX, dtype and device
+kept, a learned learning rate differentiable through ``opt.step``, and bad input refused
+before anything is modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agrad
+from agrad import optim
+from agrad.pytree import flatten
+from agrad.testing import to_numpy
+from conftest import asarray
+
+SHAPES = {"w": (3, 4), "b": (4,)}
+
+OPTIMIZERS = {
+    "sgd": lambda lr: optim.sgd(lr=lr, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "adam": lambda lr: optim.adam(lr=lr, amsgrad=True, weight_decay=0.1),
+    "adamw": lambda lr: optim.adamw(lr=lr),
+    "nadam": lambda lr: optim.nadam(lr=lr, decoupled_weight_decay=True, weight_decay=0.1),
+    "radam": lambda lr: optim.radam(lr=lr, weight_decay=0.1),
+    "rmsprop": lambda lr: optim.rmsprop(lr=lr, centered=True, momentum=0.5),
+    "adagrad": lambda lr: optim.adagrad(lr=lr, lr_decay=0.01),
+    "adadelta": lambda lr: optim.adadelta(lr=lr),
+    "adamax": lambda lr: optim.adamax(lr=lr),
+    "lion": lambda lr: optim.lion(lr),
+    "lamb": lambda lr: optim.lamb(lr),
+}
+
+
+def _np_tree(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s).astype(dtype) for k, s in SHAPES.items()}
+
+
+def _tree(xp, seed=0, dtype=None, device=None):
+    return {k: asarray(xp, v, dtype, device) for k, v in _np_tree(seed).items()}
+
+
+def _grads(xp, params):
+    ns = agrad.array_namespace(*params.values())
+    return {k: ns.sin(p) + p * 0.5 for k, p in params.items()}
+
+
+def _state_arrays(state):
+    return [x for x in flatten(state)[0] if hasattr(x, "shape")]
+
+
+def _address(x):
+    if hasattr(x, "data_ptr"):
+        return x.data_ptr()
+    return x.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_inplace_reuses_every_buffer(backend, name):
+    """Steady state on NumPy and torch: params and state keep their objects and memory."""
+    from agrad.testing import load_backend
+
+    xp, reason = load_backend(backend)
+    if xp is None:
+        pytest.skip(reason)
+    params = _tree(xp)
+    opt = OPTIMIZERS[name](0.01)
+    state = opt.init(params)
+    params, state = opt.step(params, _grads(xp, params), state)
+    objs = {k: v for k, v in params.items()}
+    addrs = {k: _address(v) for k, v in params.items()}
+    s_objs = _state_arrays(state)
+    s_addrs = [_address(x) for x in s_objs]
+    for _ in range(3):
+        before = {k: to_numpy(v).copy() for k, v in params.items()}
+        new_params, state = opt.step(params, _grads(xp, params), state)
+        for k in params:
+            assert new_params[k] is objs[k] and _address(new_params[k]) == addrs[k]
+            assert not np.array_equal(to_numpy(new_params[k]), before[k])
+        now = _state_arrays(state)
+        assert len(now) == len(s_objs)
+        assert all(a is b for a, b in zip(now, s_objs))
+        assert [_address(x) for x in now] == s_addrs
+        params = new_params
+
+
+def test_jax_is_functional():
+    jnp = pytest.importorskip("jax.numpy")
+    params = _tree(jnp)
+    before = {k: np.asarray(v).copy() for k, v in params.items()}
+    opt = optim.adam(lr=0.1)
+    state = opt.init(params)
+    new, new_state = opt.step(params, _grads(jnp, params), state)
+    for k in params:
+        np.testing.assert_array_equal(np.asarray(params[k]), before[k])
+        assert not np.array_equal(np.asarray(new[k]), before[k])
+    assert float(jnp.max(jnp.abs(state.exp_avg["w"]))) == 0.0
+    assert new_state.count == 1
+
+
+def test_variables_are_written(tape_xp):
+    params = {k: agrad.variable(v) for k, v in _tree(tape_xp).items()}
+    boxes = dict(params)
+    before = {k: to_numpy(v).copy() for k, v in params.items()}
+    opt = optim.adam(lr=0.1)
+    state = opt.init(params)
+    params, state = opt.step(
+        params, _grads(tape_xp, {k: v.value for k, v in params.items()}), state
+    )
+    for k in params:
+        assert params[k] is boxes[k]
+        assert not np.array_equal(to_numpy(params[k]), before[k])
+
+
+def test_inplace_false_touches_nothing(xp):
+    params = _tree(xp)
+    opt = optim.sgd(lr=0.1, momentum=0.9)
+    state = opt.init(params)
+    params, state = opt.step(params, _grads(xp, params), state)
+    snap = [to_numpy(x).copy() for x in list(params.values()) + _state_arrays(state)]
+    new, new_state = opt.step(params, _grads(xp, params), state, inplace=False)
+    for x, s in zip(list(params.values()) + _state_arrays(state), snap):
+        np.testing.assert_array_equal(to_numpy(x), s)
+    assert new_state.count == state.count + 1
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_float32_params_keep_float32_state(xp, name):
+    params = _tree(xp, dtype=np.float32)
+    opt = OPTIMIZERS[name](0.01)
+    state = opt.init(params)
+    for _ in range(2):
+        params, state = opt.step(params, _grads(xp, params), state)
+    for x in list(params.values()) + _state_arrays(state):
+        assert x.dtype == xp.float32, (name, x.dtype)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_array_api_strict_device_is_kept(name):
+    xs = pytest.importorskip("array_api_strict")
+    dev = xs.Device("device1")
+    params = _tree(xs, device=dev)
+    opt = OPTIMIZERS[name](0.01)
+    state = opt.init(params)
+    for _ in range(2):
+        params, state = opt.step(params, _grads(xs, params), state)
+    for x in list(params.values()) + _state_arrays(state):
+        assert x.device == dev
+
+
+LEARNABLE = ["sgd", "adam", "adamw", "nadam", "radam", "rmsprop", "adagrad", "adadelta", "adamax"]
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_learned_lr_gradient_through_step(xp, name):
+    """d loss(params after 3 steps) / d lr by agrad equals central finite differences."""
+    p0 = _tree(xp)
+
+    def unrolled(lr):
+        opt = OPTIMIZERS[name](lr)
+        params, state = p0, opt.init(p0)
+        for _ in range(3):
+            params, state = opt.step(params, _grads(xp, params), state, inplace=False)
+        ns = agrad.array_namespace(*params.values())
+        return ns.sum(ns.multiply(params["w"], params["w"])) + ns.sum(ns.sin(params["b"]))
+
+    lr0 = asarray(xp, 0.05)
+    value, grad = agrad.execute_with_gradients(unrolled, lr0)
+    h = 1e-6
+    fd = (float(unrolled(0.05 + h)) - float(unrolled(0.05 - h))) / (2 * h)
+    assert float(grad) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+    assert float(value) == pytest.approx(float(unrolled(0.05)), rel=1e-12)
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: optim.sgd(lr=-0.1), "lr"),
+        (lambda: optim.sgd(lr=0.1, momentum=-1.0), "momentum"),
+        (lambda: optim.sgd(lr=0.1, nesterov=True), "nesterov"),
+        (lambda: optim.adam(lr=-1e-3), "lr"),
+        (lambda: optim.adam(betas=(1.0, 0.999)), r"betas\[0\]"),
+        (lambda: optim.adam(betas=(0.9, -0.1)), r"betas\[1\]"),
+        (lambda: optim.adam(eps=0.0), "eps"),
+        (lambda: optim.adam(eps=-1e-8), "eps"),
+        (lambda: optim.adamw(weight_decay=-0.1), "weight_decay"),
+        (lambda: optim.nadam(betas=(0.9, 1.5)), "betas"),
+        (lambda: optim.radam(eps=0.0), "eps"),
+        (lambda: optim.rmsprop(eps=0.0), "eps"),
+        (lambda: optim.rmsprop(alpha=-0.5), "alpha"),
+        (lambda: optim.adagrad(lr_decay=-1.0), "lr_decay"),
+        (lambda: optim.adadelta(rho=1.5), "rho"),
+        (lambda: optim.adamax(lr=float("nan")), "lr"),
+        (lambda: optim.adam(lr=float("inf")), "lr"),
+    ],
+)
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_betas_type():
+    with pytest.raises(ValueError, match="pair"):
+        optim.adam(betas=0.9)
+
+
+def _snapshot(params, state):
+    return [to_numpy(x).copy() for x in list(params.values()) + _state_arrays(state)]
+
+
+def _unchanged(params, state, snap):
+    for x, s in zip(list(params.values()) + _state_arrays(state), snap):
+        np.testing.assert_array_equal(to_numpy(x), s)
+
+
+def _trained(xp, opt):
+    params = _tree(xp)
+    state = opt.init(params)
+    params, state = opt.step(params, _grads(xp, params), state)
+    return params, state
+
+
+def test_state_from_another_optimizer(xp):
+    params, adam_state = _trained(xp, optim.adam(lr=0.1))
+    sgd = optim.sgd(lr=0.1, momentum=0.9)
+    snap = _snapshot(params, adam_state)
+    with pytest.raises(ValueError, match=r"state does not belong to sgd.*AdamState|SGDState"):
+        sgd.step(params, _grads(xp, params), adam_state)
+    with pytest.raises(ValueError, match="state does not belong"):
+        sgd.update(_grads(xp, params), adam_state, params)
+    _unchanged(params, adam_state, snap)
+
+
+def test_state_for_another_parameter_structure_names_key_path(xp):
+    opt = optim.adam(lr=0.1)
+    params, state = _trained(xp, opt)
+    other = {"w": params["w"], "c": params["b"]}
+    snap = _snapshot(params, state)
+    with pytest.raises(
+        ValueError, match=r"\.exp_avg.*keys missing \['c'\].*unexpected keys \['b'\]"
+    ):
+        opt.step(other, _grads(xp, other), state)
+    _unchanged(params, state, snap)
+
+
+def test_state_for_other_shapes_names_key_path(xp):
+    opt = optim.adam(lr=0.1)
+    params, state = _trained(xp, opt)
+    bigger = {"w": params["w"], "b": asarray(xp, np.zeros(5))}
+    with pytest.raises(
+        ValueError, match=r"state\.exp_avg\['b'\] has shape \(4,\), expected \(5,\)"
+    ):
+        opt.step(bigger, _grads(xp, bigger), state)
+
+
+def test_grads_of_wrong_shape(xp):
+    opt = optim.adam(lr=0.1)
+    params, state = _trained(xp, opt)
+    snap = _snapshot(params, state)
+    grads = dict(_grads(xp, params), b=asarray(xp, np.ones(3)))
+    with pytest.raises(
+        ValueError, match=r"\['b'\].*params has shape \(4,\) but grads has shape \(3,\)"
+    ):
+        opt.step(params, grads, state)
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        opt.update(grads, state, params)
+    _unchanged(params, state, snap)
+
+
+def test_grads_of_wrong_structure(xp):
+    opt = optim.sgd(lr=0.1)
+    params, state = _trained(xp, opt)
+    with pytest.raises(ValueError, match=r"grads does not match the structure of params"):
+        opt.step(params, {"w": _grads(xp, params)["w"]}, state)
+
+
+def test_grads_from_another_namespace():
+    torch = pytest.importorskip("torch")
+    import array_api_compat.numpy as npx
+
+    opt = optim.adam(lr=0.1)
+    params, state = _trained(npx, opt)
+    snap = _snapshot(params, state)
+    grads = {k: torch.ones(tuple(v.shape), dtype=torch.float64) for k, v in params.items()}
+    with pytest.raises(TypeError, match=r"params\['w'\] is numpy but grads\['w'\] is torch"):
+        opt.step(params, grads, state)
+    _unchanged(params, state, snap)
+
+
+def test_grads_of_wrong_dtype(xp):
+    opt = optim.sgd(lr=0.1)
+    params, state = _trained(xp, opt)
+    grads = {k: asarray(xp, np.ones(tuple(v.shape)), np.float32) for k, v in params.items()}
+    with pytest.raises(TypeError, match="dtype mismatch"):
+        opt.step(params, grads, state)
+
+
+def test_readonly_leaf_refuses_before_writing():
+    params = _np_tree()
+    opt = optim.adam(lr=0.1)
+    state = opt.init(params)
+    params["b"].flags.writeable = False
+    snap = _snapshot(params, state)
+    with pytest.raises(ValueError, match=r"params\['b'\].*read-only"):
+        opt.step(params, _grads(np, params), state)
+    _unchanged(params, state, snap)
+    new, _ = opt.step(params, _grads(np, params), state, inplace=False)
+    assert not np.array_equal(new["w"], params["w"])
+
+
+def test_integer_params_refused():
+    opt = optim.sgd(lr=0.1)
+    with pytest.raises(TypeError, match=r"params\['w'\] has dtype int64"):
+        opt.init({"w": np.zeros(3, dtype=np.int64)})
+
+
+def test_update_without_params_when_needed():
+    opt = optim.adamw(lr=0.1)
+    params = _np_tree()
+    state = opt.init(params)
+    with pytest.raises(ValueError, match="pass params"):
+        opt.update(_grads(np, params), state)
+    sgd = optim.sgd(lr=0.1)
+    updates, _ = sgd.update(_grads(np, params), sgd.init(params))
+    np.testing.assert_allclose(updates["w"], -0.1 * _grads(np, params)["w"])
+
+
+def test_apply_updates_validates_first():
+    params = _np_tree()
+    snap = {k: v.copy() for k, v in params.items()}
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        optim.apply_updates(params, {"w": np.ones((3, 4)), "b": np.ones(5)})
+    for k in params:
+        np.testing.assert_array_equal(params[k], snap[k])
+    out = optim.apply_updates(params, {"w": np.ones((3, 4)), "b": np.ones(4)})
+    assert out["w"] is params["w"]
+    np.testing.assert_array_equal(out["w"], snap["w"] + 1.0)
+
+
+def test_single_array_params(xp):
+    p = asarray(xp, np.arange(4.0))
+    opt = optim.sgd(lr=0.5)
+    state = opt.init(p)
+    p2, _ = opt.step(p, asarray(xp, np.ones(4)), state, inplace=False)
+    np.testing.assert_array_equal(to_numpy(p2), np.arange(4.0) - 0.5)
