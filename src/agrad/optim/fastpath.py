@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import sys
+from itertools import pairwise
+from operator import attrgetter
 from typing import Any
 
 from agrad.optim.numerics import is_scalar, resolve
@@ -38,8 +40,8 @@ enabled = True
 
 # Arrays up to this many elements are gathered into one scratch buffer (NumPy).
 SMALL = 8192
-# Elements per chunk of the NumPy kernels: five float32 chunks stay inside a 1 MiB L2.
-CHUNK = 32768
+# Elements per chunk of the NumPy kernels (a 256x256 float32 matrix is one chunk).
+CHUNK = 65536
 
 
 # -- recognising the call ----------------------------------------------------------
@@ -64,32 +66,37 @@ def _library(x: Any) -> str | None:
     return None
 
 
-def _numpy_ok(ref: Any, xs: list[Any], writable: bool) -> bool:
-    dtype = ref.dtype
-    if dtype.kind != "f" or dtype.itemsize < 4:
-        return False
-    for x in xs:
-        if type(x) is not type(ref) or x.dtype != dtype:
-            return False
-        if writable and not x.flags.writeable:
-            return False
-    return True
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")
+_WRITEABLE = attrgetter("flags.writeable")
 
 
-def _torch_ok(ref: Any, xs: list[Any], writable: bool) -> bool:
-    dtype, device = ref.dtype, ref.device
-    if not ref.is_floating_point() or ref.is_complex():
+def _numpy_ok(xs: list[Any], dtype: Any, writable: bool) -> bool:
+    if len(set(map(type, xs))) != 1 or set(map(_DTYPE, xs)) != {dtype}:
         return False
-    for x in xs:
-        if type(x) is not type(ref) or x.dtype != dtype or x.device != device:
-            return False
-        if writable and x.requires_grad and not x.is_leaf:
-            return False
-    return True
+    return not writable or all(map(_WRITEABLE, xs))
+
+
+def _torch_ok(xs: list[Any], dtype: Any, writable: bool) -> bool:
+    t, device = type(xs[0]), xs[0].device
+    if not all(type(x) is t and x.dtype == dtype and x.device == device for x in xs):
+        return False
+    return not writable or not any(x.requires_grad and not x.is_leaf for x in xs)
+
+
+def _float_dtype(lib: str, dtype: Any) -> bool:
+    if lib == "numpy":
+        return dtype.kind == "f" and dtype.itemsize >= 4
+    return bool(dtype.is_floating_point)
 
 
 def _gather(params: Any, grads: Any, buffers: list[Any]) -> tuple[str, list[list[Any]]] | None:
-    """``(library, [params, grads, *buffers])`` as lists of raw arrays, or ``None``."""
+    """``(library, [params, grads, *buffers])`` as lists of raw arrays, or ``None``.
+
+    Accepts only arrays of one library, equal shapes across the lists, one dtype (and
+    device) per parameter across the lists, writable parameters and buffers, and no
+    parameter given twice.
+    """
     got = _leaves(params)
     if got is None:
         return None
@@ -105,35 +112,25 @@ def _gather(params: Any, grads: Any, buffers: list[Any]) -> tuple[str, list[list
         if got is None or got[1] != key:
             return None
         lists.append(got[0])
-    shapes = [x.shape for x in p]
-    for xs in lists[1:]:
-        if [x.shape for x in xs] != shapes:
-            return None
-    by_dtype: dict[Any, list[int]] = {}
-    for i, x in enumerate(p):
-        by_dtype.setdefault(x.dtype, []).append(i)
+    shapes = list(map(_SHAPE, p))
+    if any(list(map(_SHAPE, xs)) != shapes for xs in lists[1:]):
+        return None
+    dtypes = set(map(_DTYPE, p))
+    if not all(_float_dtype(lib, d) for d in dtypes):
+        return None
     ok = _numpy_ok if lib == "numpy" else _torch_ok
-    for idx in by_dtype.values():
-        ref = p[idx[0]]
-        for j, xs in enumerate(lists):
-            if not ok(ref, [xs[i] for i in idx], writable=j != 1):
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+        if not all(ok(xs, dtype, writable=j != 1) for j, xs in enumerate(lists)):
+            return None
+    else:
+        for i, x in enumerate(p):
+            if not all(ok([xs[i]], x.dtype, writable=j != 1) for j, xs in enumerate(lists)):
                 return None
-    if _aliased(lists):
+    written = [x for j, xs in enumerate(lists) if j != 1 for x in xs]
+    if len(set(map(id, written))) != len(written):
         return None
     return lib, lists
-
-
-def _aliased(lists: list[list[Any]]) -> bool:
-    """Whether two written arrays share memory (then the generic path decides)."""
-    seen: set[int] = set()
-    n = 0
-    for j, xs in enumerate(lists):
-        if j == 1:
-            continue
-        for x in xs:
-            seen.add(id(x))
-            n += 1
-    return len(seen) != n
 
 
 def _float(x: Any) -> float | None:
@@ -359,39 +356,41 @@ def _numpy_run(kernel, params: list[Any], grads: list[Any], bufs: list[list[Any]
         for i in large:
             arrays = [params[i], grads[i], *(b[i] for b in bufs)]
             if all(a.flags.c_contiguous for a in arrays):
-                flat = [a.reshape(-1) for a in arrays]
-                n = flat[0].size
-                for s in range(0, n, CHUNK):
-                    e = min(s + CHUNK, n)
-                    kernel(*(a[s:e] for a in flat), t1[: e - s], t2[: e - s])
+                _chunked(kernel, [a.reshape(-1) for a in arrays], t1, t2)
             else:
                 kernel(*arrays, np.empty_like(arrays[0]), np.empty_like(arrays[0]))
 
 
+def _chunked(kernel, flats: list[Any], t1: Any, t2: Any) -> None:
+    n = flats[0].size
+    for s in range(0, n, CHUNK):
+        e = min(s + CHUNK, n)
+        kernel(*(a[s:e] for a in flats), t1[: e - s], t2[: e - s])
+
+
 def _numpy_gathered(kernel, idx, params, grads, bufs, dtype, t1, t2) -> None:
+    """Gather small arrays into flat buffers, run the kernel once, copy the results back."""
     import numpy as np
 
-    sizes = [params[i].size for i in idx]
-    total = sum(sizes)
+    offsets = [0]
+    for i in idx:
+        offsets.append(offsets[-1] + params[i].size)
+    total = offsets[-1]
     cols = [params, grads, *bufs]
     flats = []
     for col in cols:
         flat = np.empty(total, dtype)
-        np.concatenate([col[i].reshape(-1) for i in idx], out=flat)
+        np.concatenate([col[i] for i in idx], axis=None, out=flat)
         flats.append(flat)
-    if total > CHUNK:
-        t1 = np.empty(total, dtype)
-        t2 = np.empty(total, dtype)
-    kernel(*flats, t1[:total], t2[:total])
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
+    _chunked(kernel, flats, t1, t2)
+    pairs = list(pairwise(offsets))
+    vectors = all(params[i].ndim == 1 for i in idx)
     for j, (col, flat) in enumerate(zip(cols, flats)):
         if j == 1:
             continue
-        for k, i in enumerate(idx):
+        for i, (a, b) in zip(idx, pairs):
             dst = col[i]
-            np.copyto(dst, flat[offsets[k] : offsets[k + 1]].reshape(dst.shape))
+            dst[...] = flat[a:b] if vectors else flat[a:b].reshape(dst.shape)
 
 
 # -- SGD -----------------------------------------------------------------------------
@@ -477,8 +476,11 @@ def _numpy_sgd(params, grads, bufs, first, lr, momentum, dampening, nesterov):
             np.copyto(b, g)
         else:
             b *= momentum
-            np.multiply(g, 1 - dampening, out=t1)
-            b += t1
+            if dampening == 0:  # g * 1.0 is g: skip the multiply
+                b += g
+            else:
+                np.multiply(g, 1 - dampening, out=t1)
+                b += t1
         if nesterov:
             np.multiply(b, momentum, out=t1)
             np.add(g, t1, out=t1)
