@@ -1,4 +1,4 @@
-"""Shared fixtures: one ``xp`` fixture over every installed array namespace."""
+"""Shared test helpers; the ``xp`` fixture and backend markers come from ``agrad.testing.plugin``."""
 
 from __future__ import annotations
 
@@ -10,37 +10,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np
 import pytest
 
-from agrad.testing import BACKENDS, load_backend
+from agrad.testing import plugin
+from agrad.testing.plugin import backend_fixture
 
-ALL_BACKENDS = list(BACKENDS)
 TAPE_BACKENDS = ["numpy", "array_api_strict", "dask", "cupy"]
 
 
-def _backend_param(name: str):
-    return pytest.param(name, id=name, marks=getattr(pytest.mark, f"backend_{name}"))
-
-
 def pytest_configure(config):
-    for name in ALL_BACKENDS:
-        config.addinivalue_line("markers", f"backend_{name}: runs on the {name} backend")
+    # The `xp` fixture, the markers and --backends come from agrad's pytest plugin,
+    # registered by its `pytest11` entry point; register it here if agrad was installed
+    # without entry points (e.g. the source tree on sys.path only).
+    if not config.pluginmanager.is_registered(plugin):
+        config.pluginmanager.register(plugin, "agrad")
 
 
-@pytest.fixture(params=[_backend_param(n) for n in ALL_BACKENDS])
-def xp(request):
-    """The Array API namespace of one installed backend (skips with the reason if absent)."""
-    ns, reason = load_backend(request.param)
-    if ns is None:
-        pytest.skip(reason)
-    return ns
-
-
-@pytest.fixture(params=[_backend_param(n) for n in TAPE_BACKENDS])
-def tape_xp(request):
-    """Namespaces differentiated by agrad's own tape."""
-    ns, reason = load_backend(request.param)
-    if ns is None:
-        pytest.skip(reason)
-    return ns
+tape_xp = backend_fixture(TAPE_BACKENDS, name="tape_xp")
 
 
 def asarray(xp, a, dtype=None, device=None):
