@@ -78,43 +78,47 @@ def _children(node: Any) -> tuple[Any, Any, list[tuple[str, Any]]] | None:
     return None
 
 
+# The recursive walks are module-level functions, not closures: a recursive closure is a
+# reference cycle (function -> cell -> function) that would keep the leaves it saw (traced
+# arrays and their tape) alive until the cyclic garbage collector happens to run.
+
+
+def _flatten_into(node: Any, path: str, leaves: list[Any], paths: list[str]) -> PyTreeDef:
+    if node is None:
+        return PyTreeDef(None)
+    spec = _children(node)
+    if spec is None:
+        leaves.append(node)
+        paths.append(path)
+        return PyTreeDef(_LEAF)
+    kind, meta, items = spec
+    return PyTreeDef(kind, meta, tuple(_flatten_into(c, path + k, leaves, paths) for k, c in items))
+
+
 def flatten(tree: Any) -> tuple[list[Any], PyTreeDef, list[str]]:
     """Return ``(leaves, treedef, key_paths)``, leaves in depth-first order."""
     leaves: list[Any] = []
     paths: list[str] = []
-
-    def walk(node: Any, path: str) -> PyTreeDef:
-        if node is None:
-            return PyTreeDef(None)
-        spec = _children(node)
-        if spec is None:
-            leaves.append(node)
-            paths.append(path)
-            return PyTreeDef(_LEAF)
-        kind, meta, items = spec
-        return PyTreeDef(kind, meta, tuple(walk(c, path + k) for k, c in items))
-
-    treedef = walk(tree, "")
+    treedef = _flatten_into(tree, "", leaves, paths)
     return leaves, treedef, paths
+
+
+def _build(td: PyTreeDef, it: Iterator[Any]) -> Any:
+    if td.kind is _LEAF:
+        return next(it)
+    if td.kind is None:
+        return None
+    children = [_build(c, it) for c in td.children]
+    if td.kind is dict:
+        return dict(zip(td.meta, children))
+    if issubclass(td.kind, tuple) and hasattr(td.kind, "_fields"):
+        return td.kind(*children)
+    return td.kind(children)
 
 
 def unflatten(treedef: PyTreeDef, leaves: list[Any] | tuple[Any, ...]) -> Any:
     """Inverse of :func:`flatten`."""
-    it: Iterator[Any] = iter(leaves)
-
-    def build(td: PyTreeDef) -> Any:
-        if td.kind is _LEAF:
-            return next(it)
-        if td.kind is None:
-            return None
-        children = [build(c) for c in td.children]
-        if td.kind is dict:
-            return dict(zip(td.meta, children))
-        if issubclass(td.kind, tuple) and hasattr(td.kind, "_fields"):
-            return td.kind(*children)
-        return td.kind(children)
-
-    return build(treedef)
+    return _build(treedef, iter(leaves))
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -152,49 +156,49 @@ def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str]) 
     ``names`` are how the two trees are called in the message, e.g. ``("ws", "dcdws")``.
     Dict key order is ignored; everything else (container types, lengths) must match.
     """
+    _compare(reference, other, "", names)
 
-    def walk(a: Any, b: Any, path: str) -> None:
-        sa, sb = _children(a), _children(b)
-        if a is None or b is None:
-            if a is None and b is None:
-                return
-        elif sa is None and sb is None:
+
+def _compare(a: Any, b: Any, path: str, names: tuple[str, str]) -> None:
+    sa, sb = _children(a), _children(b)
+    if a is None or b is None:
+        if a is None and b is None:
             return
-        elif sa is not None and sb is not None:
-            ka, kb = sa[0], sb[0]
-            same_kind = ka is kb or (
-                issubclass(ka, (list, tuple))
-                and issubclass(kb, (list, tuple))
-                and not hasattr(ka, "_fields")
-                and not hasattr(kb, "_fields")
-            )
-            if ka is dict and kb is dict:
-                if set(a) == set(b):
-                    for k in a:
-                        walk(a[k], b[k], f"{path}[{k!r}]")
-                    return
-                missing = ", ".join(sorted(map(repr, set(a) - set(b))))
-                extra = ", ".join(sorted(map(repr, set(b) - set(a))))
-                parts = [
-                    f"keys missing [{missing}]" if missing else "",
-                    f"unexpected keys [{extra}]" if extra else "",
-                ]
-                msg = (
-                    f"{names[1]} does not match the structure of {names[0]} at "
-                    f"{keystr(path)}: {', '.join(p for p in parts if p)}"
-                )
-                raise ValueError(msg)
-            if same_kind and ka is not dict and kb is not dict and len(sa[2]) == len(sb[2]):
-                for (k, ca), (_, cb) in zip(sa[2], sb[2]):
-                    walk(ca, cb, path + k)
-                return
-        msg = (
-            f"{names[1]} does not match the structure of {names[0]} at {keystr(path)}: "
-            f"{names[0]} has {_describe(a)}, {names[1]} has {_describe(b)}"
+    elif sa is None and sb is None:
+        return
+    elif sa is not None and sb is not None:
+        ka, kb = sa[0], sb[0]
+        same_kind = ka is kb or (
+            issubclass(ka, (list, tuple))
+            and issubclass(kb, (list, tuple))
+            and not hasattr(ka, "_fields")
+            and not hasattr(kb, "_fields")
         )
-        raise ValueError(msg)
-
-    walk(reference, other, "")
+        if ka is dict and kb is dict:
+            if set(a) == set(b):
+                for k in a:
+                    _compare(a[k], b[k], f"{path}[{k!r}]", names)
+                return
+            missing = ", ".join(sorted(map(repr, set(a) - set(b))))
+            extra = ", ".join(sorted(map(repr, set(b) - set(a))))
+            parts = [
+                f"keys missing [{missing}]" if missing else "",
+                f"unexpected keys [{extra}]" if extra else "",
+            ]
+            msg = (
+                f"{names[1]} does not match the structure of {names[0]} at "
+                f"{keystr(path)}: {', '.join(p for p in parts if p)}"
+            )
+            raise ValueError(msg)
+        if same_kind and ka is not dict and kb is not dict and len(sa[2]) == len(sb[2]):
+            for (k, ca), (_, cb) in zip(sa[2], sb[2]):
+                _compare(ca, cb, path + k, names)
+            return
+    msg = (
+        f"{names[1]} does not match the structure of {names[0]} at {keystr(path)}: "
+        f"{names[0]} has {_describe(a)}, {names[1]} has {_describe(b)}"
+    )
+    raise ValueError(msg)
 
 
 def leaves_like(tree: Any, like: Any) -> list[Any]:
@@ -203,19 +207,19 @@ def leaves_like(tree: Any, like: Any) -> list[Any]:
     Dicts are read in ``like``'s key order, so ``{'a', 'b'}`` and ``{'b', 'a'}`` line up.
     """
     out: list[Any] = []
-
-    def walk(a: Any, b: Any) -> None:
-        if b is None:
-            return
-        spec = _children(b)
-        if spec is None:
-            out.append(a)
-        elif spec[0] is dict:
-            for k in b:
-                walk(a[k], b[k])
-        else:
-            for ca, cb in zip(a, b):
-                walk(ca, cb)
-
-    walk(tree, like)
+    _leaves_like_into(tree, like, out)
     return out
+
+
+def _leaves_like_into(a: Any, b: Any, out: list[Any]) -> None:
+    if b is None:
+        return
+    spec = _children(b)
+    if spec is None:
+        out.append(a)
+    elif spec[0] is dict:
+        for k in b:
+            _leaves_like_into(a[k], b[k], out)
+    else:
+        for ca, cb in zip(a, b):
+            _leaves_like_into(ca, cb, out)
