@@ -20,7 +20,14 @@ __all__ = ["DemoOptimizer", "default_lr", "make_optimizer", "optimizer_names"]
 #: The seed's functional updates, available under their own names.
 SEED_UPDATES = ("adam_update", "gradient_descent_update")
 _NOT_OPTIMIZERS = {"apply_updates", "chain"}
-_DEFAULT_LR = {"sgd": 0.5, "gradient_descent_update": 0.5, "adagrad": 0.1, "adadelta": 1.0}
+_DEFAULT_LR = {
+    "sgd": 0.5,
+    "gradient_descent_update": 0.5,
+    "adagrad": 0.1,
+    "adadelta": 1.0,
+    "lars": 0.5,
+    "lion": 0.005,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class DemoOptimizer:
 
 
 def _optim_factories() -> dict[str, Callable[..., Any]]:
-    """``agrad.optim``'s optimizer constructors that take a learning rate (empty if absent)."""
+    """``agrad.optim``'s optimizers: constructors of a transformation from a learning rate."""
     try:
         import agrad.optim as optim
     except ImportError:
@@ -43,7 +50,10 @@ def _optim_factories() -> dict[str, Callable[..., Any]]:
         obj = getattr(optim, name, None)
         if name in _NOT_OPTIMIZERS or not name.islower() or not inspect.isfunction(obj):
             continue
-        if "lr" in inspect.signature(obj).parameters:
+        signature = inspect.signature(obj)
+        returns = str(signature.return_annotation)
+        is_optimizer = "GradientTransformation" in returns and not name.startswith("scale_by")
+        if is_optimizer and "lr" in signature.parameters:
             found[name] = obj
     return found
 
