@@ -299,7 +299,11 @@ def _one_minus_square(ns, x):
 
 
 def _abs(ns, g, ans, x):
-    return ns.multiply(g, ns.sign(x))
+    if not is_complex(ns, x):
+        return ns.multiply(g, ns.sign(x))
+    # d|z| = Re(conj(z / |z|) dz): the gradient is g * z / |z|, and 0 at z == 0 (as torch)
+    zero = strip(ans) == 0
+    return ns.multiply(g, ns.divide(x, ns.where(zero, ns.ones_like(ans), ans)))
 
 
 def _real(ns, g, ans, x):
