@@ -66,6 +66,15 @@ def _namespace_of(x: Any, fallback: Any) -> Any:
         return fallback
 
 
+def _as_array(ns: Any, x: Any) -> Any:
+    """``x`` as an array of ``ns``; arrays pass untouched (NumPy scalars become 0-d arrays)."""
+    import numpy as np
+
+    if hasattr(x, "shape") and not isinstance(x, np.generic):
+        return x
+    return ns.asarray(x)
+
+
 def _add(a: Any, b: Any, fallback: Any) -> Any:
     import agrad
 
@@ -73,7 +82,7 @@ def _add(a: Any, b: Any, fallback: Any) -> Any:
         ns = agrad.array_namespace(a, b)
     except TypeError:
         ns = fallback
-    return ns.add(ns.asarray(a), ns.asarray(b))
+    return ns.add(_as_array(ns, a), _as_array(ns, b))
 
 
 def _inner(xp: Any, a: Any, b: Any) -> Any:
@@ -95,9 +104,9 @@ def _projected_loss(
         total = None
         for u, o in zip(us, _outputs(func(*full))):
             ns = _namespace_of(o, xp)
-            term = _inner(ns, ns.asarray(u), ns.asarray(o))
+            term = _inner(ns, _as_array(ns, u), _as_array(ns, o))
             total = term if total is None else _add(total, term, xp)
-        return _namespace_of(total, xp).asarray(total)
+        return _as_array(_namespace_of(total, xp), total)
 
     return loss
 
@@ -116,7 +125,7 @@ def _check_order_one(
 
     xp = agrad.array_namespace(*[args[i] for i in argnums])
     outs = _outputs(func(*args))
-    us = [_random_like(_namespace_of(o, xp), xp.asarray(o), rng) for o in outs]
+    us = [_random_like(_namespace_of(o, xp), _as_array(xp, o), rng) for o in outs]
     vs = {i: _random_like(xp, args[i], rng) for i in argnums}
     d_eps, d_rtol, d_atol = default_fd_settings(args[argnums[0]].dtype)
     eps = d_eps if eps is None else eps
@@ -199,7 +208,7 @@ def _gradient_map(
     import agrad
 
     xp = agrad.array_namespace(*[args[i] for i in argnums])
-    us = [_random_like(_namespace_of(o, xp), xp.asarray(o), rng) for o in _outputs(func(*args))]
+    us = [_random_like(_namespace_of(o, xp), _as_array(xp, o), rng) for o in _outputs(func(*args))]
 
     def grad_fn(*xs: Any) -> tuple[Any, ...]:
         loss = _projected_loss(func, us, list(xs), argnums, xp)
