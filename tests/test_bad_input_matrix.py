@@ -795,7 +795,7 @@ def _(xp):
 
 
 # -- the harness ----------------------------------------------------------------------
-def _record(watched: Any) -> list[tuple[Any, ...]]:
+def record_inputs(watched: Any) -> list[tuple[Any, ...]]:
     """Everything that identifies the current contents of every watched leaf."""
     leaves, _, _ = flatten(watched)
     out = []
@@ -810,7 +810,7 @@ def _record(watched: Any) -> list[tuple[Any, ...]]:
     return out
 
 
-def _assert_unchanged(before: list[tuple[Any, ...]]) -> None:
+def assert_unchanged(before: list[tuple[Any, ...]]) -> None:
     for entry in before:
         kind, leaf = entry[0], entry[1]
         if kind == "variable":
@@ -838,7 +838,7 @@ def test_bad_input(case: Row, backend: str) -> None:
     if xp is None:
         pytest.skip(reason)
     setup = case.build(xp)
-    before = _record(setup.watched)
+    before = record_inputs(setup.watched)
     with pytest.raises(case.exc) as info:
         setup.call()
     assert re.search(setup.match, str(info.value)), (
@@ -846,7 +846,7 @@ def test_bad_input(case: Row, backend: str) -> None:
         f"expected to find: {setup.match}"
     )
     del info
-    _assert_unchanged(before)
+    assert_unchanged(before)
 
 
 def test_every_row_has_a_unique_id() -> None:
