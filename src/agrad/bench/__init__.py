@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON to PATH")
     parser.add_argument(
         "--profile", action="store_true", help="append a cProfile of the tape engine"
     )
@@ -161,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         gc.unfreeze()
     if args.plot:
         plot(rows, args.plot)
+    out: dict[str, Any] = {"meta": meta, "rows": [r.as_dict() for r in rows]}
+    if profile is not None:
+        out["profile"] = profile
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(out, f, indent=2)
     if args.json:
-        out: dict[str, Any] = {"meta": meta, "rows": [r.as_dict() for r in rows]}
-        if profile is not None:
-            out["profile"] = profile
         print(json.dumps(out, indent=2))
     else:
         print(table(rows))
