@@ -14,7 +14,7 @@ from conftest import asarray
 optax = pytest.importorskip("optax")
 jnp = pytest.importorskip("jax.numpy")
 
-SHAPES = {"w": (40, 50), "b": (7,), "m": (3, 5)}
+SHAPES = {"w": (40, 50), "b": (7,)}
 STEPS = 200
 TOL = 1e-6
 
@@ -45,42 +45,46 @@ CASES = {
         lambda: optax.lion(1e-3, weight_decay=0.1),
     ),
     "lamb": (
-        lambda: optim.lamb(1e-2, weight_decay=0.1),
-        lambda: optax.lamb(1e-2, weight_decay=0.1),
+        lambda: optim.lamb(1e-2, weight_decay=0.1, mask={"w": True, "b": False}),
+        lambda: optax.lamb(1e-2, weight_decay=0.1, mask={"w": True, "b": False}),
     ),
     "lars": (
-        lambda: optim.lars(0.1, weight_decay=0.1, nesterov=True),
-        lambda: optax.lars(0.1, weight_decay=0.1, nesterov=True),
-    ),
-    "lars_masks": (
         lambda: optim.lars(
             0.05,
             weight_decay=0.01,
-            weight_decay_mask={"w": True, "b": False, "m": True},
-            trust_ratio_mask={"w": True, "b": False, "m": False},
+            weight_decay_mask={"w": True, "b": False},
+            trust_ratio_mask={"w": True, "b": False},
+            nesterov=True,
         ),
         lambda: optax.lars(
             0.05,
             weight_decay=0.01,
-            weight_decay_mask={"w": True, "b": False, "m": True},
-            trust_ratio_mask={"w": True, "b": False, "m": False},
+            weight_decay_mask={"w": True, "b": False},
+            trust_ratio_mask={"w": True, "b": False},
+            nesterov=True,
         ),
     ),
     "adafactor": (
         lambda: optim.adafactor(min_dim_size_to_factor=32),
         lambda: optax.adafactor(min_dim_size_to_factor=32),
     ),
-    "adafactor_all": (
+    "adafactor_options": (
         lambda: optim.adafactor(
-            1e-2, momentum=0.9, weight_decay_rate=0.01, min_dim_size_to_factor=4
+            1e-2,
+            momentum=0.9,
+            weight_decay_rate=0.01,
+            factored=False,
+            multiply_by_parameter_scale=False,
+            clipping_threshold=None,
         ),
         lambda: optax.adafactor(
-            1e-2, momentum=0.9, weight_decay_rate=0.01, min_dim_size_to_factor=4
+            1e-2,
+            momentum=0.9,
+            weight_decay_rate=0.01,
+            factored=False,
+            multiply_by_parameter_scale=False,
+            clipping_threshold=None,
         ),
-    ),
-    "adafactor_unfactored": (
-        lambda: optim.adafactor(0.05, factored=False, multiply_by_parameter_scale=False),
-        lambda: optax.adafactor(0.05, factored=False, multiply_by_parameter_scale=False),
     ),
 }
 
@@ -117,7 +121,7 @@ def test_matches_optax_on_jax_float32(name):
     assert _rel_err(params, ref) < TOL
 
 
-@pytest.mark.parametrize("name", ["lion", "lamb", "lars", "adafactor_all"])
+@pytest.mark.parametrize("name", ["lion", "lamb", "lars", "adafactor"])
 def test_same_rule_on_every_backend(xp, name):
     """The optax family runs unchanged on every backend (float64 here; 10 steps vs optax)."""
     make_agrad, _ = CASES[name]

@@ -266,7 +266,7 @@ def test_schedule_lr_matches_torch_lambda_lr(name):
     assert max_rel_err(got, ref) < RTOL
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lr=st.floats(1e-4, 0.2),
     b1=st.floats(0.0, 0.99),
@@ -286,7 +286,7 @@ def test_adam_hyperparameters_property(lr, b1, b2, eps, wd, amsgrad, seed):
     assert max_rel_err(got, ref) < RTOL
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     lr=st.floats(1e-4, 0.2),
     momentum=st.floats(0.0, 0.99),
