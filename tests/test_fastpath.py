@@ -163,3 +163,30 @@ def test_torch_leaf_requiring_grad_is_updated_under_no_grad():
     (q,), state = opt.step([p], [torch.ones(3)], state)
     assert q is p and p.requires_grad
     np.testing.assert_allclose(p.detach().numpy(), 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_nested_and_mixed_trees(library):
+    def make(seed):
+        a = _arrays(library, "float64", seed)
+        return {"x": a[0], "inner": {"y": a[1], "z": [a[2], a[3]]}, "w": a[4]}
+
+    results = []
+    for fast in (False, True):
+        opt = agrad.optim.adam(lr=0.01)
+        params = make(0)
+        state = opt.init(params)
+        old = fastpath.enabled
+        fastpath.enabled = fast
+        try:
+            for k in range(3):
+                params, state = opt.step(params, make(k + 1), state)
+        finally:
+            fastpath.enabled = old
+        results.append(params)
+    ref, got = (agrad.pytree.flatten(r)[0] for r in results)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(_to_numpy(g), _to_numpy(r), rtol=1e-11, atol=1e-13)
+    params = make(0)
+    opt = agrad.optim.sgd(lr=0.1)
+    assert fastpath.try_step(opt, params, make(1), opt.init(params)) is not None

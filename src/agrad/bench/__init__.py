@@ -71,7 +71,7 @@ def plot(rows: list[Row], path: str) -> None:
     labels = [f"{r.name} — {r.agrad} vs {r.peer}" for r in rows]
     ratios = [max(r.ratio, 1e-4) for r in rows]
     colors = ["tab:gray" if r.met is None else ("tab:green" if r.met else "tab:red") for r in rows]
-    fig, ax = plt.subplots(figsize=(12, 0.32 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(14, 0.32 * len(rows) + 1.5))
     y = list(range(len(rows)))[::-1]
     ax.barh(y, ratios, color=colors)
     for yi, r in zip(y, rows):

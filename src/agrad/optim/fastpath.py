@@ -48,9 +48,13 @@ CHUNK = 65536
 def _leaves(tree: Any) -> tuple[list[Any], Any] | None:
     """The leaves of ``tree`` and a key describing its structure, fast for flat containers."""
     if isinstance(tree, list | tuple) and not hasattr(type(tree), "_fields"):
-        return list(tree), (type(tree), len(tree))
-    if type(tree) is dict:
-        return list(tree.values()), (dict, tuple(tree))
+        leaves = list(tree)
+        if len(set(map(type, leaves))) == 1 and _library(leaves[0]) is not None:
+            return leaves, (type(tree), len(tree))
+    elif type(tree) is dict:
+        leaves = list(tree.values())
+        if len(set(map(type, leaves))) == 1 and _library(leaves[0]) is not None:
+            return leaves, (dict, tuple(tree))
     leaves, treedef, _ = flatten(tree)
     return leaves, treedef
 
@@ -130,7 +134,25 @@ def _gather(params: Any, grads: Any, buffers: list[Any]) -> tuple[str, list[list
     written = [x for j, xs in enumerate(lists) if j != 1 for x in xs]
     if len(set(map(id, written))) != len(written):
         return None
+    if _refused(lib, written):
+        return None
     return lib, lists
+
+
+def _refused(lib: str, written: list[Any]) -> bool:
+    """Whether the library's adapter refuses an in-place write to any of ``written``.
+
+    The stock adapters' rules are the checks above (NumPy's ``flags.writeable``,
+    torch's non-leaf tensors requiring grad); a replaced ``readonly_reason`` is asked
+    about every array.
+    """
+    from agrad.autograd.adapters import Adapter, _adapter_by_name
+    from agrad.autograd.adapters.tape import TapeAdapter
+
+    reason = _adapter_by_name(lib).readonly_reason
+    if getattr(reason, "__func__", None) in (Adapter.readonly_reason, TapeAdapter.readonly_reason):
+        return False
+    return any(reason(x) is not None for x in written)
 
 
 def _float(x: Any) -> float | None:
