@@ -21,7 +21,7 @@ from agrad.demo import (
 )
 from agrad.testing import available_backends
 
-STEPS = 6
+STEPS = 4
 BATCH = 128
 
 

@@ -123,11 +123,6 @@ def test_assert_close_default_tolerance_follows_dtype(xp):
         assert_close(asarray(xp, [1.0]), asarray(xp, [1.0 + 5e-7]))
 
 
-@pytest.mark.xfail_backend(
-    "torch",
-    reason="check_grads calls torch.asarray on a tensor that requires grad: a UserWarning in torch 2.13",
-    strict=False,
-)
 def test_check_grads_accepts_true_and_rejects_wrong_gradients(xp):
     x = asarray(xp, [0.3, -1.2, 2.0])
 

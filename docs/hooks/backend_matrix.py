@@ -60,7 +60,9 @@ def _probe(name: str) -> dict[str, str]:
     x32 = xp.asarray(np.asarray([1.0, 2.0], dtype=np.float32))
     g32 = agrad.grad(cube_sum)(x32)
     row = {
-        "gradients by": "agrad's tape" if on_tape else NATIVE_AUTOGRAD.get(adapter.name, adapter.name),
+        "gradients by": "agrad's tape"
+        if on_tape
+        else NATIVE_AUTOGRAD.get(adapter.name, adapter.name),
         "tracing namespace": f"`agrad.{name}`" if on_tape else "—",
         "`agrad.variable(x)` is": variable,
         "`inplace=True` updates": "write in place" if inplace else "return new arrays",

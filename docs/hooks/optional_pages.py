@@ -1,0 +1,42 @@
+"""mkdocs hook: add the pages other parts of agrad contribute, when they exist.
+
+``docs/optim*.md`` (the optimizers), ``docs/differentiability.md`` and
+``docs/benchmarks.md`` are written alongside the code they describe; a nav entry for a
+missing file would fail ``mkdocs build --strict``, so they are added here instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _title(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return path.stem.replace("-", " ").replace("_", " ").capitalize()
+
+
+def _insert_after(nav: list[Any], key: str, entry: dict[str, Any]) -> None:
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and key in item:
+            nav.insert(i + 1, entry)
+            return
+    nav.append(entry)
+
+
+def on_config(config: Any, **kwargs: Any) -> Any:
+    """Put the optional pages that exist into the navigation."""
+    docs = Path(config["docs_dir"])
+    nav = config["nav"]
+    optim = sorted(docs.glob("optim*.md"))
+    if len(optim) == 1:
+        _insert_after(nav, "Concepts", {"Optimizers": optim[0].name})
+    elif optim:
+        _insert_after(nav, "Concepts", {"Optimizers": [{_title(p): p.name} for p in optim]})
+    if (docs / "differentiability.md").exists():
+        _insert_after(nav, "Backends", {"Differentiability": "differentiability.md"})
+    if (docs / "benchmarks.md").exists():
+        nav.append({"Benchmarks": "benchmarks.md"})
+    return config

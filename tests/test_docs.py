@@ -1,0 +1,75 @@
+"""The documentation: the generated backend matrix is current, code blocks run, nav is complete.
+
+The site itself is built with ``mkdocs build --strict`` by ``.ci/run``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+# A ```python block runs unless the line before it is "<!-- not run -->".
+CODE_BLOCK = re.compile(r"(<!-- not run -->\n)?```python\n(.*?)```", re.S)
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def _load_hook(name: str):
+    spec = importlib.util.spec_from_file_location(name, DOCS / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_backend_matrix_is_generated_from_the_code():
+    matrix = _load_hook("backend_matrix")
+    readme = (ROOT / "README.md").read_text()
+    table = matrix.backend_matrix()
+    assert matrix.replace_block(readme, table) == readme, (
+        "README.md's backend matrix is stale: run `python docs/hooks/backend_matrix.py --write README.md`"
+    )
+    assert "{{ backend_matrix }}" in (DOCS / "backends.md").read_text()
+    # the table reflects the code: the tape backends have tracing namespaces, torch/JAX do not
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert "`agrad.numpy`" in rows["tracing namespace"]
+    assert "`jax.vjp`" in rows["gradients by"] and "`torch.autograd`" in rows["gradients by"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_python_code_blocks_run(page):
+    blocks = [code for skip, code in CODE_BLOCK.findall(page.read_text()) if not skip]
+    namespace: dict = {"__name__": f"doc_{page.stem}"}
+    for i, code in enumerate(blocks):
+        try:
+            exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)
+        except ImportError as err:  # e.g. CuPy on a machine without a GPU
+            pytest.skip(f"{page.name} block {i} needs {err.name}")
+
+
+def _nav_files(nav) -> list[str]:
+    files = []
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        files += _nav_files(value) if isinstance(value, list) else [value]
+    return files
+
+
+def test_every_nav_page_exists_and_optional_pages_are_added():
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    for name in _nav_files(config["nav"]):
+        assert (DOCS / name).is_file(), f"mkdocs.yml lists {name}, which does not exist"
+    hook = _load_hook("optional_pages")
+    extended = hook.on_config({"docs_dir": str(DOCS), "nav": list(config["nav"])})
+    files = _nav_files(extended["nav"])
+    for optional in [
+        *DOCS.glob("optim*.md"),
+        DOCS / "differentiability.md",
+        DOCS / "benchmarks.md",
+    ]:
+        if optional.exists():
+            assert optional.name in files
