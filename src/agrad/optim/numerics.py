@@ -8,7 +8,6 @@ can be learned through a step) or a schedule: a callable of the step count.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -23,8 +22,6 @@ __all__ = [
     "resolve",
     "scale",
 ]
-
-Scalar = float | int
 
 
 def is_scalar(x: Any) -> bool:
@@ -107,6 +104,3 @@ def check_betas(fn: str, betas: Any) -> tuple[float, float]:
         raise ValueError(msg) from None
     check_unit_interval(fn, **{"betas[0]": b1, "betas[1]": b2})
     return float(b1), float(b2)
-
-
-ScheduleOrFloat = Scalar | Callable[[int], Any] | Any
