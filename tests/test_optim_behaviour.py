@@ -346,3 +346,21 @@ def test_single_array_params(xp):
     state = opt.init(p)
     p2, _ = opt.step(p, asarray(xp, np.ones(4)), state, inplace=False)
     np.testing.assert_array_equal(to_numpy(p2), np.arange(4.0) - 0.5)
+
+
+def test_state_of_another_dtype():
+    opt = optim.adam(lr=0.1)
+    p64 = _np_tree()
+    state = opt.init({k: v.astype(np.float32) for k, v in p64.items()})
+    with pytest.raises(TypeError, match=r"state\.exp_avg\['w'\] has dtype float32"):
+        opt.step(p64, _grads(np, p64), state)
+
+
+def test_validation_keeps_no_copy_of_the_state():
+    """The state check remembers shapes and dtypes, not arrays."""
+    opt = optim.rmsprop(lr=0.1, centered=True)
+    params = _np_tree()
+    state = opt.init(params)
+    opt.update(_grads(np, params), state, params)
+    held = [x for t in opt._templates.values() for x in flatten(t)[0]]
+    assert held and not any(isinstance(x, np.ndarray) for x in held)

@@ -46,6 +46,16 @@ def _signature(leaves: list[Any]) -> tuple:
     return tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
 
 
+class _LeafSpec:
+    """The shape and dtype of a state array, kept instead of the array (no memory held)."""
+
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, x: Any):
+        self.shape = tuple(x.shape)
+        self.dtype = x.dtype
+
+
 class _Checked(NamedTuple):
     """Validated inputs of one call: raw parameter and gradient leaves and their tree."""
 
@@ -135,7 +145,10 @@ class GradientTransformation:
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
         key = (treedef, _signature(raw_params))
         if key not in self._templates:
-            self._templates[key] = self.inner_init(unflatten(treedef, raw_params))
+            state = self.inner_init(unflatten(treedef, raw_params))
+            leaves, s_def, _ = flatten(state)
+            skeleton = [_LeafSpec(x) if is_array(x) else x for x in leaves]
+            self._templates[key] = unflatten(s_def, skeleton)
         return self._templates[key]
 
     def _check_state(self, fn: str, raw_params: list[Any], treedef: Any, state: Any) -> None:
@@ -166,6 +179,12 @@ class GradientTransformation:
                     f"shape {tuple(s.shape)}, expected {tuple(t.shape)}"
                 )
                 raise ValueError(msg)
+            if is_array(t) and t.dtype != s.dtype:
+                msg = (
+                    f"{fn}: state{path} has dtype {s.dtype} but these params need {t.dtype} "
+                    "(state arrays keep their parameter's dtype)"
+                )
+                raise TypeError(msg)
 
     # -- public API -------------------------------------------------------------
     def init(self, params: Any, *, xp: ModuleType | None = None) -> Any:
