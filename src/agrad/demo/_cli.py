@@ -102,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME...]",
         help=f"backends to run (default: every installed one of {', '.join(DEMO_BACKENDS)})",
     )
-    parser.add_argument("--optimizer", choices=optimizer_names(), default="adam")
+    names = optimizer_names()
+    parser.add_argument(
+        "--optimizer",
+        choices=names,
+        default="adam",
+        metavar="NAME",
+        help=f"optimizer (default: adam): {', '.join(names)}",
+    )
     parser.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: per optimizer)"
     )
