@@ -25,7 +25,7 @@ __all__ = ["Row", "Settings", "calls_per_sample", "progress", "time_pair", "time
 class Settings:
     """How hard to measure: repetitions, seconds per sample, problem scale."""
 
-    reps: int = 7
+    reps: int = 11
     sample_s: float = 0.2
     tiny: bool = False
     quick: bool = False
