@@ -60,8 +60,8 @@ def _c2c_n(adjoint_name: str):
 
 def _rfft(ns, g, ans, x, n=None, axis=-1, norm="backward"):
     n = x.shape[axis] if n is None else n
-    full = _resize(ns, g, axis, n)
-    r = ns.real(ns.fft.ifft(full, axis=axis, norm=_DUAL[norm]))
+    # ifft with n zero-pads the half spectrum to the full one
+    r = ns.real(ns.fft.ifft(g, n=n, axis=axis, norm=_DUAL[norm]))
     return fit(ns, _resize(ns, r, axis, x.shape[axis]), x)
 
 

@@ -142,9 +142,16 @@ def _diagonal(ns, g, ans, x, offset=0):
     if target > length:
         pad = ns.zeros((*g.shape[:-1], target - length), dtype=g.dtype, device=dev)
         g = ns.concat([g, pad], axis=-1)
-    eye = ns.eye(m, n, k=offset, dtype=g.dtype, device=dev)
     spread = ns.expand_dims(g, axis=-1 if offset >= 0 else -2)
-    return ns.multiply(spread, eye)
+    return ns.multiply(spread, _offset_eye(ns, m, n, offset, g.dtype, dev))
+
+
+def _offset_eye(ns, m, n, k, dtype, device):
+    """``eye(m, n, k=k)`` from index comparisons (Dask's ``eye`` with ``k`` breaks graphs)."""
+    base = ns._base
+    rows = base.reshape(base.arange(m, device=device), (m, 1))
+    cols = base.reshape(base.arange(n, device=device), (1, n))
+    return base.astype((cols - rows) == k, dtype)
 
 
 # ---- multi-output ------------------------------------------------------------------

@@ -169,9 +169,25 @@ def _is_function(obj: Any) -> bool:
     return callable(obj) and not isinstance(obj, type) and not isinstance(obj, types.ModuleType)
 
 
+def _dask_cholesky(x: Any, /, *, upper: bool = False) -> Any:
+    """The standard's Cholesky factor on Dask (whose own returns the upper one)."""
+    import dask.array as da
+
+    factor = da.linalg.cholesky(x)
+    return factor if upper else da.conj(factor.T)
+
+
+# Base functions that disagree with the standard, replaced so that gradients match
+# the values returned.
+_BASE_FIXES: dict[tuple[str, str], Callable[..., Any]] = {
+    ("dask", "linalg.cholesky"): _dask_cholesky,
+}
+
+
 def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
     """The tracing version of ``obj`` (the base's ``key``: ``"sum"``, ``"linalg.svd"``)."""
     name = key.rsplit(".", 1)[-1]
+    obj = _BASE_FIXES.get((ns._agrad_base_name, key), obj)
     if obj is not None and (not _is_function(obj) or name.startswith("__")):
         return obj
     if key in RULES:
@@ -330,9 +346,13 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
     )
     setitem_p = primitive("_setitem", _setitem_raw, RULES["_setitem"], ns)
 
+    # Dask's masked results have unknown sizes, so masks there transpose through
+    # ``__setitem__`` (which Dask supports) rather than through positions.
+    masks_are_advanced = base_name != "dask"
+
     def _getitem(x: Any, key: Any) -> Any:
         key = strip_key(key)
-        if _is_advanced(key):
+        if _is_advanced(key, masks_are_advanced):
             return getitem_adv_p(x, key)
         return getitem_p(x, key)
 
@@ -358,15 +378,21 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
     }
 
 
-def _is_advanced(key: Any) -> bool:
+def _is_advanced(key: Any, masks: bool = True) -> bool:
     """Whether ``key`` holds an array (or a list): a gather whose transpose is a scatter-add.
 
-    Boolean masks count too: their transpose through positions and ``_index_add``
-    needs no ``__setitem__`` with a mask, which some bases refuse (array-api-strict
-    on a non-default device).
+    Boolean masks count too when ``masks``: their transpose through positions and
+    ``_index_add`` needs no ``__setitem__`` with a mask, which some bases refuse
+    (array-api-strict on a non-default device).
     """
     parts = key if isinstance(key, tuple) else (key,)
-    return any(isinstance(k, list) or getattr(k, "ndim", None) is not None for k in parts)
+    for k in parts:
+        if isinstance(k, list):
+            return True
+        dtype = getattr(k, "dtype", None)
+        if getattr(k, "ndim", None) is not None and (masks or "bool" not in str(dtype)):
+            return True
+    return False
 
 
 def _index_add_raw(base: Any, base_name: str) -> Callable[[Any, Any, int], Any]:
