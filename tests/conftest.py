@@ -17,7 +17,7 @@ TAPE_BACKENDS = ["numpy", "array_api_strict", "dask", "cupy"]
 
 
 def pytest_configure(config):
-    # The `xp` fixture, the markers and --backends come from agrad's pytest plugin,
+    # The `xp` fixture, the markers and --agrad-backends come from agrad's pytest plugin,
     # registered by its `pytest11` entry point; register it here if agrad was installed
     # without entry points (e.g. the source tree on sys.path only).
     if not config.pluginmanager.is_registered(plugin):

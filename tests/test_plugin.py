@@ -1,4 +1,4 @@
-"""agrad's pytest plugin (``xp``, backend markers, ``--backends``) and the test helpers."""
+"""agrad's pytest plugin (``xp``, backend markers, ``--agrad-backends``) and the test helpers."""
 
 from __future__ import annotations
 
@@ -58,11 +58,11 @@ def test_marked(xp, xp_name):
 def test_strict(xp):
     pass
 """,
-        "--backends",
+        "--agrad-backends",
         "numpy,torch",
     )
     # test_marked: numpy xfails, torch skipped; test_strict: numpy XPASS(strict) fails,
-    # torch passes; every other backend is skipped by --backends
+    # torch passes; every other backend is skipped by --agrad-backends
     others = len(BACKENDS) - 2
     result.assert_outcomes(xfailed=1, failed=1, passed=1, skipped=1 + 2 * others)
     result.stdout.fnmatch_lines(["*XPASS(strict)*but it passes*"])
@@ -78,7 +78,7 @@ def test_backend_marks_select_and_unknown_names_are_errors(pytester):
     )
     assert bad.ret != 0
     bad.stdout.fnmatch_lines(["*skip_backend needs backend names*tensorflow*"])
-    usage = _run(pytester, "def test_c(xp):\n    pass\n", "--backends", "numpy,mxnet")
+    usage = _run(pytester, "def test_c(xp):\n    pass\n", "--agrad-backends", "numpy,mxnet")
     assert usage.ret == pytest.ExitCode.USAGE_ERROR
 
 

@@ -9,7 +9,7 @@
   before values, with a dtype-aware default tolerance.
 - :mod:`agrad.testing.plugin`: the pytest plugin (registered by agrad's ``pytest11``
   entry point): an ``xp`` fixture over the installed backends, ``skip_backend`` and
-  ``xfail_backend`` markers, ``--backends``.
+  ``xfail_backend`` markers, ``--agrad-backends``.
 """
 
 from agrad.testing._check_grads import check_grads, default_fd_settings

@@ -17,7 +17,8 @@ without any conftest code::
 - ``skip_backend(*names, reason=...)`` and ``xfail_backend(*names, reason=...,
   strict=True)`` apply to those backends only.
 - Every parametrisation carries a ``backend_<name>`` mark: ``-m "not backend_dask"``.
-- ``--backends numpy,torch`` limits the run to those backends.
+- ``--agrad-backends numpy,torch`` limits the run to those backends (the option is
+  prefixed so that it cannot clash with another plugin's).
 
 :func:`backend_fixture` makes further fixtures of the same kind over other backend
 subsets.
@@ -37,10 +38,10 @@ __all__ = ["backend_fixture", "backend_params", "namespace_for"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """``--backends``: a comma-separated subset of the backends for the ``xp`` fixtures."""
+    """``--agrad-backends``: a comma-separated subset of the backends for the ``xp`` fixtures."""
     group = parser.getgroup("agrad", "agrad array backends")
     group.addoption(
-        "--backends",
+        "--agrad-backends",
         default=None,
         metavar="NAME[,NAME...]",
         help=f"run the xp fixtures only on these backends (of {', '.join(BACKENDS)})",
@@ -59,11 +60,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     for name in BACKENDS:
         config.addinivalue_line("markers", f"backend_{name}: runs on the {name} backend")
-    option = config.getoption("--backends", default=None)
+    option = config.getoption("--agrad-backends", default=None)
     if option:
         unknown = sorted(set(option.split(",")) - set(BACKENDS))
         if unknown:
-            msg = f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
+            msg = f"--agrad-backends: unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
             raise pytest.UsageError(msg)
 
 
@@ -93,12 +94,12 @@ def _names_of(marker: pytest.Mark) -> tuple[str, ...]:
 def namespace_for(request: pytest.FixtureRequest, name: str) -> ModuleType:
     """The namespace of backend ``name`` for the requesting test, applying the markers.
 
-    Skips when the backend cannot run here, is excluded by ``--backends`` or by a
+    Skips when the backend cannot run here, is excluded by ``--agrad-backends`` or by a
     ``skip_backend`` mark; adds an ``xfail`` for an ``xfail_backend`` mark.
     """
-    option = request.config.getoption("--backends", default=None)
+    option = request.config.getoption("--agrad-backends", default=None)
     if option and name not in option.split(","):
-        pytest.skip(f"{name} is not among --backends {option}")
+        pytest.skip(f"{name} is not among --agrad-backends {option}")
     for marker in request.node.iter_markers("skip_backend"):
         if name in _names_of(marker):
             pytest.skip(marker.kwargs.get("reason", f"skipped on {name}"))
