@@ -27,13 +27,21 @@ BASES = {
 }
 
 
-@pytest.fixture(params=TRACING)
+@pytest.fixture(params=[*TRACING, "array_api_strict-2023.12"])
 def pair(request):
-    """``(tracing namespace, base namespace)``."""
-    pytest.importorskip(BASES[request.param])
-    return importlib.import_module(f"agrad.{request.param}"), importlib.import_module(
-        BASES[request.param]
-    )
+    """``(tracing namespace, base namespace)``; array-api-strict also at api_version 2023.12."""
+    name, _, version = request.param.partition("-")
+    base = pytest.importorskip(BASES[name])
+    ns = importlib.import_module(f"agrad.{name}")
+    if name != "array_api_strict":
+        yield ns, base
+        return
+    saved = base.get_array_api_strict_flags()
+    base.set_array_api_strict_flags(api_version=version or "2024.12")
+    try:
+        yield ns, base
+    finally:
+        base.set_array_api_strict_flags(**saved)
 
 
 def test_every_standard_name_is_present(pair):
