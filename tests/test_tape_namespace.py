@@ -370,3 +370,25 @@ def test_python_scalars_in_functions_on_strict(version):
         np.testing.assert_allclose(to_numpy(g), expected, rtol=1e-12)
     finally:
         strict.set_array_api_strict_flags(**saved)
+
+
+def test_setitem_on_an_input_is_differentiable_twice():
+    import torch
+
+    x0 = np.array([1.0, 2.0, 3.0])
+
+    def g(x):
+        xp = agrad.array_namespace(x)
+        x[0] = x[1] * x[2]
+        return xp.sum(x * x * x)
+
+    def outer(x):
+        return agrad.array_namespace(x).sum(agrad.grad(g)(x))
+
+    t = torch.tensor(x0, requires_grad=True)
+    y = t.clone()
+    y[0] = t[1] * t[2]
+    (g1,) = torch.autograd.grad((y**3).sum(), t, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), t)
+    np.testing.assert_allclose(agrad.grad(g)(x0.copy()), g1.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(agrad.grad(outer)(x0.copy()), g2.numpy(), rtol=1e-12)
