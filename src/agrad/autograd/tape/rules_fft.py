@@ -29,7 +29,7 @@ def _resize(ns: Any, a: Any, axis: int, size: int) -> Any:
     if current > size:
         return a[(slice(None),) * axis + (slice(0, size), Ellipsis)]
     pad_shape = (*a.shape[:axis], size - current, *a.shape[axis + 1 :])
-    pad = ns.zeros(pad_shape, dtype=a.dtype, device=ns._base_device(strip(a)))
+    pad = ns._base.zeros(pad_shape, dtype=a.dtype, device=ns._base_device(strip(a)))
     return ns.concat([a, pad], axis=axis)
 
 

@@ -24,7 +24,7 @@ def _h(ns: Any, a: Any) -> Any:
 
 def _eye_like(ns: Any, a: Any) -> Any:
     n = a.shape[-1]
-    return ns.eye(n, dtype=a.dtype, device=ns._base_device(strip(a)))
+    return ns._base.eye(n, dtype=a.dtype, device=ns._base_device(strip(a)))
 
 
 def _diag_embed(ns: Any, d: Any) -> Any:
@@ -140,7 +140,7 @@ def _diagonal(ns, g, ans, x, offset=0):
     target = m if offset >= 0 else n
     dev = ns._base_device(strip(g))
     if target > length:
-        pad = ns.zeros((*g.shape[:-1], target - length), dtype=g.dtype, device=dev)
+        pad = ns._base.zeros((*g.shape[:-1], target - length), dtype=g.dtype, device=dev)
         g = ns.concat([g, pad], axis=-1)
     spread = ns.expand_dims(g, axis=-1 if offset >= 0 else -2)
     return ns.multiply(spread, _offset_eye(ns, m, n, offset, g.dtype, dev))
