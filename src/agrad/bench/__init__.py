@@ -103,11 +103,13 @@ def _meta(settings: Settings, threads: int) -> dict[str, Any]:
         "tiny": settings.tiny,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    for mod in ("torch", "autograd"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("torch", "autograd", "psutil"):
         try:
-            meta[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
-            meta[mod] = None
+            meta[dist] = version(dist)
+        except PackageNotFoundError:
+            meta[dist] = None
     return meta
 
 
