@@ -138,3 +138,38 @@ def test_packed_on_immutable_arrays_rebinds():
 def test_pack_rejects_empty():
     with pytest.raises(ValueError, match="no arrays"):
         agrad.optim.pack({})
+
+
+def test_torch_parameters_stay_leaves_viewing_the_buffer():
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    b = torch.nn.Parameter(torch.zeros(2))
+    packed = agrad.optim.pack({"w": w, "b": b})
+    assert not packed.buffers[0].requires_grad
+    pw, pb = packed.params["w"], packed.params["b"]
+    assert pw.requires_grad and pw.is_leaf and pb.requires_grad
+    grads = packed.grad_views()
+    pw.grad, pb.grad = grads["w"], grads["b"]
+    (pw.sum() + 2 * pb.sum()).backward()
+    opt = agrad.optim.sgd(lr=0.5)
+    state = packed.step(opt, grads, opt.init(packed.buffers))
+    assert state.count == 1
+    np.testing.assert_allclose(pw.detach().numpy(), 0.5)
+    np.testing.assert_allclose(pb.detach().numpy(), -1.0)
+
+
+def test_agrad_variables_come_back_as_variables():
+    params = {"w": agrad.variable(np.ones((2, 2))), "b": agrad.variable(np.zeros(2))}
+    packed = agrad.optim.pack(params)
+    assert all(agrad.is_variable(v) for v in packed.params.values())
+    x = np.array([[1.0, 2.0]])
+
+    def loss(p):
+        xp = agrad.array_namespace(p["w"])
+        return xp.sum(xp.matmul(x, p["w"]) + p["b"])
+
+    opt = agrad.optim.sgd(lr=0.1)
+    state = opt.init(packed.buffers)
+    grads = agrad.grad(loss)(packed.params)
+    state = packed.step(opt, grads, state)
+    np.testing.assert_allclose(packed.params["w"].value, [[0.9, 0.9], [0.8, 0.8]])
+    np.testing.assert_allclose(packed.buffers[0][4:], -0.1)

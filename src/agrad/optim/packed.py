@@ -11,7 +11,9 @@ copy (:meth:`Packed.flatten`) or for free when they are written into
 :meth:`Packed.grad_views` (for example as torch ``.grad`` attributes).
 
 Written against the Array API standard: the views are ``reshape(buffer[a:b], shape)``,
-which are views on NumPy, torch and CuPy. On libraries with immutable arrays (JAX) the
+which are views on NumPy, torch and CuPy. A parameter that was a variable (an agrad
+variable, a torch tensor with ``requires_grad``) comes back as a variable viewing the
+buffer; the buffers themselves carry no gradient history. On libraries with immutable arrays (JAX) the
 "views" are copies; call :meth:`Packed.unflatten` after each step there.
 
 Example::
@@ -29,6 +31,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from agrad.autograd.adapters import adapter_for
 from agrad.namespace import array_namespace
 from agrad.pytree import check_same_structure, flatten, leaves_like, unflatten
 
@@ -47,13 +50,25 @@ class Packed:
     buffers), ``xp`` (the namespace).
     """
 
-    __slots__ = ("_grad_buffers", "_grad_views", "_slots", "buffers", "params", "treedef", "xp")
+    __slots__ = (
+        "_grad_buffers",
+        "_grad_views",
+        "_slots",
+        "_variables",
+        "buffers",
+        "params",
+        "treedef",
+        "xp",
+    )
 
     def __init__(self, params: Any, *, xp: ModuleType | None = None):
         leaves, treedef, _ = flatten(params)
         if not leaves:
             raise ValueError("agrad.optim.pack: params contains no arrays")
         xp = array_namespace(*leaves) if xp is None else xp
+        adapter = adapter_for(xp)
+        variables = [adapter.is_variable(x) for x in leaves]
+        leaves = [adapter.stop_gradient(x) for x in leaves]
         groups: dict[tuple[str, str], list[int]] = {}
         for i, x in enumerate(leaves):
             groups.setdefault(_group_key(x), []).append(i)
@@ -73,7 +88,8 @@ class Packed:
         self.treedef = treedef
         self._slots = slots
         self.buffers = buffers
-        self.params = self.unflatten(buffers)
+        self._variables = variables
+        self.params = self._param_views(buffers)
         self._grad_buffers: list[Any] | None = None
         self._grad_views: Any = None
 
@@ -86,6 +102,13 @@ class Packed:
         xp = self.xp
         leaves = [xp.reshape(buffers[g][a:b], shape) for g, a, b, shape in self._slots]
         return unflatten(self.treedef, leaves)
+
+    def _param_views(self, buffers: list[Any]) -> Any:
+        """Views of ``buffers``; a leaf that was a variable is a variable again."""
+        adapter = adapter_for(self.xp)
+        leaves, treedef, _ = flatten(self.unflatten(buffers))
+        leaves = [adapter.variable(x) if v else x for x, v in zip(leaves, self._variables)]
+        return unflatten(treedef, leaves)
 
     def flatten(self, tree: Any) -> list[Any]:
         """``tree`` (shaped like the parameters) as flat buffers, one per group.
@@ -126,7 +149,7 @@ class Packed:
         new, state = opt.step(self.buffers, self.flatten(grads), state)
         if any(n is not b for n, b in zip(new, self.buffers)):
             self.buffers = list(new)
-            self.params = self.unflatten(self.buffers)
+            self.params = self._param_views(self.buffers)
         return state
 
 
