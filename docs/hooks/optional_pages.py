@@ -10,6 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+#: Optimizer pages in reading order; any other ``optim*.md`` follows alphabetically.
+OPTIM_ORDER = (
+    "optim",
+    "optim-torch-family",
+    "optim-optax-family",
+    "optim-transforms",
+    "optim-schedules",
+    "optim-save-load",
+)
+
 
 def _title(path: Path) -> str:
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -30,7 +40,8 @@ def on_config(config: Any, **kwargs: Any) -> Any:
     """Put the optional pages that exist into the navigation."""
     docs = Path(config["docs_dir"])
     nav = config["nav"]
-    optim = sorted(docs.glob("optim*.md"))
+    rank = {name: i for i, name in enumerate(OPTIM_ORDER)}
+    optim = sorted(docs.glob("optim*.md"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
     if len(optim) == 1:
         _insert_after(nav, "Concepts", {"Optimizers": optim[0].name})
     elif optim:
