@@ -10,8 +10,8 @@ from agrad.optim import fastpath
 
 torch = pytest.importorskip("torch")
 
-# small (gathered), medium, chunked (> CHUNK elements), 0-d, non-contiguous-free shapes
-SHAPES = [(3,), (5, 4), (), (7,), (210, 300), (2, 3, 4), (9000,)]
+# small (gathered), one-chunk, several chunks (> CHUNK elements), 0-d
+SHAPES = [(3,), (5, 4), (), (7,), (210, 300), (2, 3, 4), (9000,), (300, 250)]
 
 CONFIGS = [
     ("adam", {}),
@@ -190,3 +190,25 @@ def test_nested_and_mixed_trees(library):
     params = make(0)
     opt = agrad.optim.sgd(lr=0.1)
     assert fastpath.try_step(opt, params, make(1), opt.init(params)) is not None
+
+
+def test_non_contiguous_arrays():
+    rng = np.random.default_rng(0)
+    results = []
+    for fast in (False, True):
+        params = [np.asfortranarray(rng.standard_normal(s)) for s in [(400, 300), (50, 40), (6, 5)]]
+        params.append(rng.standard_normal((40, 50))[::2, ::3])
+        opt = agrad.optim.adam(lr=0.01)
+        state = opt.init(params)
+        old = fastpath.enabled
+        fastpath.enabled = fast
+        try:
+            for _ in range(3):
+                grads = [np.asfortranarray(rng.standard_normal(p.shape)) for p in params]
+                params, state = opt.step(params, grads, state)
+        finally:
+            fastpath.enabled = old
+        results.append(params)
+        rng = np.random.default_rng(0)
+    for r, g in zip(*results):
+        np.testing.assert_array_equal(g, r)

@@ -367,8 +367,9 @@ def _numpy_run(kernel, params: list[Any], grads: list[Any], bufs: list[list[Any]
     for i, x in enumerate(params):
         by_dtype.setdefault(x.dtype, []).append(i)
     for dtype, idx in by_dtype.items():
-        small = [i for i in idx if params[i].size <= SMALL]
-        large = [i for i in idx if params[i].size > SMALL]
+        sizes = [params[i].size for i in idx]
+        small = [i for i, n in zip(idx, sizes) if n <= SMALL]
+        large = [i for i, n in zip(idx, sizes) if n > SMALL]
         t1 = np.empty(CHUNK, dtype)
         t2 = np.empty(CHUNK, dtype)
         if len(small) > 1:
@@ -377,7 +378,11 @@ def _numpy_run(kernel, params: list[Any], grads: list[Any], bufs: list[list[Any]
             large = idx
         for i in large:
             arrays = [params[i], grads[i], *(b[i] for b in bufs)]
-            if all(a.flags.c_contiguous for a in arrays):
+            n = arrays[0].size
+            if n <= CHUNK:
+                shape = arrays[0].shape
+                kernel(*arrays, t1[:n].reshape(shape), t2[:n].reshape(shape))
+            elif all(a.flags.c_contiguous for a in arrays):
                 _chunked(kernel, [a.reshape(-1) for a in arrays], t1, t2)
             else:
                 kernel(*arrays, np.empty_like(arrays[0]), np.empty_like(arrays[0]))
