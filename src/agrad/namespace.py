@@ -50,6 +50,9 @@ def is_native_autograd_namespace(xp: ModuleType) -> bool:
     return library_name(xp) in ("torch", "jax")
 
 
+_PYTHON_SCALARS = (bool, int, float, complex)
+
+
 def _namespace_of(x: Any) -> ModuleType | None:
     from agrad.autograd.tape.traced import TracedArray
     from agrad.autograd.variable import Variable
@@ -58,7 +61,7 @@ def _namespace_of(x: Any) -> ModuleType | None:
         x = x.value
     if isinstance(x, TracedArray):
         return x.__array_namespace__()
-    if x is None or isinstance(x, (bool, int, float, complex)):
+    if x is None or type(x) in _PYTHON_SCALARS:  # not NumPy's scalars (np.float64 <: float)
         return None
     return array_api_compat.array_namespace(x)
 

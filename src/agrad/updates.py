@@ -10,6 +10,7 @@ and tensors inside a differentiated computation get new arrays instead.
 from __future__ import annotations
 
 import math
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -143,6 +144,14 @@ class _Leaves:
         return unflatten(self.treedef, leaves)
 
 
+def as_array(x: Any) -> Any:
+    """``x``, with a NumPy scalar (what NumPy returns for 0-d operands) made a 0-d array."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
+
+
 def _device(x: Any) -> Any:
     """The device of ``x``, or ``None`` where the library cannot say (a JAX tracer)."""
     try:
@@ -196,7 +205,7 @@ def gradient_descent_update(
     leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp, {"lr": lr})
     xp = leaves.xp
     new = [
-        xp.subtract(w, scale(xp, g, lr))
+        as_array(xp.subtract(w, scale(xp, g, lr)))
         for w, g in zip(leaves.values["ws"], leaves.values["dcdws"])
     ]
     targets = leaves.commit("ws", leaves.params, new, inplace)
@@ -263,9 +272,9 @@ def adam_update(
         m = xp.add(m, xp.subtract(g, m) * (1.0 - beta1))
         v = xp.add(v * beta2, xp.multiply(g * (1.0 - beta2), g))
         denom = xp.sqrt(v) / bias_correction2_sqrt + epsilon
-        new_w.append(xp.add(w, xp.divide(scale(xp, m, neg_step_size), denom)))
-        new_m.append(m)
-        new_v.append(v)
+        new_w.append(as_array(xp.add(w, xp.divide(scale(xp, m, neg_step_size), denom))))
+        new_m.append(as_array(m))
+        new_v.append(as_array(v))
     targets = [
         leaves.commit(name, orig, new, inplace)
         for name, orig, new in (

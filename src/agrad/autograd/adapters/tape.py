@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from agrad.autograd.adapters import Adapter
@@ -66,6 +67,9 @@ class TapeAdapter(Adapter):
         )
 
     def readonly_reason(self, dst: Any) -> str | None:
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(dst, np.generic):
+            return f"it is a NumPy scalar ({type(dst).__name__}), not an array"
         flags = getattr(dst, "flags", None)
         if flags is not None and not isinstance(dst, Variable) and not flags.writeable:
             return "it is a read-only NumPy array (flags.writeable is False)"
