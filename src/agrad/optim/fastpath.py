@@ -15,9 +15,11 @@ in fewer, cheaper operations:
   whole-buffer operations instead of a dozen Python-level calls each.
 
 Everything is checked before anything is written; whatever the fast path does not
-recognise (nested pytrees aside, any unusual dtype, read-only or traced arrays,
-array-valued learning rates, AMSGrad on NumPy, ...) returns ``None`` and the caller
-runs the generic path, which raises the proper error messages. The public entry
+recognise (mixed libraries or devices, float16 on NumPy, read-only, traced or
+agrad-variable leaves, a write the adapter refuses, array-valued learning rates,
+AMSGrad or ``maximize`` on NumPy, ...) returns ``None`` and the caller runs the
+generic path, which raises the proper error messages. Set :data:`enabled` to
+``False`` to force the generic path. The public entry
 points are :func:`try_step` (what ``step`` calls) and the two kernels
 :func:`adam_step_inplace` and :func:`sgd_step_inplace`, usable on their own.
 """
