@@ -8,6 +8,7 @@ gradients and, bit for bit, with the same computations run one after another.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,14 @@ def _reference(k: int) -> np.ndarray:
     return a.T @ (2 * t * (1 - t**2)) + 3.0 * (k + 1) * w**2
 
 
+def _keeps_history(x: Any) -> bool:
+    """Whether ``x`` still carries gradient history (a traced array, tensor or JAX tracer)."""
+    if isinstance(x, TracedArray) or getattr(x, "requires_grad", False):
+        return True
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.core.Tracer)
+
+
 def _run(xp: Any, k: int, wait: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, bool]:
     a, w = _problem(k)
     w_arr = agrad.variable(asarray(xp, w))
@@ -55,7 +64,7 @@ def _run(xp: Any, k: int, wait: Callable[[], None]) -> tuple[np.ndarray, np.ndar
         lambda v: agrad.array_namespace(v).sum(agrad.grad(_loss(k, asarray(xp, a), wait))(v))
     )
     h = second(asarray(xp, w))
-    plain = not any(isinstance(r, TracedArray) for r in (y, g, h))
+    plain = not any(_keeps_history(r) for r in (y, g, h))
     return to_numpy(g), to_numpy(h), plain
 
 
@@ -111,3 +120,46 @@ def test_eight_threads_training_concurrently_match_serial_training(tape_xp) -> N
         parallel = list(pool.map(train, range(N_THREADS)))
     for s, p in zip(serial, parallel):
         np.testing.assert_array_equal(p, s)
+
+
+def test_trace_depth_is_per_thread(xp) -> None:
+    """While 4 threads hold traces open, 4 others call ``agrad.grad`` at top level: they must
+    get plain arrays (top level), not results that keep history (nested), and exact values."""
+    barrier = threading.Barrier(N_THREADS, timeout=60)
+    lock = threading.Lock()
+    odd_finished = threading.Event()
+    finished = [0]
+
+    def hold_a_trace_open(k: int) -> np.ndarray:
+        a, w = _problem(k)
+
+        def wait() -> None:
+            barrier.wait()
+            assert odd_finished.wait(60)
+
+        _, g = agrad.execute_with_gradients(_loss(k, asarray(xp, a), wait), asarray(xp, w))
+        return to_numpy(g)
+
+    def top_level_grads(k: int) -> tuple[np.ndarray, bool]:
+        a, w = _problem(k)
+        barrier.wait()  # the even threads are inside their traces now
+        try:
+            g = agrad.grad(_loss(k, asarray(xp, a), lambda: None))(asarray(xp, w))
+            plain = not _keeps_history(g)
+            return to_numpy(g), plain
+        finally:
+            with lock:
+                finished[0] += 1
+                if finished[0] == N_THREADS // 2:
+                    odd_finished.set()
+
+    with ThreadPoolExecutor(N_THREADS) as pool:
+        futures = [
+            pool.submit(top_level_grads if k % 2 else hold_a_trace_open, k)
+            for k in range(N_THREADS)
+        ]
+        results = [f.result(timeout=120) for f in futures]
+    for k, res in enumerate(results):
+        g, plain = res if k % 2 else (res, True)
+        np.testing.assert_allclose(g, _reference(k), rtol=1e-12)
+        assert plain, f"thread {k}: a top-level grad kept its history (trace depth is shared)"
