@@ -26,12 +26,6 @@ CASES = {
     "create_diagonal": (lambda xp, a: xpx.create_diagonal(a, xp=xp), [(4,)]),
 }
 
-# array-api-extra writes a traced array into a freshly made constant through
-# ``at(constant)[idx].set(traced)``, which asks array_api_compat.array_namespace for the
-# namespace of both: it refuses a raw NumPy array next to a traced one (two namespaces),
-# and offers no hook to teach it otherwise.
-MIXES_RAW_AND_TRACED = {"pad", "pad_pairs", "create_diagonal"}
-
 
 def _loss(fn):
     def loss(xp, *args):
@@ -41,18 +35,9 @@ def _loss(fn):
     return loss
 
 
-def _params():
-    for name in sorted(CASES):
-        marks = []
-        if name in MIXES_RAW_AND_TRACED:
-            reason = "array_api_compat.array_namespace refuses a raw array mixed with a traced one"
-            marks.append(pytest.mark.xfail(raises=TypeError, strict=True, reason=reason))
-        yield pytest.param(name, marks=marks, id=name)
-
-
 @pytest.mark.filterwarnings("ignore:`xpx.expand_dims` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
-@pytest.mark.parametrize("name", list(_params()))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_array_api_extra_gradient_matches_torch(backend, name):
     xp = pytest.importorskip("array_api_compat.numpy" if backend == "numpy" else backend)
     fn, shapes = CASES[name]

@@ -18,6 +18,7 @@ from agrad.autograd.tape.rules import RULES as MAIN_RULES
 from agrad.autograd.tape.rules_fft import RULES as FFT_RULES
 from agrad.autograd.tape.rules_linalg import MULTI_RULES as LINALG_MULTI
 from agrad.autograd.tape.rules_linalg import RULES as LINALG_RULES
+from agrad.autograd.tape.tracing_namespace import _CREATION
 
 __all__ = ["PAGE", "differentiability_page", "status"]
 
@@ -44,6 +45,8 @@ def status(key: str) -> tuple[str, str]:
     if key in DERIVED:
         doc = (DERIVED[key].__doc__ or "").strip().splitlines()[0]
         return "differentiable", f"composition of primitives: {doc}"
+    if key in _CREATION:
+        return "no gradient", "a constant (inside a trace, boxed as a constant of the trace)"
     if key in NONDIFFERENTIABLE:
         return "no gradient", "result is untraced (integer, boolean or piecewise constant)"
     if key in _OWN_WRAPPERS:
@@ -124,9 +127,11 @@ def differentiability_page() -> str:
         "- array-api-strict's operators raise on a traced operand: write",
         "  `xp.multiply(c, x)` (or lift `c` with `xp.asarray`) rather than `c * x` when",
         "  `c` is a raw strict array and `x` is traced.",
-        "- Code that asks `array_api_compat.array_namespace` for the namespace of a raw",
-        "  array and a traced one together (array-api-extra's `at(...).set`, used by",
-        "  `pad` and `create_diagonal`) gets a `TypeError`: the two namespaces differ.",
+        "- Arrays made by the tracing namespace inside a gradient computation are",
+        "  constants of the trace, so third-party code can mix them with traced arrays",
+        "  (array-api-extra's `at(...).set`). Raw arrays made by the base library itself",
+        "  and mixed with traced ones in `array_api_compat.array_namespace(raw, traced)`",
+        "  still get a `TypeError` (two namespaces).",
         "- Dask: `linalg.cholesky` returns the standard's lower factor (Dask's own",
         "  returns the upper one); masks on Dask transpose through `__setitem__`.",
         "",

@@ -12,22 +12,32 @@ the result with a node whose VJP closes over those values. VJP rules are written
 the tracing namespace, so the backward pass of an inner trace is recorded on the outer
 one: that is all higher-order differentiation needs.
 
-Nothing here is global mutable state except the id counter, so traces are per thread.
+Arrays that the tracing namespace *creates* inside a gradient computation (``zeros``,
+``full`` ...) are boxed as constants of the innermost live trace (:func:`constant`), so
+that code which asks ``array_api_compat.array_namespace`` about a fresh array and a
+traced one together, or writes a traced value into a fresh array, keeps working. A
+constant is never a parent on the tape, and one that outlives its trace is unboxed.
+
+The only mutable state is the id counter and a per-thread stack of live traces.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
     "EscapedTracerError",
+    "CONSTANT",
     "Node",
     "RebasedLeaf",
     "Trace",
     "TracedArray",
     "TupleCotangent",
+    "constant",
+    "current_trace",
     "multi_output_primitive",
     "primitive",
     "strip",
@@ -36,6 +46,14 @@ __all__ = [
 ]
 
 _trace_ids = itertools.count(1)
+_live = threading.local()
+
+
+def _live_stack() -> list[Trace]:
+    stack = getattr(_live, "stack", None)
+    if stack is None:
+        stack = _live.stack = []
+    return stack
 
 
 class EscapedTracerError(RuntimeError):
@@ -50,6 +68,18 @@ class Trace:
     def __init__(self) -> None:
         self.id = next(_trace_ids)
         self.active = True
+        stack = _live_stack()
+        while stack and not stack[-1].active:  # ended traces leave when the next begins
+            stack.pop()
+        stack.append(self)
+
+
+def current_trace() -> Trace | None:
+    """The innermost trace of this thread that has not ended (``None`` outside traces)."""
+    stack = _live_stack()
+    while stack and not stack[-1].active:
+        stack.pop()
+    return stack[-1] if stack else None
 
 
 class Node:
@@ -96,6 +126,26 @@ class TupleCotangent:
             for a, b in zip(self.parts, other.parts)
         ]
         return TupleCotangent(parts)
+
+
+#: The node of every constant: never a parent, so nothing flows back through it.
+CONSTANT = Node(None, ())
+
+
+def constant(ns: Any, value: Any) -> Any:
+    """``value`` boxed as a constant of the innermost live trace (itself outside traces)."""
+    trace = current_trace()
+    return value if trace is None else ns._Traced(value, CONSTANT, trace)
+
+
+class _StaleConstant(Exception):
+    """A constant boxed by a trace that has ended: unbox it and call again."""
+
+
+def _refresh(x: Any) -> Any:
+    while isinstance(x, TracedArray) and x._node is CONSTANT and not x._trace.active:
+        x = x._value
+    return x
 
 
 def _escaped(name: str) -> EscapedTracerError:
@@ -200,7 +250,8 @@ class TracedArray:
             self._value = new
             return
         new_node = new._node
-        if new._trace is self._trace and (node.vjp is None or isinstance(node, RebasedLeaf)):
+        is_input = (node.vjp is None and node is not CONSTANT) or isinstance(node, RebasedLeaf)
+        if new._trace is self._trace and is_input:
             origin = node.origin if isinstance(node, RebasedLeaf) else node
             new_node = RebasedLeaf(new_node.vjp, new_node.parents, origin)
         self._value, self._node, self._trace = new._value, new_node, new._trace
@@ -298,6 +349,8 @@ def _newest_trace(args: Sequence[Any], name: str) -> Trace | None:
         if isinstance(a, TracedArray):
             t = a._trace
             if not t.active:
+                if a._node is CONSTANT:
+                    raise _StaleConstant
                 raise _escaped(name)
             if top is None or t.id > top.id:
                 top = t
@@ -318,7 +371,10 @@ def primitive(
     """
 
     def fn(*args: Any, **kwargs: Any) -> Any:
-        trace = _newest_trace(args, name)
+        try:
+            trace = _newest_trace(args, name)
+        except _StaleConstant:
+            return fn(*[_refresh(a) for a in args], **kwargs)
         if trace is None:
             return raw(*args, **kwargs)
         vals = list(args)
@@ -327,8 +383,9 @@ def primitive(
         for i, a in enumerate(args):
             if isinstance(a, TracedArray) and a._trace is trace:
                 vals[i] = a._value
-                if i < len(rules) and rules[i] is not None:
-                    parents.append(a._node)
+                node = a._node
+                if i < len(rules) and rules[i] is not None and node is not CONSTANT:
+                    parents.append(node)
                     argnums.append(i)
         ans = fn(*vals, **kwargs)
         if not parents:
@@ -368,7 +425,10 @@ def multi_output_primitive(
     n_outputs_hint = max(differentiable_outputs) + 1
 
     def fn(*args: Any, **kwargs: Any) -> Any:
-        trace = _newest_trace(args, name)
+        try:
+            trace = _newest_trace(args, name)
+        except _StaleConstant:
+            return fn(*[_refresh(a) for a in args], **kwargs)
         if trace is None:
             return raw(*args, **kwargs)
         vals = list(args)
@@ -377,8 +437,9 @@ def multi_output_primitive(
         for i, a in enumerate(args):
             if isinstance(a, TracedArray) and a._trace is trace:
                 vals[i] = a._value
-                parents.append(a._node)
-                argnums.append(i)
+                if a._node is not CONSTANT:
+                    parents.append(a._node)
+                    argnums.append(i)
         ans = fn(*vals, **kwargs)
         if not parents:
             return ans

@@ -30,6 +30,7 @@ from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.standard import FFT_FUNCTIONS, FUNCTIONS, LINALG_FUNCTIONS
 from agrad.autograd.tape.traced import (
     TracedArray,
+    constant,
     multi_output_primitive,
     primitive,
     strip,
@@ -121,6 +122,24 @@ def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]
     return fn
 
 
+# Creation from a shape: inside a gradient computation the result is a constant of the
+# innermost trace, so third-party code may mix it with traced arrays freely.
+_CREATION = frozenset(["zeros", "ones", "empty", "full", "eye", "arange", "linspace"])
+
+
+def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        out = raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
+        return constant(ns, out)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = (
+        f"``{name}`` of the base namespace; inside a gradient computation the result is "
+        "a constant of the current trace (it carries no gradient)."
+    )
+    return fn
+
+
 def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         if _contains_traced(args) or _contains_traced(kwargs):
@@ -203,6 +222,8 @@ def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
         return _derived(key, obj, DERIVED[key], ns)
     if obj is None:
         return _missing(qualname, ns._agrad_base_name)
+    if key in _CREATION:
+        return _creation(name, obj, ns)
     if key in NONDIFFERENTIABLE:
         return _nondifferentiable(name, obj)
     return _unsupported(qualname, obj)
