@@ -392,3 +392,26 @@ def test_setitem_on_an_input_is_differentiable_twice():
     (g2,) = torch.autograd.grad(g1.sum(), t)
     np.testing.assert_allclose(agrad.grad(g)(x0.copy()), g1.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(agrad.grad(outer)(x0.copy()), g2.numpy(), rtol=1e-12)
+
+
+def test_arrays_created_inside_a_trace_are_constants(pair):
+    ns, base = pair
+    kept = []
+
+    def f(x):
+        xp = agrad.array_namespace(x)
+        c = xp.full((3,), 2.0, dtype=x.dtype)
+        kept.append(c)
+        assert isinstance(c, TracedArray)  # a constant of the trace: mixes with x anywhere
+        buf = xp.zeros((5,), dtype=x.dtype)
+        buf[1:4] = x * c
+        return xp.sum(buf * buf)
+
+    x = base.asarray(np.array([1.0, -2.0, 0.5]))
+    _, g = agrad.execute_with_gradients(f, x)
+    np.testing.assert_allclose(to_numpy(g), 8.0 * to_numpy(x))
+    # after the trace the constant is a plain value again: no escaped-tracer error
+    out = ns.add(kept[0], base.asarray(np.ones(3)))
+    assert not isinstance(out, TracedArray)
+    np.testing.assert_allclose(to_numpy(out), [3.0, 3.0, 3.0])
+    assert not isinstance(ns.zeros(2), TracedArray)  # outside traces: the base's own
