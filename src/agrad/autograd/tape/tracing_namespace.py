@@ -8,10 +8,14 @@ order of precedence:
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
 - *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
+  creation from a shape (``zeros``, ``full`` ...) gives a constant of the live trace;
 - *unsupported*: a pass-through that raises ``NotImplementedError`` naming itself when
   given a traced array (the base's non-standard extras), never a wrong gradient.
 
-With no active trace the namespace is a plain pass-through of its base.
+With no active trace the namespace is a plain pass-through of its base (except where
+the base disagrees with the standard: ``_BASE_FIXES``). Integer-array and mask indexing
+transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
+one-hot product written against the standard).
 """
 
 from __future__ import annotations
