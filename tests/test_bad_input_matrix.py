@@ -328,6 +328,18 @@ def _(xp):
     )
 
 
+@row("optim-step-state-dtype-mismatch", TypeError)
+def _(xp):
+    opt = optim.adam(lr=0.1)
+    ps = params(xp)
+    state = opt.init({"w": a(xp, np.ones((2, 3)), dtype=np.float32), "b": ps["b"]})
+    return Setup(
+        lambda: opt.step(ps, like(xp, ps), state),
+        (ps, state),
+        rf"state\.exp_avg\['w'\] has dtype {DTYPE}float32 but these params need {DTYPE}float64",
+    )
+
+
 # -- integer and boolean variables ----------------------------------------------------
 @row("variable-of-integers", TypeError)
 def _(xp):
@@ -457,6 +469,24 @@ def _(xp):
     return Setup(lambda: f(x), x, r"func returned a tuple; pass has_aux=True")
 
 
+@row("y-from-another-library", TypeError)
+def _(xp):
+    other, name = other_library(xp)
+    x = a(xp, [1.0, 2.0])
+    return Setup(
+        lambda: agrad.execute_with_gradients(lambda x: other(3.0), x),
+        x,
+        rf"func returned y from {name} but xs are {lib(xp)} arrays",
+    )
+
+
+@row("value-and-grad-argnums-out-of-range", IndexError)
+def _(xp):
+    x = a(xp, [1.0])
+    f = agrad.value_and_grad(lambda x: _sum_sq(x), argnums=2)
+    return Setup(lambda: f(x), x, r"argnums=2 but <lambda> was called with 1 positional argument")
+
+
 @row("xs-non-array-leaf", TypeError)
 def _(xp):
     xs = {"w": a(xp, [1.0]), "name": "layer1"}
@@ -519,6 +549,22 @@ for _name, _value, _msg in (
         return _with_match(_adam_call(xp, **{_name: _value}), rf"adam_update: {_msg}")
 
     ROWS.append(Row(f"adam-update-{_name}-{_value}", _build, ValueError))
+
+
+@row("gradient-descent-lr-not-0d", ValueError)
+def _(xp):
+    ws = {"w": a(xp, [1.0, 2.0])}
+    lr = a(xp, [0.1, 0.2])
+    return Setup(
+        lambda: agrad.gradient_descent_update(ws, like(xp, ws), lr),
+        ws,
+        r"lr must be a number or a 0-d array, got an array of shape \(2,\)",
+    )
+
+
+@row("adam-update-beta-not-a-number", TypeError)
+def _(xp):
+    return _with_match(_adam_call(xp, beta1="0.9"), r"beta1 must be a real number, got str '0\.9'")
 
 
 @row("gradient-descent-lr-inf", ValueError)

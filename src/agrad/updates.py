@@ -165,6 +165,18 @@ def _check_lr(fn: str, lr: Any) -> None:
         raise TypeError(f"{fn}: lr must be a number or a 0-d array, got {lr!r}")
     if _is_scalar(lr) and not (math.isfinite(lr) and lr >= 0.0):
         raise ValueError(f"{fn}: lr must be >= 0 and finite, got {lr}")
+    shape = getattr(lr, "shape", None)
+    if shape is not None and tuple(shape) != ():
+        msg = f"{fn}: lr must be a number or a 0-d array, got an array of shape {tuple(shape)}"
+        raise ValueError(msg)
+
+
+def _check_number(fn: str, name: str, value: Any) -> float:
+    """``value`` as a float: a real Python (or NumPy) number, not a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{fn}: {name} must be a real number, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    return float(value)
 
 
 def _check_step(fn: str, step: Any) -> int:
@@ -255,9 +267,9 @@ def adam_update(
     fn = "adam_update"
     t = _check_step(fn, step)
     for name, b in (("beta1", beta1), ("beta2", beta2)):
-        if not 0.0 <= b < 1.0:
+        if not 0.0 <= _check_number(fn, name, b) < 1.0:
             raise ValueError(f"{fn}: {name} must be in [0, 1), got {b}")
-    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+    if not (_check_number(fn, "epsilon", epsilon) >= 0.0 and math.isfinite(epsilon)):
         raise ValueError(f"{fn}: epsilon must be >= 0 and finite, got {epsilon}")
     _check_lr(fn, lr)
     leaves = _Leaves(fn, ws, {"dcdws": dcdws, "mw": mw, "vw": vw}, xp, {"lr": lr})

@@ -14,7 +14,7 @@ from typing import Any
 
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.variable import Variable
-from agrad.namespace import array_namespace, library_name
+from agrad.namespace import _base_library, array_namespace, library_name
 from agrad.pytree import flatten, unflatten
 
 __all__ = [
@@ -119,12 +119,23 @@ def _split_output(out: Any) -> tuple[Any, tuple[Any, ...]]:
     return out, ()
 
 
-def _check_scalar(y: Any) -> None:
+def _check_scalar(y: Any, xp: ModuleType) -> None:
     shape = getattr(y, "shape", None)
     if shape is None or not hasattr(y, "dtype"):
         msg = (
             "execute_with_gradients: func must return an array y (or a tuple (y, *extra)) "
             f"to differentiate; it returned {type(y).__qualname__}"
+        )
+        raise TypeError(msg)
+    try:
+        y_library = _base_library(array_namespace(y))
+    except TypeError:
+        y_library = type(y).__module__
+    if y_library != _base_library(xp):
+        msg = (
+            f"execute_with_gradients: func returned y from {y_library} but xs are "
+            f"{_base_library(xp)} arrays; y must be computed from xs with their namespace "
+            "(agrad.array_namespace(x))"
         )
         raise TypeError(msg)
     if math.prod(shape) != 1:
@@ -181,7 +192,7 @@ def execute_with_gradients(
 
     def flat_func(inputs: list[Any]) -> tuple[Any, tuple[Any, ...]]:
         y, extras = _split_output(func(unflatten(treedef, inputs)))
-        _check_scalar(y)
+        _check_scalar(y, xp)
         return y, extras
 
     _local.depth = _depth() + 1
@@ -209,6 +220,15 @@ def value_and_grad(
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        bad = [i for i in nums if not -len(args) <= i < len(args)]
+        if bad:
+            msg = (
+                f"value_and_grad: argnums={argnums!r} but "
+                f"{getattr(func, '__name__', 'func')} was called with {len(args)} "
+                "positional argument(s)"
+            )
+            raise IndexError(msg)
+
         def f(xs: tuple[Any, ...]) -> Any:
             new_args = list(args)
             for i, x in zip(nums, xs):
