@@ -1,4 +1,5 @@
-"""torch.optim family: equal to torch.optim over 200 float64 steps, every option combination."""
+"""torch.optim family vs torch.optim in float64: every option combination over 200 steps on
+NumPy, all options together on every backend (50 steps; 8 on Dask, whose graphs grow)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ TORCH_CLASSES = {
     "adamax": "Adamax",
 }
 
-# every option of each optimizer, with the values to combine (the first is the default)
+# every option of each optimizer, with the values to combine; other values of the
+# continuous hyperparameters are in FULL (every backend) and the hypothesis tests
 OPTIONS = {
     "sgd": dict(
         lr=[0.05],
@@ -78,19 +80,15 @@ OPTIONS = {
     ),
     "adam": dict(
         lr=[0.05],
-        betas=[(0.9, 0.999), (0.8, 0.99)],
         weight_decay=[0.0, 0.1],
         amsgrad=[False, True],
         maximize=[False, True],
         decoupled_weight_decay=[False, True],
     ),
-    "adamw": dict(
-        lr=[0.05], weight_decay=[1e-2, 0.2], amsgrad=[False, True], maximize=[False, True]
-    ),
+    "adamw": dict(lr=[0.05], weight_decay=[0.2], amsgrad=[False, True], maximize=[False, True]),
     "nadam": dict(
         lr=[0.05],
         weight_decay=[0.0, 0.1],
-        momentum_decay=[4e-3, 1e-2],
         decoupled_weight_decay=[False, True],
         maximize=[False, True],
     ),
@@ -102,7 +100,6 @@ OPTIONS = {
     ),
     "rmsprop": dict(
         lr=[0.01],
-        alpha=[0.99, 0.9],
         weight_decay=[0.0, 0.1],
         momentum=[0.0, 0.5],
         centered=[False, True],
@@ -115,7 +112,7 @@ OPTIONS = {
         initial_accumulator_value=[0.0, 0.1],
         maximize=[False, True],
     ),
-    "adadelta": dict(lr=[1.0, 0.5], rho=[0.9], weight_decay=[0.0, 0.1], maximize=[False, True]),
+    "adadelta": dict(lr=[0.5], weight_decay=[0.0, 0.1], maximize=[False, True]),
     "adamax": dict(lr=[0.05], weight_decay=[0.0, 0.1], maximize=[False, True]),
 }
 
@@ -138,15 +135,23 @@ ALL_COMBOS = [
 # all options switched on (plus the plain default): used on every backend
 FULL = {
     "sgd": dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True, maximize=True),
-    "adam": dict(lr=0.05, weight_decay=0.1, amsgrad=True, maximize=True),
+    "adam": dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True, maximize=True),
     "adamw": dict(lr=0.05, amsgrad=True, maximize=True),
-    "nadam": dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+    "nadam": dict(
+        lr=0.05,
+        weight_decay=0.1,
+        momentum_decay=1e-2,
+        decoupled_weight_decay=True,
+        maximize=True,
+    ),
     "radam": dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
-    "rmsprop": dict(lr=0.01, weight_decay=0.1, momentum=0.5, centered=True, maximize=True),
+    "rmsprop": dict(
+        lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, centered=True, maximize=True
+    ),
     "adagrad": dict(
         lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True
     ),
-    "adadelta": dict(weight_decay=0.1, maximize=True),
+    "adadelta": dict(rho=0.8, weight_decay=0.1, maximize=True),
     "adamax": dict(lr=0.05, weight_decay=0.1, maximize=True),
 }
 
@@ -204,7 +209,7 @@ def test_matches_torch_every_option_numpy(name, kw):
 @pytest.mark.parametrize("name", list(FULL))
 def test_matches_torch_on_every_backend(xp, name):
     kw = FULL[name]
-    steps = 8 if "dask" in xp.__name__ else 200
+    steps = 8 if "dask" in xp.__name__ else 200 if "numpy" in xp.__name__ else 50
     problem = Problem(steps, sign=_sign(kw))
     ref = torch_reference(name, kw, problem, steps)
     got, state = run_agrad(xp, name, kw, problem, steps)
