@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agrad
 from agrad import optim
@@ -305,3 +307,24 @@ def test_scale_by_learning_rate_with_schedule(xp):
         factors.append(float(u["b"][0]))
     assert factors == [-1.0, -1.0, -0.5, -0.5, -0.25]
     assert agrad.array_namespace(u["w"]) is agrad.array_namespace(p["w"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    max_norm=st.floats(1e-3, 10.0),
+    scale=st.floats(1e-3, 100.0),
+    seed=st.integers(0, 2**16),
+)
+def test_clip_by_global_norm_property(max_norm, scale, seed):
+    """Any threshold and gradient size: equal to optax, and the result's norm is at most max_norm."""
+    import array_api_compat.numpy as npx
+
+    u, p = _tree(seed, scale), _tree(seed + 1)
+    ref, _ = optax.clip_by_global_norm(max_norm).update(_to(jnp, u), None, _to(jnp, p))
+    t = optim.clip_by_global_norm(max_norm)
+    got, _ = t.update(_to(npx, u), t.init(_to(npx, p)), _to(npx, p))
+    _close(got, ref)
+    assert (
+        float(optim.global_norm(got)) <= max_norm * (1 + 1e-12)
+        or float(optim.global_norm(_to(npx, u))) < max_norm
+    )
