@@ -1,8 +1,10 @@
 """mkdocs hook: add the pages other parts of agrad contribute, when they exist.
 
-``docs/optim*.md`` (the optimizers), ``docs/differentiability.md`` and
-``docs/benchmarks.md`` are written alongside the code they describe; a nav entry for a
-missing file would fail ``mkdocs build --strict``, so they are added here instead.
+``docs/optim*.md`` (the optimizers), ``differentiability.md``, ``reliability.md``,
+``distributed.md`` and ``benchmarks.md`` are written alongside the code they describe;
+a nav entry for a missing file would fail ``mkdocs build --strict``, so they are added
+here instead. Any other page that no nav entry names is appended by its title, so no
+page is left out of the navigation.
 """
 
 from __future__ import annotations
@@ -46,8 +48,27 @@ def on_config(config: Any, **kwargs: Any) -> Any:
         _insert_after(nav, "Concepts", {"Optimizers": optim[0].name})
     elif optim:
         _insert_after(nav, "Concepts", {"Optimizers": [{_title(p): p.name} for p in optim]})
-    if (docs / "differentiability.md").exists():
-        _insert_after(nav, "Backends", {"Differentiability": "differentiability.md"})
+    placed = [
+        ("Backends", "Differentiability", "differentiability.md"),
+        ("Differentiability", "Reliability", "reliability.md"),
+        ("Examples", "Distributed training", "distributed.md"),
+    ]
+    for after, title, name in placed:
+        if (docs / name).exists():
+            _insert_after(nav, after, {title: name})
     if (docs / "benchmarks.md").exists():
         nav.append({"Benchmarks": "benchmarks.md"})
+    listed = set(_files(nav))
+    for page in sorted(docs.rglob("*.md")):
+        name = page.relative_to(docs).as_posix()
+        if name not in listed and not name.startswith("hooks/"):
+            nav.append({_title(page): name})
     return config
+
+
+def _files(nav: list[Any]) -> list[str]:
+    out: list[str] = []
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        out += _files(value) if isinstance(value, list) else [value]
+    return out
