@@ -46,6 +46,8 @@ class Setup:
 
 @dataclass
 class Row:
+    """One mistake: how to build it on a backend, the exception, where it applies."""
+
     id: str
     build: Callable[[Any], Setup]
     exc: type[BaseException] | tuple[type[BaseException], ...]
@@ -60,6 +62,8 @@ def row(
     exc: type[BaseException] | tuple[type[BaseException], ...],
     backends: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[[Any], Setup]], Callable[[Any], Setup]]:
+    """Register the decorated builder as a row of the matrix (every backend by default)."""
+
     def register(build: Callable[[Any], Setup]) -> Callable[[Any], Setup]:
         ROWS.append(Row(id, build, exc, backends or tuple(BACKENDS)))
         return build
