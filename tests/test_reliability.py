@@ -207,3 +207,18 @@ def test_zero_d_numpy_parameters_stay_arrays(kind: str) -> None:
     for leaf in flatten(out)[0]:
         if hasattr(leaf, "dtype"):
             assert type(leaf) is np.ndarray, f"got {type(leaf).__name__}"
+
+
+def test_numpy_scalars_are_weak_in_namespace_inference() -> None:
+    """``np.float64`` (NumPy's 0-d result) means NumPy only when nothing else is an array."""
+    torch = pytest.importorskip("torch")
+    assert library_name(agrad.array_namespace(np.float64(1.0))) == "numpy"
+    assert library_name(agrad.array_namespace(np.float32(1.0), np.float64(2.0))) == "numpy"
+    t = torch.ones(2, dtype=torch.float64)
+    assert library_name(agrad.array_namespace(np.float64(0.1), t)) == "torch"
+    assert library_name(agrad.array_namespace(t, np.float32(0.1))) == "torch"
+    # a learning rate computed with NumPy goes with torch parameters
+    params = {"w": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+    grads = {"w": torch.tensor([1.0, -1.0], dtype=torch.float64)}
+    out = agrad.gradient_descent_update(params, grads, np.float64(0.5), inplace=False)
+    np.testing.assert_array_equal(out["w"].numpy(), [0.5, 2.5])

@@ -9,12 +9,13 @@ arrays of the same base library. Frameworks are recognised by module name throug
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 
-__all__ = ["array_namespace", "library_name", "is_native_autograd_namespace"]
+__all__ = ["array_namespace", "is_native_autograd_namespace", "is_numpy_scalar", "library_name"]
 
 _LIBRARY_NAMES = {
     "array_api_compat.numpy": "numpy",
@@ -50,7 +51,10 @@ def is_native_autograd_namespace(xp: ModuleType) -> bool:
     return library_name(xp) in ("torch", "jax")
 
 
-_PYTHON_SCALARS = (bool, int, float, complex)
+def is_numpy_scalar(x: Any) -> bool:
+    """True for NumPy's scalars (``np.float64(1.0)``: what NumPy returns for 0-d operands)."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.generic)
 
 
 def _namespace_of(x: Any) -> ModuleType | None:
@@ -61,7 +65,7 @@ def _namespace_of(x: Any) -> ModuleType | None:
         x = x.value
     if isinstance(x, TracedArray):
         return x.__array_namespace__()
-    if x is None or type(x) in _PYTHON_SCALARS:  # not NumPy's scalars (np.float64 <: float)
+    if x is None or isinstance(x, (bool, int, float, complex)):
         return None
     return array_api_compat.array_namespace(x)
 
@@ -69,8 +73,11 @@ def _namespace_of(x: Any) -> ModuleType | None:
 def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
     """Return the Array API namespace shared by ``xs``.
 
-    Python scalars and ``None`` are ignored. A traced array mixed with raw arrays of
-    its base library gives the tracing namespace. Passing ``xp`` skips inference.
+    Python scalars and ``None`` are ignored. NumPy scalars (``np.float64(0.1)``, what
+    NumPy returns for 0-d operands) are weak in the same way: they give NumPy only when
+    no input is an array, so ``lr=np.float64(0.1)`` goes with torch tensors. A traced
+    array mixed with raw arrays of its base library gives the tracing namespace.
+    Passing ``xp`` skips inference.
 
     Raises:
         TypeError: inputs come from two different array libraries (both are named, with
@@ -79,7 +86,12 @@ def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
     if xp is not None:
         return xp
     found: list[tuple[ModuleType, int]] = []
+    numpy_scalar = None
     for i, x in enumerate(xs):
+        if is_numpy_scalar(x):  # a weak input, like a Python scalar: NumPy only if alone
+            if numpy_scalar is None:
+                numpy_scalar = x
+            continue
         try:
             ns = _namespace_of(x)
         except TypeError as err:
@@ -87,6 +99,8 @@ def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
             raise TypeError(msg) from None
         if ns is not None and all(ns is not f for f, _ in found):
             found.append((ns, i))
+    if not found and numpy_scalar is not None:
+        return array_api_compat.array_namespace(numpy_scalar)
     if not found:
         msg = "agrad.array_namespace: none of the inputs is an array"
         raise TypeError(msg)

@@ -14,7 +14,7 @@ from typing import Any
 
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.variable import Variable
-from agrad.namespace import _base_library, array_namespace, library_name
+from agrad.namespace import _base_library, array_namespace, is_numpy_scalar, library_name
 from agrad.pytree import flatten, unflatten
 
 __all__ = [
@@ -49,6 +49,8 @@ def common_namespace(
         pass
     seen: list[tuple[str, str]] = []
     for leaf, label in zip(leaves, labels):
+        if is_numpy_scalar(leaf):  # weak, as in array_namespace
+            continue
         try:
             lib = library_name(array_namespace(leaf)).removeprefix("agrad.")
         except TypeError:
