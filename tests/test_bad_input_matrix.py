@@ -768,6 +768,23 @@ def _(xp):
     return Setup(lambda: agrad.execute_with_gradients(f, x), x, r"escape")
 
 
+@row("escaped-from-an-inner-gradient-into-the-outer", _escape_error(), (*TAPE, "jax"))
+def _(xp):
+    x = a(xp, [1.0, 2.0])
+
+    def outer(x):
+        kept = []
+
+        def inner(v):
+            kept.append(v)
+            return _sum_sq(v)
+
+        agrad.execute_with_gradients(inner, x, retain_grads=True)
+        return _sum_sq(kept[0] * x)  # the inner trace has ended; the outer one is live
+
+    return Setup(lambda: agrad.execute_with_gradients(outer, x), x, r"escape")
+
+
 @row("escaped-tracer-as-gradient-of-an-update", _escape_error(), TAPE)
 def _(xp):
     leaked = _escaped_tracer(xp)
