@@ -367,7 +367,7 @@ def _(xp):
     return Setup(
         lambda: agrad.execute_with_gradients(lambda d: _sum_sq(d["f"]), xs),
         xs,
-        rf"xs\['i'\] has dtype {DTYPE}int\S*; only real floating-point arrays can be differentiated",
+        rf"xs\['i'\] has dtype {DTYPE}int\S*; only real or complex floating-point arrays can be differentiated",
     )
 
 
@@ -377,7 +377,7 @@ def _(xp):
     return Setup(
         lambda: agrad.execute_with_gradients(lambda v: _sum_sq(v[0]), xs),
         xs,
-        rf"xs\[1\] has dtype {DTYPE}bool; only real floating-point",
+        rf"xs\[1\] has dtype {DTYPE}bool; only real or complex floating-point",
     )
 
 
@@ -388,7 +388,7 @@ def _(xp):
     return Setup(
         lambda: agrad.gradient_descent_update(ws, gs, 0.1),
         ws,
-        rf"ws at \['w'\] has dtype {DTYPE}int\S*; updates need real floating-point parameters",
+        rf"ws at \['w'\] has dtype {DTYPE}int\S*; updates need floating-point parameters",
     )
 
 

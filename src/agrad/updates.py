@@ -42,7 +42,9 @@ class _Leaves:
         others: dict[str, Any],
         xp: ModuleType | None,
         hyperparameters: dict[str, Any] | None = None,
+        allow_complex: bool = False,
     ):
+        self.allow_complex = allow_complex
         w_leaves, self.treedef, self.paths = flatten(ws)
         if not w_leaves:
             raise ValueError(f"{fn}: ws contains no arrays")
@@ -96,9 +98,11 @@ class _Leaves:
                         f"{name} is on {dev_x!r}; move them to one device first"
                     )
                     raise ValueError(msg)
+        kinds = ("real floating", "complex floating") if self.allow_complex else "real floating"
         for i, w in enumerate(self.values["ws"]):
-            if not self.xp.isdtype(w.dtype, "real floating"):
-                msg = f"{self.fn}: ws at {keystr(self.paths[i])} has dtype {w.dtype}; updates need real floating-point parameters"
+            if not self.xp.isdtype(w.dtype, kinds):
+                what = "floating-point" if self.allow_complex else "real floating-point"
+                msg = f"{self.fn}: ws at {keystr(self.paths[i])} has dtype {w.dtype}; updates need {what} parameters"
                 raise TypeError(msg)
 
     def commit(self, name: str, originals: list[Any], new: list[Any], inplace: bool) -> list[Any]:
@@ -204,7 +208,9 @@ def gradient_descent_update(
     """One step of gradient descent: ``w <- w - lr * dc/dw`` for every leaf.
 
     Args:
-        ws: parameters: an array, a variable, or a pytree of them.
+        ws: parameters: an array, a variable, or a pytree of them (real or complex
+            floating point; complex gradients follow torch's convention, so this is
+            steepest descent on a real loss).
         dcdws: gradients with the structure, shapes and dtypes of ``ws``.
         lr: learning rate, a Python float or a 0-d array (differentiable when traced).
         inplace: write into ``ws`` where possible (see the module docstring).
@@ -214,7 +220,7 @@ def gradient_descent_update(
     """
     fn = "gradient_descent_update"
     _check_lr(fn, lr)
-    leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp, {"lr": lr})
+    leaves = _Leaves(fn, ws, {"dcdws": dcdws}, xp, {"lr": lr}, allow_complex=True)
     xp = leaves.xp
     new = [
         as_array(xp.subtract(w, scale(xp, g, lr)))

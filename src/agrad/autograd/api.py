@@ -74,6 +74,14 @@ def _is_real_floating(xp: ModuleType, x: Any) -> bool:
         return False
 
 
+def _is_differentiable(xp: ModuleType, x: Any) -> bool:
+    """Real or complex floating point: the dtypes gradients are defined for."""
+    try:
+        return bool(xp.isdtype(x.dtype, ("real floating", "complex floating")))
+    except (AttributeError, TypeError):
+        return False
+
+
 def variable(x: Any, *, xp: ModuleType | None = None) -> Any:
     """Return ``x`` as a variable: an array that gradients are computed for.
 
@@ -82,14 +90,14 @@ def variable(x: Any, *, xp: ModuleType | None = None) -> Any:
     :class:`agrad.Variable` box holding ``x``, rebindable by in-place updates.
 
     Raises:
-        TypeError: ``x`` does not have a real floating-point dtype.
+        TypeError: ``x`` does not have a (real or complex) floating-point dtype.
     """
     xp = array_namespace(x, xp=xp)
     adapter = adapter_for(xp)
-    if not _is_real_floating(xp, adapter.read(x)):
+    if not _is_differentiable(xp, adapter.read(x)):
         msg = (
             f"agrad.variable: an array of dtype {x.dtype} cannot be differentiated; "
-            "cast it to a real floating-point dtype first"
+            "cast it to a floating-point dtype first"
         )
         raise TypeError(msg)
     return adapter.variable(x)
@@ -174,7 +182,7 @@ def execute_with_gradients(
     ``execute_with_gradients`` can differentiate through them (higher order).
 
     Raises:
-        TypeError: leaves of ``xs`` come from two libraries, or are not real floating
+        TypeError: leaves of ``xs`` come from two libraries, or are not floating
             point; ``func`` returns no array.
         ValueError: ``xs`` holds no array; ``y`` is not a scalar.
     """
@@ -185,10 +193,10 @@ def execute_with_gradients(
     adapter = adapter_for(xp)
     raw = [adapter.read(x) for x in leaves]
     for x, path in zip(raw, paths):
-        if not _is_real_floating(xp, x):
+        if not _is_differentiable(xp, x):
             msg = (
-                f"execute_with_gradients: xs{path} has dtype {x.dtype}; only real "
-                "floating-point arrays can be differentiated"
+                f"execute_with_gradients: xs{path} has dtype {x.dtype}; only real or "
+                "complex floating-point arrays can be differentiated"
             )
             raise TypeError(msg)
 

@@ -40,7 +40,8 @@ class JaxAdapter(Adapter):
             return flat_func(list(xs))
 
         y, vjp, extras = jax.vjp(f, *leaves, has_aux=True)
-        grads = list(vjp(jnp.ones_like(y)))
+        # JAX's cotangent of a complex input is the conjugate of torch's (and agrad's tape's)
+        grads = [jnp.conj(g) if jnp.iscomplexobj(g) else g for g in vjp(jnp.ones_like(y))]
         if not retain:
             y, grads, extras = _stop(y), _stop(grads), _stop(extras)
         return y, grads, extras
