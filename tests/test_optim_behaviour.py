@@ -4,6 +4,8 @@ before anything is modified."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -364,3 +366,106 @@ def test_validation_keeps_no_copy_of_the_state():
     opt.update(_grads(np, params), state, params)
     held = [x for t in opt._templates.values() for x in flatten(t)[0]]
     assert held and not any(isinstance(x, np.ndarray) for x in held)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lamb"])
+def test_zero_d_numpy_results_are_arrays(name):
+    """NumPy returns scalars for 0-d operands; params, updates and state stay 0-d arrays,
+    so a later in-place step writes into them (values as for a 1-element array)."""
+    opt = OPTIMIZERS[name](0.1)
+    params, grads = {"b": np.array(0.5)}, {"b": np.array(0.25)}
+    state = opt.init(params)
+    updates, u_state = opt.update(grads, state, params)
+    new_p, new_s = opt.step(params, grads, state, inplace=False)
+    for leaf in flatten((updates, u_state, new_p, new_s))[0]:
+        if hasattr(leaf, "dtype"):
+            assert type(leaf) is np.ndarray and leaf.shape == ()
+    ref_opt = OPTIMIZERS[name](0.1)
+    ref_p, ref_s = ref_opt.step({"b": np.array([0.5])}, {"b": np.array([0.25])},
+                                ref_opt.init({"b": np.array([0.5])}), inplace=False)  # fmt: skip
+    np.testing.assert_array_equal(new_p["b"], ref_p["b"][0])
+    target = new_p["b"]
+    again, _ = opt.step(new_p, grads, new_s)  # in place into the 0-d arrays returned above
+    assert again["b"] is target
+    ref_again, _ = ref_opt.step(ref_p, {"b": np.array([0.25])}, ref_s)
+    np.testing.assert_array_equal(again["b"], ref_again["b"][0])
+
+
+NUMPY_SCALAR_CASES = {
+    "sgd": lambda c: optim.sgd(lr=c(0.1), momentum=c(0.5), weight_decay=c(0.01)),
+    "adam": lambda c: optim.adam(lr=c(0.1), betas=(c(0.9), c(0.999)), eps=c(1e-8)),
+    "adamw": lambda c: optim.adamw(lr=c(0.125), weight_decay=c(0.01)),
+    "rmsprop": lambda c: optim.rmsprop(lr=c(0.1), momentum=c(0.5)),
+    "adagrad": lambda c: optim.adagrad(lr=c(0.1), lr_decay=c(0.01)),
+    "lamb": lambda c: optim.lamb(c(0.1)),
+    "lars": lambda c: optim.lars(c(0.1), weight_decay=c(0.01)),
+    "clip": lambda c: optim.chain(optim.clip_by_global_norm(c(1.0)), optim.sgd(lr=c(0.1))),
+    "schedule": lambda c: optim.adam(lr=optim.schedules.exponential_lr(c(0.1), c(0.5))),
+}
+
+
+@pytest.mark.parametrize("name", list(NUMPY_SCALAR_CASES))
+@pytest.mark.parametrize("numpy_scalar", [np.float64, np.float32])
+def test_numpy_scalar_hyperparameters_with_torch(name, numpy_scalar):
+    """NumPy scalars as hyperparameters become Python numbers: they work with torch
+    parameters (generic and fast paths) and give what the same Python floats give."""
+    torch = pytest.importorskip("torch")
+    make = NUMPY_SCALAR_CASES[name]
+    p = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    g = torch.tensor([0.5, 1.0, -1.5], dtype=torch.float64)
+
+    def run(opt, inplace):
+        params, state = {"w": p.clone()}, opt.init({"w": p.clone()})
+        for _ in range(3):
+            params, state = opt.step(params, {"w": g.clone()}, state, inplace=inplace)
+        return params["w"].numpy()
+
+    opt = make(numpy_scalar)
+    assert not any(isinstance(v, np.generic) for v in flatten(opt.hyperparams)[0])
+    ref = make(lambda x: float(numpy_scalar(x)))
+    for inplace in (False, True):
+        np.testing.assert_array_equal(run(opt, inplace), run(ref, inplace))
+
+
+def test_device_mismatch_names_key_path_before_anything_runs():
+    """params, grads and state arrays on different devices: a clear error naming the key
+    path and both devices, raised before anything is computed or written."""
+    xs = pytest.importorskip("array_api_strict")
+    dev = xs.Device("device1")
+    default = xs.asarray(0.0).device
+    opt = optim.adam(lr=0.1)
+    params = _tree(xs)
+    state = opt.init(params)
+    grads = _grads(xs, params)
+    grads["b"] = xs.asarray(to_numpy(grads["b"]), device=dev)
+    before = [to_numpy(x).copy() for x in list(params.values()) + _state_arrays(state)]
+    match = (
+        rf"device mismatch at \['b'\]: params is on {re.escape(repr(default))} "
+        rf"but grads\['b'\] is on {re.escape(repr(dev))}"
+    )
+    for call in (
+        lambda: opt.step(params, grads, state),
+        lambda: opt.step(params, grads, state, inplace=False),
+        lambda: opt.update(grads, state, params),
+        lambda: optim.apply_updates(params, grads),
+    ):
+        with pytest.raises(ValueError, match=match):
+            call()
+    after = [to_numpy(x) for x in list(params.values()) + _state_arrays(state)]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    # a state array on another device than its parameter
+    bad_state = state._replace(
+        exp_avg={**state.exp_avg, "w": xs.zeros((3, 4), dtype=xs.float64, device=dev)}
+    )
+    good_grads = _grads(xs, params)
+    with pytest.raises(
+        ValueError,
+        match=r"device mismatch at \['w'\]: params is on .* but state\.exp_avg\['w'\] is on .*device1",
+    ):
+        opt.step(params, good_grads, bad_state)
+    for a, b in zip(before, [to_numpy(x) for x in list(params.values()) + _state_arrays(state)]):
+        np.testing.assert_array_equal(a, b)
+    # the same on one device works
+    on_dev = _tree(xs, device=dev)
+    opt.step(on_dev, _grads(xs, on_dev), opt.init(on_dev))

@@ -169,3 +169,39 @@ def _grads64(xp, params, c, target):
 def test_bad_hyperparameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+ZERO_NORM_CASES = {
+    "lamb": (lambda: optim.lamb(0.5), lambda: optax.lamb(0.5)),
+    "lars": (lambda: optim.lars(0.5), lambda: optax.lars(0.5)),
+    "clip_by_global_norm": (
+        lambda: optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(lr=0.5)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ZERO_NORM_CASES))
+@pytest.mark.parametrize("zero", ["grads", "params", "both"])
+def test_zero_norms_equal_optax_without_warnings(name, zero):
+    """A zero gradient or parameter norm selects the safe value without dividing by 0
+    (NumPy would warn; warnings are errors here) and equals optax exactly."""
+    make_agrad, make_optax = ZERO_NORM_CASES[name]
+    p = {"w": np.array([[1.0, -2.0], [0.5, 3.0]]), "b": np.array(0.25)}
+    g = {"w": np.array([[0.5, 4.0], [-1.0, 2.0]]), "b": np.array(-3.0)}
+    if zero in ("params", "both"):
+        p = {k: np.zeros_like(v) for k, v in p.items()}
+    if zero in ("grads", "both"):
+        g = {k: np.zeros_like(v) for k, v in g.items()}
+    opt = make_optax()
+    ref_p = {k: jnp.asarray(v, dtype=jnp.float32) for k, v in p.items()}
+    ref_u, _ = opt.update({k: jnp.asarray(v, dtype=jnp.float32) for k, v in g.items()},
+                          opt.init(ref_p), ref_p)  # fmt: skip
+    for lib in ("numpy", "jax"):
+        xp = np if lib == "numpy" else jnp
+        params = {k: xp.asarray(v, dtype=xp.float32) for k, v in p.items()}
+        grads = {k: xp.asarray(v, dtype=xp.float32) for k, v in g.items()}
+        agrad_opt = make_agrad()
+        updates, _ = agrad_opt.update(grads, agrad_opt.init(params), params)
+        for k in p:
+            np.testing.assert_array_equal(to_numpy(updates[k]), np.asarray(ref_u[k]), err_msg=k)

@@ -177,13 +177,11 @@ def test_two_strict_devices_in_the_last_leaf() -> None:
 
 
 def _zero_d_cases() -> list:
-    reason = "agrad.optim returns NumPy scalars for 0-d NumPy parameters (reported to issue 4)"
-    xfail = pytest.mark.xfail(raises=AssertionError, strict=False, reason=reason)
     return [
         pytest.param("gradient_descent", id="gradient_descent_update"),
         pytest.param("adam_update", id="adam_update"),
-        pytest.param("adam", id="optim.adam", marks=xfail),
-        pytest.param("sgd", id="optim.sgd", marks=xfail),
+        pytest.param("adam", id="optim.adam"),
+        pytest.param("sgd", id="optim.sgd"),
     ]
 
 

@@ -63,13 +63,6 @@ FAST_PATH = {
     *(("torch", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
     *(("numpy", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
 }
-#: With an all-zero (or underflowing) gradient or parameter norm, trust ratios and
-#: global-norm clipping divide by 0 before selecting the safe value, and NumPy warns
-#: (the values are right; reported to issue 4).
-ZERO_NORM_WARNINGS = (
-    "ignore:invalid value encountered in divide:RuntimeWarning",
-    "ignore:divide by zero encountered in divide:RuntimeWarning",
-)
 
 PROPERTY_SETTINGS = settings(
     max_examples=10,
@@ -131,8 +124,6 @@ def _runner(name: str) -> Callable[..., Any]:
 ALL = [*OPTIMIZERS, "gradient_descent_update", "adam_update"]
 
 
-@pytest.mark.filterwarnings(ZERO_NORM_WARNINGS[0])
-@pytest.mark.filterwarnings(ZERO_NORM_WARNINGS[1])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ALL)
 @PROPERTY_SETTINGS
@@ -156,8 +147,6 @@ def test_inplace_equals_functional(name: str, backend: str, problem) -> None:
         np.testing.assert_array_equal(to_numpy(original), p)  # inplace=False touched nothing
 
 
-@pytest.mark.filterwarnings(ZERO_NORM_WARNINGS[0])
-@pytest.mark.filterwarnings(ZERO_NORM_WARNINGS[1])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ALL)
 @PROPERTY_SETTINGS

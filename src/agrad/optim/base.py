@@ -14,15 +14,19 @@ namespace; transforms composed by :func:`chain` call each other's inner function
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
+
+import array_api_compat
 
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.namespace import array_namespace
 from agrad.optim.fastpath import try_step as try_fast_step
 from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
+from agrad.updates import as_array
 
 __all__ = [
     "GradientTransformation",
@@ -138,6 +142,7 @@ class GradientTransformation:
                         f"{p.dtype} but grads has dtype {g.dtype}"
                     )
                     raise TypeError(msg)
+        _check_devices(fn, paths, raw_p, raw_g, s_leaves, s_paths)
         if state is not None:
             self._check_state(fn, raw_p, treedef, state)
         return _Checked(xp, treedef, paths, p_leaves, raw_p, raw_g, s_leaves)
@@ -209,6 +214,8 @@ class GradientTransformation:
             msg = f"{fn}: {self!r} reads the parameters; pass params"
             raise ValueError(msg)
         updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
+        if _is_numpy(c.xp):
+            updates, new_state = _scalars_as_arrays(updates), _scalars_as_arrays(new_state)
         return updates, new_state
 
     def _needs_params(self) -> bool:
@@ -243,6 +250,9 @@ class GradientTransformation:
         xp = c.xp
         u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
         new_p = [xp.add(p, u) for p, u in zip(c.raw_params, u_leaves)]
+        if _is_numpy(xp):
+            new_p = [as_array(x) for x in new_p]
+            new_state = _scalars_as_arrays(new_state)
         if not inplace:
             return unflatten(c.treedef, new_p), new_state
         n_leaves, n_def, n_paths = flatten(new_state)
@@ -266,6 +276,68 @@ class GradientTransformation:
 
 
 Optimizer = GradientTransformation
+
+
+def _is_numpy(xp: ModuleType) -> bool:
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def _scalars_as_arrays(tree: Any) -> Any:
+    """``tree`` with NumPy scalars (NumPy's results for 0-d operands) made 0-d arrays."""
+    leaves, treedef, _ = flatten(tree)
+    np = sys.modules["numpy"]
+    if not any(isinstance(x, np.generic) for x in leaves):
+        return tree
+    return unflatten(treedef, [as_array(x) for x in leaves])
+
+
+def _device_or_none(x: Any) -> Any:
+    try:
+        return array_api_compat.device(x)
+    except Exception:  # a library that cannot say (a JAX tracer)
+        return None
+
+
+def _check_devices(
+    fn: str,
+    paths: list[Any],
+    raw_p: list[Any],
+    raw_g: list[Any] | None,
+    s_leaves: list[Any],
+    s_paths: list[str],
+) -> None:
+    """Every gradient and state array on its parameter's device, before anything runs.
+
+    A state array is matched to the parameter whose key path ends its own
+    (``state.exp_avg['w']`` to ``params['w']``); one that matches none (a factored
+    statistic, a chained transform's own leaf) is compared with the parameters'
+    device when they all share one.
+    """
+    p_devs = [_device_or_none(p) for p in raw_p]
+    by_path = {keystr(path): d for path, d in zip(paths, p_devs)}
+    shared = p_devs[0] if len(set(map(repr, p_devs))) == 1 else None
+
+    def fail(where: str, d_p: Any, label: str, d_x: Any) -> None:
+        msg = (
+            f"{fn}: device mismatch at {where}: params is on {d_p!r} but {label} is on "
+            f"{d_x!r}; move them to one device first"
+        )
+        raise ValueError(msg)
+
+    if raw_g is not None:
+        for path, d_p, g in zip(paths, p_devs, raw_g):
+            d_g = _device_or_none(g)
+            if d_p is not None and d_g is not None and d_p != d_g:
+                fail(keystr(path), d_p, f"grads{keystr(path)}", d_g)
+    for leaf, s_path in zip(s_leaves, s_paths):
+        if not is_array(leaf):
+            continue
+        match = [k for k in by_path if k and s_path.endswith(k)]
+        key = max(match, key=len) if match else None
+        d_p = by_path[key] if key is not None else shared
+        d_s = _device_or_none(leaf)
+        if d_p is not None and d_s is not None and d_p != d_s:
+            fail(key if key is not None else "state", d_p, f"state{s_path}", d_s)
 
 
 def _hyper_arrays(hyper: dict[str, Any]) -> list[Any]:
@@ -305,7 +377,7 @@ def apply_updates(
     fn = "agrad.optim.apply_updates"
     carrier = GradientTransformation("apply_updates", _no_init, _no_update)
     c = carrier._check(fn, params, updates, None, xp)
-    new = [c.xp.add(p, u) for p, u in zip(c.raw_params, c.raw_grads)]
+    new = [as_array(c.xp.add(p, u)) for p, u in zip(c.raw_params, c.raw_grads)]
     if not inplace:
         return unflatten(c.treedef, new)
     adapter = adapter_for(c.xp)

@@ -7,9 +7,12 @@ can be learned through a step) or a schedule: a callable of the step count.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "check_betas",
@@ -19,6 +22,8 @@ __all__ = [
     "check_lr",
     "is_scalar",
     "lerp",
+    "python_number",
+    "python_numbers",
     "resolve",
     "scale",
 ]
@@ -43,7 +48,41 @@ def lerp(xp: ModuleType, a: Any, b: Any, w: float) -> Any:
 
 def resolve(value: Any, count: int) -> Any:
     """A hyperparameter's value at step ``count`` (0-based): calls it if it is a schedule."""
-    return value(count) if callable(value) else value
+    return python_number(value(count)) if callable(value) else value
+
+
+def python_number(x: Any) -> Any:
+    """A NumPy scalar (``np.float64(0.1)``, ``np.int64(3)``) as a Python ``float`` or ``int``.
+
+    NumPy scalars carry NumPy's namespace and dtype; as hyperparameters of torch or
+    JAX arrays they would meet another library's arrays. Anything else (0-d arrays
+    included) is returned as it is; tuples and lists are converted element by element.
+    """
+    np = sys.modules.get("numpy")
+    if np is None:
+        return x
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if type(x) in (tuple, list):
+        return type(x)(python_number(v) for v in x)
+    return x
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def python_numbers(fn: F) -> F:
+    """Decorate a constructor so every NumPy-scalar argument arrives as a Python number."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(python_number(a) for a in args)
+        kwargs = {k: python_number(v) for k, v in kwargs.items()}
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _fail(fn: str, name: str, value: Any, expected: str) -> None:

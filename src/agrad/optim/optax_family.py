@@ -10,7 +10,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, chain, namespace_of
-from agrad.optim.numerics import check_lr, check_nonnegative, check_positive, check_unit_interval
+from agrad.optim.numerics import (
+    check_lr,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    python_numbers,
+)
 from agrad.optim.transforms import (
     _map,
     add_decayed_weights,
@@ -56,6 +62,7 @@ class FactoredState(NamedTuple):
     v: Any
 
 
+@python_numbers
 def scale_by_adam(
     b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0
 ) -> GradientTransformation:
@@ -84,6 +91,7 @@ def scale_by_adam(
     )
 
 
+@python_numbers
 def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransformation:
     """Lion's sign update (``optax.scale_by_lion``).
 
@@ -109,6 +117,7 @@ def _norm(xp: Any, x: Any) -> Any:
     return xp.sqrt(xp.sum(xp.multiply(x, x)))
 
 
+@python_numbers
 def scale_by_trust_ratio(
     min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0
 ) -> GradientTransformation:
@@ -127,8 +136,10 @@ def scale_by_trust_ratio(
             u_norm = _norm(xp, u)
             p_norm = xp.maximum(p_norm, xp.full_like(p_norm, min_norm))
             u_norm = xp.maximum(u_norm, xp.full_like(u_norm, min_norm))
-            ratio = xp.divide(p_norm * trust_coefficient, u_norm + eps)
             zero = xp.logical_or(p_norm == 0.0, u_norm == 0.0)
+            # a zero norm selects 1: divide by 1 there instead of by 0
+            denom = xp.where(zero, xp.ones_like(u_norm), u_norm + eps)
+            ratio = xp.divide(p_norm * trust_coefficient, denom)
             return xp.multiply(u, xp.where(zero, xp.ones_like(ratio), ratio))
 
         return _map(one, updates, params), state
@@ -147,6 +158,7 @@ def _rms(xp: Any, x: Any) -> Any:
     return xp.sqrt(xp.mean(xp.multiply(x, x)))
 
 
+@python_numbers
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
     """Divide each leaf by :math:`\\max(1, \\mathrm{rms}(u)/c)` (``optax.clip_by_block_rms``)."""
 
@@ -166,6 +178,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
     )
 
 
+@python_numbers
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     """Multiply each leaf by :math:`\\max(\\mathrm{rms}(\\theta), s_{min})` (``optax.scale_by_param_block_rms``)."""
 
@@ -201,6 +214,7 @@ def _factored_dims(shape: tuple, factored: bool, min_dim: int) -> tuple[int, int
     return order[-2], order[-1]
 
 
+@python_numbers
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: float = 0.8,
@@ -290,6 +304,7 @@ def _device(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
+@python_numbers
 def lion(
     lr: Any, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 1e-3, mask: Any = None
 ) -> GradientTransformation:
@@ -315,6 +330,7 @@ def lion(
     return t
 
 
+@python_numbers
 def lamb(
     lr: Any,
     b1: float = 0.9,
@@ -349,6 +365,7 @@ def lamb(
     return t
 
 
+@python_numbers
 def lars(
     lr: Any,
     weight_decay: float = 0.0,
@@ -389,6 +406,7 @@ def lars(
     return t
 
 
+@python_numbers
 def adafactor(
     lr: Any = None,
     min_dim_size_to_factor: int = 128,

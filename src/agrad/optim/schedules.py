@@ -14,6 +14,8 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 
+from agrad.optim.numerics import python_numbers
+
 __all__ = [
     "Schedule",
     "constant",
@@ -54,11 +56,13 @@ def _check(fn: str, cond: bool, what: str) -> None:
         raise ValueError(f"agrad.optim.{fn}: {what}")
 
 
+@python_numbers
 def constant(value: float) -> Schedule:
     """:math:`\\gamma_t = \\gamma` (``optax.constant_schedule``)."""
     return _Named(f"constant({value!r})", lambda count: value)
 
 
+@python_numbers
 def constant_lr(lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -> Schedule:
     """``torch.optim.lr_scheduler.ConstantLR``: :math:`\\gamma f` for :math:`t < T`, then :math:`\\gamma`."""
     _check("constant_lr", 0 <= factor <= 1, f"factor must be in [0, 1], got {factor}")
@@ -69,6 +73,7 @@ def constant_lr(lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -> Sch
     return _Named(f"constant_lr({lr!r}, factor={factor!r}, total_iters={total_iters})", fn)
 
 
+@python_numbers
 def step_lr(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """``StepLR``: :math:`\\gamma_t = \\gamma \\cdot g^{\\lfloor t / s\\rfloor}`."""
     _check("step_lr", step_size >= 1, f"step_size must be >= 1, got {step_size}")
@@ -78,6 +83,7 @@ def step_lr(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     )
 
 
+@python_numbers
 def multistep_lr(lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     """``MultiStepLR``: :math:`\\gamma_t = \\gamma\\, g^{\\#\\{m_i \\le t\\}}`."""
     ms = sorted(int(m) for m in milestones)
@@ -87,11 +93,13 @@ def multistep_lr(lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Sc
     )
 
 
+@python_numbers
 def exponential_lr(lr: float, gamma: float) -> Schedule:
     """``ExponentialLR``: :math:`\\gamma_t = \\gamma\\, g^t`."""
     return _Named(f"exponential_lr({lr!r}, gamma={gamma!r})", lambda count: lr * gamma**count)
 
 
+@python_numbers
 def cosine_annealing_lr(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
     """``CosineAnnealingLR`` (SGDR without restarts; Loshchilov & Hutter, ICLR 2017).
 
@@ -105,6 +113,7 @@ def cosine_annealing_lr(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule
     return _Named(f"cosine_annealing_lr({lr!r}, T_max={T_max}, eta_min={eta_min!r})", fn)
 
 
+@python_numbers
 def cosine_annealing_warm_restarts(
     lr: float, T_0: int, T_mult: int = 1, eta_min: float = 0.0
 ) -> Schedule:
@@ -133,6 +142,7 @@ def cosine_annealing_warm_restarts(
     return _Named(f"{fn_name}({lr!r}, T_0={T_0}, T_mult={T_mult}, eta_min={eta_min!r})", fn)
 
 
+@python_numbers
 def linear_lr(
     lr: float, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5
 ) -> Schedule:
@@ -157,6 +167,7 @@ def linear_lr(
     )
 
 
+@python_numbers
 def polynomial_lr(lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
     """``PolynomialLR``: :math:`\\gamma_t = \\gamma (1 - \\min(t, T)/T)^p`."""
     _check("polynomial_lr", total_iters >= 1, f"total_iters must be >= 1, got {total_iters}")
@@ -167,6 +178,7 @@ def polynomial_lr(lr: float, total_iters: int = 5, power: float = 1.0) -> Schedu
     return _Named(f"polynomial_lr({lr!r}, total_iters={total_iters}, power={power!r})", fn)
 
 
+@python_numbers
 def one_cycle_lr(
     max_lr: float,
     total_steps: int,
@@ -223,6 +235,7 @@ def one_cycle_lr(
     return _Named(f"one_cycle_lr({max_lr!r}, total_steps={total_steps})", fn)
 
 
+@python_numbers
 def join(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``milestones[i-1]`` on, restarted at 0 (``SequentialLR``, ``optax.join_schedules``).
 
@@ -244,6 +257,7 @@ def join(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
     return _Named(f"join({scheds!r}, milestones={ms})", fn)
 
 
+@python_numbers
 def warmup_cosine(
     lr: float,
     warmup_steps: int,

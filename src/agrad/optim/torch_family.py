@@ -25,6 +25,7 @@ from agrad.optim.numerics import (
     check_positive,
     check_unit_interval,
     lerp,
+    python_numbers,
     resolve,
     scale,
 )
@@ -179,6 +180,7 @@ def _copy(g: Any) -> Any:
     return g * 1.0
 
 
+@python_numbers
 def sgd(
     lr: Any = 1e-3,
     momentum: float = 0.0,
@@ -283,6 +285,7 @@ def _adam_like(
     )
 
 
+@python_numbers
 def adam(
     lr: Any = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -311,6 +314,7 @@ def adam(
     )
 
 
+@python_numbers
 def adamw(
     lr: Any = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -331,6 +335,7 @@ def adamw(
     return _adam_like("adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True)
 
 
+@python_numbers
 def nadam(
     lr: Any = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -404,6 +409,7 @@ def nadam(
     )
 
 
+@python_numbers
 def radam(
     lr: Any = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -472,6 +478,7 @@ def radam(
     )
 
 
+@python_numbers
 def rmsprop(
     lr: Any = 1e-2,
     alpha: float = 0.99,
@@ -541,6 +548,7 @@ def rmsprop(
     )
 
 
+@python_numbers
 def adagrad(
     lr: Any = 1e-2,
     lr_decay: float = 0.0,
@@ -600,6 +608,7 @@ def adagrad(
     )
 
 
+@python_numbers
 def adadelta(
     lr: Any = 1.0,
     rho: float = 0.9,
@@ -644,6 +653,7 @@ def adadelta(
     )
 
 
+@python_numbers
 def adamax(
     lr: Any = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),

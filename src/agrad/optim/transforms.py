@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, is_array, namespace_of
-from agrad.optim.numerics import check_nonnegative, check_positive, lerp, scale
+from agrad.optim.numerics import check_nonnegative, check_positive, lerp, python_numbers, scale
 from agrad.pytree import flatten, keystr, leaves_like, unflatten
 
 __all__ = [
@@ -111,6 +111,7 @@ def global_norm(tree: Any) -> Any:
     return xp.sqrt(total)
 
 
+@python_numbers
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Rescale all updates together when their global norm exceeds ``max_norm`` (``optax.clip_by_global_norm``).
 
@@ -125,11 +126,14 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         xp = namespace_of(updates)
         norm = global_norm(updates)
         trigger = norm < max_norm
-        return _map(lambda u: xp.where(trigger, u, xp.divide(u, norm) * max_norm), updates)
+        # where the clipped branch is not taken (a zero norm included), divide by 1 instead
+        safe_norm = xp.where(trigger, xp.ones_like(norm), norm)
+        return _map(lambda u: xp.where(trigger, u, xp.divide(u, safe_norm) * max_norm), updates)
 
     return _stateless("clip_by_global_norm", fn, {"max_norm": max_norm}, False)
 
 
+@python_numbers
 def clip(max_delta: float) -> GradientTransformation:
     """Clip every element to ``[-max_delta, max_delta]`` (``optax.clip``).
 
@@ -165,6 +169,7 @@ def _mask_leaves(fn: str, mask: Any, params: Any) -> list[bool]:
     return out
 
 
+@python_numbers
 def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> GradientTransformation:
     """Add :math:`\\lambda\\theta` to the updates of the masked leaves (``optax.add_decayed_weights``).
 
@@ -194,6 +199,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
     return _stateless("add_decayed_weights", fn, {"weight_decay": weight_decay, "mask": mask}, True)
 
 
+@python_numbers
 def scale_values(step_size: float) -> GradientTransformation:
     """Multiply every update by a constant (``optax.scale``): :math:`u \\leftarrow \\alpha u`."""
 
@@ -204,6 +210,7 @@ def scale_values(step_size: float) -> GradientTransformation:
     return _stateless("scale", fn, {"step_size": step_size}, False)
 
 
+@python_numbers
 def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformation:
     """Multiply the updates by ``step_size_fn(count)`` (``optax.scale_by_schedule``).
 
@@ -223,6 +230,7 @@ def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformat
     )
 
 
+@python_numbers
 def scale_by_learning_rate(lr: Any, *, flip_sign: bool = True) -> GradientTransformation:
     """Multiply by :math:`-\\gamma` (a float or a schedule), ``optax.scale_by_learning_rate``."""
     if callable(lr):
@@ -232,6 +240,7 @@ def scale_by_learning_rate(lr: Any, *, flip_sign: bool = True) -> GradientTransf
     return scale_values(lr)
 
 
+@python_numbers
 def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     """Momentum (``optax.trace``): :math:`m_t = u_t + \\beta m_{t-1}`, output :math:`m_t` (or :math:`u_t + \\beta m_t`)."""
 
@@ -253,6 +262,7 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     )
 
 
+@python_numbers
 def ema_params(decay: float) -> GradientTransformation:
     """An exponential moving average of the parameters after each step; put it last in a chain.
 
@@ -298,6 +308,7 @@ def find_state(state: Any, kind: type) -> Any:
     return None
 
 
+@python_numbers
 def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransformation:
     """Accumulate gradients over ``every_k`` calls, then apply ``inner`` to their mean (``optax.MultiSteps``).
 
@@ -334,6 +345,7 @@ def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransfor
     )
 
 
+@python_numbers
 def apply_if_finite(
     inner: GradientTransformation, max_consecutive_errors: int
 ) -> GradientTransformation:
@@ -370,6 +382,7 @@ def apply_if_finite(
     )
 
 
+@python_numbers
 def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     """Apply ``inner`` to the masked leaves only; the others pass through (``optax.masked``)."""
     fn_name = "agrad.optim.masked"
@@ -398,6 +411,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     )
 
 
+@python_numbers
 def partition(
     transforms: Mapping[str, GradientTransformation], labels: Any
 ) -> GradientTransformation:
