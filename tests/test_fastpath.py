@@ -22,6 +22,7 @@ CONFIGS = [
     ("adam", {"maximize": True}),
     ("adamw", {}),
     ("adamw", {"weight_decay": 0.3, "lr": 0.05}),
+    ("adam", {"weight_decay": 0.3, "lr": 0.05, "decoupled_weight_decay": True}),
     ("sgd", {"lr": 0.1}),
     ("sgd", {"lr": 0.1, "momentum": 0.9}),
     ("sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}),
@@ -84,7 +85,9 @@ def test_fast_path_matches_generic(library, dtype, name, kw):
     ref, ref_state, _ = _run(name, kw, library, dtype, fast=False)
     got, state, handled = _run(name, kw, library, dtype, fast=True)
     numpy_unsupported = library == "numpy" and (
-        kw.get("amsgrad") or kw.get("maximize") or (name != "adamw" and kw.get("weight_decay"))
+        kw.get("amsgrad")
+        or kw.get("maximize")
+        or (name != "adamw" and kw.get("weight_decay") and not kw.get("decoupled_weight_decay"))
     )
     assert handled == (not numpy_unsupported)
     for r, g in zip(ref, got):
@@ -100,13 +103,31 @@ def test_fast_path_matches_generic(library, dtype, name, kw):
             np.testing.assert_allclose(_to_numpy(x), _to_numpy(y), **_tol(dtype))
 
 
-def test_numpy_fast_path_is_bitwise_generic_for_adam_and_sgd():
-    for name, kw in [("adam", {}), ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True})]:
-        ref, _, _ = _run(name, kw, "numpy", "float32", fast=False)
-        got, _, handled = _run(name, kw, "numpy", "float32", fast=True)
-        assert handled
-        for r, g in zip(ref, got):
-            np.testing.assert_array_equal(g, r)
+NUMPY_BITWISE = [
+    ("adam", {}),
+    ("adamw", {}),
+    ("adamw", {"weight_decay": 0.3, "lr": 0.05}),
+    ("adam", {"weight_decay": 0.3, "lr": 0.05, "decoupled_weight_decay": True}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    ("name", "kw"), NUMPY_BITWISE, ids=[f"{n}-{kw}" for n, kw in NUMPY_BITWISE]
+)
+def test_numpy_fast_path_is_bitwise_generic(dtype, name, kw):
+    """The NumPy kernels round exactly as the generic path (AdamW's decoupled decay
+    included: the generic update is ``(p * decay + step) - p``, added to ``p``)."""
+    ref, ref_state, _ = _run(name, kw, "numpy", dtype, fast=False)
+    got, state, handled = _run(name, kw, "numpy", dtype, fast=True)
+    assert handled
+    for r, g in zip(ref, got):
+        np.testing.assert_array_equal(g, r)
+    for field in state._fields[1:]:
+        a, b = getattr(state, field), getattr(ref_state, field)
+        for x, y in zip(a or [], b or []):
+            np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
@@ -192,13 +213,14 @@ def test_nested_and_mixed_trees(library):
     assert fastpath.try_step(opt, params, make(1), opt.init(params)) is not None
 
 
-def test_non_contiguous_arrays():
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_non_contiguous_arrays(name):
     rng = np.random.default_rng(0)
     results = []
     for fast in (False, True):
         params = [np.asfortranarray(rng.standard_normal(s)) for s in [(400, 300), (50, 40), (6, 5)]]
         params.append(rng.standard_normal((40, 50))[::2, ::3])
-        opt = agrad.optim.adam(lr=0.01)
+        opt = getattr(agrad.optim, name)(lr=0.01)
         state = opt.init(params)
         old = fastpath.enabled
         fastpath.enabled = fast

@@ -61,7 +61,7 @@ SHAPES = [(), (1,), (3,), (2, 3), (3, 2), (2, 2, 2)]
 #: first), so the two may differ in the last bit: compared to 1e-13 there, exactly elsewhere.
 FAST_PATH = {
     *(("torch", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
-    *(("numpy", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
+    *(("numpy", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad")),
 }
 
 PROPERTY_SETTINGS = settings(

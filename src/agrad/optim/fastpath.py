@@ -198,7 +198,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             beta2=beta2,
             eps=hp["eps"],
             weight_decay=hp["weight_decay"],
-            decoupled=name == "adamw" or bool(hp.get("decoupled_weight_decay", False)),
+            decoupled=name == "adamw" or bool(hp.get("_decoupled", False)),
             maximize=bool(hp["maximize"]),
         )
         return (params, state._replace(count=t)) if done else None
@@ -338,8 +338,6 @@ def _numpy_adam(params, grads, ms, vs, step, lr, b1, b2, eps, wd):
     decay = 1 - lr * wd
 
     def kernel(p, g, m, v, t1, t2):
-        if wd != 0:
-            p *= decay
         np.subtract(g, m, out=t1)
         if 1 - b1 < 0.5:
             t1 *= 1 - b1
@@ -356,7 +354,15 @@ def _numpy_adam(params, grads, ms, vs, step, lr, b1, b2, eps, wd):
         t1 += eps
         np.multiply(m, neg_step_size, out=t2)
         np.divide(t2, t1, out=t1)
-        p += t1
+        if wd != 0:
+            # the generic path's update is (p * decay + step) - p, then added to p: the
+            # same three roundings here keep the two paths bitwise equal
+            np.multiply(p, decay, out=t2)
+            t2 += t1
+            t2 -= p
+            p += t2
+        else:
+            p += t1
 
     _numpy_run(kernel, params, grads, [ms, vs])
 

@@ -272,6 +272,7 @@ def _adam_like(
 
     hyper = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
     hyper["maximize"] = maximize
+    hyper["_decoupled"] = decoupled  # read by the fast paths
     return _torch_optimizer(
         name,
         AdamState,
