@@ -116,10 +116,7 @@ def _torch_optimizer(
     rule: Rule,
     hyper: dict[str, Any],
     *,
-    lr: Any,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
-    maximize: bool = False,
+    decoupled: bool | None = None,
     scalars: Callable[[int, Any], tuple[Any, dict[str, Any]]] | None = None,
     scalar_init: dict[str, Any] | None = None,
     returns_param: bool = False,
@@ -128,8 +125,15 @@ def _torch_optimizer(
 
     ``rule`` returns the additive update, or (``returns_param=True``) the new
     parameter itself; the update is then ``new - p``, which gives back torch's
-    parameter to the last bit when added to ``p``.
+    parameter to the last bit when added to ``p``. The learning rate, weight decay,
+    ``maximize`` and (unless ``decoupled`` is given) ``decoupled_weight_decay`` are read
+    from ``hyper``.
     """
+    lr = hyper["lr"]
+    weight_decay = hyper.get("weight_decay", 0.0)
+    maximize = bool(hyper.get("maximize", False))
+    if decoupled is None:
+        decoupled = bool(hyper.get("decoupled_weight_decay", False))
     active = [f for f, make in buffers.items() if make is not None]
 
     def init(params: Any) -> Any:
@@ -229,10 +233,23 @@ def sgd(
         {"momentum_buffer": _zeros if momentum != 0 else None},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        maximize=maximize,
     )
+
+
+def _check_adam_family(
+    fn: str, lr: Any, betas: Any, eps: float, weight_decay: float, **nonnegative: float
+) -> tuple[float, float]:
+    """The checks every Adam variant shares; returns the betas as floats."""
+    check_lr(fn, lr)
+    beta1, beta2 = check_betas(fn, betas)
+    check_positive(fn, eps=eps)
+    check_nonnegative(fn, weight_decay=weight_decay, **nonnegative)
+    return beta1, beta2
+
+
+def _second_moment(xp: Any, v: Any, g: Any, beta: float) -> Any:
+    """:math:`\\beta v + (1-\\beta) g^2`, evaluated as torch's ``v.mul_(b).addcmul_(g, g, 1-b)``."""
+    return xp.add(v * beta, xp.multiply(g * (1 - beta), g))
 
 
 def _neg(xp: Any, x: Any) -> Any:
@@ -250,14 +267,11 @@ def _adam_like(
     decoupled: bool,
 ) -> GradientTransformation:
     fn = f"agrad.optim.{name}"
-    check_lr(fn, lr)
-    beta1, beta2 = check_betas(fn, betas)
-    check_positive(fn, eps=eps)
-    check_nonnegative(fn, weight_decay=weight_decay)
+    beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
 
     def rule(xp, t, lr_t, _, g, p, m, v, vmax):
         m = lerp(xp, m, g, 1 - beta1)
-        v = xp.add(v * beta2, xp.multiply(g * (1 - beta2), g))
+        v = _second_moment(xp, v, g, beta2)
         bias_correction1 = 1 - beta1**t
         bias_correction2_sqrt = (1 - beta2**t) ** 0.5
         step_size = lr_t / bias_correction1
@@ -279,10 +293,7 @@ def _adam_like(
         {"exp_avg": _zeros, "exp_avg_sq": _zeros, "max_exp_avg_sq": _zeros if amsgrad else None},
         rule if amsgrad else rule_plain,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
         decoupled=decoupled,
-        maximize=maximize,
     )
 
 
@@ -361,10 +372,9 @@ def nadam(
     Momentum into Adam", ICLR 2016 workshop.
     """
     fn = "agrad.optim.nadam"
-    check_lr(fn, lr)
-    beta1, beta2 = check_betas(fn, betas)
-    check_positive(fn, eps=eps)
-    check_nonnegative(fn, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    beta1, beta2 = _check_adam_family(
+        fn, lr, betas, eps, weight_decay, momentum_decay=momentum_decay
+    )
 
     def scalars(t: int, state: NAdamState) -> tuple[Any, dict[str, Any]]:
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))
@@ -376,7 +386,7 @@ def nadam(
         mu, mu_next, mu_product = extra
         bias_correction2 = 1 - beta2**t
         m = lerp(xp, m, g, 1 - beta1)
-        v = xp.add(v * beta2, xp.multiply(g * (1 - beta2), g))
+        v = _second_moment(xp, v, g, beta2)
         denom = xp.sqrt(v / bias_correction2) + eps
         mu_product_next = mu_product * mu_next
         s1 = _neg(xp, lr_t) * (1.0 - mu) / (1.0 - mu_product)
@@ -400,10 +410,6 @@ def nadam(
         {"exp_avg": _zeros, "exp_avg_sq": _zeros},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled=decoupled_weight_decay,
-        maximize=maximize,
         scalars=scalars,
         scalar_init={"mu_product": 1.0},
         returns_param=True,
@@ -436,14 +442,11 @@ def radam(
     ICLR 2020.
     """
     fn = "agrad.optim.radam"
-    check_lr(fn, lr)
-    beta1, beta2 = check_betas(fn, betas)
-    check_positive(fn, eps=eps)
-    check_nonnegative(fn, weight_decay=weight_decay)
+    beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
 
     def rule(xp, t, lr_t, _, g, p, m, v):
         m = lerp(xp, m, g, 1 - beta1)
-        v = xp.add(v * beta2, xp.multiply(g * (1 - beta2), g))
+        v = _second_moment(xp, v, g, beta2)
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
         corrected = m / bias_correction1
@@ -472,10 +475,6 @@ def radam(
         {"exp_avg": _zeros, "exp_avg_sq": _zeros},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled=decoupled_weight_decay,
-        maximize=maximize,
     )
 
 
@@ -510,7 +509,7 @@ def rmsprop(
 
     def rule(xp, t, lr_t, _, g, p, sq, *rest):
         rest = list(rest)
-        sq = xp.add(sq * alpha, xp.multiply(g * (1 - alpha), g))
+        sq = _second_moment(xp, sq, g, alpha)
         if centered:
             ga = lerp(xp, rest[0], g, 1 - alpha)
             rest[0] = ga
@@ -543,9 +542,6 @@ def rmsprop(
         },
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        maximize=maximize,
     )
 
 
@@ -603,9 +599,6 @@ def adagrad(
         {"sum": init_sum},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        maximize=maximize,
     )
 
 
@@ -635,10 +628,10 @@ def adadelta(
     check_nonnegative(fn, weight_decay=weight_decay)
 
     def rule(xp, t, lr_t, _, g, p, sq, acc):
-        sq = xp.add(sq * rho, xp.multiply(g * (1 - rho), g))
+        sq = _second_moment(xp, sq, g, rho)
         std = xp.sqrt(sq + eps)
         delta = xp.multiply(xp.divide(xp.sqrt(acc + eps), std), g)
-        acc = xp.add(acc * rho, xp.multiply(delta * (1 - rho), delta))
+        acc = _second_moment(xp, acc, delta, rho)
         return scale(xp, delta, _neg(xp, lr_t)), (sq, acc)
 
     hyper = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
@@ -648,9 +641,6 @@ def adadelta(
         {"square_avg": _zeros, "acc_delta": _zeros},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        maximize=maximize,
     )
 
 
@@ -673,10 +663,7 @@ def adamax(
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §7.
     """
     fn = "agrad.optim.adamax"
-    check_lr(fn, lr)
-    beta1, beta2 = check_betas(fn, betas)
-    check_positive(fn, eps=eps)
-    check_nonnegative(fn, weight_decay=weight_decay)
+    beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
 
     def rule(xp, t, lr_t, _, g, p, m, u):
         m = lerp(xp, m, g, 1 - beta1)
@@ -692,7 +679,4 @@ def adamax(
         {"exp_avg": _zeros, "exp_inf": _zeros},
         rule,
         hyper,
-        lr=lr,
-        weight_decay=weight_decay,
-        maximize=maximize,
     )

@@ -87,6 +87,14 @@ def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
 
 
+def _wrapping(
+    name: str, init: Callable, update: Callable, inner: GradientTransformation, **hyper: Any
+) -> GradientTransformation:
+    """A transformation around ``inner``: it reads the parameters where ``inner`` does."""
+    hyper = {"inner": inner, **hyper, "_needs_params": inner._needs_params()}
+    return GradientTransformation(name, init, update, hyper)
+
+
 def _empty_init(params: Any) -> EmptyState:
     return EmptyState()
 
@@ -337,12 +345,7 @@ def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransfor
             0, state.gradient_step + 1, inner_state, _map(xp.zeros_like, acc)
         )
 
-    return GradientTransformation(
-        "multi_steps",
-        init,
-        update,
-        {"inner": inner, "every_k": every_k, "_needs_params": inner._needs_params()},
-    )
+    return _wrapping("multi_steps", init, update, inner, every_k=every_k)
 
 
 @python_numbers
@@ -370,15 +373,8 @@ def apply_if_finite(
         zeros = _map(xp.zeros_like, updates)
         return zeros, ApplyIfFiniteState(nf, finite, total, state.inner_state)
 
-    return GradientTransformation(
-        "apply_if_finite",
-        init,
-        update,
-        {
-            "inner": inner,
-            "max_consecutive_errors": max_consecutive_errors,
-            "_needs_params": inner._needs_params(),
-        },
+    return _wrapping(
+        "apply_if_finite", init, update, inner, max_consecutive_errors=max_consecutive_errors
     )
 
 
@@ -403,12 +399,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         out = [next(it) if m else u for u, m in zip(leaves_like(updates, ref), use)]
         return unflatten(flatten(ref)[1], out), MaskedState(inner_state)
 
-    return GradientTransformation(
-        "masked",
-        init,
-        update,
-        {"inner": inner, "mask": mask, "_needs_params": inner._needs_params()},
-    )
+    return _wrapping("masked", init, update, inner, mask=mask)
 
 
 @python_numbers
