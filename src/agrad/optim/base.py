@@ -332,12 +332,19 @@ def _check_devices(
     for leaf, s_path in zip(s_leaves, s_paths):
         if not is_array(leaf):
             continue
-        match = [k for k in by_path if k and s_path.endswith(k)]
-        key = max(match, key=len) if match else None
+        key = _param_key(s_path, by_path)
         d_p = by_path[key] if key is not None else shared
         d_s = _device_or_none(leaf)
         if d_p is not None and d_s is not None and d_p != d_s:
             fail(key if key is not None else "state", d_p, f"state{s_path}", d_s)
+
+
+def _param_key(s_path: str, by_path: dict[str, Any]) -> str | None:
+    """The longest parameter key path that ends ``s_path`` (``.exp_avg['w']`` -> ``['w']``)."""
+    for i, ch in enumerate(s_path):
+        if ch in ".[" and s_path[i:] in by_path:
+            return s_path[i:]
+    return None
 
 
 def _hyper_arrays(hyper: dict[str, Any]) -> list[Any]:
