@@ -8,7 +8,14 @@ from typing import Any
 
 from agrad.autograd.adapters import Adapter
 from agrad.autograd.tape.backward import backward
-from agrad.autograd.tape.traced import Node, Trace, TracedArray, strip, unbox
+from agrad.autograd.tape.traced import (
+    Node,
+    Trace,
+    TracedArray,
+    outer_trace_active,
+    strip,
+    unbox,
+)
 from agrad.autograd.variable import Variable
 from agrad.pytree import tree_map
 
@@ -41,11 +48,17 @@ class TapeAdapter(Adapter):
         trace = Trace()
         try:
             boxes = [ns._Traced(x, Node(None, ()), trace) for x in leaves]
+            # Taken before ``flat_func`` runs: ``x[k] = v`` inside it rebinds a box to a
+            # new node, and the input's gradient is still the one of its own leaf.
+            input_nodes = [b._node for b in boxes]
             y, extras = flat_func(boxes)
             y_value = unbox(y, trace)
             if isinstance(y, TracedArray) and y._trace is trace:
                 seed = ns.ones_like(y_value)
-                cotangents = backward(ns, y._node, seed, [b._node for b in boxes])
+                # With no enclosing trace to record the backward pass, the VJP rules
+                # run on raw arrays: they get the raw namespace, without tracing wrappers.
+                rules_ns = ns if outer_trace_active(trace) else ns._raw_ns
+                cotangents = backward(rules_ns, y._node, seed, input_nodes)
             else:
                 cotangents = [None] * len(boxes)
             grads = [ns.zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
@@ -77,7 +90,31 @@ class TapeAdapter(Adapter):
 
     def write(self, dst: Any, new: Any) -> Any:
         if isinstance(dst, Variable):
-            dst.value = new
+            if _fits_in_place(dst.value, new):
+                dst.value[...] = new  # steady-state steps allocate no new parameter buffers
+            else:
+                dst.value = new
         else:
             dst[...] = new
         return dst
+
+
+def _fits_in_place(old: Any, new: Any) -> bool:
+    """Whether ``new`` can be written into ``old``, a writable NumPy or CuPy array, as is.
+
+    Other bases (Dask, array-api-strict) and anything traced, read-only or of another
+    shape or dtype are rebound instead.
+    """
+    if old is new:
+        return False
+    cls = type(old)
+    if cls.__name__ != "ndarray" or cls.__module__.split(".")[0] not in ("numpy", "cupy"):
+        return False
+    if type(new) is not cls:
+        np = sys.modules.get("numpy")
+        if np is None or not (cls.__module__.startswith("numpy") and isinstance(new, np.generic)):
+            return False
+    flags = getattr(old, "flags", None)
+    if flags is not None and not getattr(flags, "writeable", True):
+        return False
+    return old.shape == new.shape and old.dtype == new.dtype

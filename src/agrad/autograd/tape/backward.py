@@ -1,15 +1,17 @@
 """The reverse pass: walk the tape from the output back to the inputs, once.
 
-Nodes are visited in reverse topological order (a node runs only after every node
-that uses it has sent its cotangent); cotangents reaching one node are summed with the
-tracing namespace, so the reverse pass is recorded on any enclosing trace. The node of
-a multi-output primitive receives a :class:`TupleCotangent` (summed output-wise). An
-input rebound in place by ``x[key] = v`` reports the gradient of its original leaf.
+Nodes are visited in reverse creation order (``Node.seq``; a node's parents are always
+older than it), so a node runs only after every node that uses it has sent its
+cotangent, and only nodes that received a cotangent are visited at all. Cotangents
+reaching one node are summed with ``ns``: the tracing namespace when an enclosing trace
+records the backward pass, so that it is differentiable again. The node of a
+multi-output primitive receives a :class:`TupleCotangent` (summed output-wise).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from heapq import heappop, heappush
 from typing import Any
 
 from agrad.autograd.tape.traced import Node, TupleCotangent
@@ -18,39 +20,29 @@ __all__ = ["backward"]
 
 
 def backward(ns: Any, output: Node, seed: Any, inputs: Sequence[Node]) -> list[Any | None]:
-    """Cotangents of ``inputs`` given the cotangent ``seed`` of ``output`` (``None``: unreached)."""
-    children: dict[Node, int] = {output: 0}
-    stack = [output]
-    while stack:
-        node = stack.pop()
-        for parent in node.parents:
-            if parent in children:
-                children[parent] += 1
-            else:
-                children[parent] = 1
-                stack.append(parent)
+    """Cotangents of ``inputs`` given the cotangent ``seed`` of ``output`` (``None``: unreached).
 
+    ``ns`` is the namespace the VJP rules and the sums compute with.
+    """
     cotangents: dict[Node, Any] = {output: seed}
     leaves: dict[Node, Any] = {}
-    ready = [output]
-    while ready:
-        node = ready.pop()
-        g = cotangents.pop(node, None)
-        if node.vjp is None:
-            if g is not None:
-                leaves[node] = g
+    heap = [(-output.seq, output)]
+    while heap:
+        node = heappop(heap)[1]
+        g = cotangents.pop(node)
+        vjp = node.vjp
+        if vjp is None:
+            leaves[node] = g
             continue
-        parent_grads = node.vjp(g) if g is not None else (None,) * len(node.parents)
-        for parent, pg in zip(node.parents, parent_grads):
-            if pg is not None:
-                prev = cotangents.get(parent)
-                if prev is None:
-                    cotangents[parent] = pg
-                elif isinstance(prev, TupleCotangent):
-                    cotangents[parent] = prev.accumulate(ns, pg)
-                else:
-                    cotangents[parent] = ns.add(prev, pg)
-            children[parent] -= 1
-            if children[parent] == 0:
-                ready.append(parent)
-    return [leaves.get(getattr(node, "origin", node)) for node in inputs]
+        for parent, pg in zip(node.parents, vjp(g, ns)):
+            if pg is None:
+                continue
+            prev = cotangents.get(parent)
+            if prev is None:
+                cotangents[parent] = pg
+                heappush(heap, (-parent.seq, parent))
+            elif isinstance(prev, TupleCotangent):
+                cotangents[parent] = prev.accumulate(ns, pg)
+            else:
+                cotangents[parent] = ns.add(prev, pg)
+    return [leaves.get(node) for node in inputs]

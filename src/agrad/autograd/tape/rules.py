@@ -70,7 +70,8 @@ def conj(ns: Any, x: Any) -> Any:
     """``conj(x)`` for complex ``x``; ``x`` itself otherwise (no work on the real path)."""
     if isinstance(x, _SCALARS):
         return x.conjugate()
-    return ns.conj(x) if is_complex(ns, x) else x
+    dt = x.dtype
+    return ns.conj(x) if dt == ns.complex128 or dt == ns.complex64 else x
 
 
 def _is_floating(ns: Any, dtype: Any) -> bool:
@@ -79,6 +80,8 @@ def _is_floating(ns: Any, dtype: Any) -> bool:
 
 def fit(ns: Any, g: Any, x: Any) -> Any:
     """``g`` as the cotangent of ``x``: broadcast axes summed, real if ``x`` is, ``x``'s dtype."""
+    if not isinstance(x, _SCALARS) and g.dtype == x.dtype and g.shape == x.shape:
+        return g  # the common case: nothing to sum, cast or take the real part of
     g = unbroadcast(ns, g, _shape(x))
     if g.dtype != x.dtype:
         if is_complex(ns, g) and not is_complex(ns, x):

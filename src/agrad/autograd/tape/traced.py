@@ -29,16 +29,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
+    "BINARY_OPERATORS",
     "EscapedTracerError",
     "CONSTANT",
     "Node",
-    "RebasedLeaf",
     "Trace",
     "TracedArray",
     "TupleCotangent",
     "constant",
     "current_trace",
     "multi_output_primitive",
+    "outer_trace_active",
     "primitive",
     "strip",
     "strip_key",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 _trace_ids = itertools.count(1)
+_node_seq = itertools.count()
 _live = threading.local()
 
 
@@ -82,33 +84,27 @@ def current_trace() -> Trace | None:
     return stack[-1] if stack else None
 
 
-class Node:
-    """A tape entry: the parents' nodes and ``vjp(g) -> [grad for each parent]``.
+def outer_trace_active(trace: Trace) -> bool:
+    """Whether a trace of this thread other than ``trace`` is still live (it encloses it)."""
+    return any(t.active for t in _live_stack() if t is not trace)
 
-    Leaves (the differentiated inputs) have ``vjp=None`` and no parents.
+
+class Node:
+    """A tape entry: the parents' nodes and ``vjp(g, ns) -> [grad for each parent]``.
+
+    ``ns`` is the namespace the VJP rules compute with: the tracing namespace when an
+    enclosing trace records the backward pass (higher order), else a raw one.
+    Leaves (the differentiated inputs) have ``vjp=None`` and no parents. ``seq``
+    grows with creation, so a node's parents always have smaller ``seq`` than the
+    node: sorting by it is a topological order.
     """
 
-    __slots__ = ("parents", "vjp")
+    __slots__ = ("parents", "seq", "vjp")
 
-    def __init__(self, vjp: Callable[[Any], Sequence[Any]] | None, parents: tuple[Node, ...]):
+    def __init__(self, vjp: Callable[[Any, Any], Sequence[Any]] | None, parents: tuple[Node, ...]):
         self.vjp = vjp
         self.parents = parents
-
-
-class RebasedLeaf(Node):
-    """The node of a differentiated input after ``x[key] = value`` rebound it in place.
-
-    ``origin`` is the input's own leaf node: the backward pass reports the input's
-    gradient from ``origin``, not from the rebound value.
-    """
-
-    __slots__ = ("origin",)
-
-    def __init__(
-        self, vjp: Callable[[Any], Sequence[Any]], parents: tuple[Node, ...], origin: Node
-    ):
-        super().__init__(vjp, parents)
-        self.origin = origin
+        self.seq = next(_node_seq)
 
 
 class TupleCotangent:
@@ -243,18 +239,16 @@ class TracedArray:
         return self._ns._getitem(self, key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        """Functional assignment: this traced array is rebound to a new tape node."""
-        node = self._node
+        """Functional assignment: this traced array is rebound to a new tape node.
+
+        A differentiated input rebound this way still gets its gradient: the adapter
+        keeps the input's own leaf node from before the function ran.
+        """
         new = self._ns._setitem(self, key, value)
         if not isinstance(new, TracedArray):  # nothing differentiable was involved
             self._value = new
             return
-        new_node = new._node
-        is_input = (node.vjp is None and node is not CONSTANT) or isinstance(node, RebasedLeaf)
-        if new._trace is self._trace and is_input:
-            origin = node.origin if isinstance(node, RebasedLeaf) else node
-            new_node = RebasedLeaf(new_node.vjp, new_node.parents, origin)
-        self._value, self._node, self._trace = new._value, new_node, new._trace
+        self._value, self._node, self._trace = new._value, new._node, new._trace
 
     # -- methods of the standard --------------------------------------------------
     def to_device(self, device: Any, /, *, stream: Any = None) -> Any:
@@ -282,7 +276,7 @@ def _binary(name: str, reflected: bool = False) -> Callable[[TracedArray, Any], 
     return op
 
 
-_BINARY_OPERATORS = {
+BINARY_OPERATORS = {
     "add": "add",
     "sub": "subtract",
     "mul": "multiply",
@@ -305,7 +299,7 @@ def _raw_operator(op: str) -> Callable[[TracedArray, Any], Any]:
     return fn
 
 
-for _op, _fn in _BINARY_OPERATORS.items():
+for _op, _fn in BINARY_OPERATORS.items():
     setattr(TracedArray, f"__{_op}__", _binary(_fn))
     setattr(TracedArray, f"__r{_op}__", _binary(_fn, reflected=True))
     # In-place operators are functional: ``x += y`` rebinds ``x`` to a new traced array.
@@ -368,9 +362,16 @@ def primitive(
     ``rules[i](ns, g, ans, *args, **kwargs)`` maps the cotangent ``g`` of the output to
     the cotangent of positional argument ``i``; ``None`` marks an argument with no
     gradient (an index, a condition). Keyword arguments are never differentiated.
-    """
 
-    def fn(*args: Any, **kwargs: Any) -> Any:
+    Calls with one or two positional arguments (nearly all) take a fast path with the
+    same results as the general one, which handles stale constants and escaped tracers.
+    """
+    rule0 = rules[0] if len(rules) > 0 else None
+    rule1 = rules[1] if len(rules) > 1 else None
+    # ``raw`` for untraced operands only (the operator itself for binary operators)
+    plain = getattr(raw, "_agrad_plain", raw)
+
+    def general(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             trace = _newest_trace(args, name)
         except _StaleConstant:
@@ -393,18 +394,95 @@ def primitive(
         if len(argnums) == 1:
             rule = rules[argnums[0]]
 
-            def vjp(g: Any) -> tuple[Any]:
-                return (rule(ns, g, ans, *vals, **kwargs),)
+            def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                return (rule(ns_, g, ans, *vals, **kwargs),)
 
         else:
             chosen = [rules[i] for i in argnums]
 
-            def vjp(g: Any) -> list[Any]:
-                return [r(ns, g, ans, *vals, **kwargs) for r in chosen]
+            def vjp(g: Any, ns_: Any) -> list[Any]:
+                return [r(ns_, g, ans, *vals, **kwargs) for r in chosen]
 
         return ns._Traced(ans, Node(vjp, tuple(parents)), trace)
 
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        n = len(args)
+        if n == 2:
+            x, y = args
+            if isinstance(x, TracedArray):
+                trace = x._trace
+                if isinstance(y, TracedArray):
+                    ty = y._trace
+                    if not (trace.active and ty.active):
+                        return general(args, kwargs)
+                    if ty.id > trace.id:
+                        trace = ty
+                elif not trace.active:
+                    return general(args, kwargs)
+            elif isinstance(y, TracedArray):
+                trace = y._trace
+                if not trace.active:
+                    return general(args, kwargs)
+            else:
+                return plain(x, y, **kwargs)
+            px = py = None
+            if isinstance(x, TracedArray) and x._trace is trace:
+                if rule0 is not None and x._node is not CONSTANT:
+                    px = x._node
+                x = x._value
+            if isinstance(y, TracedArray) and y._trace is trace:
+                if rule1 is not None and y._node is not CONSTANT:
+                    py = y._node
+                y = y._value
+            if isinstance(x, TracedArray) or isinstance(y, TracedArray):
+                ans = fn(x, y, **kwargs)
+            else:
+                ans = plain(x, y, **kwargs)
+            if px is None:
+                if py is None:
+                    return ans
+
+                def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                    return (rule1(ns_, g, ans, x, y, **kwargs),)
+
+                parents = (py,)
+            elif py is None:
+
+                def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                    return (rule0(ns_, g, ans, x, y, **kwargs),)
+
+                parents = (px,)
+            else:
+
+                def vjp(g: Any, ns_: Any) -> tuple[Any, Any]:
+                    return (
+                        rule0(ns_, g, ans, x, y, **kwargs),
+                        rule1(ns_, g, ans, x, y, **kwargs),
+                    )
+
+                parents = (px, py)
+            return ns._Traced(ans, Node(vjp, parents), trace)
+        if n == 1:
+            x = args[0]
+            if not isinstance(x, TracedArray):
+                return raw(x, **kwargs)
+            trace = x._trace
+            if not trace.active:
+                return general(args, kwargs)
+            node = x._node
+            x = x._value
+            ans = fn(x, **kwargs) if isinstance(x, TracedArray) else raw(x, **kwargs)
+            if rule0 is None or node is CONSTANT:
+                return ans
+
+            def vjp1(g: Any, ns_: Any) -> tuple[Any]:
+                return (rule0(ns_, g, ans, x, **kwargs),)
+
+            return ns._Traced(ans, Node(vjp1, (node,)), trace)
+        return general(args, kwargs)
+
     fn.__name__ = fn.__qualname__ = name
+    fn._agrad_raw = plain  # type: ignore[attr-defined]
     return fn
 
 
@@ -445,9 +523,9 @@ def multi_output_primitive(
             return ans
         n_out = max(len(ans), n_outputs_hint)
 
-        def vjp(gs: TupleCotangent) -> list[Any]:
+        def vjp(gs: TupleCotangent, ns_: Any) -> list[Any]:
             parts = list(gs.parts) + [None] * (n_out - len(gs.parts))
-            grads = rule(ns, parts, ans, *vals, **kwargs)
+            grads = rule(ns_, parts, ans, *vals, **kwargs)
             return [grads[i] for i in argnums]
 
         main = Node(vjp, tuple(parents))
@@ -457,11 +535,12 @@ def multi_output_primitive(
         return _rebuild(ans, outputs)
 
     fn.__name__ = fn.__qualname__ = name
+    fn._agrad_raw = raw  # type: ignore[attr-defined]
     return fn
 
 
-def _select(k: int, n: int) -> Callable[[Any], tuple[TupleCotangent]]:
-    def vjp(g: Any) -> tuple[TupleCotangent]:
+def _select(k: int, n: int) -> Callable[[Any, Any], tuple[TupleCotangent]]:
+    def vjp(g: Any, ns_: Any) -> tuple[TupleCotangent]:
         parts: list[Any] = [None] * n
         parts[k] = g
         return (TupleCotangent(parts),)

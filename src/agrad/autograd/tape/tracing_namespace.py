@@ -20,6 +20,7 @@ one-hot product written against the standard).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import operator
@@ -33,6 +34,7 @@ import array_api_compat
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.standard import FFT_FUNCTIONS, FUNCTIONS, LINALG_FUNCTIONS
 from agrad.autograd.tape.traced import (
+    BINARY_OPERATORS,
     TracedArray,
     constant,
     multi_output_primitive,
@@ -70,6 +72,7 @@ def _operator_impl(op: str) -> Callable[[Any, Any], Any]:
             return getattr(y, reflected)(x)
         return forward(x, y)
 
+    impl._agrad_plain = forward  # type: ignore[attr-defined]  # for two untraced operands
     return impl
 
 
@@ -136,6 +139,10 @@ def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]
         out = raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
         return constant(ns, out)
 
+    def raw_fn(*args: Any, **kwargs: Any) -> Any:
+        return raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
+
+    fn._agrad_raw = raw_fn  # type: ignore[attr-defined]
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = (
         f"``{name}`` of the base namespace; inside a gradient computation the result is "
@@ -183,6 +190,8 @@ def _derived(name: str, raw: Callable[..., Any] | None, impl: Callable[..., Any]
                 return impl(ns, *args, **kwargs)
             return raw(*args, **kwargs)
 
+        fn._agrad_raw = raw  # type: ignore[attr-defined]
+    fn._agrad_derived = impl  # type: ignore[attr-defined]
     fn.__name__ = fn.__qualname__ = name.rsplit(".", 1)[-1]
     fn.__doc__ = impl.__doc__
     return fn
@@ -276,6 +285,60 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     module_globals["__all__"] = sorted(
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
+    _bind_operators(traced_cls, module_globals)
+    module_globals["_raw_ns"] = _raw_namespace(ns)
+
+
+def _bind_operators(cls: type, functions: dict[str, Any]) -> None:
+    """Operators of the traced class call the namespace's primitives directly."""
+
+    def reflected(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def op(self: Any, other: Any) -> Any:
+            return f(other, self)
+
+        return op
+
+    for op, name in BINARY_OPERATORS.items():
+        f = functions[name]
+        setattr(cls, f"__{op}__", f)
+        setattr(cls, f"__r{op}__", reflected(f))
+        setattr(cls, f"__i{op}__", f)  # in-place operators are functional
+    cls.__neg__ = functions["negative"]
+    cls.__pos__ = functions["positive"]
+    cls.__abs__ = functions["abs"]
+
+
+def _raw_namespace(ns: Any) -> types.SimpleNamespace:
+    """``ns`` with every primitive, derived and creation function replaced by its base function.
+
+    First-order backward passes (no enclosing trace records them) run the VJP rules with
+    it: on raw arrays the results are the same, without the tracing wrappers' overhead.
+    """
+
+    def rawify(mod: Any, raw_ns: types.SimpleNamespace, memo: dict[int, Any]) -> None:
+        for key, obj in vars(mod).items():
+            if id(obj) in memo:
+                setattr(raw_ns, key, memo[id(obj)])
+                continue
+            new = getattr(obj, "_agrad_raw", None)
+            if new is None and getattr(obj, "_agrad_derived", None) is not None:
+                new = functools.partial(obj._agrad_derived, top)
+            if new is not None:
+                memo[id(obj)] = new
+                setattr(raw_ns, key, new)
+            else:
+                setattr(raw_ns, key, obj)
+
+    top = types.SimpleNamespace()
+    memo: dict[int, Any] = {}
+    rawify(ns, top, memo)
+    for ext in ("linalg", "fft"):
+        sub = getattr(ns, ext, None)
+        if isinstance(sub, types.ModuleType):
+            raw_sub = types.SimpleNamespace()
+            rawify(sub, raw_sub, memo)
+            setattr(top, ext, raw_sub)
+    return top
 
 
 def _own_functions(ns: Any, base: Any) -> dict[str, Any]:

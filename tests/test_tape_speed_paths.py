@@ -1,0 +1,168 @@
+"""The tape's fast paths give the same results as its general ones.
+
+Primitives take a fast path for one and two positional arguments; first-order backward
+passes run the VJP rules with a raw namespace; operators are bound to the primitives;
+``Variable`` updates write into NumPy arrays. None of this may change a result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agrad
+import agrad.numpy as anp
+from agrad.autograd.adapters.tape import TapeAdapter
+from agrad.autograd.tape.backward import backward
+from agrad.autograd.tape.traced import (
+    EscapedTracerError,
+    Node,
+    Trace,
+    TracedArray,
+    outer_trace_active,
+)
+
+
+def _loss(x, y):
+    xp = agrad.array_namespace(x, y)
+    z = xp.sin(x) * y + 0.5
+    z = 2.0 - z / (1.0 + y * y)
+    z = -(z**2) + abs(z) @ xp.ones((z.shape[-1],), dtype=z.dtype)[:, None]
+    return xp.sum(xp.tanh(z) * x) + xp.sum(xp.concat([x, y], axis=0) ** 3)
+
+
+def _grads(rules_ns_name: str, x, y):
+    """Gradients of ``_loss`` with the backward rules run on ``anp`` or its raw namespace."""
+    ns = anp
+    trace = Trace()
+    try:
+        bx = ns._Traced(x, Node(None, ()), trace)
+        by = ns._Traced(y, Node(None, ()), trace)
+        out = _loss(bx, by)
+        rules_ns = ns if rules_ns_name == "traced" else ns._raw_ns
+        gx, gy = backward(rules_ns, out._node, np.ones_like(out._value), [bx._node, by._node])
+    finally:
+        trace.active = False
+    return gx, gy
+
+
+def test_raw_namespace_rules_match_traced_namespace_rules():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    raw = _grads("raw", x, y)
+    traced = _grads("traced", x, y)
+    for a, b in zip(raw, traced):
+        assert type(a) is np.ndarray and not isinstance(a, TracedArray)
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+def test_first_order_matches_second_order_pass():
+    """The same gradient with and without an enclosing trace (raw vs traced rules)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    g1 = agrad.grad(_loss)(x, y)
+    # Inside an outer gradient the inner one runs with the tracing namespace.
+    seen = {}
+
+    def outer(x):
+        g = agrad.grad(_loss)(x, y)
+        seen["g"] = agrad.stop_gradient(g)
+        return agrad.array_namespace(g).sum(g * g)
+
+    agrad.grad(outer)(x)
+    np.testing.assert_allclose(g1, seen["g"], rtol=1e-12)
+
+
+def test_general_and_fast_primitive_paths_agree():
+    """``multiply(x, y)`` (fast path) and ``concat`` of three arrays (general path)."""
+    x = np.array([1.0, -2.0, 3.0])
+
+    def f_fast(x):
+        return anp.sum(anp.multiply(x, x) + anp.multiply(2.0, x))
+
+    def f_general(x):
+        return anp.sum(anp.multiply(x, x) + 2.0 * anp.concat([x, x, x])[:3])
+
+    np.testing.assert_allclose(agrad.grad(f_fast)(x), agrad.grad(f_general)(x))
+    np.testing.assert_allclose(agrad.grad(f_fast)(x), 2 * x + 2.0)
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv", "pow"])
+def test_bound_operators_match_namespace_functions(op):
+    names = {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "divide"}
+    fn = getattr(anp, names.get(op, op))
+    x = np.array([0.5, 1.5, 2.5])
+
+    def by_operator(x):
+        return anp.sum(getattr(x, f"__{op}__")(1.5) + getattr(x, f"__r{op}__")(1.5))
+
+    def by_function(x):
+        return anp.sum(fn(x, 1.5) + fn(1.5, x))
+
+    np.testing.assert_allclose(agrad.grad(by_operator)(x), agrad.grad(by_function)(x))
+
+
+def test_second_order_still_works():
+    x = np.array([0.3, -0.7])
+
+    def f(x):
+        return anp.sum(anp.sin(x) * x)
+
+    h = agrad.grad(lambda x: anp.sum(agrad.grad(f)(x)))(x)
+    np.testing.assert_allclose(h, 2 * np.cos(x) - x * np.sin(x))
+
+
+def test_outer_trace_active_only_inside_an_enclosing_trace():
+    t1 = Trace()
+    try:
+        assert not outer_trace_active(t1)
+        t2 = Trace()
+        try:
+            assert outer_trace_active(t2)
+        finally:
+            t2.active = False
+    finally:
+        t1.active = False
+
+
+def test_rebound_input_gets_its_gradient():
+    def f(x):
+        x[0] = 2.0 * x[1]
+        return anp.sum(x * x)
+
+    x = np.array([1.0, 3.0, 5.0])
+    # x becomes [6, 3, 5]: d/dx0 = 0, d/dx1 = 2*3 + 2*6*2, d/dx2 = 10
+    np.testing.assert_allclose(agrad.grad(f)(x), [0.0, 30.0, 10.0])
+
+
+def test_escaped_tracer_still_raises_on_fast_paths():
+    kept = {}
+
+    def f(x):
+        kept["x"] = x
+        return anp.sum(x)
+
+    agrad.grad(f)(np.ones(3))
+    with pytest.raises(EscapedTracerError):
+        anp.sin(kept["x"])
+    with pytest.raises(EscapedTracerError):
+        anp.multiply(kept["x"], 2.0)
+    with pytest.raises(EscapedTracerError):
+        kept["x"] * 2.0
+
+
+def test_variable_write_into_numpy_array():
+    adapter = TapeAdapter("numpy")
+    buf = np.zeros(3)
+    v = agrad.Variable(buf)
+    adapter.write(v, np.arange(3.0))
+    assert v.value is buf
+    np.testing.assert_array_equal(buf, [0.0, 1.0, 2.0])
+    # another shape or dtype, or a read-only array: rebound
+    adapter.write(v, np.arange(4.0))
+    assert v.value is not buf and v.value.shape == (4,)
+    ro = np.zeros(2)
+    ro.flags.writeable = False
+    w = agrad.Variable(ro)
+    adapter.write(w, np.ones(2))
+    assert w.value is not ro and not ro.any()
