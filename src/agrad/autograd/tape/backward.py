@@ -27,8 +27,9 @@ def backward(ns: Any, output: Node, seed: Any, inputs: Sequence[Node]) -> list[A
     cotangents: dict[Node, Any] = {output: seed}
     leaves: dict[Node, Any] = {}
     heap = [(-output.seq, output)]
+    pop, push, get = heappop, heappush, cotangents.get
     while heap:
-        node = heappop(heap)[1]
+        node = pop(heap)[1]
         g = cotangents.pop(node)
         vjp = node.vjp
         if vjp is None:
@@ -37,10 +38,10 @@ def backward(ns: Any, output: Node, seed: Any, inputs: Sequence[Node]) -> list[A
         for parent, pg in zip(node.parents, vjp(g, ns)):
             if pg is None:
                 continue
-            prev = cotangents.get(parent)
+            prev = get(parent)
             if prev is None:
                 cotangents[parent] = pg
-                heappush(heap, (-parent.seq, parent))
+                push(heap, (-parent.seq, parent))
             elif isinstance(prev, TupleCotangent):
                 cotangents[parent] = prev.accumulate(ns, pg)
             else:

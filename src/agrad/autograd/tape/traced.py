@@ -441,15 +441,27 @@ def primitive(
             if px is None:
                 if py is None:
                     return ans
+                if kwargs:
 
-                def vjp(g: Any, ns_: Any) -> tuple[Any]:
-                    return (rule1(ns_, g, ans, x, y, **kwargs),)
+                    def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                        return (rule1(ns_, g, ans, x, y, **kwargs),)
+
+                else:
+
+                    def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                        return (rule1(ns_, g, ans, x, y),)
 
                 parents = (py,)
             elif py is None:
+                if kwargs:
 
-                def vjp(g: Any, ns_: Any) -> tuple[Any]:
-                    return (rule0(ns_, g, ans, x, y, **kwargs),)
+                    def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                        return (rule0(ns_, g, ans, x, y, **kwargs),)
+
+                else:
+
+                    def vjp(g: Any, ns_: Any) -> tuple[Any]:
+                        return (rule0(ns_, g, ans, x, y),)
 
                 parents = (px,)
             else:
@@ -475,8 +487,15 @@ def primitive(
             if rule0 is None or node is CONSTANT:
                 return ans
 
-            def vjp1(g: Any, ns_: Any) -> tuple[Any]:
-                return (rule0(ns_, g, ans, x, **kwargs),)
+            if kwargs:
+
+                def vjp1(g: Any, ns_: Any) -> tuple[Any]:
+                    return (rule0(ns_, g, ans, x, **kwargs),)
+
+            else:
+
+                def vjp1(g: Any, ns_: Any) -> tuple[Any]:
+                    return (rule0(ns_, g, ans, x),)
 
             return ns._Traced(ans, Node(vjp1, (node,)), trace)
         return general(args, kwargs)
