@@ -100,6 +100,9 @@ def _worker(rank: int, port: int, steps: int, lr: float, out_path: str) -> None:
             }
             with open(out_path, "w") as f:
                 json.dump(result, f)
+        # Both ranks leave together: a rank that tears gloo down while its peer is still
+        # sending can abort ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
