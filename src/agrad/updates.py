@@ -16,6 +16,7 @@ from typing import Any
 
 import array_api_compat
 
+from agrad._validation import check_leaf_matches
 from agrad.autograd.adapters import Adapter, adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
@@ -79,18 +80,7 @@ class _Leaves:
                 continue
             for i, (w, x) in enumerate(zip(self.values["ws"], vals)):
                 where = keystr(self.paths[i])
-                if tuple(w.shape) != tuple(x.shape):
-                    msg = (
-                        f"{self.fn}: shape mismatch at {where}: ws has shape {tuple(w.shape)} "
-                        f"but {name} has shape {tuple(x.shape)}"
-                    )
-                    raise ValueError(msg)
-                if w.dtype != x.dtype:
-                    msg = (
-                        f"{self.fn}: dtype mismatch at {where}: ws has dtype {w.dtype} "
-                        f"but {name} has dtype {x.dtype}"
-                    )
-                    raise TypeError(msg)
+                check_leaf_matches(self.fn, where, "ws", w, name, x)
                 dev_w, dev_x = _device(w), _device(x)
                 if dev_w is not None and dev_x is not None and dev_w != dev_x:
                     msg = (

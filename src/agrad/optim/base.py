@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from agrad._validation import check_leaf_matches
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.namespace import array_namespace
@@ -130,18 +131,7 @@ class GradientTransformation:
         if grads is not None:
             raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
             for p, g, path in zip(raw_p, raw_g, paths):
-                if tuple(p.shape) != tuple(g.shape):
-                    msg = (
-                        f"{fn}: shape mismatch at {keystr(path)}: params has shape "
-                        f"{tuple(p.shape)} but grads has shape {tuple(g.shape)}"
-                    )
-                    raise ValueError(msg)
-                if p.dtype != g.dtype:
-                    msg = (
-                        f"{fn}: dtype mismatch at {keystr(path)}: params has dtype "
-                        f"{p.dtype} but grads has dtype {g.dtype}"
-                    )
-                    raise TypeError(msg)
+                check_leaf_matches(fn, keystr(path), "params", p, "grads", g)
         _check_devices(fn, paths, raw_p, raw_g, s_leaves, s_paths)
         if state is not None:
             self._check_state(fn, raw_p, treedef, state)
