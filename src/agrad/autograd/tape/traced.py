@@ -337,6 +337,29 @@ def strip_key(key: Any) -> Any:
     return strip(key)
 
 
+def _unbox_args(
+    args: Sequence[Any], trace: Trace, rules: Sequence[Any] | None
+) -> tuple[list[Any], list[Node], list[int]]:
+    """Unbox the arguments traced at ``trace``: ``(values, parent nodes, their positions)``.
+
+    An argument becomes a parent when its node is not a constant and, with ``rules``
+    given, it has a rule (``rules[i] is not None``).
+    """
+    vals = list(args)
+    parents = []
+    argnums = []
+    for i, a in enumerate(args):
+        if isinstance(a, TracedArray) and a._trace is trace:
+            vals[i] = a._value
+            node = a._node
+            if node is not CONSTANT and (
+                rules is None or (i < len(rules) and rules[i] is not None)
+            ):
+                parents.append(node)
+                argnums.append(i)
+    return vals, parents, argnums
+
+
 def _newest_trace(args: Sequence[Any], name: str) -> Trace | None:
     top = None
     for a in args:
@@ -378,16 +401,7 @@ def primitive(
             return fn(*[_refresh(a) for a in args], **kwargs)
         if trace is None:
             return raw(*args, **kwargs)
-        vals = list(args)
-        parents = []
-        argnums = []
-        for i, a in enumerate(args):
-            if isinstance(a, TracedArray) and a._trace is trace:
-                vals[i] = a._value
-                node = a._node
-                if i < len(rules) and rules[i] is not None and node is not CONSTANT:
-                    parents.append(node)
-                    argnums.append(i)
+        vals, parents, argnums = _unbox_args(args, trace, rules)
         ans = fn(*vals, **kwargs)
         if not parents:
             return ans
@@ -528,15 +542,7 @@ def multi_output_primitive(
             return fn(*[_refresh(a) for a in args], **kwargs)
         if trace is None:
             return raw(*args, **kwargs)
-        vals = list(args)
-        parents = []
-        argnums = []
-        for i, a in enumerate(args):
-            if isinstance(a, TracedArray) and a._trace is trace:
-                vals[i] = a._value
-                if a._node is not CONSTANT:
-                    parents.append(a._node)
-                    argnums.append(i)
+        vals, parents, argnums = _unbox_args(args, trace, None)
         ans = fn(*vals, **kwargs)
         if not parents:
             return ans
