@@ -243,8 +243,10 @@ def adam_update(
         w_t = w_{t-1} - \\frac{lr}{1-\\beta_1^t}\\,
               \\frac{m_t}{\\sqrt{v_t}/\\sqrt{1-\\beta_2^t} + \\epsilon}
 
-    evaluated in torch's order (``m + (1-b1)(g-m)``, ``v b2 + ((1-b2) g) g``), so results
-    agree with ``torch.optim.Adam`` to the last bit on the same dtype.
+    evaluated in torch's order (``m + (1-b1)(g-m)``, ``v b2 + ((1-b2) g) g``). Results
+    agree with ``torch.optim.Adam`` to rounding, not bit for bit (torch's CPU kernels
+    fuse some multiply-adds): after 100 float64 steps the largest difference measured
+    was 4.4e-16, and the tests require 1e-12 relative.
 
     Args:
         ws, dcdws, mw, vw: parameters, gradients, first and second moments: arrays or
