@@ -57,17 +57,50 @@ def is_numpy_scalar(x: Any) -> bool:
     return np is not None and isinstance(x, np.generic)
 
 
+# Array type -> its namespace. Every library we serve gives one namespace per array type
+# (a traced array's class belongs to one tracing namespace), so the answer is cached.
+_NAMESPACE_BY_TYPE: dict[type, ModuleType] = {}
+_PYTHON_SCALARS = (bool, int, float, complex)
+
+
 def _namespace_of(x: Any) -> ModuleType | None:
+    ns = _NAMESPACE_BY_TYPE.get(type(x))
+    if ns is not None:
+        return ns
     from agrad.autograd.tape.traced import TracedArray
     from agrad.autograd.variable import Variable
 
     if isinstance(x, Variable):
-        x = x.value
-    if isinstance(x, TracedArray):
-        return x.__array_namespace__()
-    if x is None or isinstance(x, (bool, int, float, complex)):
+        return _namespace_of(x.value)  # a Variable's namespace is its value's: not cached
+    if x is None or isinstance(x, _PYTHON_SCALARS):
         return None
-    return array_api_compat.array_namespace(x)
+    if isinstance(x, TracedArray):
+        ns = x.__array_namespace__()
+    else:
+        ns = array_api_compat.array_namespace(x)
+    _NAMESPACE_BY_TYPE[type(x)] = ns
+    return ns
+
+
+def _cached_common_namespace(xs: tuple[Any, ...]) -> ModuleType | None:
+    """The namespace of ``xs`` when every array among them has a cached type of one namespace.
+
+    ``None`` sends the caller down the general path (unseen types, mixed namespaces,
+    Variables, NumPy scalars among arrays of another library).
+    """
+    get = _NAMESPACE_BY_TYPE.get
+    found = None
+    for x in xs:
+        ns = get(type(x))
+        if ns is None:
+            if x is None or type(x) in _PYTHON_SCALARS:
+                continue
+            return None
+        if found is None:
+            found = ns
+        elif ns is not found:
+            return None
+    return found
 
 
 def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
@@ -85,6 +118,9 @@ def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
     """
     if xp is not None:
         return xp
+    cached = _cached_common_namespace(xs)
+    if cached is not None:
+        return cached
     found: list[tuple[ModuleType, int]] = []
     numpy_scalar = None
     for i, x in enumerate(xs):

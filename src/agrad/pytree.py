@@ -13,6 +13,8 @@ from typing import Any
 __all__ = [
     "PyTreeDef",
     "flatten",
+    "flatten_leaves",
+    "key_paths",
     "unflatten",
     "tree_map",
     "keystr",
@@ -78,53 +80,99 @@ def _children(node: Any) -> tuple[Any, Any, list[tuple[str, Any]]] | None:
     return None
 
 
+# Shared, immutable definitions of a leaf and of an empty (``None``) subtree.
+_LEAF_DEF = PyTreeDef(_LEAF)
+_NONE_DEF = PyTreeDef(None)
+# Exact container types, tested first; subclasses take the general path of ``_flatten_into``.
+_PLAIN_SEQUENCES = (list, tuple)
+
 # The recursive walks are module-level functions, not closures: a recursive closure is a
 # reference cycle (function -> cell -> function) that would keep the leaves it saw (traced
 # arrays and their tape) alive until the cyclic garbage collector happens to run.
 
 
-def _flatten_into(node: Any, path: str, leaves: list[Any], paths: list[str]) -> PyTreeDef:
+def _flatten_into(node: Any, leaves: list[Any]) -> PyTreeDef:
+    cls = type(node)
+    if cls is dict:
+        keys = tuple(node)
+        return PyTreeDef(dict, keys, tuple([_flatten_into(node[k], leaves) for k in keys]))
+    if cls in _PLAIN_SEQUENCES:
+        return PyTreeDef(cls, None, tuple([_flatten_into(c, leaves) for c in node]))
     if node is None:
-        return PyTreeDef(None)
-    spec = _children(node)
-    if spec is None:
-        leaves.append(node)
-        paths.append(path)
-        return PyTreeDef(_LEAF)
-    kind, meta, items = spec
-    return PyTreeDef(kind, meta, tuple(_flatten_into(c, path + k, leaves, paths) for k, c in items))
+        return _NONE_DEF
+    if isinstance(node, dict):
+        keys = tuple(node)
+        return PyTreeDef(dict, keys, tuple([_flatten_into(node[k], leaves) for k in keys]))
+    if isinstance(node, (list, tuple)):  # subclasses, named tuples included
+        return PyTreeDef(cls, None, tuple([_flatten_into(c, leaves) for c in node]))
+    leaves.append(node)
+    return _LEAF_DEF
+
+
+def flatten_leaves(tree: Any) -> tuple[list[Any], PyTreeDef]:
+    """Return ``(leaves, treedef)``, leaves in depth-first order (:func:`flatten` without paths)."""
+    leaves: list[Any] = []
+    treedef = _flatten_into(tree, leaves)
+    return leaves, treedef
+
+
+def _paths_into(td: PyTreeDef, path: str, out: list[str]) -> None:
+    kind = td.kind
+    if kind is _LEAF:
+        out.append(path)
+    elif kind is dict:
+        for k, c in zip(td.meta, td.children):
+            _paths_into(c, f"{path}[{k!r}]", out)
+    elif kind is not None:
+        fields = getattr(kind, "_fields", None) if issubclass(kind, tuple) else None
+        for i, c in enumerate(td.children):
+            _paths_into(c, f"{path}.{fields[i]}" if fields else f"{path}[{i}]", out)
+
+
+def key_paths(treedef: PyTreeDef) -> list[str]:
+    """The key path of every leaf of ``treedef``, in leaf order (``"['w']"``, ``"[0].mu"``)."""
+    out: list[str] = []
+    _paths_into(treedef, "", out)
+    return out
 
 
 def flatten(tree: Any) -> tuple[list[Any], PyTreeDef, list[str]]:
     """Return ``(leaves, treedef, key_paths)``, leaves in depth-first order."""
-    leaves: list[Any] = []
-    paths: list[str] = []
-    treedef = _flatten_into(tree, "", leaves, paths)
-    return leaves, treedef, paths
+    leaves, treedef = flatten_leaves(tree)
+    return leaves, treedef, key_paths(treedef)
 
 
 def _build(td: PyTreeDef, it: Iterator[Any]) -> Any:
-    if td.kind is _LEAF:
+    kind = td.kind
+    if kind is _LEAF:
         return next(it)
-    if td.kind is None:
+    if kind is None:
         return None
     children = [_build(c, it) for c in td.children]
-    if td.kind is dict:
+    if kind is dict:
         return dict(zip(td.meta, children))
-    if issubclass(td.kind, tuple) and hasattr(td.kind, "_fields"):
-        return td.kind(*children)
-    return td.kind(children)
+    if kind is list:
+        return children
+    if kind is tuple:
+        return tuple(children)
+    if issubclass(kind, tuple) and hasattr(kind, "_fields"):
+        return kind(*children)
+    return kind(children)
 
 
 def unflatten(treedef: PyTreeDef, leaves: list[Any] | tuple[Any, ...]) -> Any:
     """Inverse of :func:`flatten`."""
+    if treedef.kind is dict and all(c is _LEAF_DEF for c in treedef.children):
+        return dict(zip(treedef.meta, leaves))  # the common case: a flat dict of arrays
     return _build(treedef, iter(leaves))
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """Apply ``fn`` leafwise over trees of the same structure."""
-    leaves, treedef, _ = flatten(tree)
-    others = [flatten(r)[0] for r in rest]
+    leaves, treedef = flatten_leaves(tree)
+    if not rest:
+        return unflatten(treedef, [fn(x) for x in leaves])
+    others = [flatten_leaves(r)[0] for r in rest]
     return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.variable import Variable
 from agrad.namespace import _base_library, array_namespace, is_numpy_scalar, library_name
-from agrad.pytree import flatten, unflatten
+from agrad.pytree import flatten_leaves, key_paths, unflatten
 
 __all__ = [
     "common_namespace",
@@ -35,11 +35,15 @@ def _depth() -> int:
 
 
 def common_namespace(
-    leaves: Sequence[Any], labels: Sequence[str], fn: str, xp: ModuleType | None = None
+    leaves: Sequence[Any],
+    labels: Sequence[str] | Callable[[], Sequence[str]],
+    fn: str,
+    xp: ModuleType | None = None,
 ) -> ModuleType:
     """The namespace of all ``leaves``, or a ``TypeError`` naming two that differ.
 
-    ``labels`` name each leaf in messages (``"ws['w1']"``); ``fn`` names the caller.
+    ``labels`` name each leaf in messages (``"ws['w1']"``), or is a function returning
+    them, called only to write a message; ``fn`` names the caller.
     """
     if xp is not None:
         return xp
@@ -47,6 +51,8 @@ def common_namespace(
         return array_namespace(*leaves)
     except TypeError:
         pass
+    if callable(labels):
+        labels = labels()
     seen: list[tuple[str, str]] = []
     for leaf, label in zip(leaves, labels):
         if is_numpy_scalar(leaf):  # weak, as in array_namespace
@@ -67,19 +73,40 @@ def common_namespace(
     raise TypeError(f"{fn}: could not determine a common array namespace")
 
 
-def _is_real_floating(xp: ModuleType, x: Any) -> bool:
+_REAL = "real floating"
+_DIFFERENTIABLE = ("real floating", "complex floating")
+# (namespace, dtype, kind) -> xp.isdtype's answer; dtypes are few and hashable.
+_DTYPE_KINDS: dict[tuple[Any, Any, Any], bool] = {}
+
+
+def _dtype_is(xp: ModuleType, x: Any, kind: Any) -> bool:
     try:
-        return bool(xp.isdtype(x.dtype, "real floating"))
+        dtype = x.dtype
+    except AttributeError:
+        return False
+    key = (xp, dtype, kind)
+    try:
+        return _DTYPE_KINDS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype: ask every time
+        key = None
+    try:
+        answer = bool(xp.isdtype(dtype, kind))
     except (AttributeError, TypeError):
         return False
+    if key is not None:
+        _DTYPE_KINDS[key] = answer
+    return answer
+
+
+def _is_real_floating(xp: ModuleType, x: Any) -> bool:
+    return _dtype_is(xp, x, _REAL)
 
 
 def _is_differentiable(xp: ModuleType, x: Any) -> bool:
     """Real or complex floating point: the dtypes gradients are defined for."""
-    try:
-        return bool(xp.isdtype(x.dtype, ("real floating", "complex floating")))
-    except (AttributeError, TypeError):
-        return False
+    return _dtype_is(xp, x, _DIFFERENTIABLE)
 
 
 def variable(x: Any, *, xp: ModuleType | None = None) -> Any:
@@ -138,9 +165,10 @@ def _check_scalar(y: Any, xp: ModuleType) -> None:
         )
         raise TypeError(msg)
     try:
-        y_library = _base_library(array_namespace(y))
+        y_ns = array_namespace(y)
     except TypeError:
-        y_library = type(y).__module__
+        y_ns = None
+    y_library = type(y).__module__ if y_ns is None else _base_library(y_ns)
     if y_library != _base_library(xp):
         msg = (
             f"execute_with_gradients: func returned y from {y_library} but xs are "
@@ -154,7 +182,7 @@ def _check_scalar(y: Any, xp: ModuleType) -> None:
             f"differentiated; func returned y of shape {tuple(shape)}"
         )
         raise ValueError(msg)
-    if not _is_real_floating(array_namespace(y), y):
+    if not _is_real_floating(y_ns, y):
         msg = (
             "execute_with_gradients: y must have a real floating-point dtype; func "
             f"returned y of dtype {y.dtype}"
@@ -186,16 +214,20 @@ def execute_with_gradients(
             point; ``func`` returns no array.
         ValueError: ``xs`` holds no array; ``y`` is not a scalar.
     """
-    leaves, treedef, paths = flatten(xs)
+    leaves, treedef = flatten_leaves(xs)
     if not leaves:
         raise ValueError("execute_with_gradients: xs contains no arrays to differentiate")
-    xp = common_namespace(leaves, [f"xs{p}" for p in paths], "execute_with_gradients", xp)
+
+    def labels() -> list[str]:
+        return [f"xs{p}" for p in key_paths(treedef)]
+
+    xp = common_namespace(leaves, labels, "execute_with_gradients", xp)
     adapter = adapter_for(xp)
     raw = [adapter.read(x) for x in leaves]
-    for x, path in zip(raw, paths):
+    for i, x in enumerate(raw):
         if not _is_differentiable(xp, x):
             msg = (
-                f"execute_with_gradients: xs{path} has dtype {x.dtype}; only real or "
+                f"execute_with_gradients: {labels()[i]} has dtype {x.dtype}; only real or "
                 "complex floating-point arrays can be differentiated"
             )
             raise TypeError(msg)

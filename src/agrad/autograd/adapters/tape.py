@@ -62,15 +62,17 @@ class TapeAdapter(Adapter):
             else:
                 cotangents = [None] * len(boxes)
             grads = [ns.zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
-            extras = tree_map(lambda e: unbox(e, trace), extras)
+            if extras:
+                extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:
             trace.active = False
         if not retain:
             y_value = strip(y_value)
             grads = [strip(g) for g in grads]
-            extras = tree_map(strip, extras)
+            if extras:
+                extras = tree_map(strip, extras)
         fin = ns._finalize
-        return fin(y_value), [fin(g) for g in grads], tree_map(fin, extras)
+        return fin(y_value), [fin(g) for g in grads], tree_map(fin, extras) if extras else extras
 
     def writable(self, dst: Any, new: Any) -> bool:
         return (
