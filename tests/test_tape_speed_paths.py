@@ -166,3 +166,85 @@ def test_variable_write_into_numpy_array():
     w = agrad.Variable(ro)
     adapter.write(w, np.ones(2))
     assert w.value is not ro and not ro.any()
+
+
+# ---- agrad.autograd.tape.fast_numpy: NumPy's own results, bit for bit ----------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from agrad.autograd.tape.fast_numpy import FAST_NUMPY  # noqa: E402
+
+_DTYPES = st.sampled_from([np.float64, np.float32, np.complex128, np.int64, np.int8, np.bool_])
+
+
+@st.composite
+def _array_and_axis(draw):
+    x = draw(hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)))
+    if x.ndim == 0:
+        return x, draw(st.sampled_from([None, ()]))
+    axis = draw(
+        st.none()
+        | st.integers(-x.ndim, x.ndim - 1)
+        | st.lists(st.integers(0, x.ndim - 1), unique=True, max_size=x.ndim).map(tuple)
+    )
+    return x, axis
+
+
+def _same(a, b):
+    """Same type, dtype, shape and bits (NaNs in the same places)."""
+    assert type(a) is type(b)
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b, strict=True)
+
+
+def _outcome(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as err:  # both sides must fail alike
+        return None, type(err)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_array_and_axis(), st.booleans())
+def test_fast_reductions_equal_numpy(x_axis, keepdims):
+    x, axis = x_axis
+    for name, reference in (("sum", np.sum), ("max", np.max), ("min", np.min)):
+        got, got_err = _outcome(FAST_NUMPY[name], x, axis=axis, keepdims=keepdims)
+        want, want_err = _outcome(reference, x, axis=axis, keepdims=keepdims)
+        assert got_err is want_err, name
+        if want_err is None:
+            _same(got, want)
+
+
+def test_fast_sum_with_dtype_and_on_scalars():
+    x = np.arange(6, dtype=np.int8).reshape(2, 3)
+    _same(FAST_NUMPY["sum"](x, axis=0, dtype=np.float32), np.sum(x, axis=0, dtype=np.float32))
+    s = np.float64(2.5)  # a NumPy scalar takes NumPy's own function
+    _same(FAST_NUMPY["sum"](s), np.sum(s))
+    _same(FAST_NUMPY["max"](s), np.max(s))
+
+
+@pytest.mark.parametrize("copy", [None, True, False])
+def test_fast_reshape_equals_numpy(copy):
+    x = np.arange(12.0).reshape(3, 4)
+    got = FAST_NUMPY["reshape"](x, (4, 3), copy=copy)
+    _same(got, np.reshape(x, (4, 3), copy=copy))
+    assert np.shares_memory(got, x) == (copy is not True)
+    with pytest.raises(ValueError):
+        FAST_NUMPY["reshape"](x.T, (12,), copy=False)  # needs a copy, and none allowed
+
+
+def test_fast_matrix_transpose_equals_swapaxes():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    _same(FAST_NUMPY["matrix_transpose"](x), np.swapaxes(x, -1, -2))
+    with pytest.raises(ValueError, match="2-dimensional"):
+        FAST_NUMPY["matrix_transpose"](np.ones(3))
+
+
+def test_tracing_namespace_over_numpy_uses_the_fast_functions():
+    for name, fast in FAST_NUMPY.items():
+        assert anp._raw_ns.__dict__[name] is fast, name
+        assert getattr(anp, name)._agrad_raw is fast, name

@@ -4,6 +4,8 @@ Each comparison (a :class:`Row`) has two contenders, agrad and a peer, each a
 zero-argument callable doing one unit of work. Both are warmed up, then timed in
 alternating order (agrad first on even repetitions, the peer first on odd ones), a
 block of calls per sample, and the row reports the median of each and their ratio.
+As in ``timeit``, the cyclic garbage collector is paused during a sample; a full
+collection before each sample keeps one contender's garbage off the other's clock.
 Absolute times on a shared machine mean little; the ratio of two medians taken
 side by side in the same minute means a lot more.
 """
@@ -70,7 +72,12 @@ class Row:
 
 
 def calls_per_sample(fn: Callable[[], Any], sample_s: float) -> tuple[int, float]:
-    """How many calls of ``fn`` fill about ``sample_s`` seconds (at least 1), and one call's time."""
+    """How many calls of ``fn`` fill about ``sample_s`` seconds (at least 1), and one call's time.
+
+    The first call is a warm-up and is not used: it pays one-time costs (imports,
+    caches) that would make the estimate, and so every sample, far too short.
+    """
+    fn()
     t0 = time.perf_counter()
     fn()
     one = time.perf_counter() - t0
@@ -83,6 +90,12 @@ def calls_per_sample(fn: Callable[[], Any], sample_s: float) -> tuple[int, float
 
 
 def _sample(fn: Callable[[], Any], number: int) -> float:
+    """Seconds per call of ``fn`` over ``number`` calls, the cyclic collector paused.
+
+    A full collection first (untimed): garbage the previous sample left behind (the
+    collector was paused then too) is not billed to this one.
+    """
+    gc.collect()
     gc_was = gc.isenabled()
     gc.disable()
     try:

@@ -68,8 +68,21 @@ def _adapter_by_name(key: str) -> Adapter:
     return TapeAdapter(key)
 
 
+# Namespace -> adapter, filled by ``adapter_for`` (namespaces are long-lived modules).
+_ADAPTER_BY_NAMESPACE: dict[int, tuple[ModuleType, Adapter]] = {}
+
+
 def adapter_for(xp: ModuleType) -> Adapter:
     """The adapter for namespace ``xp`` (a tracing namespace maps to its base's tape adapter)."""
+    hit = _ADAPTER_BY_NAMESPACE.get(id(xp))
+    if hit is not None and hit[0] is xp:
+        return hit[1]
+    adapter = _find_adapter(xp)
+    _ADAPTER_BY_NAMESPACE[id(xp)] = (xp, adapter)
+    return adapter
+
+
+def _find_adapter(xp: ModuleType) -> Adapter:
     base = getattr(xp, "_agrad_base_name", None)
     if base is not None:
         return _adapter_by_name(base)

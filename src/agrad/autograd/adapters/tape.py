@@ -53,15 +53,18 @@ class TapeAdapter(Adapter):
             input_nodes = [b._node for b in boxes]
             y, extras = flat_func(boxes)
             y_value = unbox(y, trace)
+            raw_ns = ns._raw_ns  # creation without boxing: these are constants anyway
             if isinstance(y, TracedArray) and y._trace is trace:
-                seed = ns.ones_like(y_value)
+                seed = raw_ns.ones_like(strip(y_value))
                 # With no enclosing trace to record the backward pass, the VJP rules
                 # run on raw arrays: they get the raw namespace, without tracing wrappers.
-                rules_ns = ns if outer_trace_active(trace) else ns._raw_ns
+                rules_ns = ns if outer_trace_active(trace) else raw_ns
                 cotangents = backward(rules_ns, y._node, seed, input_nodes)
             else:
                 cotangents = [None] * len(boxes)
-            grads = [ns.zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
+            grads = [
+                raw_ns.zeros_like(strip(x)) if c is None else c for c, x in zip(cotangents, leaves)
+            ]
             if extras:
                 extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:

@@ -55,7 +55,7 @@ def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
     )
     if axes:
         g = ns.sum(g, axis=axes)
-    return ns.reshape(g, tuple(shape))
+    return g if _shape(g) == tuple(shape) else ns.reshape(g, tuple(shape))
 
 
 def is_complex(ns: Any, x: Any) -> bool:
@@ -107,10 +107,14 @@ def _keepdims_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int,
 def restore_reduced(ns: Any, g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
     """Broadcast the cotangent of a reduction back to the input's shape."""
     shape = _shape(x)
-    axes = normalize_axes(axis, len(shape))
-    if not keepdims:
-        g = ns.reshape(g, _keepdims_shape(shape, axes))
-    return ns.broadcast_to(g, shape)
+    return ns.broadcast_to(keep_reduced_dims(ns, g, shape, axis, keepdims), shape)
+
+
+def keep_reduced_dims(ns: Any, g: Any, shape: tuple[int, ...], axis: Any, keepdims: bool) -> Any:
+    """The cotangent of a reduction of an array of ``shape``, with the reduced axes kept (size 1)."""
+    if keepdims:
+        return g
+    return ns.reshape(g, _keepdims_shape(shape, normalize_axes(axis, len(shape))))
 
 
 def _count(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
@@ -370,12 +374,16 @@ def _matmul_parts(a, b, g):
 
 
 def _matmul_a(ns, g, ans, a, b):
+    if len(_shape(a)) >= 2 and len(_shape(b)) >= 2:  # no 1-D operand: no reshaping
+        return fit(ns, ns.matmul(g, ns.matrix_transpose(conj(ns, b))), a)
     a2, b2, g2 = _matmul_parts(a, b, g)
     da = ns.matmul(ns.reshape(g, g2), ns.matrix_transpose(conj(ns, ns.reshape(b, b2))))
     return fit(ns, ns.reshape(unbroadcast(ns, da, a2), _shape(a)), a)
 
 
 def _matmul_b(ns, g, ans, a, b):
+    if len(_shape(a)) >= 2 and len(_shape(b)) >= 2:
+        return fit(ns, ns.matmul(ns.matrix_transpose(conj(ns, a)), g), b)
     a2, b2, g2 = _matmul_parts(a, b, g)
     db = ns.matmul(ns.matrix_transpose(conj(ns, ns.reshape(a, a2))), ns.reshape(g, g2))
     return fit(ns, ns.reshape(unbroadcast(ns, db, b2), _shape(b)), b)
@@ -427,7 +435,7 @@ def _sum(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
 
 def _mean(ns, g, ans, x, axis=None, keepdims=False):
     n = _count(_shape(x), normalize_axes(axis, len(_shape(x))))
-    return restore_reduced(ns, g, x, axis, keepdims) / n
+    return restore_reduced(ns, g / n, x, axis, keepdims)  # divided before broadcasting
 
 
 def _prod(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
@@ -459,11 +467,12 @@ def _prod_of_others(ns, x, axes):
 def _extremum(ns, g, ans, x, axis=None, keepdims=False):
     shape = _shape(x)
     axes = normalize_axes(axis, len(shape))
-    ans_k = ans if keepdims else ns.reshape(ans, _keepdims_shape(shape, axes))
+    ans_k = keep_reduced_dims(ns, ans, shape, axis, keepdims)
     mask = _as_float(ns, strip(x) == strip(ans_k), strip(x))  # ties share evenly
     count = ns.sum(mask, axis=axes, keepdims=True)
-    g_full = restore_reduced(ns, g, x, axis, keepdims)
-    return ns.divide(ns.multiply(g_full, mask), count)
+    # g with the reduced axes kept broadcasts against the mask: no explicit broadcast_to
+    g_k = keep_reduced_dims(ns, g, shape, axis, keepdims)
+    return ns.divide(ns.multiply(g_k, mask), count)
 
 
 def _along(axis: int, ndim: int, index: Any) -> tuple[Any, ...]:

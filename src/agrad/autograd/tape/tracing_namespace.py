@@ -216,10 +216,21 @@ _BASE_FIXES: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
+def _fast_functions(base_name: str) -> dict[str, Callable[..., Any]]:
+    """Faster functions with the base's own results (:mod:`~agrad.autograd.tape.fast_numpy`)."""
+    if base_name == "numpy":
+        from agrad.autograd.tape.fast_numpy import FAST_NUMPY
+
+        return FAST_NUMPY
+    return {}
+
+
 def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
     """The tracing version of ``obj`` (the base's ``key``: ``"sum"``, ``"linalg.svd"``)."""
     name = key.rsplit(".", 1)[-1]
     obj = _BASE_FIXES.get((ns._agrad_base_name, key), obj)
+    if obj is not None:
+        obj = _fast_functions(ns._agrad_base_name).get(key, obj)
     if obj is not None and (not _is_function(obj) or name.startswith("__")):
         return obj
     if key in RULES:
