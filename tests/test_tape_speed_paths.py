@@ -40,7 +40,8 @@ def _grads(rules_ns_name: str, x, y):
         by = ns._Traced(y, Node(None, ()), trace)
         out = _loss(bx, by)
         rules_ns = ns if rules_ns_name == "traced" else ns._raw_ns
-        gx, gy = backward(rules_ns, out._node, np.ones_like(out._value), [bx._node, by._node])
+        seed = np.ones_like(out._value)
+        gx, gy = backward(rules_ns, trace.tape, out._node, seed, [bx._node, by._node])
     finally:
         trace.active = False
     return gx, gy

@@ -59,7 +59,7 @@ class TapeAdapter(Adapter):
                 # With no enclosing trace to record the backward pass, the VJP rules
                 # run on raw arrays: they get the raw namespace, without tracing wrappers.
                 rules_ns = ns if outer_trace_active(trace) else raw_ns
-                cotangents = backward(rules_ns, y._node, seed, input_nodes)
+                cotangents = backward(rules_ns, trace.tape, y._node, seed, input_nodes)
             else:
                 cotangents = [None] * len(boxes)
             grads = [
@@ -68,7 +68,7 @@ class TapeAdapter(Adapter):
             if extras:
                 extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:
-            trace.active = False
+            trace.end()
         if not retain:
             y_value = strip(y_value)
             grads = [strip(g) for g in grads]

@@ -58,20 +58,36 @@ def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
     return g if _shape(g) == tuple(shape) else ns.reshape(g, tuple(shape))
 
 
+# (dtype class, dtype) -> whether it is complex. Comparing a dtype with ``ns.complex128``
+# costs more than the rest of a typical rule on a small array; the answer never changes.
+# The class in the key keeps dtypes of two libraries (array-api-strict's and NumPy's
+# hash alike) from ever being compared with each other.
+_COMPLEX_DTYPES: dict[tuple[type, Any], bool] = {}
+
+
+def _complex_dtype(ns: Any, dt: Any) -> bool:
+    key = (type(dt), dt)
+    try:
+        return _COMPLEX_DTYPES[key]
+    except KeyError:
+        answer = _COMPLEX_DTYPES[key] = bool(dt == ns.complex128 or dt == ns.complex64)
+        return answer
+    except TypeError:  # an unhashable dtype
+        return bool(dt == ns.complex128 or dt == ns.complex64)
+
+
 def is_complex(ns: Any, x: Any) -> bool:
     """Whether ``x`` (an array or a Python scalar) is complex."""
     if isinstance(x, _SCALARS):
         return isinstance(x, complex)
-    dt = x.dtype
-    return dt == ns.complex128 or dt == ns.complex64
+    return _complex_dtype(ns, x.dtype)
 
 
 def conj(ns: Any, x: Any) -> Any:
     """``conj(x)`` for complex ``x``; ``x`` itself otherwise (no work on the real path)."""
     if isinstance(x, _SCALARS):
         return x.conjugate()
-    dt = x.dtype
-    return ns.conj(x) if dt == ns.complex128 or dt == ns.complex64 else x
+    return ns.conj(x) if _complex_dtype(ns, x.dtype) else x
 
 
 def _is_floating(ns: Any, dtype: Any) -> bool:
@@ -80,7 +96,7 @@ def _is_floating(ns: Any, dtype: Any) -> bool:
 
 def fit(ns: Any, g: Any, x: Any) -> Any:
     """``g`` as the cotangent of ``x``: broadcast axes summed, real if ``x`` is, ``x``'s dtype."""
-    if not isinstance(x, _SCALARS) and g.dtype == x.dtype and g.shape == x.shape:
+    if not isinstance(x, _SCALARS) and g.shape == x.shape and g.dtype == x.dtype:
         return g  # the common case: nothing to sum, cast or take the real part of
     g = unbroadcast(ns, g, _shape(x))
     if g.dtype != x.dtype:

@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 _trace_ids = itertools.count(1)
-_node_seq = itertools.count()
 _live = threading.local()
 
 
@@ -64,17 +63,28 @@ class EscapedTracerError(RuntimeError):
 
 
 class Trace:
-    """One gradient computation. ``active`` turns False when it ends."""
+    """One gradient computation. ``active`` turns False when it ends.
 
-    __slots__ = ("active", "id")
+    ``tape`` lists the nodes recorded on this trace in creation order (a node's parents
+    always come before it), so walking it backwards is a topological order for the
+    reverse pass (a Wengert list). Leaves (the differentiated inputs) are not on it.
+    """
+
+    __slots__ = ("active", "id", "tape")
 
     def __init__(self) -> None:
         self.id = next(_trace_ids)
         self.active = True
+        self.tape: list[Node] | None = []
         stack = _live_stack()
         while stack and not stack[-1].active:  # ended traces leave when the next begins
             stack.pop()
         stack.append(self)
+
+    def end(self) -> None:
+        """End the computation: nothing more is recorded, and the tape is let go."""
+        self.active = False
+        self.tape = None
 
 
 def current_trace() -> Trace | None:
@@ -95,17 +105,22 @@ class Node:
 
     ``ns`` is the namespace the VJP rules compute with: the tracing namespace when an
     enclosing trace records the backward pass (higher order), else a raw one.
-    Leaves (the differentiated inputs) have ``vjp=None`` and no parents. ``seq``
-    grows with creation, so a node's parents always have smaller ``seq`` than the
-    node: sorting by it is a topological order.
+    A node made with a ``trace`` is recorded on its tape. Leaves (the differentiated
+    inputs) have ``vjp=None``, no parents, and no trace.
     """
 
-    __slots__ = ("parents", "seq", "vjp")
+    __slots__ = ("parents", "vjp")
 
-    def __init__(self, vjp: Callable[[Any, Any], Sequence[Any]] | None, parents: tuple[Node, ...]):
+    def __init__(
+        self,
+        vjp: Callable[[Any, Any], Sequence[Any]] | None,
+        parents: tuple[Node, ...],
+        trace: Trace | None = None,
+    ):
         self.vjp = vjp
         self.parents = parents
-        self.seq = next(_node_seq)
+        if trace is not None:
+            trace.tape.append(self)
 
 
 class RuleNode(Node):
@@ -121,6 +136,7 @@ class RuleNode(Node):
 
     def __init__(
         self,
+        trace: Trace,
         parents: tuple[Node, ...],
         rules: tuple[Callable[..., Any], ...],
         ans: Any,
@@ -132,8 +148,8 @@ class RuleNode(Node):
         self.ans = ans
         self.args = args
         self.kwargs = kwargs
-        self.seq = next(_node_seq)
         self.vjp = None
+        trace.tape.append(self)
 
     def cotangents(self, g: Any, ns: Any) -> list[Any]:
         """One cotangent per parent, for the cotangent ``g`` of the output."""
@@ -456,7 +472,7 @@ def primitive(
             def vjp(g: Any, ns_: Any) -> list[Any]:
                 return [r(ns_, g, ans, *vals, **kwargs) for r in chosen]
 
-        return ns._Traced(ans, Node(vjp, tuple(parents)), trace)
+        return ns._Traced(ans, Node(vjp, tuple(parents), trace), trace)
 
     only_x, only_y, both_xy = (rule0,), (rule1,), (rule0, rule1)
 
@@ -482,11 +498,11 @@ def primitive(
         if px is None:
             if py is None:
                 return ans
-            node = RuleNode((py,), only_y, ans, (x, y), kwargs or None)
+            node = RuleNode(trace, (py,), only_y, ans, (x, y), kwargs or None)
         elif py is None:
-            node = RuleNode((px,), only_x, ans, (x, y), kwargs or None)
+            node = RuleNode(trace, (px,), only_x, ans, (x, y), kwargs or None)
         else:
-            node = RuleNode((px, py), both_xy, ans, (x, y), kwargs or None)
+            node = RuleNode(trace, (px, py), both_xy, ans, (x, y), kwargs or None)
         return Traced(ans, node, trace)
 
     def fn(*args: Any, **kwargs: Any) -> Any:
@@ -504,7 +520,8 @@ def primitive(
                 ans = fn(x, y, **kwargs) if isinstance(x, TracedArray) else plain(x, y, **kwargs)
                 if rule0 is None or node is CONSTANT:
                     return ans
-                return Traced(ans, RuleNode((node,), only_x, ans, (x, y), kwargs or None), trace)
+                node = RuleNode(trace, (node,), only_x, ans, (x, y), kwargs or None)
+                return Traced(ans, node, trace)
             if isinstance(y, TracedArray):
                 trace = y._trace
                 if not trace.active:
@@ -514,7 +531,8 @@ def primitive(
                 ans = fn(x, y, **kwargs) if isinstance(y, TracedArray) else plain(x, y, **kwargs)
                 if rule1 is None or node is CONSTANT:
                     return ans
-                return Traced(ans, RuleNode((node,), only_y, ans, (x, y), kwargs or None), trace)
+                node = RuleNode(trace, (node,), only_y, ans, (x, y), kwargs or None)
+                return Traced(ans, node, trace)
             return plain(x, y, **kwargs)
         if n == 1:
             x = args[0]
@@ -528,7 +546,7 @@ def primitive(
             ans = fn(x, **kwargs) if isinstance(x, TracedArray) else raw(x, **kwargs)
             if rule0 is None or node is CONSTANT:
                 return ans
-            return Traced(ans, RuleNode((node,), only_x, ans, (x,), kwargs or None), trace)
+            return Traced(ans, RuleNode(trace, (node,), only_x, ans, (x,), kwargs or None), trace)
         return general(args, kwargs)
 
     fn.__name__ = fn.__qualname__ = name
@@ -570,10 +588,10 @@ def multi_output_primitive(
             grads = rule(ns_, parts, ans, *vals, **kwargs)
             return [grads[i] for i in argnums]
 
-        main = Node(vjp, tuple(parents))
+        main = Node(vjp, tuple(parents), trace)
         outputs = list(ans)
         for k in differentiable_outputs:
-            outputs[k] = ns._Traced(ans[k], Node(_select(k, n_out), (main,)), trace)
+            outputs[k] = ns._Traced(ans[k], Node(_select(k, n_out), (main,), trace), trace)
         return _rebuild(ans, outputs)
 
     fn.__name__ = fn.__qualname__ = name
