@@ -34,7 +34,7 @@ _LIBRARY_NAMES = {
 
 def library_name(xp: ModuleType) -> str:
     """Short name of the library behind a namespace: ``numpy``, ``torch``, ``jax`` ..."""
-    name = getattr(xp, "__name__", repr(xp))
+    name = getattr(xp, "__name__", None) or repr(xp)
     base = getattr(xp, "_agrad_base_name", None)
     if base is not None:  # a tracing namespace: agrad.numpy -> "agrad.numpy"
         return name

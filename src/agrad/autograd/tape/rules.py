@@ -58,22 +58,21 @@ def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
     return g if _shape(g) == tuple(shape) else ns.reshape(g, tuple(shape))
 
 
-# (dtype class, dtype) -> whether it is complex. Comparing a dtype with ``ns.complex128``
-# costs more than the rest of a typical rule on a small array; the answer never changes.
-# The class in the key keeps dtypes of two libraries (array-api-strict's and NumPy's
-# hash alike) from ever being compared with each other.
-_COMPLEX_DTYPES: dict[tuple[type, Any], bool] = {}
+# id(dtype) -> (dtype, whether it is complex). Comparing a dtype with ``ns.complex128``
+# costs more than the rest of a typical rule on a small array, and the answer never
+# changes. Keyed by identity (dtypes of two libraries can hash and even compare alike);
+# the entry holds its dtype, so the id cannot be reused while it is cached.
+_COMPLEX_DTYPES: dict[int, tuple[Any, bool]] = {}
 
 
 def _complex_dtype(ns: Any, dt: Any) -> bool:
-    key = (type(dt), dt)
-    try:
-        return _COMPLEX_DTYPES[key]
-    except KeyError:
-        answer = _COMPLEX_DTYPES[key] = bool(dt == ns.complex128 or dt == ns.complex64)
-        return answer
-    except TypeError:  # an unhashable dtype
-        return bool(dt == ns.complex128 or dt == ns.complex64)
+    entry = _COMPLEX_DTYPES.get(id(dt))
+    if entry is not None and entry[0] is dt:
+        return entry[1]
+    answer = bool(dt == ns.complex128 or dt == ns.complex64)
+    if len(_COMPLEX_DTYPES) < 1024:  # dtypes are few; never grow without bound
+        _COMPLEX_DTYPES[id(dt)] = (dt, answer)
+    return answer
 
 
 def is_complex(ns: Any, x: Any) -> bool:
@@ -96,8 +95,11 @@ def _is_floating(ns: Any, dtype: Any) -> bool:
 
 def fit(ns: Any, g: Any, x: Any) -> Any:
     """``g`` as the cotangent of ``x``: broadcast axes summed, real if ``x`` is, ``x``'s dtype."""
-    if not isinstance(x, _SCALARS) and g.shape == x.shape and g.dtype == x.dtype:
-        return g  # the common case: nothing to sum, cast or take the real part of
+    try:
+        if g.shape == x.shape and g.dtype == x.dtype:
+            return g  # the common case: nothing to sum, cast or take the real part of
+    except AttributeError:  # a Python scalar
+        pass
     g = unbroadcast(ns, g, _shape(x))
     if g.dtype != x.dtype:
         if is_complex(ns, g) and not is_complex(ns, x):

@@ -126,6 +126,7 @@ def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"``{name}`` of the base namespace; its result carries no gradient."
+    fn._agrad_raw = raw  # type: ignore[attr-defined]  # for raw arrays: the base's own
     return fn
 
 
