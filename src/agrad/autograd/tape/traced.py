@@ -8,9 +8,10 @@ older trace) with the tape node that produced it.
 
 Primitives unbox the arguments that belong to the newest trace among them, call
 themselves again on the unboxed values (which records on older traces, if any), and box
-the result with a node whose VJP closes over those values. VJP rules are written with
-the tracing namespace, so the backward pass of an inner trace is recorded on the outer
-one: that is all higher-order differentiation needs.
+the result with a node that holds those values and the VJP rules (a :class:`RuleNode`),
+appended to the trace's tape. VJP rules are written with the tracing namespace, so the
+backward pass of an inner trace is recorded on the outer one: that is all
+higher-order differentiation needs.
 
 Arrays that the tracing namespace *creates* inside a gradient computation (``zeros``,
 ``full`` ...) are boxed as constants of the innermost live trace (:func:`constant`), so
@@ -18,7 +19,8 @@ that code which asks ``array_api_compat.array_namespace`` about a fresh array an
 traced one together, or writes a traced value into a fresh array, keeps working. A
 constant is never a parent on the tape, and one that outlives its trace is unboxed.
 
-The only mutable state is the id counter and a per-thread stack of live traces.
+The only mutable state is the id counter, a per-thread stack of live traces, and each
+live trace's tape.
 """
 
 from __future__ import annotations
