@@ -249,3 +249,30 @@ def test_tracing_namespace_over_numpy_uses_the_fast_functions():
     for name, fast in FAST_NUMPY.items():
         assert anp._raw_ns.__dict__[name] is fast, name
         assert getattr(anp, name)._agrad_raw is fast, name
+
+
+def test_ended_trace_lets_its_tape_go():
+    """An escaped traced array keeps its own history, but not the rest of the tape."""
+    import gc
+
+    from agrad.autograd.tape.traced import RuleNode
+
+    kept = {}
+
+    def f(x):
+        y = anp.sin(x) * 2.0  # two nodes, kept alive by the escaped y
+        z = anp.exp(anp.cos(x) + 1.0) * 3.0  # four nodes, let go with the tape
+        kept["y"] = y
+        return anp.sum(y) + anp.sum(z)
+
+    def live_nodes():
+        gc.collect()
+        return sum(type(o) is RuleNode for o in gc.get_objects())
+
+    before = live_nodes()
+    agrad.grad(f)(np.array([0.1, 0.2]))
+    trace = kept["y"]._trace
+    assert not trace.active and trace.tape is None
+    assert live_nodes() - before == 2
+    del kept["y"]
+    assert live_nodes() == before
