@@ -276,3 +276,17 @@ def test_ended_trace_lets_its_tape_go():
     assert live_nodes() - before == 2
     del kept["y"]
     assert live_nodes() == before
+
+
+def test_fast_functions_take_numpys_own_path_for_numpy_only_arguments():
+    x = np.arange(12.0).reshape(3, 4)
+    out = np.empty(4)
+    _same(FAST_NUMPY["sum"](x, 0), np.sum(x, 0))  # positional axis
+    assert FAST_NUMPY["sum"](x, axis=0, out=out) is out
+    _same(FAST_NUMPY["max"](x, axis=1, initial=100.0), np.max(x, axis=1, initial=100.0))
+    _same(FAST_NUMPY["min"](x, where=x > 3, initial=50.0), np.min(x, where=x > 3, initial=50.0))
+    _same(FAST_NUMPY["reshape"](x, (4, 3), order="F"), np.reshape(x, (4, 3), order="F"))
+    _same(FAST_NUMPY["reshape"](x, shape=(2, 6)), np.reshape(x, shape=(2, 6)))
+    # and through the tracing namespace, with nothing traced: a pass-through of NumPy
+    _same(anp.sum(x, 1), np.sum(x, 1))
+    _same(anp.max(x, axis=0, initial=7.0), np.max(x, axis=0, initial=7.0))

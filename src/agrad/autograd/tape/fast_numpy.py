@@ -4,9 +4,10 @@
 ``matrix_transpose`` go through Python layers (dispatch, keyword juggling) before they
 reach the ufunc reduction or array method that does the work; on the small arrays of a
 typical gradient step those layers cost as much as the work. For a plain
-``numpy.ndarray`` the functions here call that final step directly, so results are
-identical, bit for bit. Anything else (NumPy scalars, subclasses, unusual keywords)
-takes NumPy's own function.
+``numpy.ndarray`` and the standard's arguments the functions here call that final
+step directly, so results are identical, bit for bit. Anything else (NumPy scalars,
+subclasses, positional or NumPy-only arguments such as ``out=``, ``initial=``,
+``order=``) takes NumPy's own function with the arguments as given.
 
 The tracing namespace over NumPy uses them as the base functions of its primitives,
 so both the forward pass and the first-order backward pass (which runs the VJP rules
@@ -28,29 +29,34 @@ _maximum_reduce = np.maximum.reduce
 _minimum_reduce = np.minimum.reduce
 
 
-def _sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
+_REDUCTION_KEYWORDS = frozenset(("axis", "dtype", "keepdims"))
+
+
+def _sum(x: Any, *args: Any, **kwargs: Any) -> Any:
     """``np.sum``: ``np.add.reduce`` for an ndarray (what ``np.sum`` itself calls)."""
-    if type(x) is _ndarray:
-        return _add_reduce(x, axis=axis, dtype=dtype, keepdims=keepdims)
-    return np.sum(x, axis=axis, dtype=dtype, keepdims=keepdims)
+    if type(x) is _ndarray and not args and kwargs.keys() <= _REDUCTION_KEYWORDS:
+        get = kwargs.get
+        return _add_reduce(x, axis=get("axis"), dtype=get("dtype"), keepdims=get("keepdims", False))
+    return np.sum(x, *args, **kwargs)
 
 
 def _reduction(reduce: Callable[..., Any], fallback: Callable[..., Any]) -> Callable[..., Any]:
-    def extremum(x: Any, /, *, axis: Any = None, keepdims: bool = False) -> Any:
-        if type(x) is _ndarray:
-            return reduce(x, axis=axis, keepdims=keepdims)
-        return fallback(x, axis=axis, keepdims=keepdims)
+    def extremum(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(x) is _ndarray and not args and kwargs.keys() <= _REDUCTION_KEYWORDS:
+            if kwargs.get("dtype") is None:
+                return reduce(x, axis=kwargs.get("axis"), keepdims=kwargs.get("keepdims", False))
+        return fallback(x, *args, **kwargs)
 
     extremum.__name__ = extremum.__qualname__ = fallback.__name__
     extremum.__doc__ = f"``np.{fallback.__name__}``: the ufunc reduction for an ndarray."
     return extremum
 
 
-def _reshape(x: Any, /, shape: Any, *, copy: bool | None = None) -> Any:
-    """``np.reshape``: the ``reshape`` method for an ndarray when no copy is asked about."""
-    if copy is None and type(x) is _ndarray:
-        return x.reshape(shape)
-    return np.reshape(x, shape, copy=copy)
+def _reshape(x: Any, *args: Any, **kwargs: Any) -> Any:
+    """``np.reshape``: the ``reshape`` method for an ndarray when only a shape is given."""
+    if type(x) is _ndarray and len(args) == 1 and not kwargs:
+        return x.reshape(args[0])
+    return np.reshape(x, *args, **kwargs)
 
 
 def _matrix_transpose(x: Any, /) -> Any:
