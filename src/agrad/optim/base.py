@@ -26,7 +26,14 @@ from agrad.autograd.adapters import adapter_for
 from agrad.autograd.api import common_namespace
 from agrad.namespace import array_namespace
 from agrad.optim.fastpath import try_step as try_fast_step
-from agrad.pytree import check_same_structure, flatten, keystr, leaves_like, unflatten
+from agrad.pytree import (
+    check_same_structure,
+    flatten_leaves,
+    key_paths,
+    keystr,
+    leaves_like,
+    unflatten,
+)
 from agrad.updates import as_array
 
 __all__ = [
@@ -48,7 +55,15 @@ def is_array(x: Any) -> bool:
 
 
 def _signature(leaves: list[Any]) -> tuple:
-    return tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+    """Shapes and dtypes of ``leaves``, hashable. A dtype's class comes before the dtype,
+    so dtypes of two libraries are never compared with each other (array-api-strict
+    warns when its dtypes meet NumPy's)."""
+    sig = tuple((tuple(x.shape), type(x.dtype), x.dtype) for x in leaves)
+    try:
+        hash(sig)
+    except TypeError:  # a library with unhashable dtypes: their names instead
+        return tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+    return sig
 
 
 class _LeafSpec:
@@ -61,16 +76,39 @@ class _LeafSpec:
         self.dtype = x.dtype
 
 
+def _fits(spec: _LeafSpec, x: Any) -> bool:
+    """Whether ``x`` is an array of the shape and dtype ``spec`` records."""
+    return is_array(x) and tuple(x.shape) == spec.shape and x.dtype == spec.dtype
+
+
+class _LazyPaths:
+    """The key paths of a tree, made on the first call (only messages need them)."""
+
+    __slots__ = ("_paths", "_treedef")
+
+    def __init__(self, treedef: Any):
+        self._treedef = treedef
+        self._paths: list[str] | None = None
+
+    def __call__(self) -> list[str]:
+        if self._paths is None:
+            self._paths = [] if self._treedef is None else key_paths(self._treedef)
+        return self._paths
+
+
 class _Checked(NamedTuple):
     """Validated inputs of one call: raw parameter and gradient leaves and their tree."""
 
     xp: ModuleType
     treedef: Any
-    paths: list[str]
     params: list[Any]
     raw_params: list[Any]
     raw_grads: list[Any] | None
     state_leaves: list[Any]
+
+    def paths(self) -> list[str]:
+        """The parameters' key paths (made on demand: only messages need them)."""
+        return key_paths(self.treedef)
 
 
 class GradientTransformation:
@@ -103,53 +141,59 @@ class GradientTransformation:
 
     # -- validation -------------------------------------------------------------
     def _check(self, fn: str, params: Any, grads: Any, state: Any, xp: ModuleType | None):
-        p_leaves, treedef, paths = flatten(params)
+        p_leaves, treedef = flatten_leaves(params)
         if not p_leaves:
             raise ValueError(f"{fn}: params contains no arrays")
-        labels = [f"params{keystr(p)}" for p in paths]
+        lazy_paths = _LazyPaths(treedef)
+        s_leaves, s_def = flatten_leaves(state) if state is not None else ([], None)
+        s_paths = _LazyPaths(s_def)
         leaves = list(p_leaves)
         if grads is not None:
             check_same_structure(params, grads, names=("params", "grads"))
-            g_leaves = leaves_like(grads, params)
-            leaves += g_leaves
-            labels += [f"grads{keystr(p)}" for p in paths]
-        s_leaves, _, s_paths = flatten(state) if state is not None else ([], None, [])
-        for leaf, path in zip(s_leaves, s_paths):
-            if is_array(leaf):
-                leaves.append(leaf)
-                labels.append(f"state{path}")
+            leaves += leaves_like(grads, params)
+        s_arrays = [i for i, leaf in enumerate(s_leaves) if is_array(leaf)]
+        leaves += [s_leaves[i] for i in s_arrays]
         leaves += [h for h in _hyper_arrays(self.hyperparams)]
-        labels += [f"hyperparameter {k}" for k, v in self.hyperparams.items() if is_array(v)]
+
+        def labels() -> list[str]:
+            paths = lazy_paths()
+            out = [f"params{keystr(p)}" for p in paths]
+            if grads is not None:
+                out += [f"grads{keystr(p)}" for p in paths]
+            out += [f"state{s_paths()[i]}" for i in s_arrays]
+            return out + [f"hyperparameter {k}" for k, v in self.hyperparams.items() if is_array(v)]
+
         xp = common_namespace(leaves, labels, fn, xp)
         adapter = adapter_for(xp)
         raw_p = [adapter.read(p) for p in p_leaves]
-        for raw, path in zip(raw_p, paths):
+        for i, raw in enumerate(raw_p):
             if not xp.isdtype(raw.dtype, "real floating"):
-                msg = f"{fn}: params{keystr(path)} has dtype {raw.dtype}; optimizers need real floating-point parameters"
+                msg = f"{fn}: params{keystr(lazy_paths()[i])} has dtype {raw.dtype}; optimizers need real floating-point parameters"
                 raise TypeError(msg)
         raw_g = None
         if grads is not None:
             raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
-            for p, g, path in zip(raw_p, raw_g, paths):
-                check_leaf_matches(fn, keystr(path), "params", p, "grads", g)
-        _check_devices(fn, paths, raw_p, raw_g, s_leaves, s_paths)
+            for i, (p, g) in enumerate(zip(raw_p, raw_g)):
+                if tuple(p.shape) != tuple(g.shape) or p.dtype != g.dtype:
+                    check_leaf_matches(fn, keystr(lazy_paths()[i]), "params", p, "grads", g)
+        _check_devices(fn, lazy_paths, raw_p, raw_g, s_leaves, s_paths)
         if state is not None:
             self._check_state(fn, raw_p, treedef, state)
-        return _Checked(xp, treedef, paths, p_leaves, raw_p, raw_g, s_leaves)
+        return _Checked(xp, treedef, p_leaves, raw_p, raw_g, s_leaves)
 
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
         key = (treedef, _signature(raw_params))
         if key not in self._templates:
             state = self.inner_init(unflatten(treedef, raw_params))
-            leaves, s_def, _ = flatten(state)
+            leaves, s_def = flatten_leaves(state)
             skeleton = [_LeafSpec(x) if is_array(x) else x for x in leaves]
             self._templates[key] = unflatten(s_def, skeleton)
         return self._templates[key]
 
     def _check_state(self, fn: str, raw_params: list[Any], treedef: Any, state: Any) -> None:
         template = self._template(raw_params, treedef)
-        t_leaves, t_def, t_paths = flatten(template)
-        s_leaves, s_def, _ = flatten(state)
+        t_leaves, t_def = flatten_leaves(template)
+        s_leaves, s_def = flatten_leaves(state)
         if s_def != t_def:
             try:
                 check_same_structure(
@@ -159,7 +203,11 @@ class GradientTransformation:
                 msg = f"{fn}: state does not belong to {self!r} with these params: {err}"
                 raise ValueError(msg) from None
             s_leaves = leaves_like(state, template)
-        for t, s, path in zip(t_leaves, s_leaves, t_paths):
+        t_paths = _LazyPaths(t_def)
+        for i, (t, s) in enumerate(zip(t_leaves, s_leaves)):
+            if type(t) is _LeafSpec and _fits(t, s):
+                continue  # the common case, settled without building the key path
+            path = t_paths()[i]
             where = f"state{path}"
             if is_array(t) != is_array(s):
                 kind = "an array" if is_array(t) else f"a {type(t).__name__}"
@@ -245,16 +293,23 @@ class GradientTransformation:
             new_state = _scalars_as_arrays(new_state)
         if not inplace:
             return unflatten(c.treedef, new_p), new_state
-        n_leaves, n_def, n_paths = flatten(new_state)
+        n_leaves, n_def = flatten_leaves(new_state)
         adapter = adapter_for(xp)
-        pairs = [(f"params{keystr(p)}", d, v) for p, d, v in zip(c.paths, c.params, new_p)]
-        if flatten(state)[1] == n_def:
+        pairs = [(("params", i), d, v) for i, (d, v) in enumerate(zip(c.params, new_p))]
+        if flatten_leaves(state)[1] == n_def:
             pairs += [
-                (f"state{p}", d, v)
-                for p, d, v in zip(n_paths, c.state_leaves, n_leaves)
+                (("state", i), d, v)
+                for i, (d, v) in enumerate(zip(c.state_leaves, n_leaves))
                 if is_array(d) and is_array(v)
             ]
-        out_p, out_s = _write_all(fn, adapter, pairs, len(new_p))
+
+        def label(where: tuple[str, int]) -> str:
+            tree, i = where
+            if tree == "params":
+                return f"params{keystr(c.paths()[i])}"
+            return f"state{key_paths(n_def)[i]}"
+
+        out_p, out_s = _write_all(fn, adapter, pairs, len(new_p), label)
         if out_s is not None:
             it = iter(out_s)
             n_leaves = [
@@ -274,7 +329,7 @@ def _is_numpy(xp: ModuleType) -> bool:
 
 def _scalars_as_arrays(tree: Any) -> Any:
     """``tree`` with NumPy scalars (NumPy's results for 0-d operands) made 0-d arrays."""
-    leaves, treedef, _ = flatten(tree)
+    leaves, treedef = flatten_leaves(tree)
     np = sys.modules["numpy"]
     if not any(isinstance(x, np.generic) for x in leaves):
         return tree
@@ -282,6 +337,9 @@ def _scalars_as_arrays(tree: Any) -> Any:
 
 
 def _device_or_none(x: Any) -> Any:
+    np = sys.modules.get("numpy")
+    if np is not None and type(x) is np.ndarray:
+        return "cpu"  # what array_api_compat.device says of every NumPy array
     try:
         return array_api_compat.device(x)
     except Exception:  # a library that cannot say (a JAX tracer)
@@ -290,21 +348,27 @@ def _device_or_none(x: Any) -> Any:
 
 def _check_devices(
     fn: str,
-    paths: list[Any],
+    paths: Callable[[], list[str]],
     raw_p: list[Any],
     raw_g: list[Any] | None,
     s_leaves: list[Any],
-    s_paths: list[str],
+    s_paths: Callable[[], list[str]],
 ) -> None:
     """Every gradient and state array on its parameter's device, before anything runs.
 
-    A state array is matched to the parameter whose key path ends its own
+    ``paths`` and ``s_paths`` give the key paths of the parameters and the state's
+    leaves. When every array is on one device there is nothing to match. Otherwise a
+    state array is matched to the parameter whose key path ends its own
     (``state.exp_avg['w']`` to ``params['w']``); one that matches none (a factored
     statistic, a chained transform's own leaf) is compared with the parameters'
     device when they all share one.
     """
     p_devs = [_device_or_none(p) for p in raw_p]
-    by_path = {keystr(path): d for path, d in zip(paths, p_devs)}
+    g_devs = [_device_or_none(g) for g in raw_g] if raw_g is not None else []
+    s_devs = {i: _device_or_none(x) for i, x in enumerate(s_leaves) if is_array(x)}
+    if len(set(map(repr, [*p_devs, *g_devs, *s_devs.values()]))) <= 1:
+        return  # one device for everything (the usual case)
+    by_path = {keystr(path): d for path, d in zip(paths(), p_devs)}
     shared = p_devs[0] if len(set(map(repr, p_devs))) == 1 else None
 
     def fail(where: str, d_p: Any, label: str, d_x: Any) -> None:
@@ -314,17 +378,13 @@ def _check_devices(
         )
         raise ValueError(msg)
 
-    if raw_g is not None:
-        for path, d_p, g in zip(paths, p_devs, raw_g):
-            d_g = _device_or_none(g)
-            if d_p is not None and d_g is not None and d_p != d_g:
-                fail(keystr(path), d_p, f"grads{keystr(path)}", d_g)
-    for leaf, s_path in zip(s_leaves, s_paths):
-        if not is_array(leaf):
-            continue
+    for path, d_p, d_g in zip(paths(), p_devs, g_devs):
+        if d_p is not None and d_g is not None and d_p != d_g:
+            fail(keystr(path), d_p, f"grads{keystr(path)}", d_g)
+    for i, d_s in s_devs.items():
+        s_path = s_paths()[i]
         key = _param_key(s_path, by_path)
         d_p = by_path[key] if key is not None else shared
-        d_s = _device_or_none(leaf)
         if d_p is not None and d_s is not None and d_p != d_s:
             fail(key if key is not None else "state", d_p, f"state{s_path}", d_s)
 
@@ -341,15 +401,24 @@ def _hyper_arrays(hyper: dict[str, Any]) -> list[Any]:
     return [v for v in hyper.values() if is_array(v)]
 
 
-def _write_all(fn: str, adapter: Any, pairs: list[tuple[str, Any, Any]], n_params: int):
-    """Check that every ``(label, dst, new)`` can be written, then write them all."""
+def _write_all(
+    fn: str,
+    adapter: Any,
+    pairs: list[tuple[Any, Any, Any]],
+    n_params: int,
+    label: Callable[[Any], str],
+):
+    """Check that every ``(where, dst, new)`` can be written, then write them all.
+
+    ``label(where)`` names a destination in the message when one cannot be written.
+    """
     plan = []
-    for label, dst, new in pairs:
+    for where, dst, new in pairs:
         write = adapter.writable(dst, new) and _same_buffer_kind(dst, new)
         if write:
             reason = adapter.readonly_reason(dst)
             if reason is not None:
-                msg = f"{fn}: cannot update {label} in place: {reason}; pass inplace=False or a writable array"
+                msg = f"{fn}: cannot update {label(where)} in place: {reason}; pass inplace=False or a writable array"
                 raise ValueError(msg)
         plan.append(write)
     out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
@@ -378,8 +447,8 @@ def apply_updates(
     if not inplace:
         return unflatten(c.treedef, new)
     adapter = adapter_for(c.xp)
-    pairs = [(f"params{keystr(p)}", d, v) for p, d, v in zip(c.paths, c.params, new)]
-    out, _ = _write_all(fn, adapter, pairs, len(new))
+    pairs = [(i, d, v) for i, (d, v) in enumerate(zip(c.params, new))]
+    out, _ = _write_all(fn, adapter, pairs, len(new), lambda i: f"params{keystr(c.paths()[i])}")
     return unflatten(c.treedef, out)
 
 
@@ -428,6 +497,6 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
 def namespace_of(*trees: Any, extra: tuple = ()) -> ModuleType:
     """The namespace of the array leaves of ``trees`` and any array in ``extra``."""
-    leaves = [x for t in trees for x in flatten(t)[0] if is_array(x)]
+    leaves = [x for t in trees for x in flatten_leaves(t)[0] if is_array(x)]
     leaves += [e for e in extra if is_array(e)]
     return array_namespace(*leaves)

@@ -34,7 +34,7 @@ from operator import attrgetter
 from typing import Any
 
 from agrad.optim.numerics import is_scalar, resolve
-from agrad.pytree import flatten
+from agrad.pytree import flatten_leaves
 
 __all__ = ["adam_step_inplace", "sgd_step_inplace", "try_step", "enabled"]
 
@@ -74,7 +74,7 @@ def _leaves(tree: Any) -> tuple[list[Any], Any] | None:
         leaves = list(tree.values())
         if len(set(map(type, leaves))) == 1 and _library(leaves[0]) is not None:
             return leaves, (dict, tuple(tree))
-    leaves, treedef, _ = flatten(tree)
+    leaves, treedef = flatten_leaves(tree)
     return leaves, treedef
 
 

@@ -25,7 +25,7 @@ from agrad.optim.transforms import (
     scale_values,
     trace,
 )
-from agrad.pytree import flatten, leaves_like, unflatten
+from agrad.pytree import flatten_leaves, leaves_like, unflatten
 
 __all__ = [
     "FactoredState",
@@ -234,7 +234,7 @@ def scale_by_factored_rms(
 
     def init(params: Any) -> FactoredState:
         xp = namespace_of(params)
-        leaves, treedef, _ = flatten(params)
+        leaves, treedef = flatten_leaves(params)
         rows, cols, vs = [], [], []
         for p in leaves:
             dims = _factored_dims(tuple(p.shape), factored, min_dim_size_to_factor)
@@ -254,7 +254,7 @@ def scale_by_factored_rms(
 
     def update(updates: Any, state: FactoredState, params: Any):
         xp = namespace_of(updates)
-        leaves, treedef, _ = flatten(updates)
+        leaves, treedef = flatten_leaves(updates)
         rows = leaves_like(state.v_row, updates)
         cols = leaves_like(state.v_col, updates)
         vs = leaves_like(state.v, updates)

@@ -33,7 +33,7 @@ from typing import Any
 
 from agrad.autograd.adapters import adapter_for
 from agrad.namespace import array_namespace
-from agrad.pytree import check_same_structure, flatten, leaves_like, unflatten
+from agrad.pytree import check_same_structure, flatten_leaves, leaves_like, unflatten
 
 __all__ = ["Packed", "pack"]
 
@@ -62,7 +62,7 @@ class Packed:
     )
 
     def __init__(self, params: Any, *, xp: ModuleType | None = None):
-        leaves, treedef, _ = flatten(params)
+        leaves, treedef = flatten_leaves(params)
         if not leaves:
             raise ValueError("agrad.optim.pack: params contains no arrays")
         xp = array_namespace(*leaves) if xp is None else xp
@@ -106,7 +106,7 @@ class Packed:
     def _param_views(self, buffers: list[Any]) -> Any:
         """Views of ``buffers``; a leaf that was a variable is a variable again."""
         adapter = adapter_for(self.xp)
-        leaves, treedef, _ = flatten(self.unflatten(buffers))
+        leaves, treedef = flatten_leaves(self.unflatten(buffers))
         leaves = [adapter.variable(x) if v else x for x, v in zip(leaves, self._variables)]
         return unflatten(treedef, leaves)
 

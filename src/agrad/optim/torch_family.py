@@ -29,7 +29,7 @@ from agrad.optim.numerics import (
     resolve,
     scale,
 )
-from agrad.pytree import flatten, leaves_like, unflatten
+from agrad.pytree import flatten_leaves, leaves_like, unflatten
 
 __all__ = [
     "AdadeltaState",
@@ -137,7 +137,7 @@ def _torch_optimizer(
     active = [f for f, make in buffers.items() if make is not None]
 
     def init(params: Any) -> Any:
-        leaves, treedef, _ = flatten(params)
+        leaves, treedef = flatten_leaves(params)
         xp = namespace_of(params)
         fields = {
             f: None if make is None else unflatten(treedef, [make(xp, p) for p in leaves])
@@ -146,7 +146,7 @@ def _torch_optimizer(
         return state_cls(count=0, **(scalar_init or {}), **fields)
 
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
-        g_leaves, treedef, _ = flatten(grads)
+        g_leaves, treedef = flatten_leaves(grads)
         p_leaves = [None] * len(g_leaves) if params is None else leaves_like(params, grads)
         lr_t = resolve(lr, state.count)
         xp = namespace_of(grads, params, extra=(lr_t,))

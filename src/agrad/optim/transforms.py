@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, is_array, namespace_of
 from agrad.optim.numerics import check_nonnegative, check_positive, lerp, python_numbers, scale
-from agrad.pytree import flatten, keystr, leaves_like, unflatten
+from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, unflatten
 
 __all__ = [
     "ApplyIfFiniteState",
@@ -82,7 +82,7 @@ class PartitionState(NamedTuple):
 
 
 def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    leaves, treedef, _ = flatten(tree)
+    leaves, treedef = flatten_leaves(tree)
     others = [leaves_like(r, tree) for r in rest]
     return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
 
@@ -110,7 +110,7 @@ def _stateless(name: str, fn: Callable[[Any, Any], Any], hyper: dict, needs_para
 
 def global_norm(tree: Any) -> Any:
     """:math:`\\sqrt{\\sum_i \\lVert u_i \\rVert_2^2}` over every leaf, a 0-d array."""
-    leaves = [x for x in flatten(tree)[0] if is_array(x)]
+    leaves = [x for x in flatten_leaves(tree)[0] if is_array(x)]
     xp = namespace_of(leaves)
     total = None
     for u in leaves:
@@ -194,12 +194,12 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
         if weight_decay == 0:
             return updates
         use = (
-            [True] * len(flatten(params)[0])
+            [True] * len(flatten_leaves(params)[0])
             if mask is None
             else _mask_leaves(fn_name, mask, params)
         )
         xp = namespace_of(updates)
-        u_leaves, treedef, _ = flatten(updates)
+        u_leaves, treedef = flatten_leaves(updates)
         p_leaves = leaves_like(params, updates)
         out = [xp.add(u, p * weight_decay) if m else u for u, p, m in zip(u_leaves, p_leaves, use)]
         return unflatten(treedef, out)
@@ -365,7 +365,7 @@ def apply_if_finite(
     def update(updates: Any, state: ApplyIfFiniteState, params: Any):
         xp = namespace_of(updates)
         new_updates, inner_state = inner.inner_update(updates, state.inner_state, params)
-        finite = all(bool(xp.all(xp.isfinite(u))) for u in flatten(new_updates)[0])
+        finite = all(bool(xp.all(xp.isfinite(u))) for u in flatten_leaves(new_updates)[0])
         nf = 0 if finite else state.notfinite_count + 1
         total = state.total_notfinite + (0 if finite else 1)
         if finite or nf > max_consecutive_errors:
@@ -397,7 +397,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         sub_u, inner_state = inner.inner_update(select(updates, use, ref), state.inner_state, sub_p)
         it = iter(sub_u)
         out = [next(it) if m else u for u, m in zip(leaves_like(updates, ref), use)]
-        return unflatten(flatten(ref)[1], out), MaskedState(inner_state)
+        return unflatten(flatten_leaves(ref)[1], out), MaskedState(inner_state)
 
     return _wrapping("masked", init, update, inner, mask=mask)
 
@@ -458,7 +458,7 @@ def partition(
             outs[k], new_states[k] = t.inner_update(gu[k], state.inner_states[k], gp[k])
         iters = {k: iter(v) for k, v in outs.items()}
         leaves = [next(iters[lab]) for lab in labs]
-        return unflatten(flatten(ref)[1], leaves), PartitionState(new_states)
+        return unflatten(flatten_leaves(ref)[1], leaves), PartitionState(new_states)
 
     needs = any(t._needs_params() for t in transforms.values())
     hyper: dict[str, Any] = {"transforms": transforms, "labels": labels, "_needs_params": needs}
