@@ -91,20 +91,36 @@ _PLAIN_SEQUENCES = (list, tuple)
 # arrays and their tape) alive until the cyclic garbage collector happens to run.
 
 
+# Types seen to be leaves (neither None nor a dict, list or tuple, subclasses included):
+# a property of the type, so children of these types are taken without a recursive call.
+_LEAF_TYPES: set[type] = set()
+
+
+def _children_into(children: Any, leaves: list[Any]) -> tuple[PyTreeDef, ...]:
+    defs = []
+    for c in children:
+        if type(c) in _LEAF_TYPES:
+            leaves.append(c)
+            defs.append(_LEAF_DEF)
+        else:
+            defs.append(_flatten_into(c, leaves))
+    return tuple(defs)
+
+
 def _flatten_into(node: Any, leaves: list[Any]) -> PyTreeDef:
     cls = type(node)
     if cls is dict:
-        keys = tuple(node)
-        return PyTreeDef(dict, keys, tuple([_flatten_into(node[k], leaves) for k in keys]))
+        return PyTreeDef(dict, tuple(node), _children_into(node.values(), leaves))
     if cls in _PLAIN_SEQUENCES:
-        return PyTreeDef(cls, None, tuple([_flatten_into(c, leaves) for c in node]))
+        return PyTreeDef(cls, None, _children_into(node, leaves))
     if node is None:
         return _NONE_DEF
     if isinstance(node, dict):
         keys = tuple(node)
-        return PyTreeDef(dict, keys, tuple([_flatten_into(node[k], leaves) for k in keys]))
+        return PyTreeDef(dict, keys, _children_into([node[k] for k in keys], leaves))
     if isinstance(node, (list, tuple)):  # subclasses, named tuples included
-        return PyTreeDef(cls, None, tuple([_flatten_into(c, leaves) for c in node]))
+        return PyTreeDef(cls, None, _children_into(node, leaves))
+    _LEAF_TYPES.add(cls)
     leaves.append(node)
     return _LEAF_DEF
 
@@ -260,6 +276,9 @@ def leaves_like(tree: Any, like: Any) -> list[Any]:
 
 
 def _leaves_like_into(a: Any, b: Any, out: list[Any]) -> None:
+    if type(b) in _LEAF_TYPES:
+        out.append(a)
+        return
     if b is None:
         return
     spec = _children(b)

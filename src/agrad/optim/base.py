@@ -49,8 +49,13 @@ InitFn = Callable[[Any], Any]
 UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 
 
+_NUMBERS = (int, float, bool, complex)
+
+
 def is_array(x: Any) -> bool:
     """True for array leaves (anything with a shape and dtype), False for Python numbers."""
+    if type(x) in _NUMBERS:
+        return False
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
