@@ -62,9 +62,10 @@ class TapeAdapter(Adapter):
                 cotangents = backward(rules_ns, trace.tape, y._node, seed, input_nodes)
             else:
                 cotangents = [None] * len(boxes)
-            grads = [
-                raw_ns.zeros_like(strip(x)) if c is None else c for c, x in zip(cotangents, leaves)
-            ]
+            # A zero gradient: made raw when it leaves as a plain array; inside an
+            # enclosing trace, made as before by the tracing namespace.
+            zeros_like = ns.zeros_like if retain else lambda x: raw_ns.zeros_like(strip(x))
+            grads = [zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
             if extras:
                 extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:
