@@ -3,7 +3,7 @@
 Every comparison runs in one process, agrad and its peer interleaved, several
 repetitions each; the table gives the medians and the ratio agrad/peer, and the
 target each ratio is held to. Benchmarks assert nothing: a missed target is
-reported, not raised. Options: ``--quick`` (about a minute), ``--json`` (machine
+reported, not raised. Options: ``--quick`` (under a minute; 18 s here), ``--json`` (machine
 readable on stdout), ``--plot PATH`` (a PNG of the ratios against their targets),
 ``--profile`` (cProfile of the tape engine), ``--only TEXT`` (rows whose name
 contains TEXT), ``--threads N`` (torch's intra-op threads; default 1, so torch and
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m agrad bench``; returns the exit status (0)."""
     parser = argparse.ArgumentParser(prog="agrad bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="about a minute: fewer reps, shorter samples"
+        "--quick", action="store_true", help="under a minute: fewer reps, shorter samples"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios")
