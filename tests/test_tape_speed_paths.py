@@ -290,3 +290,19 @@ def test_fast_functions_take_numpys_own_path_for_numpy_only_arguments():
     # and through the tracing namespace, with nothing traced: a pass-through of NumPy
     _same(anp.sum(x, 1), np.sum(x, 1))
     _same(anp.max(x, axis=0, initial=7.0), np.max(x, axis=0, initial=7.0))
+
+
+def test_unused_input_in_a_nested_gradient_mixes_with_traced_arrays_on_strict():
+    """A zero gradient handed to an enclosing trace works with the strict operators."""
+    xps = pytest.importorskip("array_api_strict")
+
+    def inner(x, y):
+        return agrad.array_namespace(x).sum(x * x)  # y is unused: its gradient is zero
+
+    def outer(y):
+        x = xps.asarray([1.0, 2.0])
+        _, gy = agrad.grad(inner, argnums=(0, 1))(x, y)
+        return agrad.array_namespace(y).sum(gy * y + y)  # operators on the zero gradient
+
+    g = agrad.grad(outer)(xps.asarray([3.0, 4.0]))
+    np.testing.assert_array_equal(np.asarray(g), [1.0, 1.0])

@@ -12,6 +12,7 @@ from agrad.autograd.tape.traced import (
     Node,
     Trace,
     TracedArray,
+    constant,
     outer_trace_active,
     strip,
     unbox,
@@ -62,14 +63,18 @@ class TapeAdapter(Adapter):
                 cotangents = backward(rules_ns, trace.tape, y._node, seed, input_nodes)
             else:
                 cotangents = [None] * len(boxes)
-            # A zero gradient: made raw when it leaves as a plain array; inside an
-            # enclosing trace, made as before by the tracing namespace.
-            zeros_like = ns.zeros_like if retain else lambda x: raw_ns.zeros_like(strip(x))
-            grads = [zeros_like(x) if c is None else c for c, x in zip(cotangents, leaves)]
+            unused = [c is None for c in cotangents]
+            grads = [
+                raw_ns.zeros_like(strip(x)) if c is None else c for c, x in zip(cotangents, leaves)
+            ]
             if extras:
                 extras = tree_map(lambda e: unbox(e, trace), extras)
         finally:
             trace.end()
+        if retain and any(unused):
+            # A zero gradient handed to an enclosing trace is a constant of it, so that it
+            # mixes with that trace's arrays, through array-api-strict's operators too.
+            grads = [constant(ns, g) if u else g for g, u in zip(grads, unused)]
         if not retain:
             y_value = strip(y_value)
             grads = [strip(g) for g in grads]
