@@ -155,12 +155,8 @@ class RuleNode(Node):
 
     def cotangents(self, g: Any, ns: Any) -> list[Any]:
         """One cotangent per parent, for the cotangent ``g`` of the output."""
-        ans, args, kwargs, rules = self.ans, self.args, self.kwargs, self.rules
-        if kwargs is None:
-            if len(rules) == 1:
-                return (rules[0](ns, g, ans, *args),)
-            return [rule(ns, g, ans, *args) for rule in rules]
-        return [rule(ns, g, ans, *args, **kwargs) for rule in rules]
+        ans, args, kwargs = self.ans, self.args, self.kwargs or {}
+        return [rule(ns, g, ans, *args, **kwargs) for rule in self.rules]
 
 
 class TupleCotangent:
@@ -462,19 +458,10 @@ def primitive(
         ans = fn(*vals, **kwargs)
         if not parents:
             return ans
-        if len(argnums) == 1:
-            rule = rules[argnums[0]]
-
-            def vjp(g: Any, ns_: Any) -> tuple[Any]:
-                return (rule(ns_, g, ans, *vals, **kwargs),)
-
-        else:
-            chosen = [rules[i] for i in argnums]
-
-            def vjp(g: Any, ns_: Any) -> list[Any]:
-                return [r(ns_, g, ans, *vals, **kwargs) for r in chosen]
-
-        return ns._Traced(ans, Node(vjp, tuple(parents), trace), trace)
+        chosen = tuple(rules[i] for i in argnums)
+        return Traced(
+            ans, RuleNode(trace, tuple(parents), chosen, ans, tuple(vals), kwargs or None), trace
+        )
 
     only_x, only_y, both_xy = (rule0,), (rule1,), (rule0, rule1)
 
