@@ -29,27 +29,25 @@ _maximum_reduce = np.maximum.reduce
 _minimum_reduce = np.minimum.reduce
 
 
-_REDUCTION_KEYWORDS = frozenset(("axis", "dtype", "keepdims"))
+def _reduction(
+    reduce: Callable[..., Any], fallback: Callable[..., Any], keywords: frozenset[str]
+) -> Callable[..., Any]:
+    """``fallback`` (``np.sum`` ...), as the ufunc reduction it ends in for an ndarray.
 
+    Only calls whose keywords are all in ``keywords`` (the standard's) take the short
+    way; ``np.sum`` and the others pass ``dtype=None`` and ``keepdims`` on to that same
+    reduction, so the results are the same bits.
+    """
 
-def _sum(x: Any, *args: Any, **kwargs: Any) -> Any:
-    """``np.sum``: ``np.add.reduce`` for an ndarray (what ``np.sum`` itself calls)."""
-    if type(x) is _ndarray and not args and kwargs.keys() <= _REDUCTION_KEYWORDS:
-        get = kwargs.get
-        return _add_reduce(x, axis=get("axis"), dtype=get("dtype"), keepdims=get("keepdims", False))
-    return np.sum(x, *args, **kwargs)
-
-
-def _reduction(reduce: Callable[..., Any], fallback: Callable[..., Any]) -> Callable[..., Any]:
-    def extremum(x: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(x) is _ndarray and not args and kwargs.keys() <= _REDUCTION_KEYWORDS:
-            if kwargs.get("dtype") is None:
-                return reduce(x, axis=kwargs.get("axis"), keepdims=kwargs.get("keepdims", False))
+    def reduction(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(x) is _ndarray and not args and kwargs.keys() <= keywords:
+            get = kwargs.get
+            return reduce(x, axis=get("axis"), dtype=get("dtype"), keepdims=get("keepdims", False))
         return fallback(x, *args, **kwargs)
 
-    extremum.__name__ = extremum.__qualname__ = fallback.__name__
-    extremum.__doc__ = f"``np.{fallback.__name__}``: the ufunc reduction for an ndarray."
-    return extremum
+    reduction.__name__ = reduction.__qualname__ = fallback.__name__
+    reduction.__doc__ = f"``np.{fallback.__name__}``: the ufunc reduction for an ndarray."
+    return reduction
 
 
 def _reshape(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -70,9 +68,9 @@ def _matrix_transpose(x: Any, /) -> Any:
 
 #: Name in the namespace -> the faster function with the same results.
 FAST_NUMPY: dict[str, Callable[..., Any]] = {
-    "sum": _sum,
-    "max": _reduction(_maximum_reduce, np.max),
-    "min": _reduction(_minimum_reduce, np.min),
+    "sum": _reduction(_add_reduce, np.sum, frozenset(("axis", "dtype", "keepdims"))),
+    "max": _reduction(_maximum_reduce, np.max, frozenset(("axis", "keepdims"))),
+    "min": _reduction(_minimum_reduce, np.min, frozenset(("axis", "keepdims"))),
     "reshape": _reshape,
     "matrix_transpose": _matrix_transpose,
 }
