@@ -106,14 +106,11 @@ class _Checked(NamedTuple):
 
     xp: ModuleType
     treedef: Any
+    paths: _LazyPaths  # the parameters' key paths, made on demand (only messages need them)
     params: list[Any]
     raw_params: list[Any]
     raw_grads: list[Any] | None
     state_leaves: list[Any]
-
-    def paths(self) -> list[str]:
-        """The parameters' key paths (made on demand: only messages need them)."""
-        return key_paths(self.treedef)
 
 
 class GradientTransformation:
@@ -179,12 +176,12 @@ class GradientTransformation:
         if grads is not None:
             raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
             for i, (p, g) in enumerate(zip(raw_p, raw_g)):
-                if tuple(p.shape) != tuple(g.shape) or p.dtype != g.dtype:
-                    check_leaf_matches(fn, keystr(lazy_paths()[i]), "params", p, "grads", g)
+                where = lambda i=i: keystr(lazy_paths()[i])  # noqa: E731 (made for messages only)
+                check_leaf_matches(fn, where, "params", p, "grads", g)
         _check_devices(fn, lazy_paths, raw_p, raw_g, s_leaves, s_paths)
         if state is not None:
             self._check_state(fn, raw_p, treedef, state)
-        return _Checked(xp, treedef, p_leaves, raw_p, raw_g, s_leaves)
+        return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
 
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
         key = (treedef, _signature(raw_params))
