@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from agrad.__main__ import COMMANDS
 from agrad.__main__ import main as agrad_main
 from agrad.demo import (
     DEMO_BACKENDS,
@@ -20,6 +21,7 @@ from agrad.demo import (
     run_demo,
 )
 from agrad.testing import available_backends
+from blocked_imports import run_without
 
 STEPS = 4
 BATCH = 128
@@ -128,3 +130,36 @@ def test_python_dash_m_agrad_demo():
     )
     assert proc.returncode == 0, proc.stderr
     assert "numpy" in proc.stdout and "final loss" in proc.stdout
+
+
+RUN_AGRAD = (
+    "import runpy, sys\nsys.argv = {argv!r}\nrunpy.run_module('agrad', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "named"),
+    [
+        (["sklearn"], ["demo"], "scikit-learn is not installed"),
+        (["matplotlib"], ["demo", "--plot", "loss.png"], "matplotlib is not installed"),
+        (["numpy", "sklearn"], ["demo"], "numpy and scikit-learn are not installed"),
+    ],
+)
+def test_demo_without_an_optional_dependency_says_which_extra_to_install(blocked, args, named):
+    proc = run_without(blocked, RUN_AGRAD.format(argv=["agrad", *args]), timeout=120)
+    assert proc.returncode != 0
+    assert proc.stdout == ""  # refused before anything runs
+    assert proc.stderr.splitlines() == [
+        f'agrad demo: {named}; install the demo extra: pip install "agrad[demo]"'
+    ]
+
+
+def test_dispatcher_names_the_extra_when_a_command_cannot_import(tmp_path, monkeypatch, capsys):
+    (tmp_path / "needs_a_missing_package.py").write_text("import agrad_test_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "demo", ("needs_a_missing_package", "a command"))
+    assert agrad_main(["demo"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "agrad demo: agrad_test_not_installed is not installed; "
+        'install the demo extra: pip install "agrad[demo]"'
+    ]

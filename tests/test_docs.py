@@ -12,11 +12,30 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blocked_imports import run_without
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # A ```python block runs unless the line before it is "<!-- not run -->".
 CODE_BLOCK = re.compile(r"(<!-- not run -->\n)?```python\n(.*?)```", re.S)
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+# What `pip install -e ".[docs]"` leaves out: every optional dependency of agrad but NumPy.
+NOT_IN_DOCS_EXTRA = (
+    "torch",
+    "jax",
+    "jaxlib",
+    "dask",
+    "distributed",
+    "array_api_strict",
+    "array_api_extra",
+    "cupy",
+    "sklearn",
+    "matplotlib",
+    "optax",
+    "autograd",
+    "psutil",
+    "hypothesis",
+)
 
 
 def _load_hook(name: str):
@@ -38,6 +57,24 @@ def test_readme_backend_matrix_is_generated_from_the_code():
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
     assert "`agrad.numpy`" in rows["tracing namespace"]
     assert "`jax.vjp`" in rows["gradients by"] and "`torch.autograd`" in rows["gradients by"]
+
+
+def test_backend_matrix_is_the_same_with_only_the_docs_extra_installed():
+    matrix = _load_hook("backend_matrix")
+    readme = (ROOT / "README.md").read_text()
+    full_install = readme.partition(matrix.START + "\n")[2].partition("\n" + matrix.END)[0]
+    hook = DOCS / "hooks" / "backend_matrix.py"
+    code = f"import runpy\nprint(runpy.run_path({str(hook)!r})['backend_matrix']())\n"
+    proc = run_without(NOT_IN_DOCS_EXTRA, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == full_install
+
+
+@pytest.mark.parametrize("name", ["torch", "jax"])
+def test_recorded_native_columns_are_what_the_probe_finds(name):
+    pytest.importorskip(name)
+    matrix = _load_hook("backend_matrix")
+    assert matrix.probe(name) == {**matrix.NATIVE_ROWS[name], "tested": "yes"}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])

@@ -3,9 +3,14 @@
 Each cell is found by running agrad: the adapter that ``adapter_for`` picks, what
 ``agrad.variable`` returns, whether ``gradient_descent_update(..., inplace=True)`` hands
 back the same object, whether ``grad(grad(f))`` gives the second derivative, whether a
-float32 gradient stays float32, whether ``agrad.optim.adam`` steps. A backend that is
-not installed (CuPy without a GPU) is probed through a backend that shares its adapter
-(agrad's tape: NumPy), so the table is the same on every machine.
+float32 gradient stays float32, whether ``agrad.optim.adam`` steps.
+
+The table is the same on every machine, whatever is installed. A tape backend that is
+not installed (CuPy without a GPU) is probed through NumPy, which shares its adapter
+(agrad's tape). A native-autograd backend that is not installed (a docs build with only
+the ``docs`` extra) is described by :data:`NATIVE_ROWS`, its probe on a full install;
+``tests/test_docs.py`` checks that record against the probe wherever torch and JAX are
+installed, and builds the table with them blocked.
 
 - mkdocs: ``{{ backend_matrix }}`` in a page is replaced by the table.
 - ``python docs/hooks/backend_matrix.py``: print the table;
@@ -22,10 +27,44 @@ MARKER = "{{ backend_matrix }}"
 START, END = "<!-- backend-matrix:start -->", "<!-- backend-matrix:end -->"
 NATIVE_AUTOGRAD = {"torch": "`torch.autograd`", "jax": "`jax.vjp`"}
 TESTED_HERE = {"cupy": "on a CUDA GPU (skipped without one)"}
+#: What :func:`probe` finds for each native-autograd backend on a full install, used
+#: where that backend is not installed (the ``tested`` row is added from ``TESTED_HERE``).
+NATIVE_ROWS = {
+    "torch": {
+        "gradients by": NATIVE_AUTOGRAD["torch"],
+        "tracing namespace": "—",
+        "`agrad.variable(x)` is": "`torch.Tensor` leaf, `requires_grad`",
+        "`inplace=True` updates": "write in place",
+        "`grad(grad(f))`": "yes",
+        "float32 stays float32": "yes",
+        "`agrad.optim`": "yes",
+    },
+    "jax": {
+        "gradients by": NATIVE_AUTOGRAD["jax"],
+        "tracing namespace": "—",
+        "`agrad.variable(x)` is": "the array itself",
+        "`inplace=True` updates": "return new arrays",
+        "`grad(grad(f))`": "yes",
+        "float32 stays float32": "yes",
+        "`agrad.optim`": "yes",
+    },
+}
 
 
-def _probe(name: str) -> dict[str, str]:
-    """Run agrad on backend ``name`` (or on one sharing its adapter) and describe what happens."""
+def describe(name: str) -> dict[str, str]:
+    """The column of backend ``name``: probed where it runs, else its full-install record."""
+    from agrad.autograd.tape.tracing_namespace import BASE_MODULES
+    from agrad.testing import load_backend
+
+    if load_backend(name)[0] is None and name not in BASE_MODULES:
+        if name not in NATIVE_ROWS:
+            raise RuntimeError(f"cannot describe {name}: not installed and nothing recorded of it")
+        return {**NATIVE_ROWS[name], "tested": TESTED_HERE.get(name, "yes")}
+    return probe(name)
+
+
+def probe(name: str) -> dict[str, str]:
+    """Run agrad on backend ``name`` (or on NumPy, for a tape backend not installed here)."""
     import numpy as np
 
     import agrad
@@ -35,8 +74,6 @@ def _probe(name: str) -> dict[str, str]:
 
     xp, _ = load_backend(name)
     if xp is None:
-        if name not in BASE_MODULES:
-            raise RuntimeError(f"cannot describe {name}: not installed and not on agrad's tape")
         xp, _ = load_backend("numpy")
     adapter = adapter_for(xp)
     on_tape = name in BASE_MODULES
@@ -69,14 +106,11 @@ def _probe(name: str) -> dict[str, str]:
         "`grad(grad(f))`": "yes" if np.allclose(_numpy(second), [12.0, -6.0]) else "no",
         "float32 stays float32": "yes" if "float32" in str(g32.dtype) else "no",
     }
-    try:
-        import agrad.optim as optim
+    import agrad.optim as optim
 
-        opt = optim.adam(lr=0.1)
-        optim_ok = opt.step(agrad.variable(x32), g32, opt.init(x32)) is not None
-        row["`agrad.optim`"] = "yes" if optim_ok else "no"
-    except ImportError:
-        pass
+    opt = optim.adam(lr=0.1)
+    optim_ok = opt.step(agrad.variable(x32), g32, opt.init(x32)) is not None
+    row["`agrad.optim`"] = "yes" if optim_ok else "no"
     row["tested"] = TESTED_HERE.get(name, "yes")
     return row
 
@@ -92,7 +126,7 @@ def backend_matrix() -> str:
     from agrad.testing import BACKENDS
 
     names = list(BACKENDS)
-    rows = {name: _probe(name) for name in names}
+    rows = {name: describe(name) for name in names}
     keys = list(rows[names[0]])
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += ["| " + " | ".join([k, *(rows[n][k] for n in names)]) + " |" for k in keys]

@@ -10,6 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+#: Command -> (module, summary); a command's optional dependencies are the extra of its name.
 COMMANDS = {
     "demo": ("agrad.demo", "train a small MLP with one loop on every installed backend"),
     "bench": ("agrad.bench", "benchmark agrad against native autograd and other libraries"),
@@ -43,13 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name != module_name:
+        if err.name == module_name:
+            msg = (
+                f"agrad {command}: this installation has no {module_name} module yet "
+                f"(the '{command}' command is not part of agrad {_version()})"
+            )
+        elif err.name and err.name.partition(".")[0] != "agrad":
+            msg = (
+                f"agrad {command}: {err.name.partition('.')[0]} is not installed; "
+                f'install the {command} extra: pip install "agrad[{command}]"'
+            )
+        else:
             raise
-        print(
-            f"agrad {command}: this installation has no {module_name} module yet "
-            f"(the '{command}' command is not part of agrad {_version()})",
-            file=sys.stderr,
-        )
+        print(msg, file=sys.stderr)
         return 2
     return int(module.main(rest) or 0)
 

@@ -10,6 +10,7 @@ from typing import TextIO
 from agrad.demo._data import init_mlp, load_digits_split
 from agrad.demo._optimizers import default_lr, make_optimizer, optimizer_names
 from agrad.demo._report import ProgressBar, format_table, max_param_difference, plot_losses
+from agrad.demo._requirements import missing_message, missing_requirements
 from agrad.demo._train import RunResult, train
 
 __all__ = ["DemoRun", "main", "run_demo"]
@@ -131,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1:
         print("agrad demo: --steps must be at least 1", file=sys.stderr)
+        return 2
+    missing = missing_requirements(plot=bool(args.plot))
+    if missing:
+        print(missing_message(missing), file=sys.stderr)
         return 2
     print("agrad demo: " + _describe(args))
     print("The same data, initial parameters and training loop on every backend.\n")
