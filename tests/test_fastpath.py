@@ -44,32 +44,26 @@ def _to_numpy(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
-def _run(name, kw, library, dtype, fast, steps=4, structure="list"):
+def _run(monkeypatch, name, kw, library, dtype, fast, steps=4, structure="list"):
     opt = getattr(agrad.optim, name)(**kw)
     params = _arrays(library, dtype, 0)
     if structure == "dict":
         params = {f"p{i}": p for i, p in enumerate(params)}
     state = opt.init(params)
-    old = fastpath.enabled
-    fastpath.enabled = fast
-    try:
-        for k in range(steps):
-            grads = _arrays(library, dtype, k + 1)
-            if structure == "dict":
-                grads = {f"p{i}": g for i, g in enumerate(grads)}
-            before = [
-                _to_numpy(g).copy() for g in (grads.values() if structure == "dict" else grads)
-            ]
-            handled = fastpath.try_step(opt, params, grads, state) if fast else None
-            if handled is not None:
-                params, state = handled
-            else:
-                params, state = opt.step(params, grads, state)
-            after = [_to_numpy(g) for g in (grads.values() if structure == "dict" else grads)]
-            for b, a in zip(before, after):
-                np.testing.assert_array_equal(a, b)  # gradients are never modified
-    finally:
-        fastpath.enabled = old
+    monkeypatch.setattr(fastpath, "enabled", fast)
+    for k in range(steps):
+        grads = _arrays(library, dtype, k + 1)
+        if structure == "dict":
+            grads = {f"p{i}": g for i, g in enumerate(grads)}
+        before = [_to_numpy(g).copy() for g in (grads.values() if structure == "dict" else grads)]
+        handled = fastpath.try_step(opt, params, grads, state) if fast else None
+        if handled is not None:
+            params, state = handled
+        else:
+            params, state = opt.step(params, grads, state)
+        after = [_to_numpy(g) for g in (grads.values() if structure == "dict" else grads)]
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(a, b)  # gradients are never modified
     leaves = list(params.values()) if structure == "dict" else params
     return [_to_numpy(p) for p in leaves], state, handled is not None
 
@@ -81,9 +75,9 @@ def _tol(dtype: str) -> dict:
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize(("name", "kw"), CONFIGS, ids=[f"{n}-{kw}" for n, kw in CONFIGS])
-def test_fast_path_matches_generic(library, dtype, name, kw):
-    ref, ref_state, _ = _run(name, kw, library, dtype, fast=False)
-    got, state, handled = _run(name, kw, library, dtype, fast=True)
+def test_fast_path_matches_generic(monkeypatch, library, dtype, name, kw):
+    ref, ref_state, _ = _run(monkeypatch, name, kw, library, dtype, fast=False)
+    got, state, handled = _run(monkeypatch, name, kw, library, dtype, fast=True)
     numpy_unsupported = library == "numpy" and (
         kw.get("amsgrad")
         or kw.get("maximize")
@@ -116,11 +110,11 @@ NUMPY_BITWISE = [
 @pytest.mark.parametrize(
     ("name", "kw"), NUMPY_BITWISE, ids=[f"{n}-{kw}" for n, kw in NUMPY_BITWISE]
 )
-def test_numpy_fast_path_is_bitwise_generic(dtype, name, kw):
+def test_numpy_fast_path_is_bitwise_generic(monkeypatch, dtype, name, kw):
     """The NumPy kernels round exactly as the generic path (AdamW's decoupled decay
     included: the generic update is ``(p * decay + step) - p``, added to ``p``)."""
-    ref, ref_state, _ = _run(name, kw, "numpy", dtype, fast=False)
-    got, state, handled = _run(name, kw, "numpy", dtype, fast=True)
+    ref, ref_state, _ = _run(monkeypatch, name, kw, "numpy", dtype, fast=False)
+    got, state, handled = _run(monkeypatch, name, kw, "numpy", dtype, fast=True)
     assert handled
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(g, r)
@@ -131,9 +125,9 @@ def test_numpy_fast_path_is_bitwise_generic(dtype, name, kw):
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
-def test_dict_params_take_the_fast_path(library):
-    ref, _, _ = _run("adam", {}, library, "float64", fast=False, structure="dict")
-    got, _, handled = _run("adam", {}, library, "float64", fast=True, structure="dict")
+def test_dict_params_take_the_fast_path(monkeypatch, library):
+    ref, _, _ = _run(monkeypatch, "adam", {}, library, "float64", fast=False, structure="dict")
+    got, _, handled = _run(monkeypatch, "adam", {}, library, "float64", fast=True, structure="dict")
     assert handled
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-13)
@@ -187,7 +181,7 @@ def test_torch_leaf_requiring_grad_is_updated_under_no_grad():
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
-def test_nested_and_mixed_trees(library):
+def test_nested_and_mixed_trees(monkeypatch, library):
     def make(seed):
         a = _arrays(library, "float64", seed)
         return {"x": a[0], "inner": {"y": a[1], "z": [a[2], a[3]]}, "w": a[4]}
@@ -197,13 +191,9 @@ def test_nested_and_mixed_trees(library):
         opt = agrad.optim.adam(lr=0.01)
         params = make(0)
         state = opt.init(params)
-        old = fastpath.enabled
-        fastpath.enabled = fast
-        try:
-            for k in range(3):
-                params, state = opt.step(params, make(k + 1), state)
-        finally:
-            fastpath.enabled = old
+        monkeypatch.setattr(fastpath, "enabled", fast)
+        for k in range(3):
+            params, state = opt.step(params, make(k + 1), state)
         results.append(params)
     ref, got = (agrad.pytree.flatten(r)[0] for r in results)
     for r, g in zip(ref, got):
@@ -214,7 +204,7 @@ def test_nested_and_mixed_trees(library):
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
-def test_non_contiguous_arrays(name):
+def test_non_contiguous_arrays(monkeypatch, name):
     rng = np.random.default_rng(0)
     results = []
     for fast in (False, True):
@@ -222,14 +212,10 @@ def test_non_contiguous_arrays(name):
         params.append(rng.standard_normal((40, 50))[::2, ::3])
         opt = getattr(agrad.optim, name)(lr=0.01)
         state = opt.init(params)
-        old = fastpath.enabled
-        fastpath.enabled = fast
-        try:
-            for _ in range(3):
-                grads = [np.asfortranarray(rng.standard_normal(p.shape)) for p in params]
-                params, state = opt.step(params, grads, state)
-        finally:
-            fastpath.enabled = old
+        monkeypatch.setattr(fastpath, "enabled", fast)
+        for _ in range(3):
+            grads = [np.asfortranarray(rng.standard_normal(p.shape)) for p in params]
+            params, state = opt.step(params, grads, state)
         results.append(params)
         rng = np.random.default_rng(0)
     for r, g in zip(*results):

@@ -85,7 +85,7 @@ CASES = [
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
 @pytest.mark.parametrize(("name", "torch_name", "kw"), CASES)
-def test_packed_steps_match_torch_optim(library, fast, name, torch_name, kw):
+def test_packed_steps_match_torch_optim(monkeypatch, library, fast, name, torch_name, kw):
     steps = 6
     ref = _torch_reference(getattr(torch.optim, torch_name), kw, steps, np.float64)
     params = _params(0)
@@ -94,16 +94,12 @@ def test_packed_steps_match_torch_optim(library, fast, name, torch_name, kw):
     packed = agrad.optim.pack(params)
     opt = getattr(agrad.optim, name)(**kw)
     state = opt.init(packed.buffers)
-    old = fastpath.enabled
-    fastpath.enabled = fast
-    try:
-        for k in range(steps):
-            grads = _params(k + 1)
-            if library == "torch":
-                grads = [torch.from_numpy(g) for g in grads]
-            state = packed.step(opt, grads, state)
-    finally:
-        fastpath.enabled = old
+    monkeypatch.setattr(fastpath, "enabled", fast)
+    for k in range(steps):
+        grads = _params(k + 1)
+        if library == "torch":
+            grads = [torch.from_numpy(g) for g in grads]
+        state = packed.step(opt, grads, state)
     assert state.count == steps
     for r, p in zip(ref, packed.params):
         got = p.numpy() if library == "torch" else p
