@@ -143,24 +143,6 @@ def test_load_onto_strict_device(tmp_path):
             assert x.device == dev
 
 
-def test_load_for_different_parameters(tmp_path):
-    opt = optim.adam(lr=0.1)
-    p = {k: np.array(v) for k, v in _p0().items()}
-    s = opt.init(p)
-    optim.save(s, tmp_path / "s.npz")
-    with pytest.raises(
-        ValueError,
-        match=r"state\.exp_avg\['w'\] has shape \(3, 4\) but like\['w'\] has shape \(3, 5\)",
-    ):
-        optim.load(tmp_path / "s.npz", like={"w": np.zeros((3, 5)), "b": np.zeros(4)})
-    with pytest.raises(ValueError, match="no part of the state has the structure of like"):
-        optim.load(tmp_path / "s.npz", like={"w": np.zeros((3, 4))})
-    with pytest.raises(ValueError, match="no part of the state"):
-        optim.load(
-            tmp_path / "s.npz", like={"w": np.zeros((3, 4)), "b": np.zeros(4), "c": np.zeros(1)}
-        )
-
-
 def test_load_single_array_params(tmp_path):
     opt = optim.adam(lr=0.1)
     p = np.ones(3)
@@ -171,14 +153,3 @@ def test_load_single_array_params(tmp_path):
         ValueError, match=r"state\.exp_avg has shape \(3,\) but like has shape \(4,\)"
     ):
         optim.load(tmp_path / "s.npz", like=np.zeros(4))
-
-
-def test_load_rejects_foreign_files(tmp_path):
-    np.savez(tmp_path / "x.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match=r"not a state written by agrad\.optim\.save"):
-        optim.load(tmp_path / "x.npz", like=np.zeros(3))
-
-
-def test_save_rejects_unknown_leaves(tmp_path):
-    with pytest.raises(TypeError, match=r"cannot save object at state\['x'\]"):
-        optim.save({"x": object()}, tmp_path / "s.npz")

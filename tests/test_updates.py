@@ -1,9 +1,12 @@
-"""The seed's updates on every backend: against torch.optim, in-place semantics, dtype/device."""
+"""The seed's updates on every backend: against torch.optim, in-place semantics, dtype/device;
+0-d NumPy parameters stay arrays (seed updates and ``agrad.optim`` alike)."""
 
 import numpy as np
 import pytest
 
 import agrad
+import agrad.optim as optim
+from agrad.pytree import flatten
 from agrad.testing import assert_same_kind, to_numpy
 from conftest import asarray
 
@@ -162,3 +165,34 @@ def test_learning_rate_array_is_differentiable_inside_a_trace(tape_xp):
     w_np, g_np = np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.1, -0.4])
     expected = np.sum(-2 * g_np * (w_np - 0.1 * g_np))
     np.testing.assert_allclose(float(to_numpy(dlr)), expected, rtol=1e-12)
+
+
+def _zero_d_cases() -> list:
+    return [
+        pytest.param("gradient_descent", id="gradient_descent_update"),
+        pytest.param("adam_update", id="adam_update"),
+        pytest.param("adam", id="optim.adam"),
+        pytest.param("sgd", id="optim.sgd"),
+    ]
+
+
+@pytest.mark.parametrize("kind", _zero_d_cases())
+def test_zero_d_numpy_parameters_stay_arrays(kind: str) -> None:
+    """NumPy gives scalars (``np.float64``) for 0-d operands; updates must hand back arrays,
+    or the next in-place step has nothing to write into."""
+    params = {"bias": np.array(0.5), "w": np.ones(2)}
+    grads = {"bias": np.array(0.25), "w": np.ones(2)}
+    if kind == "adam_update":
+        m, v = (
+            {k: np.zeros_like(p) for k, p in params.items()},
+            {k: np.zeros_like(p) for k, p in params.items()},
+        )
+        out = agrad.adam_update(params, grads, 0.1, m, v, 1, inplace=False)
+    elif kind == "gradient_descent":
+        out = agrad.gradient_descent_update(params, grads, 0.1, inplace=False)
+    else:
+        opt = optim.adam(lr=0.1) if kind == "adam" else optim.sgd(lr=0.1, momentum=0.9)
+        out = opt.step(params, grads, opt.init(params), inplace=False)
+    for leaf in flatten(out)[0]:
+        if hasattr(leaf, "dtype"):
+            assert type(leaf) is np.ndarray, f"got {type(leaf).__name__}"

@@ -1,4 +1,8 @@
-"""Bad input to the seed's API: a clear exception naming the problem, and nothing modified."""
+"""Bad input to the seed's API: a clear exception naming the problem, and nothing modified.
+
+``variable``, ``execute_with_gradients``, ``gradient_descent_update`` and ``adam_update``;
+the same mistakes on every backend are rows of ``test_bad_input_matrix.py``.
+"""
 
 import numpy as np
 import pytest
