@@ -42,7 +42,7 @@ def _state_arrays(state):
     return [x for x in flatten(state)[0] if hasattr(x, "shape")]
 
 
-# ---- constructors ----------------------------------------------------------------------
+# ---- constructors --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_chain_rejects_non_transforms():
         optim.chain(optim.sgd(lr=0.1), lambda g: g)
 
 
-# ---- step, update, apply_updates -----------------------------------------------------
+# ---- step, update, apply_updates, pack -----------------------------------------------
 
 
 def _snapshot(params, state):
@@ -298,7 +298,12 @@ def test_device_mismatch_names_key_path_before_anything_runs():
     opt.step(on_dev, _grads(xs, on_dev), opt.init(on_dev))
 
 
-# ---- save and load --------------------------------------------------------------------
+def test_pack_rejects_empty():
+    with pytest.raises(ValueError, match="no arrays"):
+        optim.pack({})
+
+
+# ---- save and load -------------------------------------------------------------------
 
 
 def test_load_for_different_parameters(tmp_path):

@@ -131,11 +131,6 @@ def test_packed_on_immutable_arrays_rebinds():
     assert state.count == 1
 
 
-def test_pack_rejects_empty():
-    with pytest.raises(ValueError, match="no arrays"):
-        agrad.optim.pack({})
-
-
 def test_torch_parameters_stay_leaves_viewing_the_buffer():
     w = torch.nn.Parameter(torch.ones(3, 2))
     b = torch.nn.Parameter(torch.zeros(2))
