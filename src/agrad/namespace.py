@@ -1,21 +1,34 @@
 """Which array library an input belongs to, without importing any framework.
 
-``array_namespace`` is array-api-compat's, taught about agrad's own objects: a
-:class:`~agrad.autograd.variable.Variable` counts as the array it holds, and a traced
-array gives its tracing namespace (``agrad.numpy`` ...), even when mixed with raw
-arrays of the same base library. Frameworks are recognised by module name through
-``sys.modules``; nothing here imports torch, JAX or CuPy.
+``array_namespace`` is array-api-compat's, taught about agrad's own objects: a box
+type registered with :func:`register_box_type` (``agrad.Variable``) counts as the array
+it holds, and a traced array gives its tracing namespace (``agrad.numpy`` ...), even
+when mixed with raw arrays of the same base library. Frameworks are recognised by
+module name through ``sys.modules``; nothing here imports torch, JAX or CuPy.
+
+This is the bottom layer: it knows nothing of autograd or optim. Upper layers tell it
+what it needs (box types) instead of being imported by it.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 
-__all__ = ["array_namespace", "is_native_autograd_namespace", "is_numpy_scalar", "library_name"]
+__all__ = [
+    "array_namespace",
+    "base_library",
+    "common_namespace",
+    "is_native_autograd_namespace",
+    "is_numpy_scalar",
+    "is_tracing_namespace",
+    "library_name",
+    "register_box_type",
+]
 
 _LIBRARY_NAMES = {
     "array_api_compat.numpy": "numpy",
@@ -41,9 +54,14 @@ def library_name(xp: ModuleType) -> str:
     return _LIBRARY_NAMES.get(name, name)
 
 
-def _base_library(xp: ModuleType) -> str:
+def base_library(xp: ModuleType) -> str:
     """The framework a namespace computes with (a tracing namespace counts as its base)."""
     return getattr(xp, "_agrad_base_name", None) or library_name(xp)
+
+
+def is_tracing_namespace(xp: ModuleType) -> bool:
+    """True for agrad's tracing namespaces (``agrad.numpy``, ``agrad.array_api_strict`` ...)."""
+    return getattr(xp, "_agrad_base_name", None) is not None
 
 
 def is_native_autograd_namespace(xp: ModuleType) -> bool:
@@ -61,23 +79,29 @@ def is_numpy_scalar(x: Any) -> bool:
 # (a traced array's class belongs to one tracing namespace), so the answer is cached.
 _NAMESPACE_BY_TYPE: dict[type, ModuleType] = {}
 _PYTHON_SCALARS = (bool, int, float, complex)
+# Box type -> how to take the array out of one (``agrad.Variable`` -> ``.value``).
+_BOX_TYPES: dict[type, Callable[[Any], Any]] = {}
+
+
+def register_box_type(cls: type, unbox: Callable[[Any], Any]) -> None:
+    """Make instances of ``cls`` count as the array ``unbox(instance)`` returns.
+
+    A box holds an array of any library, so its namespace is decided per instance
+    (never cached by type). ``agrad.Variable`` registers itself this way.
+    """
+    _BOX_TYPES[cls] = unbox
 
 
 def _namespace_of(x: Any) -> ModuleType | None:
     ns = _NAMESPACE_BY_TYPE.get(type(x))
     if ns is not None:
         return ns
-    from agrad.autograd.tape.traced import TracedArray
-    from agrad.autograd.variable import Variable
-
-    if isinstance(x, Variable):
-        return _namespace_of(x.value)  # a Variable's namespace is its value's: not cached
+    unbox = _BOX_TYPES.get(type(x))
+    if unbox is not None:
+        return _namespace_of(unbox(x))
     if x is None or isinstance(x, _PYTHON_SCALARS):
         return None
-    if isinstance(x, TracedArray):
-        ns = x.__array_namespace__()
-    else:
-        ns = array_api_compat.array_namespace(x)
+    ns = array_api_compat.array_namespace(x)  # a traced array answers with its own namespace
     _NAMESPACE_BY_TYPE[type(x)] = ns
     return ns
 
@@ -142,12 +166,51 @@ def array_namespace(*xs: Any, xp: ModuleType | None = None) -> ModuleType:
         raise TypeError(msg)
     first, i0 = found[0]
     for ns, i in found[1:]:
-        if _base_library(ns) != _base_library(first):
+        if base_library(ns) != base_library(first):
             msg = (
                 "agrad.array_namespace: inputs come from two array libraries, "
-                f"{_base_library(first)} (argument {i0}) and {_base_library(ns)} (argument {i}); "
+                f"{base_library(first)} (argument {i0}) and {base_library(ns)} (argument {i}); "
                 "convert them to one library first"
             )
             raise TypeError(msg)
-    tracing = [ns for ns, _ in found if getattr(ns, "_agrad_base_name", None)]
+    tracing = [ns for ns, _ in found if is_tracing_namespace(ns)]
     return tracing[0] if tracing else first
+
+
+def common_namespace(
+    leaves: Sequence[Any],
+    labels: Sequence[str] | Callable[[], Sequence[str]],
+    fn: str,
+    xp: ModuleType | None = None,
+) -> ModuleType:
+    """The namespace of all ``leaves``, or a ``TypeError`` naming two that differ.
+
+    ``labels`` name each leaf in messages (``"ws['w1']"``), or is a function returning
+    them, called only to write a message; ``fn`` names the caller.
+    """
+    if xp is not None:
+        return xp
+    try:
+        return array_namespace(*leaves)
+    except TypeError:
+        pass
+    if callable(labels):
+        labels = labels()
+    seen: list[tuple[str, str]] = []
+    for leaf, label in zip(leaves, labels):
+        if is_numpy_scalar(leaf):  # weak, as in array_namespace
+            continue
+        try:
+            lib = library_name(array_namespace(leaf)).removeprefix("agrad.")
+        except TypeError:
+            msg = f"{fn}: {label} is not an array of a supported library (got {type(leaf).__qualname__})"
+            raise TypeError(msg) from None
+        for other_lib, other_label in seen:
+            if other_lib != lib:
+                msg = (
+                    f"{fn}: inputs mix array libraries: {other_label} is {other_lib} but "
+                    f"{label} is {lib}; convert everything to one library first"
+                )
+                raise TypeError(msg)
+        seen.append((lib, label))
+    raise TypeError(f"{fn}: could not determine a common array namespace")

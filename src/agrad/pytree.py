@@ -184,11 +184,15 @@ def unflatten(treedef: PyTreeDef, leaves: list[Any] | tuple[Any, ...]) -> Any:
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Apply ``fn`` leafwise over trees of the same structure."""
+    """Apply ``fn`` leafwise over trees of the same structure.
+
+    The leaves of ``rest`` are matched to ``tree``'s by position in the structure (dict
+    keys by name, whatever their order), as :func:`leaves_like` aligns them.
+    """
     leaves, treedef = flatten_leaves(tree)
     if not rest:
         return unflatten(treedef, [fn(x) for x in leaves])
-    others = [flatten_leaves(r)[0] for r in rest]
+    others = [leaves_like(r, tree) for r in rest]
     return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
 
 

@@ -14,11 +14,10 @@ from typing import Any
 
 from agrad.autograd.adapters import adapter_for
 from agrad.autograd.variable import Variable
-from agrad.namespace import _base_library, array_namespace, is_numpy_scalar, library_name
+from agrad.namespace import array_namespace, base_library, common_namespace
 from agrad.pytree import flatten_leaves, key_paths, unflatten
 
 __all__ = [
-    "common_namespace",
     "execute_with_gradients",
     "grad",
     "is_variable",
@@ -32,45 +31,6 @@ _local = threading.local()
 
 def _depth() -> int:
     return getattr(_local, "depth", 0)
-
-
-def common_namespace(
-    leaves: Sequence[Any],
-    labels: Sequence[str] | Callable[[], Sequence[str]],
-    fn: str,
-    xp: ModuleType | None = None,
-) -> ModuleType:
-    """The namespace of all ``leaves``, or a ``TypeError`` naming two that differ.
-
-    ``labels`` name each leaf in messages (``"ws['w1']"``), or is a function returning
-    them, called only to write a message; ``fn`` names the caller.
-    """
-    if xp is not None:
-        return xp
-    try:
-        return array_namespace(*leaves)
-    except TypeError:
-        pass
-    if callable(labels):
-        labels = labels()
-    seen: list[tuple[str, str]] = []
-    for leaf, label in zip(leaves, labels):
-        if is_numpy_scalar(leaf):  # weak, as in array_namespace
-            continue
-        try:
-            lib = library_name(array_namespace(leaf)).removeprefix("agrad.")
-        except TypeError:
-            msg = f"{fn}: {label} is not an array of a supported library (got {type(leaf).__qualname__})"
-            raise TypeError(msg) from None
-        for other_lib, other_label in seen:
-            if other_lib != lib:
-                msg = (
-                    f"{fn}: inputs mix array libraries: {other_label} is {other_lib} but "
-                    f"{label} is {lib}; convert everything to one library first"
-                )
-                raise TypeError(msg)
-        seen.append((lib, label))
-    raise TypeError(f"{fn}: could not determine a common array namespace")
 
 
 _REAL = "real floating"
@@ -168,11 +128,11 @@ def _check_scalar(y: Any, xp: ModuleType) -> None:
         y_ns = array_namespace(y)
     except TypeError:
         y_ns = None
-    y_library = type(y).__module__ if y_ns is None else _base_library(y_ns)
-    if y_library != _base_library(xp):
+    y_library = type(y).__module__ if y_ns is None else base_library(y_ns)
+    if y_library != base_library(xp):
         msg = (
             f"execute_with_gradients: func returned y from {y_library} but xs are "
-            f"{_base_library(xp)} arrays; y must be computed from xs with their namespace "
+            f"{base_library(xp)} arrays; y must be computed from xs with their namespace "
             "(agrad.array_namespace(x))"
         )
         raise TypeError(msg)

@@ -11,6 +11,10 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import array_api_compat
+
+from agrad.namespace import array_namespace, register_box_type
+
 __all__ = ["Variable"]
 
 
@@ -23,8 +27,6 @@ class Variable:
         self.value = value
 
     def __array_namespace__(self, *, api_version: str | None = None) -> Any:
-        from agrad.namespace import array_namespace
-
         return array_namespace(self.value)
 
     @property
@@ -45,8 +47,6 @@ class Variable:
 
     @property
     def device(self) -> Any:
-        import array_api_compat
-
         return array_api_compat.device(self.value)
 
     @property
@@ -93,3 +93,4 @@ Variable.__neg__ = lambda self: -self.value
 Variable.__pos__ = lambda self: +self.value
 Variable.__abs__ = lambda self: abs(self.value)
 Variable.__hash__ = object.__hash__
+register_box_type(Variable, _unwrap)

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from agrad._arrays import as_array, device_or_none
 from agrad._validation import check_leaf_matches
 from agrad.autograd.adapters import adapter_for
-from agrad.autograd.api import common_namespace
-from agrad.namespace import array_namespace
+from agrad.namespace import array_namespace, common_namespace
 from agrad.optim.fastpath import try_step as try_fast_step
 from agrad.pytree import (
     check_same_structure,
@@ -34,7 +34,6 @@ from agrad.pytree import (
     leaves_like,
     unflatten,
 )
-from agrad.updates import as_array
 
 __all__ = [
     "GradientTransformation",
@@ -101,6 +100,29 @@ class _LazyPaths:
         return self._paths
 
 
+class TreeNames(NamedTuple):
+    """What error messages call the trees of one call.
+
+    ``agrad.optim`` says ``params``, ``grads`` and ``state``; the seed API says ``ws``
+    and ``dcdws`` and names the state's fields after its own arguments
+    (``state_fields=((".exp_avg", "mw"),)`` turns ``state.exp_avg['w']`` into ``mw['w']``).
+    """
+
+    params: str = "params"
+    grads: str = "grads"
+    state_fields: tuple[tuple[str, str], ...] = ()
+
+    def state(self, path: str) -> str:
+        """The name of the state leaf at key path ``path``."""
+        for field, name in self.state_fields:
+            if path.startswith(field) and path[len(field) : len(field) + 1] in ("", ".", "["):
+                return name + path[len(field) :]
+        return "state" + path
+
+
+_NAMES = TreeNames()
+
+
 class _Checked(NamedTuple):
     """Validated inputs of one call: raw parameter and gradient leaves and their tree."""
 
@@ -113,6 +135,72 @@ class _Checked(NamedTuple):
     state_leaves: list[Any]
 
 
+def check_call(
+    fn: str,
+    params: Any,
+    grads: Any,
+    state: Any = None,
+    *,
+    xp: ModuleType | None = None,
+    names: TreeNames = _NAMES,
+    hyperparams: dict[str, Any] | None = None,
+    complex_params: bool = False,
+    state_check: Callable[..., None] | None = None,
+) -> _Checked:
+    """Validate one call before anything is computed; return its raw leaves.
+
+    Checks, in order: ``params`` holds arrays; ``grads`` (if given) has its structure;
+    every array (state and array hyperparameters included) belongs to one namespace;
+    parameters are (real, unless ``complex_params``) floating point; gradients match
+    their parameter's shape and dtype; everything sits on its parameter's device; and
+    ``state_check(fn, raw_params, treedef, state, names)`` accepts the state. Messages
+    name leaves by key path, in the words of ``names``.
+    """
+    hyperparams = hyperparams or {}
+    p_leaves, treedef = flatten_leaves(params)
+    if not p_leaves:
+        raise ValueError(f"{fn}: {names.params} contains no arrays")
+    lazy_paths = _LazyPaths(treedef)
+    s_leaves, s_def = flatten_leaves(state) if state is not None else ([], None)
+    s_paths = _LazyPaths(s_def)
+    leaves = list(p_leaves)
+    if grads is not None:
+        check_same_structure(params, grads, names=(names.params, names.grads))
+        leaves += leaves_like(grads, params)
+    s_arrays = [i for i, leaf in enumerate(s_leaves) if is_array(leaf)]
+    leaves += [s_leaves[i] for i in s_arrays]
+    hyper_arrays = {k: v for k, v in hyperparams.items() if is_array(v)}
+    leaves += hyper_arrays.values()
+
+    def labels() -> list[str]:
+        paths = lazy_paths()
+        out = [f"{names.params}{keystr(p)}" for p in paths]
+        if grads is not None:
+            out += [f"{names.grads}{keystr(p)}" for p in paths]
+        out += [names.state(s_paths()[i]) for i in s_arrays]
+        return out + [f"hyperparameter {k}" for k in hyper_arrays]
+
+    xp = common_namespace(leaves, labels, fn, xp)
+    adapter = adapter_for(xp)
+    raw_p = [adapter.read(p) for p in p_leaves]
+    kinds = ("real floating", "complex floating") if complex_params else "real floating"
+    for i, raw in enumerate(raw_p):
+        if not xp.isdtype(raw.dtype, kinds):
+            what = "floating-point" if complex_params else "real floating-point"
+            msg = f"{fn}: {names.params}{keystr(lazy_paths()[i])} has dtype {raw.dtype}; optimizers need {what} parameters"
+            raise TypeError(msg)
+    raw_g = None
+    if grads is not None:
+        raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
+        for i, (p, g) in enumerate(zip(raw_p, raw_g)):
+            where = lambda i=i: keystr(lazy_paths()[i])  # noqa: E731 (made for messages only)
+            check_leaf_matches(fn, where, names.params, p, names.grads, g)
+    _check_devices(fn, lazy_paths, raw_p, raw_g, s_leaves, s_paths, names)
+    if state_check is not None:
+        state_check(fn, raw_p, treedef, state, names)
+    return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
+
+
 class GradientTransformation:
     """A named pair of pure functions ``init`` and ``update``, with validation and ``step``.
 
@@ -120,9 +208,27 @@ class GradientTransformation:
     computes the additive updates (``params + updates`` is the new parameters) and the
     new state without touching any input; ``step(params, grads, state)`` does both and
     writes the results in place where the library allows it.
+
+    Args:
+        name: the name in messages and ``repr``.
+        init, update: the pure functions.
+        hyperparams: the public hyperparameters, shown by ``repr``; array values take
+            part in choosing the namespace.
+        needs_params: whether ``update`` reads the parameters (weight decay, trust
+            ratios); ``update(grads, state)`` without params is then refused.
+        complex_params: whether the rule is defined for complex parameters (SGD);
+            otherwise complex parameters are refused with a ``TypeError``.
     """
 
-    __slots__ = ("_templates", "hyperparams", "inner_init", "inner_update", "name")
+    __slots__ = (
+        "_templates",
+        "complex_params",
+        "hyperparams",
+        "inner_init",
+        "inner_update",
+        "name",
+        "needs_params",
+    )
 
     def __init__(
         self,
@@ -130,58 +236,43 @@ class GradientTransformation:
         init: InitFn,
         update: UpdateFn,
         hyperparams: dict[str, Any] | None = None,
+        *,
+        needs_params: bool = True,
+        complex_params: bool = False,
     ):
         self.name = name
         self.inner_init = init
         self.inner_update = update
         self.hyperparams = dict(hyperparams or {})
+        self.needs_params = needs_params
+        self.complex_params = complex_params
         self._templates: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items() if not k.startswith("_"))
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{self.name}({args})"
 
     # -- validation -------------------------------------------------------------
-    def _check(self, fn: str, params: Any, grads: Any, state: Any, xp: ModuleType | None):
-        p_leaves, treedef = flatten_leaves(params)
-        if not p_leaves:
-            raise ValueError(f"{fn}: params contains no arrays")
-        lazy_paths = _LazyPaths(treedef)
-        s_leaves, s_def = flatten_leaves(state) if state is not None else ([], None)
-        s_paths = _LazyPaths(s_def)
-        leaves = list(p_leaves)
-        if grads is not None:
-            check_same_structure(params, grads, names=("params", "grads"))
-            leaves += leaves_like(grads, params)
-        s_arrays = [i for i, leaf in enumerate(s_leaves) if is_array(leaf)]
-        leaves += [s_leaves[i] for i in s_arrays]
-        leaves += [h for h in _hyper_arrays(self.hyperparams)]
-
-        def labels() -> list[str]:
-            paths = lazy_paths()
-            out = [f"params{keystr(p)}" for p in paths]
-            if grads is not None:
-                out += [f"grads{keystr(p)}" for p in paths]
-            out += [f"state{s_paths()[i]}" for i in s_arrays]
-            return out + [f"hyperparameter {k}" for k, v in self.hyperparams.items() if is_array(v)]
-
-        xp = common_namespace(leaves, labels, fn, xp)
-        adapter = adapter_for(xp)
-        raw_p = [adapter.read(p) for p in p_leaves]
-        for i, raw in enumerate(raw_p):
-            if not xp.isdtype(raw.dtype, "real floating"):
-                msg = f"{fn}: params{keystr(lazy_paths()[i])} has dtype {raw.dtype}; optimizers need real floating-point parameters"
-                raise TypeError(msg)
-        raw_g = None
-        if grads is not None:
-            raw_g = [adapter.read(g) for g in leaves_like(grads, params)]
-            for i, (p, g) in enumerate(zip(raw_p, raw_g)):
-                where = lambda i=i: keystr(lazy_paths()[i])  # noqa: E731 (made for messages only)
-                check_leaf_matches(fn, where, "params", p, "grads", g)
-        _check_devices(fn, lazy_paths, raw_p, raw_g, s_leaves, s_paths)
-        if state is not None:
-            self._check_state(fn, raw_p, treedef, state)
-        return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
+    def _check(
+        self,
+        fn: str,
+        params: Any,
+        grads: Any,
+        state: Any,
+        xp: ModuleType | None,
+        names: TreeNames = _NAMES,
+    ) -> _Checked:
+        return check_call(
+            fn,
+            params,
+            grads,
+            state,
+            xp=xp,
+            names=names,
+            hyperparams=self.hyperparams,
+            complex_params=self.complex_params,
+            state_check=None if state is None else self._check_state,
+        )
 
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
         key = (treedef, _signature(raw_params))
@@ -192,7 +283,9 @@ class GradientTransformation:
             self._templates[key] = unflatten(s_def, skeleton)
         return self._templates[key]
 
-    def _check_state(self, fn: str, raw_params: list[Any], treedef: Any, state: Any) -> None:
+    def _check_state(
+        self, fn: str, raw_params: list[Any], treedef: Any, state: Any, names: TreeNames = _NAMES
+    ) -> None:
         template = self._template(raw_params, treedef)
         t_leaves, t_def = flatten_leaves(template)
         s_leaves, s_def = flatten_leaves(state)
@@ -209,8 +302,7 @@ class GradientTransformation:
         for i, (t, s) in enumerate(zip(t_leaves, s_leaves)):
             if type(t) is _LeafSpec and _fits(t, s):
                 continue  # the common case, settled without building the key path
-            path = t_paths()[i]
-            where = f"state{path}"
+            where = names.state(t_paths()[i])
             if is_array(t) != is_array(s):
                 kind = "an array" if is_array(t) else f"a {type(t).__name__}"
                 msg = (
@@ -226,7 +318,7 @@ class GradientTransformation:
                 raise ValueError(msg)
             if is_array(t) and t.dtype != s.dtype:
                 msg = (
-                    f"{fn}: state{path} has dtype {s.dtype} but these params need {t.dtype} "
+                    f"{fn}: {where} has dtype {s.dtype} but these params need {t.dtype} "
                     "(state arrays keep their parameter's dtype)"
                 )
                 raise TypeError(msg)
@@ -250,16 +342,13 @@ class GradientTransformation:
         c = self._check(fn, ref, None if params is None else grads, state, xp)
         raw_g = c.raw_params if params is None else c.raw_grads
         raw_p = None if params is None else unflatten(c.treedef, c.raw_params)
-        if params is None and self._needs_params():
+        if params is None and self.needs_params:
             msg = f"{fn}: {self!r} reads the parameters; pass params"
             raise ValueError(msg)
         updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
         if _is_numpy(c.xp):
             updates, new_state = _scalars_as_arrays(updates), _scalars_as_arrays(new_state)
         return updates, new_state
-
-    def _needs_params(self) -> bool:
-        return bool(self.hyperparams.get("_needs_params", True))
 
     def step(
         self,
@@ -278,51 +367,69 @@ class GradientTransformation:
         trace get new arrays. With ``inplace=False`` nothing is modified and, inside
         ``agrad.execute_with_gradients``, the step is differentiable.
         """
-        if inplace and xp is None:
-            fast = try_fast_step(self, params, grads, state)
-            if fast is not None:
-                return fast
-        fn = f"{self.name}.step"
-        c = self._check(fn, params, grads, state, xp)
-        updates, new_state = self.inner_update(
-            unflatten(c.treedef, c.raw_grads), state, unflatten(c.treedef, c.raw_params)
-        )
-        xp = c.xp
-        u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
-        new_p = [xp.add(p, u) for p, u in zip(c.raw_params, u_leaves)]
-        if _is_numpy(xp):
-            new_p = [as_array(x) for x in new_p]
-            new_state = _scalars_as_arrays(new_state)
-        if not inplace:
-            return unflatten(c.treedef, new_p), new_state
-        n_leaves, n_def = flatten_leaves(new_state)
-        adapter = adapter_for(xp)
-        pairs = [(("params", i), d, v) for i, (d, v) in enumerate(zip(c.params, new_p))]
-        if flatten_leaves(state)[1] == n_def:
-            pairs += [
-                (("state", i), d, v)
-                for i, (d, v) in enumerate(zip(c.state_leaves, n_leaves))
-                if is_array(d) and is_array(v)
-            ]
-
-        def label(where: tuple[str, int]) -> str:
-            tree, i = where
-            if tree == "params":
-                return f"params{keystr(c.paths()[i])}"
-            return f"state{key_paths(n_def)[i]}"
-
-        out_p, out_s = _write_all(fn, adapter, pairs, len(new_p), label)
-        if out_s is not None:
-            it = iter(out_s)
-            n_leaves = [
-                next(it) if is_array(d) and is_array(v) else v
-                for d, v in zip(c.state_leaves, n_leaves)
-            ]
-            new_state = unflatten(n_def, n_leaves)
-        return unflatten(c.treedef, out_p), new_state
+        return run_step(self, params, grads, state, inplace=inplace, xp=xp)
 
 
 Optimizer = GradientTransformation
+
+
+def run_step(
+    opt: GradientTransformation,
+    params: Any,
+    grads: Any,
+    state: Any,
+    *,
+    inplace: bool = True,
+    xp: ModuleType | None = None,
+    names: TreeNames = _NAMES,
+    fn: str | None = None,
+) -> tuple[Any, Any]:
+    """``opt.step``, with messages that say ``fn`` and call the trees by ``names``.
+
+    The seed API (``agrad.adam_update`` ...) runs its optimizer through this, so its
+    errors name its own arguments (``ws``, ``dcdws``, ``mw``, ``vw``).
+    """
+    if inplace and xp is None:
+        fast = try_fast_step(opt, params, grads, state)
+        if fast is not None:
+            return fast
+    fn = fn or f"{opt.name}.step"
+    c = opt._check(fn, params, grads, state, xp, names)
+    updates, new_state = opt.inner_update(
+        unflatten(c.treedef, c.raw_grads), state, unflatten(c.treedef, c.raw_params)
+    )
+    xp = c.xp
+    u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
+    new_p = [xp.add(p, u) for p, u in zip(c.raw_params, u_leaves)]
+    if _is_numpy(xp):
+        new_p = [as_array(x) for x in new_p]
+        new_state = _scalars_as_arrays(new_state)
+    if not inplace:
+        return unflatten(c.treedef, new_p), new_state
+    n_leaves, n_def = flatten_leaves(new_state)
+    adapter = adapter_for(xp)
+    pairs = [(("params", i), d, v) for i, (d, v) in enumerate(zip(c.params, new_p))]
+    if flatten_leaves(state)[1] == n_def:
+        pairs += [
+            (("state", i), d, v)
+            for i, (d, v) in enumerate(zip(c.state_leaves, n_leaves))
+            if is_array(d) and is_array(v)
+        ]
+
+    def label(where: tuple[str, int]) -> str:
+        tree, i = where
+        if tree == "params":
+            return f"{names.params}{keystr(c.paths()[i])}"
+        return names.state(key_paths(n_def)[i])
+
+    out_p, out_s = _write_all(fn, adapter, pairs, len(new_p), label)
+    if out_s is not None:
+        it = iter(out_s)
+        n_leaves = [
+            next(it) if is_array(d) and is_array(v) else v for d, v in zip(c.state_leaves, n_leaves)
+        ]
+        new_state = unflatten(n_def, n_leaves)
+    return unflatten(c.treedef, out_p), new_state
 
 
 def _is_numpy(xp: ModuleType) -> bool:
@@ -338,16 +445,6 @@ def _scalars_as_arrays(tree: Any) -> Any:
     return unflatten(treedef, [as_array(x) for x in leaves])
 
 
-def _device_or_none(x: Any) -> Any:
-    np = sys.modules.get("numpy")
-    if np is not None and type(x) is np.ndarray:
-        return "cpu"  # what array_api_compat.device says of every NumPy array
-    try:
-        return array_api_compat.device(x)
-    except Exception:  # a library that cannot say (a JAX tracer)
-        return None
-
-
 def _check_devices(
     fn: str,
     paths: Callable[[], list[str]],
@@ -355,6 +452,7 @@ def _check_devices(
     raw_g: list[Any] | None,
     s_leaves: list[Any],
     s_paths: Callable[[], list[str]],
+    names: TreeNames = _NAMES,
 ) -> None:
     """Every gradient and state array on its parameter's device, before anything runs.
 
@@ -365,9 +463,9 @@ def _check_devices(
     statistic, a chained transform's own leaf) is compared with the parameters'
     device when they all share one.
     """
-    p_devs = [_device_or_none(p) for p in raw_p]
-    g_devs = [_device_or_none(g) for g in raw_g] if raw_g is not None else []
-    s_devs = {i: _device_or_none(x) for i, x in enumerate(s_leaves) if is_array(x)}
+    p_devs = [device_or_none(p) for p in raw_p]
+    g_devs = [device_or_none(g) for g in raw_g] if raw_g is not None else []
+    s_devs = {i: device_or_none(x) for i, x in enumerate(s_leaves) if is_array(x)}
     if len(set(map(repr, [*p_devs, *g_devs, *s_devs.values()]))) <= 1:
         return  # one device for everything (the usual case)
     by_path = {keystr(path): d for path, d in zip(paths(), p_devs)}
@@ -375,20 +473,20 @@ def _check_devices(
 
     def fail(where: str, d_p: Any, label: str, d_x: Any) -> None:
         msg = (
-            f"{fn}: device mismatch at {where}: params is on {d_p!r} but {label} is on "
+            f"{fn}: device mismatch at {where}: {names.params} is on {d_p!r} but {label} is on "
             f"{d_x!r}; move them to one device first"
         )
         raise ValueError(msg)
 
     for path, d_p, d_g in zip(paths(), p_devs, g_devs):
         if d_p is not None and d_g is not None and d_p != d_g:
-            fail(keystr(path), d_p, f"grads{keystr(path)}", d_g)
+            fail(keystr(path), d_p, f"{names.grads}{keystr(path)}", d_g)
     for i, d_s in s_devs.items():
         s_path = s_paths()[i]
         key = _param_key(s_path, by_path)
         d_p = by_path[key] if key is not None else shared
         if d_p is not None and d_s is not None and d_p != d_s:
-            fail(key if key is not None else "state", d_p, f"state{s_path}", d_s)
+            fail(key if key is not None else "state", d_p, names.state(s_path), d_s)
 
 
 def _param_key(s_path: str, by_path: dict[str, Any]) -> str | None:
@@ -397,10 +495,6 @@ def _param_key(s_path: str, by_path: dict[str, Any]) -> str | None:
         if ch in ".[" and s_path[i:] in by_path:
             return s_path[i:]
     return None
-
-
-def _hyper_arrays(hyper: dict[str, Any]) -> list[Any]:
-    return [v for v in hyper.values() if is_array(v)]
 
 
 def _write_all(
@@ -412,15 +506,26 @@ def _write_all(
 ):
     """Check that every ``(where, dst, new)`` can be written, then write them all.
 
-    ``label(where)`` names a destination in the message when one cannot be written.
+    A destination is refused when it is read-only, or when it is the same object as
+    another destination (two key paths, or a state array that is also a parameter),
+    because one write would overwrite the other. ``label(where)`` names a destination
+    in the message.
     """
     plan = []
+    first_seen: dict[int, Any] = {}
     for where, dst, new in pairs:
         write = adapter.writable(dst, new) and _same_buffer_kind(dst, new)
         if write:
             reason = adapter.readonly_reason(dst)
             if reason is not None:
                 msg = f"{fn}: cannot update {label(where)} in place: {reason}; pass inplace=False or a writable array"
+                raise ValueError(msg)
+            first = first_seen.setdefault(id(dst), where)
+            if first != where:
+                msg = (
+                    f"{fn}: {label(first)} and {label(where)} are the same array, so in-place "
+                    "writes would overwrite each other; pass separate arrays (or inplace=False)"
+                )
                 raise ValueError(msg)
         plan.append(write)
     out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
@@ -443,8 +548,7 @@ def apply_updates(
     into :math:`u_t`). All leaves are validated first, then all are written.
     """
     fn = "agrad.optim.apply_updates"
-    carrier = GradientTransformation("apply_updates", _no_init, _no_update)
-    c = carrier._check(fn, params, updates, None, xp)
+    c = check_call(fn, params, updates, xp=xp, names=TreeNames(grads="updates"))
     new = [as_array(c.xp.add(p, u)) for p, u in zip(c.raw_params, c.raw_grads)]
     if not inplace:
         return unflatten(c.treedef, new)
@@ -454,26 +558,26 @@ def apply_updates(
     return unflatten(c.treedef, out)
 
 
-def _no_init(params: Any) -> None:
-    return None
-
-
-def _no_update(updates: Any, state: Any, params: Any) -> tuple[Any, Any]:
-    return updates, state
-
-
 class ChainState(NamedTuple):
     """The states of the chained transformations, in order."""
 
     states: tuple
 
 
-def chain(*transforms: GradientTransformation) -> GradientTransformation:
+def chain(
+    *transforms: GradientTransformation,
+    name: str = "chain",
+    hyperparams: dict[str, Any] | None = None,
+) -> GradientTransformation:
     """Compose transformations: each one's updates are the next one's input (``optax.chain``).
 
     .. math:: u = T_n(\\dots T_2(T_1(g)))
 
-    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``.
+    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``. An optimizer built as
+    a chain gives its own ``name`` and public ``hyperparams`` (``lion`` shows
+    ``lr``, ``b1`` ...; a plain chain shows its ``transforms``). Array-valued
+    hyperparameters of the parts are kept too, so they take part in choosing the
+    namespace.
     """
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
@@ -490,11 +594,13 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_states.append(s)
         return updates, ChainState(tuple(new_states))
 
-    needs = any(t._needs_params() for t in transforms)
-    hyper: dict[str, Any] = {"transforms": transforms, "_needs_params": needs}
+    hyper = {"transforms": transforms} if hyperparams is None else dict(hyperparams)
     for t in transforms:
-        hyper.update({k: v for k, v in t.hyperparams.items() if is_array(v)})
-    return GradientTransformation("chain", init, update, hyper)
+        for k, v in t.hyperparams.items():
+            if is_array(v):
+                hyper.setdefault(k, v)
+    needs = any(t.needs_params for t in transforms)
+    return GradientTransformation(name, init, update, hyper, needs_params=needs)
 
 
 def namespace_of(*trees: Any, extra: tuple = ()) -> ModuleType:

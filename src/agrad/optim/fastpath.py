@@ -153,25 +153,7 @@ def _gather(params: Any, grads: Any, buffers: list[Any]) -> tuple[str, list[list
     written = [x for j, xs in enumerate(lists) if j != 1 for x in xs]
     if len(set(map(id, written))) != len(written):
         return None
-    if _refused(lib, written):
-        return None
     return lib, lists
-
-
-def _refused(lib: str, written: list[Any]) -> bool:
-    """Whether the library's adapter refuses an in-place write to any of ``written``.
-
-    The stock adapters' rules are the checks above (NumPy's ``flags.writeable``,
-    torch's non-leaf tensors requiring grad); a replaced ``readonly_reason`` is asked
-    about every array.
-    """
-    from agrad.autograd.adapters import Adapter, _adapter_by_name
-    from agrad.autograd.adapters.tape import TapeAdapter
-
-    reason = _adapter_by_name(lib).readonly_reason
-    if getattr(reason, "__func__", None) in (Adapter.readonly_reason, TapeAdapter.readonly_reason):
-        return False
-    return any(reason(x) is not None for x in written)
 
 
 def _float(x: Any) -> float | None:
@@ -215,7 +197,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             beta2=beta2,
             eps=hp["eps"],
             weight_decay=hp["weight_decay"],
-            decoupled=name == "adamw" or bool(hp.get("_decoupled", False)),
+            decoupled=bool(hp["decoupled_weight_decay"]),
             maximize=bool(hp["maximize"]),
         )
         return (params, state._replace(count=t)) if done else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_compat
+
 from agrad.optim.base import GradientTransformation, chain, namespace_of
 from agrad.optim.numerics import (
     check_lr,
@@ -17,15 +19,15 @@ from agrad.optim.numerics import (
     check_unit_interval,
     python_numbers,
 )
+from agrad.optim.torch_family import adam_direction, adam_moments
 from agrad.optim.transforms import (
-    _map,
     add_decayed_weights,
     masked,
     scale_by_learning_rate,
     scale_values,
     trace,
 )
-from agrad.pytree import flatten_leaves, leaves_like, unflatten
+from agrad.pytree import flatten_leaves, leaves_like, tree_map, unflatten
 
 __all__ = [
     "FactoredState",
@@ -75,19 +77,28 @@ def scale_by_adam(
 
     def init(params: Any) -> ScaleByAdamState:
         xp = namespace_of(params)
-        return ScaleByAdamState(0, _map(xp.zeros_like, params), _map(xp.zeros_like, params))
+        return ScaleByAdamState(0, tree_map(xp.zeros_like, params), tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: ScaleByAdamState, params: Any):
         xp = namespace_of(updates)
         t = state.count + 1
-        mu = _map(lambda g, m: xp.add(g * (1 - b1), m * b1), updates, state.mu)
-        nu = _map(lambda g, v: xp.add(xp.multiply(g, g) * (1 - b2), v * b2), updates, state.nu)
-        c1, c2 = 1 - b1**t, 1 - b2**t
-        out = _map(lambda m, v: xp.divide(m / c1, xp.sqrt(v / c2 + eps_root) + eps), mu, nu)
-        return out, ScaleByAdamState(t, mu, nu)
+        g_leaves, treedef = flatten_leaves(updates)
+        moments = [
+            adam_moments(xp, g, m, v, b1, b2, order="optax")
+            for g, m, v in zip(
+                g_leaves, leaves_like(state.mu, updates), leaves_like(state.nu, updates)
+            )
+        ]
+        out = [
+            adam_direction(xp, m, v, t, b1, b2, eps, -1.0, eps_root, order="optax")
+            for m, v in moments
+        ]
+        mu = unflatten(treedef, [m for m, _ in moments])
+        nu = unflatten(treedef, [v for _, v in moments])
+        return unflatten(treedef, out), ScaleByAdamState(t, mu, nu)
 
     return GradientTransformation(
-        "scale_by_adam", init, update, {"b1": b1, "b2": b2, "eps": eps, "_needs_params": False}
+        "scale_by_adam", init, update, {"b1": b1, "b2": b2, "eps": eps}, needs_params=False
     )
 
 
@@ -100,16 +111,16 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransformation:
 
     def init(params: Any) -> ScaleByLionState:
         xp = namespace_of(params)
-        return ScaleByLionState(0, _map(xp.zeros_like, params))
+        return ScaleByLionState(0, tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: ScaleByLionState, params: Any):
         xp = namespace_of(updates)
-        out = _map(lambda g, m: xp.sign(xp.add(g * (1.0 - b1), m * b1)), updates, state.mu)
-        mu = _map(lambda g, m: xp.add(g * (1 - b2), m * b2), updates, state.mu)
+        out = tree_map(lambda g, m: xp.sign(xp.add(g * (1.0 - b1), m * b1)), updates, state.mu)
+        mu = tree_map(lambda g, m: xp.add(g * (1 - b2), m * b2), updates, state.mu)
         return out, ScaleByLionState(state.count + 1, mu)
 
     return GradientTransformation(
-        "scale_by_lion", init, update, {"b1": b1, "b2": b2, "_needs_params": False}
+        "scale_by_lion", init, update, {"b1": b1, "b2": b2}, needs_params=False
     )
 
 
@@ -142,7 +153,7 @@ def scale_by_trust_ratio(
             ratio = xp.divide(p_norm * trust_coefficient, denom)
             return xp.multiply(u, xp.where(zero, xp.ones_like(ratio), ratio))
 
-        return _map(one, updates, params), state
+        return tree_map(one, updates, params), state
 
     from agrad.optim.transforms import _empty_init
 
@@ -169,12 +180,12 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
             denom = xp.maximum(xp.ones_like(_rms(xp, u)), _rms(xp, u) / threshold)
             return xp.divide(u, denom)
 
-        return _map(one, updates), state
+        return tree_map(one, updates), state
 
     from agrad.optim.transforms import _empty_init
 
     return GradientTransformation(
-        "clip_by_block_rms", _empty_init, update, {"threshold": threshold, "_needs_params": False}
+        "clip_by_block_rms", _empty_init, update, {"threshold": threshold}, needs_params=False
     )
 
 
@@ -190,7 +201,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
             small = rms <= min_scale
             return xp.multiply(u, xp.where(small, xp.full_like(rms, min_scale), rms))
 
-        return _map(one, updates, params), state
+        return tree_map(one, updates, params), state
 
     from agrad.optim.transforms import _empty_init
 
@@ -201,7 +212,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
 
 def _decay_rate_pow(xp: Any, i: int, exponent: float, like: Any) -> float:
     """:math:`1 - (i+1)^{-e}` computed in float32 by the array library, as optax does."""
-    t = xp.asarray(float(i + 1), dtype=xp.float32, device=_device(like))
+    t = xp.asarray(float(i + 1), dtype=xp.float32, device=array_api_compat.device(like))
     return float(1.0 - t ** (-exponent))
 
 
@@ -238,7 +249,7 @@ def scale_by_factored_rms(
         rows, cols, vs = [], [], []
         for p in leaves:
             dims = _factored_dims(tuple(p.shape), factored, min_dim_size_to_factor)
-            small = xp.zeros((1,), dtype=p.dtype, device=_device(p))
+            small = xp.zeros((1,), dtype=p.dtype, device=array_api_compat.device(p))
             if dims is not None:
                 d1, d0 = dims
                 rows.append(xp.zeros_like(xp.sum(p, axis=d0)))
@@ -246,7 +257,7 @@ def scale_by_factored_rms(
                 vs.append(small)
             else:
                 rows.append(small)
-                cols.append(xp.zeros((1,), dtype=p.dtype, device=_device(p)))
+                cols.append(xp.zeros((1,), dtype=p.dtype, device=array_api_compat.device(p)))
                 vs.append(xp.zeros_like(p))
         return FactoredState(
             0, unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, vs)
@@ -294,14 +305,9 @@ def scale_by_factored_rms(
         "scale_by_factored_rms",
         init,
         update,
-        {"factored": factored, "decay_rate": decay_rate, "_needs_params": False},
+        {"factored": factored, "decay_rate": decay_rate},
+        needs_params=False,
     )
-
-
-def _device(x: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 @python_numbers
@@ -320,14 +326,13 @@ def lion(
     check_lr(fn, lr)
     check_unit_interval(fn, b1=b1, b2=b2)
     check_nonnegative(fn, weight_decay=weight_decay)
-    t = chain(
+    return chain(
         scale_by_lion(b1, b2),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(lr),
+        name="lion",
+        hyperparams=dict(lr=lr, b1=b1, b2=b2, weight_decay=weight_decay),
     )
-    t.name = "lion"
-    t.hyperparams.update(lr=lr, b1=b1, b2=b2, weight_decay=weight_decay)
-    return t
 
 
 @python_numbers
@@ -354,15 +359,14 @@ def lamb(
     check_unit_interval(fn, b1=b1, b2=b2)
     check_positive(fn, eps=eps)
     check_nonnegative(fn, eps_root=eps_root, weight_decay=weight_decay)
-    t = chain(
+    return chain(
         scale_by_adam(b1, b2, eps, eps_root),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(lr),
+        name="lamb",
+        hyperparams=dict(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
     )
-    t.name = "lamb"
-    t.hyperparams.update(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return t
 
 
 @python_numbers
@@ -393,17 +397,16 @@ def lars(
         eps=eps,
         momentum=momentum,
     )
-    t = chain(
+    return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),
         masked(
             scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask
         ),
         scale_by_learning_rate(lr),
         trace(momentum, nesterov),
+        name="lars",
+        hyperparams=dict(lr=lr, weight_decay=weight_decay, momentum=momentum),
     )
-    t.name = "lars"
-    t.hyperparams.update(lr=lr, weight_decay=weight_decay, momentum=momentum)
-    return t
 
 
 @python_numbers
@@ -446,10 +449,11 @@ def adafactor(
     if weight_decay_rate is not None:
         parts.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
     parts.append(scale_values(-1.0))
-    t = chain(*parts)
-    t.name = "adafactor"
-    t.hyperparams.update(lr=lr, decay_rate=decay_rate, clipping_threshold=clipping_threshold)
-    return t
+    return chain(
+        *parts,
+        name="adafactor",
+        hyperparams=dict(lr=lr, decay_rate=decay_rate, clipping_threshold=clipping_threshold),
+    )
 
 
 def _ema_updates(decay: float) -> GradientTransformation:
@@ -458,11 +462,11 @@ def _ema_updates(decay: float) -> GradientTransformation:
 
     def init(params: Any) -> TraceState:
         xp = namespace_of(params)
-        return TraceState(_map(xp.zeros_like, params))
+        return TraceState(tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: TraceState, params: Any):
         xp = namespace_of(updates)
-        ema = _map(lambda u, e: xp.add(u * (1 - decay), e * decay), updates, state.trace)
+        ema = tree_map(lambda u, e: xp.add(u * (1 - decay), e * decay), updates, state.trace)
         return ema, TraceState(ema)
 
-    return GradientTransformation("ema", init, update, {"decay": decay, "_needs_params": False})
+    return GradientTransformation("ema", init, update, {"decay": decay}, needs_params=False)

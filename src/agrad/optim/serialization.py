@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from agrad._arrays import to_numpy
 from agrad.autograd.adapters import adapter_for
 from agrad.optim.base import is_array
 from agrad.pytree import PyTreeDef, flatten, keystr, unflatten
@@ -69,8 +70,6 @@ def _encode(node: Any, arrays: list[Any], path: str) -> Any:
 def save(state: Any, path: str | os.PathLike) -> None:
     """Write ``state`` (any optimizer state of agrad.optim) to ``path`` as an ``.npz`` file."""
     import numpy as np
-
-    from agrad.testing import to_numpy
 
     arrays: list[Any] = []
     spec = _encode(state, arrays, "")

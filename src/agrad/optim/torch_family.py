@@ -120,6 +120,7 @@ def _torch_optimizer(
     scalars: Callable[[int, Any], tuple[Any, dict[str, Any]]] | None = None,
     scalar_init: dict[str, Any] | None = None,
     returns_param: bool = False,
+    complex_params: bool = False,
 ) -> GradientTransformation:
     """Build an optimizer from a per-parameter rule in torch's single-tensor form.
 
@@ -176,8 +177,14 @@ def _torch_optimizer(
         new_state = state_cls(count=t, **new_scalars, **fields)
         return unflatten(treedef, updates), new_state
 
-    hyper = {**hyper, "_needs_params": weight_decay != 0 or returns_param}
-    return GradientTransformation(name, init, update, hyper)
+    return GradientTransformation(
+        name,
+        init,
+        update,
+        hyper,
+        needs_params=weight_decay != 0 or returns_param,
+        complex_params=complex_params,
+    )
 
 
 def _copy(g: Any) -> Any:
@@ -233,17 +240,17 @@ def sgd(
         {"momentum_buffer": _zeros if momentum != 0 else None},
         rule,
         hyper,
+        complex_params=True,
     )
 
 
 def _check_adam_family(
     fn: str, lr: Any, betas: Any, eps: float, weight_decay: float, **nonnegative: float
 ) -> tuple[float, float]:
-    """The checks every Adam variant shares; returns the betas as floats."""
+    """The checks every Adam variant shares (``eps >= 0``, as torch); returns the betas as floats."""
     check_lr(fn, lr)
     beta1, beta2 = check_betas(fn, betas)
-    check_positive(fn, eps=eps)
-    check_nonnegative(fn, weight_decay=weight_decay, **nonnegative)
+    check_nonnegative(fn, eps=eps, weight_decay=weight_decay, **nonnegative)
     return beta1, beta2
 
 
@@ -254,6 +261,57 @@ def _second_moment(xp: Any, v: Any, g: Any, beta: float) -> Any:
 
 def _neg(xp: Any, x: Any) -> Any:
     return -x if not hasattr(x, "shape") else xp.negative(x)
+
+
+def adam_moments(
+    xp: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, order: str = "torch"
+) -> tuple[Any, Any]:
+    """Adam's moments: the one place they are written.
+
+    .. math:: m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t,\\quad
+              v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2
+
+    ``order`` picks the reference whose rounding is reproduced to the last bit:
+    ``"torch"`` (``lerp``, then ``mul_``/``addcmul_``) or ``"optax"``
+    (``(1-b) g + b m``, ``(1-b) g^2 + b v``).
+    """
+    if order == "optax":
+        return xp.add(g * (1 - beta1), m * beta1), xp.add(
+            xp.multiply(g, g) * (1 - beta2), v * beta2
+        )
+    return lerp(xp, m, g, 1 - beta1), _second_moment(xp, v, g, beta2)
+
+
+def adam_direction(
+    xp: Any,
+    m: Any,
+    v: Any,
+    t: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    lr: Any,
+    eps_root: float = 0.0,
+    order: str = "torch",
+) -> Any:
+    """Adam's additive update from the moments: the one place Adam's step is written.
+
+    .. math:: u_t = -\\frac{\\gamma}{1-\\beta_1^t}\\,
+              \\frac{m_t}{\\sqrt{v_t/(1-\\beta_2^t) + \\epsilon_{root}} + \\epsilon}
+
+    ``lr`` (:math:`\\gamma`) is a float or a 0-d array; ``v`` is the AMSGrad maximum
+    where that variant is used. ``order="torch"`` evaluates torch's
+    ``-(lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`` (``eps_root`` must be 0);
+    ``order="optax"`` evaluates ``optax.scale_by_adam``'s
+    ``(m / bc1) / (sqrt(v / bc2 + eps_root) + eps)``, times ``-lr``.
+    """
+    bias_correction1 = 1 - beta1**t
+    bias_correction2 = 1 - beta2**t
+    if order == "optax":
+        u = xp.divide(m / bias_correction1, xp.sqrt(v / bias_correction2 + eps_root) + eps)
+        return u if lr == -1.0 else scale(xp, u, _neg(xp, lr))
+    denom = xp.sqrt(v) / bias_correction2**0.5 + eps
+    return xp.divide(scale(xp, m, _neg(xp, lr / bias_correction1)), denom)
 
 
 def _adam_like(
@@ -270,15 +328,11 @@ def _adam_like(
     beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
 
     def rule(xp, t, lr_t, _, g, p, m, v, vmax):
-        m = lerp(xp, m, g, 1 - beta1)
-        v = _second_moment(xp, v, g, beta2)
-        bias_correction1 = 1 - beta1**t
-        bias_correction2_sqrt = (1 - beta2**t) ** 0.5
-        step_size = lr_t / bias_correction1
+        m, v = adam_moments(xp, g, m, v, beta1, beta2)
         if amsgrad:
             vmax = xp.maximum(vmax, v)
-        denom = xp.sqrt(vmax if amsgrad else v) / bias_correction2_sqrt + eps
-        return xp.divide(scale(xp, m, _neg(xp, step_size)), denom), (m, v, vmax)
+        u = adam_direction(xp, m, vmax if amsgrad else v, t, beta1, beta2, eps, lr_t)
+        return u, (m, v, vmax)
 
     def rule_plain(xp, t, lr_t, extra, g, p, m, v):
         u, (m, v, _) = rule(xp, t, lr_t, extra, g, p, m, v, None)
@@ -286,7 +340,7 @@ def _adam_like(
 
     hyper = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
     hyper["maximize"] = maximize
-    hyper["_decoupled"] = decoupled  # read by the fast paths
+    hyper["decoupled_weight_decay"] = decoupled
     return _torch_optimizer(
         name,
         AdamState,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, is_array, namespace_of
 from agrad.optim.numerics import check_nonnegative, check_positive, lerp, python_numbers, scale
-from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, unflatten
+from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, tree_map, unflatten
 
 __all__ = [
     "ApplyIfFiniteState",
@@ -81,18 +81,12 @@ class PartitionState(NamedTuple):
     inner_states: dict
 
 
-def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    leaves, treedef = flatten_leaves(tree)
-    others = [leaves_like(r, tree) for r in rest]
-    return unflatten(treedef, [fn(*args) for args in zip(leaves, *others)])
-
-
 def _wrapping(
     name: str, init: Callable, update: Callable, inner: GradientTransformation, **hyper: Any
 ) -> GradientTransformation:
     """A transformation around ``inner``: it reads the parameters where ``inner`` does."""
-    hyper = {"inner": inner, **hyper, "_needs_params": inner._needs_params()}
-    return GradientTransformation(name, init, update, hyper)
+    hyper = {"inner": inner, **hyper}
+    return GradientTransformation(name, init, update, hyper, needs_params=inner.needs_params)
 
 
 def _empty_init(params: Any) -> EmptyState:
@@ -103,9 +97,7 @@ def _stateless(name: str, fn: Callable[[Any, Any], Any], hyper: dict, needs_para
     def update(updates: Any, state: EmptyState, params: Any) -> tuple[Any, EmptyState]:
         return fn(updates, params), state
 
-    return GradientTransformation(
-        name, _empty_init, update, {**hyper, "_needs_params": needs_params}
-    )
+    return GradientTransformation(name, _empty_init, update, hyper, needs_params=needs_params)
 
 
 def global_norm(tree: Any) -> Any:
@@ -136,7 +128,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         trigger = norm < max_norm
         # where the clipped branch is not taken (a zero norm included), divide by 1 instead
         safe_norm = xp.where(trigger, xp.ones_like(norm), norm)
-        return _map(lambda u: xp.where(trigger, u, xp.divide(u, safe_norm) * max_norm), updates)
+        return tree_map(lambda u: xp.where(trigger, u, xp.divide(u, safe_norm) * max_norm), updates)
 
     return _stateless("clip_by_global_norm", fn, {"max_norm": max_norm}, False)
 
@@ -151,7 +143,7 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def fn(updates: Any, params: Any) -> Any:
         xp = namespace_of(updates)
-        return _map(lambda u: xp.clip(u, min=-float(max_delta), max=float(max_delta)), updates)
+        return tree_map(lambda u: xp.clip(u, min=-float(max_delta), max=float(max_delta)), updates)
 
     return _stateless("clip", fn, {"max_delta": max_delta}, False)
 
@@ -213,7 +205,7 @@ def scale_values(step_size: float) -> GradientTransformation:
 
     def fn(updates: Any, params: Any) -> Any:
         xp = namespace_of(updates, extra=(step_size,))
-        return _map(lambda u: scale(xp, u, step_size), updates)
+        return tree_map(lambda u: scale(xp, u, step_size), updates)
 
     return _stateless("scale", fn, {"step_size": step_size}, False)
 
@@ -231,10 +223,10 @@ def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformat
     def update(updates: Any, state: CountState, params: Any) -> tuple[Any, CountState]:
         factor = step_size_fn(state.count)
         xp = namespace_of(updates, extra=(factor,))
-        return _map(lambda u: scale(xp, u, factor), updates), CountState(state.count + 1)
+        return tree_map(lambda u: scale(xp, u, factor), updates), CountState(state.count + 1)
 
     return GradientTransformation(
-        "scale_by_schedule", init, update, {"step_size_fn": step_size_fn, "_needs_params": False}
+        "scale_by_schedule", init, update, {"step_size_fn": step_size_fn}, needs_params=False
     )
 
 
@@ -254,19 +246,19 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
 
     def init(params: Any) -> TraceState:
         xp = namespace_of(params)
-        return TraceState(_map(xp.zeros_like, params))
+        return TraceState(tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: TraceState, params: Any) -> tuple[Any, TraceState]:
         xp = namespace_of(updates)
-        new_trace = _map(lambda g, t: xp.add(g, t * decay), updates, state.trace)
+        new_trace = tree_map(lambda g, t: xp.add(g, t * decay), updates, state.trace)
         if nesterov:
-            updates = _map(lambda g, t: xp.add(g, t * decay), updates, new_trace)
+            updates = tree_map(lambda g, t: xp.add(g, t * decay), updates, new_trace)
         else:
             updates = new_trace
         return updates, TraceState(new_trace)
 
     return GradientTransformation(
-        "trace", init, update, {"decay": decay, "nesterov": nesterov, "_needs_params": False}
+        "trace", init, update, {"decay": decay, "nesterov": nesterov}, needs_params=False
     )
 
 
@@ -286,15 +278,15 @@ def ema_params(decay: float) -> GradientTransformation:
     check_unit_interval("agrad.optim.ema_params", closed=True, decay=decay)
 
     def init(params: Any) -> EmaParamsState:
-        return EmaParamsState(0, _map(lambda p: p * 1.0, params))
+        return EmaParamsState(0, tree_map(lambda p: p * 1.0, params))
 
     def update(updates: Any, state: EmaParamsState, params: Any) -> tuple[Any, EmaParamsState]:
         xp = namespace_of(updates, params)
-        new_p = _map(xp.add, params, updates)
+        new_p = tree_map(xp.add, params, updates)
         if state.count == 0:
             ema = new_p
         else:
-            ema = _map(lambda e, p: lerp(xp, e, p, 1.0 - decay), state.ema, new_p)
+            ema = tree_map(lambda e, p: lerp(xp, e, p, 1.0 - decay), state.ema, new_p)
         return updates, EmaParamsState(state.count + 1, ema)
 
     return GradientTransformation("ema_params", init, update, {"decay": decay})
@@ -331,18 +323,18 @@ def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransfor
 
     def init(params: Any) -> MultiStepsState:
         xp = namespace_of(params)
-        return MultiStepsState(0, 0, inner.inner_init(params), _map(xp.zeros_like, params))
+        return MultiStepsState(0, 0, inner.inner_init(params), tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: MultiStepsState, params: Any) -> tuple[Any, MultiStepsState]:
         xp = namespace_of(updates)
-        acc = _map(xp.add, state.acc_grads, updates)
+        acc = tree_map(xp.add, state.acc_grads, updates)
         if state.mini_step + 1 < every_k:
-            zeros = _map(xp.zeros_like, updates)
+            zeros = tree_map(xp.zeros_like, updates)
             return zeros, state._replace(mini_step=state.mini_step + 1, acc_grads=acc)
-        mean = _map(lambda a: a / float(every_k), acc)
+        mean = tree_map(lambda a: a / float(every_k), acc)
         out, inner_state = inner.inner_update(mean, state.inner_state, params)
         return out, MultiStepsState(
-            0, state.gradient_step + 1, inner_state, _map(xp.zeros_like, acc)
+            0, state.gradient_step + 1, inner_state, tree_map(xp.zeros_like, acc)
         )
 
     return _wrapping("multi_steps", init, update, inner, every_k=every_k)
@@ -370,7 +362,7 @@ def apply_if_finite(
         total = state.total_notfinite + (0 if finite else 1)
         if finite or nf > max_consecutive_errors:
             return new_updates, ApplyIfFiniteState(nf, finite, total, inner_state)
-        zeros = _map(xp.zeros_like, updates)
+        zeros = tree_map(xp.zeros_like, updates)
         return zeros, ApplyIfFiniteState(nf, finite, total, state.inner_state)
 
     return _wrapping(
@@ -460,8 +452,8 @@ def partition(
         leaves = [next(iters[lab]) for lab in labs]
         return unflatten(flatten_leaves(ref)[1], leaves), PartitionState(new_states)
 
-    needs = any(t._needs_params() for t in transforms.values())
-    hyper: dict[str, Any] = {"transforms": transforms, "labels": labels, "_needs_params": needs}
+    needs = any(t.needs_params for t in transforms.values())
+    hyper: dict[str, Any] = {"transforms": transforms, "labels": labels}
     for t in transforms.values():
         hyper.update({k: v for k, v in t.hyperparams.items() if is_array(v)})
-    return GradientTransformation("partition", init, update, hyper)
+    return GradientTransformation("partition", init, update, hyper, needs_params=needs)

@@ -6,6 +6,8 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from agrad import _arrays
+
 __all__ = [
     "BACKENDS",
     "assert_close",
@@ -61,24 +63,12 @@ def available_backends() -> list[str]:
 
 def to_numpy(x: Any) -> Any:
     """A NumPy copy of any supported array (variables and traced arrays included)."""
-    import numpy as np
-
     from agrad.autograd.tape.traced import strip
     from agrad.autograd.variable import Variable
 
     if isinstance(x, Variable):
         x = x.value
-    x = strip(x)
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return x.detach().cpu().numpy()
-    if mod.startswith("array_api_strict"):
-        return np.asarray(x._array)
-    if mod.startswith("dask"):
-        return np.asarray(x.compute())
-    if mod.startswith("cupy"):
-        return x.get()
-    return np.asarray(x)
+    return _arrays.to_numpy(strip(x))
 
 
 def default_tolerance(dtype: Any) -> tuple[float, float]:

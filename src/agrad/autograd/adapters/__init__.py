@@ -15,7 +15,7 @@ from typing import Any
 
 from agrad.namespace import library_name
 
-__all__ = ["Adapter", "adapter_for"]
+__all__ = ["Adapter", "adapter_by_name", "adapter_for"]
 
 
 class Adapter:
@@ -59,7 +59,8 @@ _ADAPTER_MODULES = {"torch": "torch", "jax": "jax"}
 
 
 @cache
-def _adapter_by_name(key: str) -> Adapter:
+def adapter_by_name(key: str) -> Adapter:
+    """The adapter of the library called ``key`` (``"torch"``, ``"numpy"`` ...)."""
     if key in _ADAPTER_MODULES:
         mod = importlib.import_module(f"agrad.autograd.adapters.{_ADAPTER_MODULES[key]}")
         return mod.ADAPTER
@@ -85,7 +86,7 @@ def adapter_for(xp: ModuleType) -> Adapter:
 def _find_adapter(xp: ModuleType) -> Adapter:
     base = getattr(xp, "_agrad_base_name", None)
     if base is not None:
-        return _adapter_by_name(base)
+        return adapter_by_name(base)
     name = library_name(xp)
     from agrad.autograd.tape.tracing_namespace import BASE_MODULES
 
@@ -95,4 +96,4 @@ def _find_adapter(xp: ModuleType) -> Adapter:
             "numpy, array_api_strict, cupy, dask (agrad's tape), torch, jax (native)"
         )
         raise NotImplementedError(msg)
-    return _adapter_by_name(name)
+    return adapter_by_name(name)
