@@ -109,9 +109,9 @@ def test_integer_variables_are_refused(xp):
 def test_hyperparameters_out_of_range(xp):
     w, g = asarray(xp, [1.0]), asarray(xp, [1.0])
     m, v = asarray(xp, [0.0]), asarray(xp, [0.0])
-    with pytest.raises(ValueError, match="beta1 must be in"):
+    with pytest.raises(ValueError, match=r"invalid beta1: 1\.0 \(expected a number in \[0, 1\)\)"):
         agrad.adam_update(w, g, 0.1, m, v, 1, beta1=1.0)
-    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+    with pytest.raises(ValueError, match=r"invalid epsilon: -1\.0 \(expected a finite number >= 0\)"):
         agrad.adam_update(w, g, 0.1, m, v, 1, epsilon=-1.0)
 
 
@@ -120,7 +120,7 @@ def test_readonly_numpy_refused_before_any_write():
     b = np.ones(2)
     b.flags.writeable = False
     with pytest.raises(
-        ValueError, match=r"cannot update ws at \[1\] in place: it is a read-only NumPy array"
+        ValueError, match=r"cannot update ws\[1\] in place: it is a read-only NumPy array"
     ):
         agrad.gradient_descent_update([a, b], [np.ones(2), np.ones(2)], 0.5)
     np.testing.assert_array_equal(a, np.ones(2))  # the first leaf was not written either

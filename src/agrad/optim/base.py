@@ -22,10 +22,10 @@ from typing import Any, NamedTuple
 import array_api_compat
 
 from agrad._arrays import as_array, device_or_none
-from agrad._validation import check_leaf_matches
 from agrad.autograd.adapters import adapter_for
 from agrad.namespace import array_namespace, common_namespace
 from agrad.optim.fastpath import try_step as try_fast_step
+from agrad.optim.validation import check_leaf_matches
 from agrad.pytree import (
     check_same_structure,
     flatten_leaves,
@@ -406,10 +406,13 @@ def run_step(
         new_state = _scalars_as_arrays(new_state)
     if not inplace:
         return unflatten(c.treedef, new_p), new_state
-    n_leaves, n_def = flatten_leaves(new_state)
     adapter = adapter_for(xp)
     pairs = [(("params", i), d, v) for i, (d, v) in enumerate(zip(c.params, new_p))]
-    if flatten_leaves(state)[1] == n_def:
+    s_def = flatten_leaves(state)[1]
+    n_leaves, n_def = flatten_leaves(new_state)
+    if n_def != s_def and _same_structure(state, new_state):
+        n_leaves, n_def = leaves_like(new_state, state), s_def  # the caller's dict key order
+    if n_def == s_def:
         pairs += [
             (("state", i), d, v)
             for i, (d, v) in enumerate(zip(c.state_leaves, n_leaves))
@@ -430,6 +433,15 @@ def run_step(
         ]
         new_state = unflatten(n_def, n_leaves)
     return unflatten(c.treedef, out_p), new_state
+
+
+def _same_structure(a: Any, b: Any) -> bool:
+    """Whether two trees have one structure, dict key order aside."""
+    try:
+        check_same_structure(a, b, names=("a", "b"))
+    except ValueError:
+        return False
+    return True
 
 
 def _is_numpy(xp: ModuleType) -> bool:

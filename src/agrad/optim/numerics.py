@@ -94,7 +94,8 @@ def check_lr(fn: str, lr: Any, name: str = "lr") -> None:
     """A learning rate is a finite float >= 0, a 0-d array, or a schedule (a callable)."""
     if callable(lr) or hasattr(lr, "shape"):
         if hasattr(lr, "shape") and tuple(lr.shape) != ():
-            _fail(fn, name, f"array of shape {tuple(lr.shape)}", "a 0-d array")
+            msg = f"{fn}: invalid {name}: an array of shape {tuple(lr.shape)} (expected a 0-d array)"
+            raise ValueError(msg)
         return
     if not is_scalar(lr):
         msg = f"{fn}: {name} must be a float, a 0-d array or a schedule, got {type(lr).__name__}"

@@ -1,4 +1,4 @@
-"""Per-leaf checks shared by the seed updates and ``agrad.optim``: raised before any write."""
+"""Per-leaf checks of agrad.optim (the seed API runs through them too): raised before any write."""
 
 from __future__ import annotations
 
