@@ -61,6 +61,8 @@ SHAPES = [(), (1,), (3,), (2, 3), (3, 2), (2, 2, 2)]
 #: first), so the two may differ in the last bit: compared to 1e-13 there, exactly elsewhere.
 FAST_PATH = {
     *(("torch", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
+    # the seed updates are agrad.optim.sgd / adam, so they take the same fused kernels
+    *(("torch", n) for n in ("gradient_descent_update", "adam_update")),
     *(("numpy", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad")),
 }
 

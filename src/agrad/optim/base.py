@@ -14,7 +14,9 @@ namespace; transforms composed by :func:`chain` call each other's inner function
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -195,6 +197,7 @@ def check_call(
         for i, (p, g) in enumerate(zip(raw_p, raw_g)):
             where = lambda i=i: keystr(lazy_paths()[i])  # noqa: E731 (made for messages only)
             check_leaf_matches(fn, where, names.params, p, names.grads, g)
+    _check_supported(fn, adapter, lazy_paths, raw_p, raw_g, s_leaves, s_paths, names)
     _check_devices(fn, lazy_paths, raw_p, raw_g, s_leaves, s_paths, names)
     if state_check is not None:
         state_check(fn, raw_p, treedef, state, names)
@@ -345,7 +348,18 @@ class GradientTransformation:
         if params is None and self.needs_params:
             msg = f"{fn}: {self!r} reads the parameters; pass params"
             raise ValueError(msg)
-        updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
+        half = _Float32Compute(c.xp, c.raw_params)
+        if half.active:
+            raw_g = half.up(raw_g)
+            raw_p = None if raw_p is None else unflatten(c.treedef, half.up(c.raw_params))
+            updates, new_state = self.inner_update(
+                unflatten(c.treedef, raw_g), half.up_tree(state), raw_p
+            )
+            u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
+            updates = unflatten(c.treedef, half.down(u_leaves, c.raw_params))
+            new_state = half.down_like(new_state, state)
+        else:
+            updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
         if _is_numpy(c.xp):
             updates, new_state = _scalars_as_arrays(updates), _scalars_as_arrays(new_state)
         return updates, new_state
@@ -395,12 +409,19 @@ def run_step(
             return fast
     fn = fn or f"{opt.name}.step"
     c = opt._check(fn, params, grads, state, xp, names)
-    updates, new_state = opt.inner_update(
-        unflatten(c.treedef, c.raw_grads), state, unflatten(c.treedef, c.raw_params)
-    )
     xp = c.xp
-    u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
-    new_p = [xp.add(p, u) for p, u in zip(c.raw_params, u_leaves)]
+    half = _Float32Compute(xp, c.raw_params)
+    raw_p, raw_g, rule_state = c.raw_params, c.raw_grads, state
+    if half.active:
+        raw_p, raw_g, rule_state = half.up(raw_p), half.up(raw_g), half.up_tree(state)
+    updates, new_state = opt.inner_update(
+        unflatten(c.treedef, raw_g), rule_state, unflatten(c.treedef, raw_p)
+    )
+    u_leaves = leaves_like(updates, unflatten(c.treedef, raw_p))
+    new_p = [xp.add(p, u) for p, u in zip(raw_p, u_leaves)]
+    if half.active:
+        new_p = half.down(new_p, c.raw_params)
+        new_state = half.down_like(new_state, state)
     if _is_numpy(xp):
         new_p = [as_array(x) for x in new_p]
         new_state = _scalars_as_arrays(new_state)
@@ -433,6 +454,58 @@ def run_step(
         ]
         new_state = unflatten(n_def, n_leaves)
     return unflatten(c.treedef, out_p), new_state
+
+
+class _Float32Compute:
+    """Half-precision leaves (float16, bfloat16) computed in float32, stored in their dtype.
+
+    As torch's fused kernels do: the rule sees float32 copies of half-precision
+    parameters, gradients and state, and each result is rounded once, to the dtype of
+    the array it replaces.
+    """
+
+    __slots__ = ("active", "halves", "xp")
+
+    def __init__(self, xp: ModuleType, raw_params: list[Any]):
+        self.xp = xp
+        self.halves = _half_dtypes(xp)
+        self.active = bool(self.halves) and any(p.dtype in self.halves for p in raw_params)
+
+    def _is_half(self, x: Any) -> bool:
+        return is_array(x) and x.dtype in self.halves
+
+    def up(self, leaves: list[Any]) -> list[Any]:
+        f32 = self.xp.float32
+        return [self.xp.astype(x, f32) if self._is_half(x) else x for x in leaves]
+
+    def up_tree(self, tree: Any) -> Any:
+        leaves, treedef = flatten_leaves(tree)
+        return unflatten(treedef, self.up(leaves))
+
+    def down(self, leaves: list[Any], like: list[Any]) -> list[Any]:
+        return [
+            self.xp.astype(x, ref.dtype) if self._is_half(ref) and is_array(x) else x
+            for x, ref in zip(leaves, like)
+        ]
+
+    def down_like(self, tree: Any, like: Any) -> Any:
+        """``tree``'s arrays rounded to the dtype of ``like``'s half-precision arrays."""
+        if not _same_structure(like, tree):
+            return tree
+        leaves, treedef = flatten_leaves(tree)
+        return unflatten(treedef, self.down(leaves, leaves_like(like, tree)))
+
+
+_HALF_DTYPES: dict[int, tuple[ModuleType, tuple]] = {}
+
+
+def _half_dtypes(xp: ModuleType) -> tuple:
+    """The namespace's 16-bit floating dtypes (``float16``, torch's ``bfloat16``)."""
+    hit = _HALF_DTYPES.get(id(xp))
+    if hit is None or hit[0] is not xp:
+        names = ("float16", "bfloat16")
+        hit = _HALF_DTYPES[id(xp)] = (xp, tuple(getattr(xp, n) for n in names if hasattr(xp, n)))
+    return hit[1]
 
 
 def _same_structure(a: Any, b: Any) -> bool:
@@ -501,6 +574,29 @@ def _check_devices(
             fail(key if key is not None else "state", d_p, names.state(s_path), d_s)
 
 
+def _check_supported(
+    fn: str,
+    adapter: Any,
+    paths: Callable[[], list[str]],
+    raw_p: list[Any],
+    raw_g: list[Any] | None,
+    s_leaves: list[Any],
+    s_paths: Callable[[], list[str]],
+    names: TreeNames,
+) -> None:
+    """Refuse arrays no update can use (sparse or meta tensors), naming the first one."""
+    reason = adapter.unsupported_reason
+    for i, x in enumerate(raw_p):
+        if (why := reason(x)) is not None:
+            raise TypeError(f"{fn}: {names.params}{keystr(paths()[i])} cannot be used: {why}")
+    for i, g in enumerate(raw_g or ()):
+        if (why := reason(g)) is not None:
+            raise TypeError(f"{fn}: {names.grads}{keystr(paths()[i])} cannot be used: {why}")
+    for i, x in enumerate(s_leaves):
+        if is_array(x) and (why := reason(x)) is not None:
+            raise TypeError(f"{fn}: {names.state(s_paths()[i])} cannot be used: {why}")
+
+
 def _param_key(s_path: str, by_path: dict[str, Any]) -> str | None:
     """The longest parameter key path that ends ``s_path`` (``.exp_avg['w']`` -> ``['w']``)."""
     for i, ch in enumerate(s_path):
@@ -518,10 +614,13 @@ def _write_all(
 ):
     """Check that every ``(where, dst, new)`` can be written, then write them all.
 
-    A destination is refused when it is read-only, or when it is the same object as
-    another destination (two key paths, or a state array that is also a parameter),
-    because one write would overwrite the other. ``label(where)`` names a destination
-    in the message.
+    A destination is refused when it is read-only (the adapter says why), or when it is
+    the same object as another destination or shares memory with one (two key paths,
+    a state array that is also a parameter, two views of one buffer), because one write
+    would overwrite the other. ``label(where)`` names a destination in the message.
+    Every new value exists before the first write, and the writes are copies that
+    these checks have shown possible; a ``KeyboardInterrupt`` arriving meanwhile (in
+    the main thread) is held until the last write is done.
     """
     plan = []
     first_seen: dict[int, Any] = {}
@@ -540,8 +639,60 @@ def _write_all(
                 )
                 raise ValueError(msg)
         plan.append(write)
-    out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
+    _check_overlap(
+        fn, adapter, [(where, dst) for (where, dst, _), w in zip(pairs, plan) if w], label
+    )
+    with _interrupts_held():
+        out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
     return out[:n_params], (out[n_params:] if len(pairs) > n_params else None)
+
+
+def _check_overlap(
+    fn: str, adapter: Any, written: list[tuple[Any, Any]], label: Callable[[Any], str]
+) -> None:
+    """Refuse two destinations whose memory overlaps (sorted byte spans, then exact check)."""
+    spans = []
+    for where, dst in written:
+        span = adapter.memory_span(dst)
+        if span is not None:
+            buffer, start, end = span
+            spans.append((repr(buffer), start, end, where, dst))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    reach: tuple | None = None  # the span reaching furthest so far, in this buffer
+    for span in spans:
+        if reach is not None and reach[0] == span[0] and span[1] < reach[2]:
+            if adapter.shares_memory(reach[4], span[4]):
+                msg = (
+                    f"{fn}: {label(reach[3])} and {label(span[3])} share memory, so in-place "
+                    "writes would overwrite each other; pass separate arrays (or inplace=False)"
+                )
+                raise ValueError(msg)
+        if reach is None or reach[0] != span[0] or span[2] > reach[2]:
+            reach = span
+
+
+class _interrupts_held:
+    """Hold a ``KeyboardInterrupt`` (SIGINT) until the block ends, in the main thread only."""
+
+    def __enter__(self) -> None:
+        self._held = None
+        self._previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+        except (ValueError, TypeError):  # no signal support here (an embedded interpreter)
+            self._previous = None
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._held = (signum, frame)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        if self._held is not None and callable(self._previous):
+            self._previous(*self._held)
 
 
 def _same_buffer_kind(dst: Any, new: Any) -> bool:

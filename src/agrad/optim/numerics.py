@@ -20,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_unit_interval",
     "check_lr",
+    "concrete_value",
     "is_scalar",
     "lerp",
     "python_number",
@@ -46,9 +47,18 @@ def lerp(xp: ModuleType, a: Any, b: Any, w: float) -> Any:
     return xp.subtract(b, xp.subtract(b, a) * (1.0 - w))
 
 
-def resolve(value: Any, count: int) -> Any:
-    """A hyperparameter's value at step ``count`` (0-based): calls it if it is a schedule."""
-    return python_number(value(count)) if callable(value) else value
+def resolve(value: Any, count: int, fn: str = "agrad.optim", name: str = "lr") -> Any:
+    """A hyperparameter's value at step ``count`` (0-based): calls it if it is a schedule.
+
+    A schedule's value is checked at every step as the constructor checks a constant
+    (a finite number >= 0, or a 0-d array whose value, where known, is one), with the
+    same message, before anything is computed or written.
+    """
+    if not callable(value):
+        return value
+    out = python_number(value(count))
+    check_lr(fn, out, name, schedule_step=count)
+    return out
 
 
 def python_number(x: Any) -> Any:
@@ -90,18 +100,54 @@ def _fail(fn: str, name: str, value: Any, expected: str) -> None:
     raise ValueError(msg)
 
 
-def check_lr(fn: str, lr: Any, name: str = "lr") -> None:
-    """A learning rate is a finite float >= 0, a 0-d array, or a schedule (a callable)."""
-    if callable(lr) or hasattr(lr, "shape"):
-        if hasattr(lr, "shape") and tuple(lr.shape) != ():
-            msg = f"{fn}: invalid {name}: an array of shape {tuple(lr.shape)} (expected a 0-d array)"
+def check_lr(fn: str, lr: Any, name: str = "lr", schedule_step: int | None = None) -> None:
+    """A learning rate is a finite float >= 0, a 0-d array, or a schedule (a callable).
+
+    A 0-d array's value is checked too where it is known (a NumPy, torch, CuPy or
+    array-api-strict array; not a JAX tracer or an array inside a gradient trace), with
+    the message a Python number gets. ``schedule_step`` says which step of a schedule
+    gave ``lr``, for the message.
+    """
+    at = "" if schedule_step is None else f" (the schedule's value at step {schedule_step})"
+    if callable(lr) and schedule_step is None:
+        return
+    if hasattr(lr, "shape"):
+        if tuple(lr.shape) != ():
+            msg = f"{fn}: invalid {name}{at}: an array of shape {tuple(lr.shape)} (expected a 0-d array)"
             raise ValueError(msg)
+        value = concrete_value(lr)
+        if value is not None and not (math.isfinite(value) and value >= 0.0):
+            _fail(fn, name + at, value, "a finite number >= 0")
         return
     if not is_scalar(lr):
-        msg = f"{fn}: {name} must be a float, a 0-d array or a schedule, got {type(lr).__name__}"
+        what = (
+            "a float or a 0-d array"
+            if schedule_step is not None
+            else "a float, a 0-d array or a schedule"
+        )
+        msg = f"{fn}: {name}{at} must be {what}, got {type(lr).__name__}"
         raise TypeError(msg)
     if not (math.isfinite(lr) and lr >= 0.0):
-        _fail(fn, name, lr, "a finite number >= 0")
+        _fail(fn, name + at, lr, "a finite number >= 0")
+
+
+def concrete_value(x: Any) -> float | None:
+    """The value of a 0-d real array as a float, or ``None`` where it is not known yet.
+
+    JAX tracers, Dask arrays (computing would cost a pass) and arrays inside a gradient
+    trace have no value to read without side effects; NumPy, torch, CuPy and
+    array-api-strict arrays do.
+    """
+    mod = type(x).__module__.split(".")[0]
+    if mod not in ("numpy", "torch", "cupy", "array_api_strict"):
+        return None
+    if mod == "torch":
+        x = x.detach()
+    try:
+        value = float(x)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return value
 
 
 def _check_number(fn: str, name: str, value: Any) -> None:

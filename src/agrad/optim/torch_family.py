@@ -149,7 +149,7 @@ def _torch_optimizer(
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         g_leaves, treedef = flatten_leaves(grads)
         p_leaves = [None] * len(g_leaves) if params is None else leaves_like(params, grads)
-        lr_t = resolve(lr, state.count)
+        lr_t = resolve(lr, state.count, f"agrad.optim.{name}")
         xp = namespace_of(grads, params, extra=(lr_t,))
         t = state.count + 1
         extra, new_scalars = scalars(t, state) if scalars is not None else (None, {})

@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, is_array, namespace_of
-from agrad.optim.numerics import check_nonnegative, check_positive, lerp, python_numbers, scale
+from agrad.optim.numerics import (
+    check_nonnegative,
+    check_positive,
+    lerp,
+    python_numbers,
+    resolve,
+    scale,
+)
 from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, tree_map, unflatten
 
 __all__ = [
@@ -234,7 +241,10 @@ def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformat
 def scale_by_learning_rate(lr: Any, *, flip_sign: bool = True) -> GradientTransformation:
     """Multiply by :math:`-\\gamma` (a float or a schedule), ``optax.scale_by_learning_rate``."""
     if callable(lr):
-        return scale_by_schedule(lambda count: -lr(count) if flip_sign else lr(count))
+        fn = "agrad.optim.scale_by_learning_rate"
+        if flip_sign:
+            return scale_by_schedule(lambda count: -resolve(lr, count, fn))
+        return scale_by_schedule(lambda count: resolve(lr, count, fn))
     if flip_sign:
         return scale_values(-lr if not is_array(lr) else lr * -1.0)
     return scale_values(lr)

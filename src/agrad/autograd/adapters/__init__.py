@@ -54,6 +54,22 @@ class Adapter:
         """Write ``new`` into ``dst``; return the object the caller should keep."""
         raise NotImplementedError
 
+    def unsupported_reason(self, x: Any) -> str | None:
+        """Why ``x`` cannot take part in an update at all (a sparse or meta tensor), or ``None``."""
+        return None
+
+    def memory_span(self, dst: Any) -> tuple[Any, int, int] | None:
+        """``(buffer, start, end)``: the bytes an in-place write to ``dst`` touches.
+
+        ``buffer`` names the address space (a device); ``None`` where the library cannot
+        say, and then no overlap check is made.
+        """
+        return None
+
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        """Whether writes to ``a`` and ``b`` touch a common byte (their spans overlap)."""
+        return True
+
 
 _ADAPTER_MODULES = {"torch": "torch", "jax": "jax"}
 

@@ -99,6 +99,18 @@ class TapeAdapter(Adapter):
             return "it is a read-only NumPy array (flags.writeable is False)"
         return None
 
+    def memory_span(self, dst: Any) -> tuple[Any, int, int] | None:
+        x = dst.value if isinstance(dst, Variable) else dst
+        np = sys.modules.get("numpy")
+        if np is None or type(x) is not np.ndarray or x.size == 0:
+            return None  # Dask, array-api-strict and CuPy: not checked
+        low, high = _byte_bounds(x)
+        return "host", low, high
+
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        np = sys.modules["numpy"]
+        return bool(np.shares_memory(self.read(a), self.read(b)))
+
     def write(self, dst: Any, new: Any) -> Any:
         if isinstance(dst, Variable):
             if _fits_in_place(dst.value, new):
@@ -108,6 +120,12 @@ class TapeAdapter(Adapter):
         else:
             dst[...] = new
         return dst
+
+
+def _byte_bounds(x: Any) -> tuple[int, int]:
+    np = sys.modules["numpy"]
+    utils = getattr(getattr(np, "lib", None), "array_utils", None)
+    return (utils.byte_bounds if utils is not None else np.byte_bounds)(x)
 
 
 def _fits_in_place(old: Any, new: Any) -> bool:

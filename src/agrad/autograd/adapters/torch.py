@@ -61,6 +61,35 @@ class TorchAdapter(Adapter):
     def writable(self, dst: Any, new: Any) -> bool:
         return isinstance(dst, torch.Tensor) and (dst.is_leaf or not dst.requires_grad)
 
+    def readonly_reason(self, dst: Any) -> str | None:
+        if not isinstance(dst, torch.Tensor):
+            return None
+        if dst.is_inference() and not torch.is_inference_mode_enabled():
+            return (
+                "it is an inference tensor (made under torch.inference_mode), which refuses "
+                "in-place writes outside inference mode"
+            )
+        if torch._debug_has_internal_overlap(dst) == 1:
+            return "its elements overlap in memory (an expand()ed or as_strided view)"
+        return None
+
+    def unsupported_reason(self, x: Any) -> str | None:
+        if not isinstance(x, torch.Tensor):
+            return None
+        if x.layout != torch.strided:
+            return f"it is a {x.layout} tensor; agrad updates need dense tensors (x.to_dense())"
+        if x.is_meta:
+            return "it is on the meta device, which holds no data"
+        return None
+
+    def memory_span(self, dst: Any) -> tuple[Any, int, int] | None:
+        if not isinstance(dst, torch.Tensor) or dst.numel() == 0:
+            return None
+        size = dst.element_size()
+        start = dst.untyped_storage().data_ptr() + dst.storage_offset() * size
+        extent = sum((n - 1) * abs(st) for n, st in zip(dst.shape, dst.stride())) + 1
+        return dst.device, start, start + extent * size
+
     def write(self, dst: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             dst.copy_(new)
