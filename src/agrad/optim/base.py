@@ -464,15 +464,15 @@ class _Float32Compute:
     the array it replaces.
     """
 
-    __slots__ = ("active", "halves", "xp")
+    __slots__ = ("active", "xp")
 
     def __init__(self, xp: ModuleType, raw_params: list[Any]):
         self.xp = xp
-        self.halves = _half_dtypes(xp)
-        self.active = bool(self.halves) and any(p.dtype in self.halves for p in raw_params)
+        self.active = any(_is_half(p.dtype) for p in raw_params)
 
-    def _is_half(self, x: Any) -> bool:
-        return is_array(x) and x.dtype in self.halves
+    @staticmethod
+    def _is_half(x: Any) -> bool:
+        return is_array(x) and _is_half(x.dtype)
 
     def up(self, leaves: list[Any]) -> list[Any]:
         f32 = self.xp.float32
@@ -496,16 +496,21 @@ class _Float32Compute:
         return unflatten(treedef, self.down(leaves, leaves_like(like, tree)))
 
 
-_HALF_DTYPES: dict[int, tuple[ModuleType, tuple]] = {}
+# dtype -> whether it is a 16-bit float; dtypes are few, hashable, and named alike
+# everywhere (float16, torch.float16, bfloat16, torch.bfloat16).
+_HALF: dict[tuple[type, Any], bool] = {}
 
 
-def _half_dtypes(xp: ModuleType) -> tuple:
-    """The namespace's 16-bit floating dtypes (``float16``, torch's ``bfloat16``)."""
-    hit = _HALF_DTYPES.get(id(xp))
-    if hit is None or hit[0] is not xp:
-        names = ("float16", "bfloat16")
-        hit = _HALF_DTYPES[id(xp)] = (xp, tuple(getattr(xp, n) for n in names if hasattr(xp, n)))
-    return hit[1]
+def _is_half(dtype: Any) -> bool:
+    """Whether ``dtype`` is ``float16`` or ``bfloat16``, in any library."""
+    key = (type(dtype), dtype)  # the class first: dtypes of two libraries never compared
+    try:
+        return _HALF[key]
+    except KeyError:
+        half = _HALF[key] = str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
+        return half
+    except TypeError:  # an unhashable dtype
+        return str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
 
 
 def _same_structure(a: Any, b: Any) -> bool:
