@@ -344,22 +344,11 @@ class GradientTransformation:
         ref = grads if params is None else params
         c = self._check(fn, ref, None if params is None else grads, state, xp)
         raw_g = c.raw_params if params is None else c.raw_grads
-        raw_p = None if params is None else unflatten(c.treedef, c.raw_params)
         if params is None and self.needs_params:
             msg = f"{fn}: {self!r} reads the parameters; pass params"
             raise ValueError(msg)
-        half = _Float32Compute(c.xp, c.raw_params)
-        if half.active:
-            raw_g = half.up(raw_g)
-            raw_p = None if raw_p is None else unflatten(c.treedef, half.up(c.raw_params))
-            updates, new_state = self.inner_update(
-                unflatten(c.treedef, raw_g), half.up_tree(state), raw_p
-            )
-            u_leaves = leaves_like(updates, unflatten(c.treedef, c.raw_params))
-            updates = unflatten(c.treedef, half.down(u_leaves, c.raw_params))
-            new_state = half.down_like(new_state, state)
-        else:
-            updates, new_state = self.inner_update(unflatten(c.treedef, raw_g), state, raw_p)
+        u_leaves, new_state, _, half = _call_rule(self, c, raw_g, state, params is not None)
+        updates = unflatten(c.treedef, half.down(u_leaves, c.raw_params))
         if _is_numpy(c.xp):
             updates, new_state = _scalars_as_arrays(updates), _scalars_as_arrays(new_state)
         return updates, new_state
@@ -410,18 +399,8 @@ def run_step(
     fn = fn or f"{opt.name}.step"
     c = opt._check(fn, params, grads, state, xp, names)
     xp = c.xp
-    half = _Float32Compute(xp, c.raw_params)
-    raw_p, raw_g, rule_state = c.raw_params, c.raw_grads, state
-    if half.active:
-        raw_p, raw_g, rule_state = half.up(raw_p), half.up(raw_g), half.up_tree(state)
-    updates, new_state = opt.inner_update(
-        unflatten(c.treedef, raw_g), rule_state, unflatten(c.treedef, raw_p)
-    )
-    u_leaves = leaves_like(updates, unflatten(c.treedef, raw_p))
-    new_p = [xp.add(p, u) for p, u in zip(raw_p, u_leaves)]
-    if half.active:
-        new_p = half.down(new_p, c.raw_params)
-        new_state = half.down_like(new_state, state)
+    u_leaves, new_state, raw_p, half = _call_rule(opt, c, c.raw_grads, state, True)
+    new_p = half.down([xp.add(p, u) for p, u in zip(raw_p, u_leaves)], c.raw_params)
     if _is_numpy(xp):
         new_p = [as_array(x) for x in new_p]
         new_state = _scalars_as_arrays(new_state)
@@ -456,6 +435,28 @@ def run_step(
     return unflatten(c.treedef, out_p), new_state
 
 
+def _call_rule(
+    opt: GradientTransformation, c: _Checked, raw_g: list[Any], state: Any, with_params: bool
+) -> tuple[list[Any], Any, list[Any], _Float32Compute]:
+    """``opt.inner_update`` on validated leaves, half-precision leaves computed in float32.
+
+    Returns the updates aligned with the parameters (still float32 where the parameter
+    is half precision), the new state (rounded to its arrays' dtypes), the parameters
+    the rule saw, and the helper that rounds the rest.
+    """
+    half = _Float32Compute(c.xp, c.raw_params)
+    raw_p, rule_state = c.raw_params, state
+    if half.active:
+        raw_p, raw_g, rule_state = half.up(raw_p), half.up(raw_g), half.up_tree(state)
+    params = unflatten(c.treedef, raw_p)
+    updates, new_state = opt.inner_update(
+        unflatten(c.treedef, raw_g), rule_state, params if with_params else None
+    )
+    if half.active:
+        new_state = half.down_like(new_state, state)
+    return leaves_like(updates, params), new_state, raw_p, half
+
+
 class _Float32Compute:
     """Half-precision leaves (float16, bfloat16) computed in float32, stored in their dtype.
 
@@ -483,6 +484,8 @@ class _Float32Compute:
         return unflatten(treedef, self.up(leaves))
 
     def down(self, leaves: list[Any], like: list[Any]) -> list[Any]:
+        if not self.active:
+            return leaves
         return [
             self.xp.astype(x, ref.dtype) if self._is_half(ref) and is_array(x) else x
             for x, ref in zip(leaves, like)
