@@ -3,6 +3,10 @@
 A pytree is an array (or any non-container leaf), or a ``dict``, ``list`` or ``tuple``
 (named tuples included) of pytrees. ``None`` is an empty subtree, as in JAX. Every leaf
 has a *key path* such as ``['layer1']['w']`` or ``[0][1]`` used in error messages.
+
+Containers may nest at most :data:`MAX_DEPTH` deep: the walks here recurse, and a deeper
+tree is refused with a ``ValueError`` naming the limit and the start of the key path
+that goes too deep, not left to overflow Python's stack with a bare ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
+    "MAX_DEPTH",
     "PyTreeDef",
     "flatten",
     "flatten_leaves",
@@ -23,6 +28,50 @@ __all__ = [
 ]
 
 _LEAF = "leaf"
+
+#: How many containers may nest inside one another (a leaf's key path has at most this
+#: many keys). The walks here and on a ``PyTreeDef`` (``==``, ``hash``, ``repr``, rebuilding)
+#: take two to four Python frames per level, so this keeps every one of them well inside
+#: Python's default recursion limit of 1000, whatever the caller's own depth; real models
+#: nest a few tens of levels at most.
+MAX_DEPTH = 100
+
+
+class _TooDeep(Exception):
+    """Raised inside a recursive walk past :data:`MAX_DEPTH`; the public function reports it."""
+
+
+def _too_deep(tree: Any, what: str) -> ValueError:
+    """The error for ``tree`` nested past :data:`MAX_DEPTH`, naming the start of the key path.
+
+    The path is found again here without recursion (the walks that give up carry none):
+    the first container, in leaf order, that sits ``MAX_DEPTH`` containers deep.
+    """
+    stack: list[tuple[Any, int, Any]] = [(tree, 0, None)]
+    while stack:
+        node, depth, link = stack.pop()
+        spec = _children(node)
+        if spec is None:
+            continue
+        if depth >= MAX_DEPTH:
+            keys: list[str] = []
+            while link is not None:
+                key, link = link
+                keys.append(key)
+            keys.reverse()
+            shown = "".join(keys[:8]) + ("..." if len(keys) > 8 else "")
+            msg = (
+                f"{what} nests containers deeper than agrad's limit of {MAX_DEPTH} levels "
+                f"(agrad.pytree.MAX_DEPTH): one more begins at key path {keystr(shown)} "
+                f"({len(keys)} keys down); flatten such a structure yourself (or store it "
+                "as one array) before handing it to agrad"
+            )
+            return ValueError(msg)
+        stack.extend((c, depth + 1, (k, link)) for k, c in reversed(spec[2]))
+    return ValueError(
+        f"{what} nests containers deeper than agrad's limit of {MAX_DEPTH} levels "
+        "(agrad.pytree.MAX_DEPTH)"
+    )
 
 
 class PyTreeDef:
@@ -51,10 +100,11 @@ class PyTreeDef:
             return "*"
         if self.kind is None:
             return "None"
-        inner = ", ".join(map(repr, self.children))
+        # Each child's repr once: computing it twice per dict level was exponential in depth.
         if self.kind is dict:
             inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children))
             return "{" + inner + "}"
+        inner = ", ".join(map(repr, self.children))
         return f"{self.kind.__name__}({inner})"
 
     @property
@@ -96,39 +146,49 @@ _PLAIN_SEQUENCES = (list, tuple)
 _LEAF_TYPES: set[type] = set()
 
 
-def _children_into(children: Any, leaves: list[Any]) -> tuple[PyTreeDef, ...]:
+def _children_into(children: Any, leaves: list[Any], depth: int) -> tuple[PyTreeDef, ...]:
+    """Flatten the children of a container that sits ``depth - 1`` containers deep."""
+    if depth > MAX_DEPTH:
+        raise _TooDeep
     defs = []
     for c in children:
         if type(c) in _LEAF_TYPES:
             leaves.append(c)
             defs.append(_LEAF_DEF)
         else:
-            defs.append(_flatten_into(c, leaves))
+            defs.append(_flatten_into(c, leaves, depth))
     return tuple(defs)
 
 
-def _flatten_into(node: Any, leaves: list[Any]) -> PyTreeDef:
+def _flatten_into(node: Any, leaves: list[Any], depth: int = 0) -> PyTreeDef:
     cls = type(node)
     if cls is dict:
-        return PyTreeDef(dict, tuple(node), _children_into(node.values(), leaves))
+        return PyTreeDef(dict, tuple(node), _children_into(node.values(), leaves, depth + 1))
     if cls in _PLAIN_SEQUENCES:
-        return PyTreeDef(cls, None, _children_into(node, leaves))
+        return PyTreeDef(cls, None, _children_into(node, leaves, depth + 1))
     if node is None:
         return _NONE_DEF
     if isinstance(node, dict):
         keys = tuple(node)
-        return PyTreeDef(dict, keys, _children_into([node[k] for k in keys], leaves))
+        return PyTreeDef(dict, keys, _children_into([node[k] for k in keys], leaves, depth + 1))
     if isinstance(node, (list, tuple)):  # subclasses, named tuples included
-        return PyTreeDef(cls, None, _children_into(node, leaves))
+        return PyTreeDef(cls, None, _children_into(node, leaves, depth + 1))
     _LEAF_TYPES.add(cls)
     leaves.append(node)
     return _LEAF_DEF
 
 
 def flatten_leaves(tree: Any) -> tuple[list[Any], PyTreeDef]:
-    """Return ``(leaves, treedef)``, leaves in depth-first order (:func:`flatten` without paths)."""
+    """Return ``(leaves, treedef)``, leaves in depth-first order (:func:`flatten` without paths).
+
+    Raises:
+        ValueError: ``tree`` nests containers more than :data:`MAX_DEPTH` deep.
+    """
     leaves: list[Any] = []
-    treedef = _flatten_into(tree, leaves)
+    try:
+        treedef = _flatten_into(tree, leaves)
+    except _TooDeep:
+        raise _too_deep(tree, "the pytree") from None
     return leaves, treedef
 
 
@@ -223,11 +283,15 @@ def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str]) 
 
     ``names`` are how the two trees are called in the message, e.g. ``("ws", "dcdws")``.
     Dict key order is ignored; everything else (container types, lengths) must match.
+    Both trees nesting past :data:`MAX_DEPTH` at the same place is refused too.
     """
-    _compare(reference, other, "", names)
+    try:
+        _compare(reference, other, "", names)
+    except _TooDeep:
+        raise _too_deep(reference, f"{names[0]} (as does {names[1]})") from None
 
 
-def _compare(a: Any, b: Any, path: str, names: tuple[str, str]) -> None:
+def _compare(a: Any, b: Any, path: str, names: tuple[str, str], depth: int = 0) -> None:
     sa, sb = _children(a), _children(b)
     if a is None or b is None:
         if a is None and b is None:
@@ -242,10 +306,12 @@ def _compare(a: Any, b: Any, path: str, names: tuple[str, str]) -> None:
             and not hasattr(ka, "_fields")
             and not hasattr(kb, "_fields")
         )
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
         if ka is dict and kb is dict:
             if set(a) == set(b):
                 for k in a:
-                    _compare(a[k], b[k], f"{path}[{k!r}]", names)
+                    _compare(a[k], b[k], f"{path}[{k!r}]", names, depth + 1)
                 return
             missing = ", ".join(sorted(map(repr, set(a) - set(b))))
             extra = ", ".join(sorted(map(repr, set(b) - set(a))))
@@ -260,7 +326,7 @@ def _compare(a: Any, b: Any, path: str, names: tuple[str, str]) -> None:
             raise ValueError(msg)
         if same_kind and ka is not dict and kb is not dict and len(sa[2]) == len(sb[2]):
             for (k, ca), (_, cb) in zip(sa[2], sb[2]):
-                _compare(ca, cb, path + k, names)
+                _compare(ca, cb, path + k, names, depth + 1)
             return
     msg = (
         f"{names[1]} does not match the structure of {names[0]} at {keystr(path)}: "
@@ -273,13 +339,19 @@ def leaves_like(tree: Any, like: Any) -> list[Any]:
     """Leaves of ``tree`` in the order :func:`flatten` gives for ``like`` (same structure).
 
     Dicts are read in ``like``'s key order, so ``{'a', 'b'}`` and ``{'b', 'a'}`` line up.
+
+    Raises:
+        ValueError: ``like`` nests containers more than :data:`MAX_DEPTH` deep.
     """
     out: list[Any] = []
-    _leaves_like_into(tree, like, out)
+    try:
+        _leaves_like_into(tree, like, out, 0)
+    except _TooDeep:
+        raise _too_deep(like, "the pytree") from None
     return out
 
 
-def _leaves_like_into(a: Any, b: Any, out: list[Any]) -> None:
+def _leaves_like_into(a: Any, b: Any, out: list[Any], depth: int) -> None:
     if type(b) in _LEAF_TYPES:
         out.append(a)
         return
@@ -288,9 +360,12 @@ def _leaves_like_into(a: Any, b: Any, out: list[Any]) -> None:
     spec = _children(b)
     if spec is None:
         out.append(a)
-    elif spec[0] is dict:
+        return
+    if depth >= MAX_DEPTH:
+        raise _TooDeep
+    if spec[0] is dict:
         for k in b:
-            _leaves_like_into(a[k], b[k], out)
+            _leaves_like_into(a[k], b[k], out, depth + 1)
     else:
         for ca, cb in zip(a, b):
-            _leaves_like_into(ca, cb, out)
+            _leaves_like_into(ca, cb, out, depth + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check_leaf_matches"]
+__all__ = ["check_leaf_matches", "has_unknown_size"]
 
 
 def check_leaf_matches(
@@ -17,14 +17,28 @@ def check_leaf_matches(
     message); the message names both trees and both values.
 
     Raises:
-        ValueError: the shapes differ.
+        ValueError: the shapes differ; when one has a dimension of unknown size (a Dask
+            array after boolean indexing, ``None`` in the Array API's terms), the message
+            says so and how to make it known.
         TypeError: the dtypes differ.
     """
-    if tuple(ref.shape) != tuple(x.shape):
+    ref_shape, shape = tuple(ref.shape), tuple(x.shape)
+    if ref_shape != shape:
         where = where() if callable(where) else where
+        # A Dask array after boolean indexing has NaN sizes (the Array API says None),
+        # and NaN is unequal to itself: the shapes differ only because they are unknown.
+        for tree, s in ((ref_name, ref_shape), (name, shape)):
+            if has_unknown_size(s):
+                msg = (
+                    f"{fn}: {tree} at {where} has unknown chunk sizes (shape {s}), so its "
+                    "shape cannot be checked against the other trees; call "
+                    "x.compute_chunk_sizes() on that Dask array (or give it known sizes) "
+                    "before the step"
+                )
+                raise ValueError(msg)
         msg = (
-            f"{fn}: shape mismatch at {where}: {ref_name} has shape {tuple(ref.shape)} "
-            f"but {name} has shape {tuple(x.shape)}"
+            f"{fn}: shape mismatch at {where}: {ref_name} has shape {ref_shape} "
+            f"but {name} has shape {shape}"
         )
         raise ValueError(msg)
     if ref.dtype != x.dtype:
@@ -34,3 +48,12 @@ def check_leaf_matches(
             f"but {name} has dtype {x.dtype}"
         )
         raise TypeError(msg)
+
+
+def has_unknown_size(shape: tuple[Any, ...]) -> bool:
+    """Whether a dimension of ``shape`` is unknown: NaN (Dask) or ``None`` (Array API)."""
+    try:
+        total = sum(shape)
+    except TypeError:  # None
+        return True
+    return total != total  # NaN
