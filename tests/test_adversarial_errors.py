@@ -389,13 +389,9 @@ def test_an_optimizer_fed_many_shapes_keeps_a_bounded_template_cache_with_lru():
         opt.step(params, params, opt.init({"w": np.ones(2)}))
 
 
-@pytest.mark.xfail(
-    not isinstance(optim.adam(lr=0.1)._templates, LRUCache),
-    reason="optim/base.py does not use agrad.optim._cache.LRUCache for _templates yet",
-    strict=True,
-)
 def test_an_optimizer_fed_many_shapes_keeps_a_bounded_template_cache():
     opt = optim.adam(lr=0.1)
+    assert isinstance(opt._templates, LRUCache)
     for n in range(1, 301):
         params = {"w": np.ones(n)}
         opt.step(params, params, opt.init(params))

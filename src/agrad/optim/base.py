@@ -26,6 +26,7 @@ import array_api_compat
 from agrad._arrays import as_array, device_or_none
 from agrad.autograd.adapters import adapter_for
 from agrad.namespace import array_namespace, common_namespace
+from agrad.optim._cache import LRUCache
 from agrad.optim.fastpath import try_step as try_fast_step
 from agrad.optim.validation import check_leaf_matches
 from agrad.pytree import (
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 InitFn = Callable[[Any], Any]
+_TEMPLATES_KEPT = 64
 UpdateFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 
 
@@ -249,7 +251,8 @@ class GradientTransformation:
         self.hyperparams = dict(hyperparams or {})
         self.needs_params = needs_params
         self.complex_params = complex_params
-        self._templates: dict[Any, Any] = {}
+        # state templates per (structure, shapes, dtypes): bounded, a model has few
+        self._templates = LRUCache(_TEMPLATES_KEPT)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
@@ -279,12 +282,13 @@ class GradientTransformation:
 
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
         key = (treedef, _signature(raw_params))
-        if key not in self._templates:
+        template = self._templates.get(key)
+        if template is None:
             state = self.inner_init(unflatten(treedef, raw_params))
             leaves, s_def = flatten_leaves(state)
             skeleton = [_LeafSpec(x) if is_array(x) else x for x in leaves]
-            self._templates[key] = unflatten(s_def, skeleton)
-        return self._templates[key]
+            template = self._templates[key] = unflatten(s_def, skeleton)
+        return template
 
     def _check_state(
         self, fn: str, raw_params: list[Any], treedef: Any, state: Any, names: TreeNames = _NAMES
