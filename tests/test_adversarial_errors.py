@@ -396,3 +396,20 @@ def test_an_optimizer_fed_many_shapes_keeps_a_bounded_template_cache():
         params = {"w": np.ones(n)}
         opt.step(params, params, opt.init(params))
     assert len(opt._templates) < 300
+
+
+def test_an_interrupted_save_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "state.npz"
+    opt = optim.adam(lr=0.1)
+    state = opt.init({"w": np.ones(3)})
+    optim.save(state, path)
+    before = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optim.save(state, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no partial file left

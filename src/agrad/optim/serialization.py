@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -88,7 +89,9 @@ def _prefix(path: str) -> str:
 def save(state: Any, path: str | os.PathLike) -> None:
     """Write ``state`` (any optimizer state of agrad.optim) to ``path`` as an ``.npz`` file.
 
-    A state that cannot be saved is refused before ``path`` is opened.
+    A state that cannot be saved is refused before ``path`` is opened. The file is
+    written beside ``path`` and then renamed over it, so an interrupted save leaves
+    the previous file (if any) whole, never a truncated one.
 
     Raises:
         TypeError: the state holds something that cannot be saved (the message names
@@ -101,8 +104,15 @@ def save(state: Any, path: str | os.PathLike) -> None:
     spec = _encode(state, arrays, "")
     meta = json.dumps({"format": _FORMAT, "state": spec})
     payload = {f"a{i}": to_numpy(a) for i, a in enumerate(arrays)}
-    with open(path, "wb") as f:
-        np.savez(f, **{_META: np.array(meta)}, **payload)
+    path = os.fspath(path)
+    partial = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"  # umask's permissions
+    try:
+        with open(partial, "xb") as f:
+            np.savez(f, **{_META: np.array(meta)}, **payload)
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise
 
 
 def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]) -> type:
