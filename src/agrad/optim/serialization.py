@@ -106,8 +106,9 @@ def save(state: Any, path: str | os.PathLike) -> None:
     payload = {f"a{i}": to_numpy(a) for i, a in enumerate(arrays)}
     path = os.fspath(path)
     partial = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"  # umask's permissions
+    f = open(partial, "xb")  # noqa: SIM115 (closed below; a failure here creates nothing)
     try:
-        with open(partial, "xb") as f:
+        with f:
             np.savez(f, **{_META: np.array(meta)}, **payload)
         os.replace(partial, path)
     except BaseException:
