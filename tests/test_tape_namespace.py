@@ -57,12 +57,16 @@ def test_every_standard_name_is_present(pair):
     assert ns.__array_api_version__
 
 
-def test_traced_array_has_every_attribute_and_method():
+def test_traced_array_has_every_attribute_and_method(pair):
+    """Each namespace's traced arrays (operators are bound to that namespace's functions)."""
+    ns, _ = pair
+    cls = ns._Traced
+    assert issubclass(cls, TracedArray)
     names = standard.ARRAY_ATTRIBUTES + standard.ARRAY_METHODS
     operators = ["add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"]
     operators += ["and", "or", "xor", "lshift", "rshift"]
     names += tuple(f"__{p}{op}__" for op in operators for p in ("r", "i"))
-    assert [n for n in names if not hasattr(TracedArray, n)] == []
+    assert [n for n in names if not hasattr(cls, n)] == []
 
 
 def _same(actual, expected):

@@ -517,3 +517,61 @@ def test_complex_leaf_gradient_matches_torch(backend, name):
     for g, r in zip(grads, ref):
         assert g.dtype == xp.complex128
         np.testing.assert_allclose(to_numpy(g), r.numpy(), rtol=1e-9, atol=1e-11)
+
+
+# ---- the rule table: a new primitive is one entry with one rule --------------------
+
+
+def _numpy_primitive(name, raw, entry):
+    import agrad.numpy as anp
+    from agrad.autograd.tape.traced import primitive
+
+    return primitive(name, raw, entry, anp)
+
+
+def test_a_variadic_primitive_needs_one_rule():
+    """``vjp_argnum``: one rule for every argument, told which by ``argnum``."""
+    from agrad.autograd.tape.vjp import vjp_argnum
+
+    def weighted_rule(ns, g, ans, *arrays, argnum):
+        return ns.multiply(g, float(argnum + 1))
+
+    weighted = _numpy_primitive(
+        "weighted",
+        lambda *arrays: sum((i + 1) * a for i, a in enumerate(arrays)),
+        vjp_argnum(weighted_rule),
+    )
+
+    def f(x):
+        xp = agrad.array_namespace(x)
+        return weighted(x, xp.sin(x), x * x, 2.0 * x)
+
+    x = np.array([0.3, -1.2, 2.0])
+    g = agrad.grad(lambda x: agrad.array_namespace(x).sum(f(x)))(x)
+    np.testing.assert_allclose(g, 1.0 + 2.0 * np.cos(x) + 3.0 * 2.0 * x + 4.0 * 2.0)
+    check_grads(f, x, order=2)
+
+
+def test_a_tuple_returning_primitive_traces_the_outputs_listed():
+    """``vjp(rule, outputs=...)``: the rule gets the list of the outputs' cotangents."""
+    from agrad.autograd.tape.traced import TracedArray
+    from agrad.autograd.tape.vjp import vjp
+
+    def rule(ns, gs, ans, x):
+        g_twice, _ = gs
+        return None if g_twice is None else ns.multiply(g_twice, 2.0)
+
+    twice_and_index = _numpy_primitive(
+        "twice_and_index", lambda x: (x * 2.0, np.argmax(x)), vjp(rule, outputs=(0,))
+    )
+    seen = []
+
+    def f(x):
+        twice, index = twice_and_index(x)
+        seen.append(isinstance(index, TracedArray))
+        return agrad.array_namespace(x).sum(twice * twice)
+
+    x = np.array([0.5, -1.0, 3.0])
+    np.testing.assert_allclose(agrad.grad(f)(x), 8.0 * x)
+    assert seen == [False]
+    check_grads(lambda x: twice_and_index(x)[0], x, order=2)

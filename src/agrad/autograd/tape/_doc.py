@@ -11,22 +11,12 @@ import sys
 from pathlib import Path
 
 from agrad.autograd.tape import standard
-from agrad.autograd.tape.derived import DERIVED
-from agrad.autograd.tape.rules import MULTI_RULES as MAIN_MULTI
-from agrad.autograd.tape.rules import NONDIFFERENTIABLE
-from agrad.autograd.tape.rules import RULES as MAIN_RULES
-from agrad.autograd.tape.rules_fft import RULES as FFT_RULES
-from agrad.autograd.tape.rules_linalg import MULTI_RULES as LINALG_MULTI
-from agrad.autograd.tape.rules_linalg import RULES as LINALG_RULES
-from agrad.autograd.tape.tracing_namespace import _CREATION
+from agrad.autograd.tape.tracing_namespace import CREATION, DERIVED, NONDIFFERENTIABLE, RULES
 
 __all__ = ["PAGE", "differentiability_page", "status"]
 
 PAGE = Path("docs") / "differentiability.md"
 
-_RULES = {**MAIN_RULES, **LINALG_RULES, **FFT_RULES}
-_MULTI = {**MAIN_MULTI, **LINALG_MULTI}
-_SHARED_WITH_MAIN = {"matmul", "matrix_transpose", "tensordot", "vecdot"}
 _NOT_FUNCTIONS = {"__array_namespace_info__"}
 _OWN_WRAPPERS = {"asarray": "traced arrays pass through (cast or moved if asked)"}
 
@@ -34,18 +24,18 @@ _OWN_WRAPPERS = {"asarray": "traced arrays pass through (cast or moved if asked)
 def status(key: str) -> tuple[str, str]:
     """``(status, how)`` of the standard function ``key`` (``"sum"``, ``"linalg.svd"``)."""
     name = key.removeprefix("linalg.")
-    if key.startswith("linalg.") and name in _SHARED_WITH_MAIN:
+    if key.startswith("linalg.") and name in standard.LINALG_ALIASES:
         st, how = status(name)
         return st, f"the main namespace's `{name}`: {how}"
-    if key in _RULES:
-        return "differentiable", "VJP rule"
-    if key in _MULTI:
-        _, outputs = _MULTI[key]
+    if key in RULES:
+        outputs = RULES[key].outputs
+        if outputs is None:
+            return "differentiable", "VJP rule"
         return "differentiable", f"VJP rule (multi-output; outputs {list(outputs)} traced)"
     if key in DERIVED:
         doc = (DERIVED[key].__doc__ or "").strip().splitlines()[0]
         return "differentiable", f"composition of primitives: {doc}"
-    if key in _CREATION:
+    if key in CREATION:
         return "no gradient", "a constant (inside a trace, boxed as a constant of the trace)"
     if key in NONDIFFERENTIABLE:
         return "no gradient", "result is untraced (integer, boolean or piecewise constant)"

@@ -5,8 +5,8 @@ walking it backwards, a node runs only after every node that uses it has sent it
 cotangent; a node that received no cotangent (it does not lead to the output) is
 skipped. Cotangents reaching one node are summed with ``ns``: the tracing namespace
 when an enclosing trace records the backward pass, so that it is differentiable again.
-The node of a multi-output primitive receives a :class:`TupleCotangent` (summed
-output-wise).
+The node of a tuple-returning primitive receives a :class:`TupleCotangent` (summed
+output-wise) from the nodes of its outputs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 from agrad.autograd.tape.traced import Node, RuleNode, TupleCotangent
 
 __all__ = ["backward"]
+
+_NO_KEYWORDS: dict[str, Any] = {}
 
 
 def backward(
@@ -33,24 +35,24 @@ def backward(
         g = pop(node, None)
         if g is None:
             continue
-        if type(node) is RuleNode:
-            rules = node.rules
-            if node.kwargs is None and len(rules) == 1:
-                # One parent, one rule: nearly every node. The sending below is the loop's
-                # body for this case, written out (a 1-tuple and zip cost ~20% of a node).
-                pg = rules[0](ns, g, node.ans, *node.args)
+        if type(node) is not RuleNode:
+            for parent, pg in zip(node.parents, node.vjp(g, ns)):
                 if pg is not None:
-                    parent = node.parents[0]
                     prev = get(parent)
                     cotangents[parent] = pg if prev is None else _accumulate(ns, prev, pg)
-                continue
-            grads = node.cotangents(g, ns)
-        else:
-            grads = node.vjp(g, ns)
-        for parent, pg in zip(node.parents, grads):
+        elif node.kwargs is None and len(node.rules) == 1:  # the next branch, for one rule
+            pg = node.rules[0](ns, g, node.ans, *node.args)
             if pg is not None:
+                parent = node.parents[0]
                 prev = get(parent)
                 cotangents[parent] = pg if prev is None else _accumulate(ns, prev, pg)
+        else:
+            ans, args, kwargs = node.ans, node.args, node.kwargs or _NO_KEYWORDS
+            for parent, rule in zip(node.parents, node.rules):
+                pg = rule(ns, g, ans, *args, **kwargs)
+                if pg is not None:
+                    prev = get(parent)
+                    cotangents[parent] = pg if prev is None else _accumulate(ns, prev, pg)
     return [get(node) for node in inputs]
 
 

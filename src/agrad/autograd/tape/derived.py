@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agrad.autograd.tape.rules import conj, normalize_axes
+from agrad.autograd.tape.helpers import (
+    along,
+    conj,
+    dual_norm,
+    fft_axes,
+    normalize_axes,
+    reduced_count,
+)
 from agrad.autograd.tape.traced import strip
 
 __all__ = ["DERIVED"]
-
-
-def _along(axis: int, ndim: int, index: Any) -> tuple[Any, ...]:
-    return (slice(None),) * (axis % ndim) + (index, Ellipsis)
 
 
 # ---- statistics --------------------------------------------------------------------
@@ -27,7 +30,7 @@ def _along(axis: int, ndim: int, index: Any) -> tuple[Any, ...]:
 
 def var(ns, x, /, *, axis=None, correction=0.0, keepdims=False):
     """``sum((x - mean(x))^2) / (N - correction)`` over ``axis``."""
-    n = math.prod(x.shape[a] for a in normalize_axes(axis, x.ndim))
+    n = reduced_count(tuple(x.shape), normalize_axes(axis, x.ndim))
     d = ns.subtract(x, ns.mean(x, axis=axis, keepdims=True))
     return ns.sum(ns.multiply(d, d), axis=axis, keepdims=keepdims) / (n - correction)
 
@@ -47,7 +50,7 @@ def vecdot(ns, x1, x2, /, *, axis=-1):
 
 def unstack(ns, x, /, *, axis=0):
     """The slices of ``x`` along ``axis``, as a tuple."""
-    return tuple(x[_along(axis, x.ndim, i)] for i in range(x.shape[axis]))
+    return tuple(x[along(axis, x.ndim, i)] for i in range(x.shape[axis]))
 
 
 def tile(ns, x, repetitions, /):
@@ -126,7 +129,7 @@ def diff(ns, x, /, *, axis=-1, n=1, prepend=None, append=None):
     for _ in range(n):
         m = y.shape[axis]
         y = ns.subtract(
-            y[_along(axis, y.ndim, slice(1, m))], y[_along(axis, y.ndim, slice(0, m - 1))]
+            y[along(axis, y.ndim, slice(1, m))], y[along(axis, y.ndim, slice(0, m - 1))]
         )
     return y
 
@@ -202,30 +205,19 @@ def pinv(ns, x, /, *, rtol=None):
 # ---- fft ---------------------------------------------------------------------------
 
 
-def _swap_norm(norm):
-    return {"backward": "forward", "forward": "backward", "ortho": "ortho"}[norm or "backward"]
-
-
 def hfft(ns, x, /, *, n=None, axis=-1, norm="backward"):
     """FFT of a Hermitian-symmetric signal: ``irfft(conj(x))`` with the norm swapped."""
-    return ns.fft.irfft(conj(ns, x), n=n, axis=axis, norm=_swap_norm(norm))
+    return ns.fft.irfft(conj(ns, x), n=n, axis=axis, norm=dual_norm(norm))
 
 
 def ihfft(ns, x, /, *, n=None, axis=-1, norm="backward"):
     """Inverse of ``hfft``: ``conj(rfft(x))`` with the norm swapped."""
-    return ns.conj(ns.fft.rfft(x, n=n, axis=axis, norm=_swap_norm(norm)))
-
-
-def _fft_axes(x, s, axes):
-    if axes is None:
-        axes = tuple(range(x.ndim)) if s is None else tuple(range(x.ndim - len(s), x.ndim))
-    s = (None,) * len(axes) if s is None else tuple(s)
-    return tuple(axes), s
+    return ns.conj(ns.fft.rfft(x, n=n, axis=axis, norm=dual_norm(norm)))
 
 
 def rfftn(ns, x, /, *, s=None, axes=None, norm="backward"):
     """``rfft`` over the last of ``axes``, then ``fft`` over the others."""
-    axes, s = _fft_axes(x, s, axes)
+    axes, s = fft_axes(x, s, axes)
     y = ns.fft.rfft(x, n=s[-1], axis=axes[-1], norm=norm)
     for ax, n in zip(axes[:-1], s[:-1]):
         y = ns.fft.fft(y, n=n, axis=ax, norm=norm)
@@ -234,7 +226,7 @@ def rfftn(ns, x, /, *, s=None, axes=None, norm="backward"):
 
 def irfftn(ns, x, /, *, s=None, axes=None, norm="backward"):
     """``ifft`` over all but the last of ``axes``, then ``irfft`` over the last."""
-    axes, s = _fft_axes(x, s, axes)
+    axes, s = fft_axes(x, s, axes)
     y = x
     for ax, n in zip(axes[:-1], s[:-1]):
         y = ns.fft.ifft(y, n=n, axis=ax, norm=norm)

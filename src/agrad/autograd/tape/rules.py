@@ -1,8 +1,6 @@
 """VJP rules for the main namespace, written with the tracing namespace.
 
-``RULES[name]`` is a tuple with one rule per positional argument (``None``: that
-argument gets no gradient). A rule is ``rule(ns, g, ans, *args, **kwargs)``: ``ns`` is the
-tracing namespace, ``g`` the cotangent of the output ``ans``, ``args`` the forward inputs.
+``RULES`` is the rule table (:mod:`agrad.autograd.tape.vjp`): one entry per primitive.
 Rules only call ``ns`` functions between arrays (never the operators between two arrays,
 which array-api-strict refuses to mix with traced arrays; operators with a Python scalar
 are fine), so the backward pass is itself traceable and higher-order derivatives come
@@ -11,132 +9,31 @@ for free.
 Complex inputs follow torch's convention: for a holomorphic ``f`` the rule is
 ``g * conj(f'(z))``, and the gradient of a real loss is what ``torch.autograd`` returns.
 A real input never receives a complex gradient (its real part is taken).
-
-``MULTI_RULES[name] = (rule, differentiable_outputs)`` serves primitives returning a
-tuple: ``rule(ns, gs, ans, *args, **kwargs)`` gets one cotangent per output (``None`` if
-unused) and returns one cotangent per positional argument.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
+from agrad.autograd.tape.helpers import (
+    SCALARS,
+    along,
+    conj,
+    fit,
+    inverse_permutation,
+    is_complex,
+    keep_reduced_dims,
+    normalize_axes,
+    reduced_count,
+    restore_reduced,
+    shape_of,
+    unbroadcast,
+)
 from agrad.autograd.tape.traced import strip
+from agrad.autograd.tape.vjp import VJP, vjp, vjp_argnum
 
-__all__ = [
-    "MULTI_RULES",
-    "NONDIFFERENTIABLE",
-    "RULES",
-    "conj",
-    "fit",
-    "is_complex",
-    "normalize_axes",
-    "restore_reduced",
-    "unbroadcast",
-]
-
-_SCALARS = (bool, int, float, complex)
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(getattr(x, "shape", ()))
-
-
-def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
-    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``g.shape``."""
-    gshape = _shape(g)
-    if gshape == tuple(shape):
-        return g
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1
-    )
-    if axes:
-        g = ns.sum(g, axis=axes)
-    return g if _shape(g) == tuple(shape) else ns.reshape(g, tuple(shape))
-
-
-# id(dtype) -> (dtype, whether it is complex). Comparing a dtype with ``ns.complex128``
-# costs more than the rest of a typical rule on a small array, and the answer never
-# changes. Keyed by identity (dtypes of two libraries can hash and even compare alike);
-# the entry holds its dtype, so the id cannot be reused while it is cached.
-_COMPLEX_DTYPES: dict[int, tuple[Any, bool]] = {}
-
-
-def _complex_dtype(ns: Any, dt: Any) -> bool:
-    entry = _COMPLEX_DTYPES.get(id(dt))
-    if entry is not None and entry[0] is dt:
-        return entry[1]
-    answer = bool(dt == ns.complex128 or dt == ns.complex64)
-    if len(_COMPLEX_DTYPES) < 1024:  # dtypes are few; never grow without bound
-        _COMPLEX_DTYPES[id(dt)] = (dt, answer)
-    return answer
-
-
-def is_complex(ns: Any, x: Any) -> bool:
-    """Whether ``x`` (an array or a Python scalar) is complex."""
-    if isinstance(x, _SCALARS):
-        return isinstance(x, complex)
-    return _complex_dtype(ns, x.dtype)
-
-
-def conj(ns: Any, x: Any) -> Any:
-    """``conj(x)`` for complex ``x``; ``x`` itself otherwise (no work on the real path)."""
-    if isinstance(x, _SCALARS):
-        return x.conjugate()
-    return ns.conj(x) if _complex_dtype(ns, x.dtype) else x
-
-
-def _is_floating(ns: Any, dtype: Any) -> bool:
-    return dtype in (ns.float64, ns.float32, ns.complex128, ns.complex64)
-
-
-def fit(ns: Any, g: Any, x: Any) -> Any:
-    """``g`` as the cotangent of ``x``: broadcast axes summed, real if ``x`` is, ``x``'s dtype."""
-    try:
-        if g.shape == x.shape and g.dtype == x.dtype:
-            return g  # the common case: nothing to sum, cast or take the real part of
-    except AttributeError:  # a Python scalar
-        pass
-    g = unbroadcast(ns, g, _shape(x))
-    if g.dtype != x.dtype:
-        if is_complex(ns, g) and not is_complex(ns, x):
-            g = ns.real(g)
-        if g.dtype != x.dtype and _is_floating(ns, x.dtype):
-            g = ns.astype(g, x.dtype)
-    return g
-
-
-def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    """``axis`` of a reduction as a sorted tuple of non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    if isinstance(axis, int):
-        axis = (axis,)
-    return tuple(sorted(a % ndim if ndim else 0 for a in axis))
-
-
-def _keepdims_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
-
-
-def restore_reduced(ns: Any, g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
-    """Broadcast the cotangent of a reduction back to the input's shape."""
-    shape = _shape(x)
-    return ns.broadcast_to(keep_reduced_dims(ns, g, shape, axis, keepdims), shape)
-
-
-def keep_reduced_dims(ns: Any, g: Any, shape: tuple[int, ...], axis: Any, keepdims: bool) -> Any:
-    """The cotangent of a reduction of an array of ``shape``, with the reduced axes kept (size 1)."""
-    if keepdims:
-        return g
-    return ns.reshape(g, _keepdims_shape(shape, normalize_axes(axis, len(shape))))
-
-
-def _count(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
-    return math.prod(shape[a] for a in axes)
+__all__ = ["NONDIFFERENTIABLE", "RULES", "gather_transpose", "positions"]
 
 
 def _as_float(ns: Any, mask: Any, like: Any) -> Any:
@@ -149,7 +46,7 @@ def _masked(ns: Any, mask: Any, g: Any) -> Any:
 
 
 def _full_like(ns: Any, value: Any, like: Any) -> Any:
-    if isinstance(value, _SCALARS):
+    if isinstance(value, SCALARS):
         return ns.full_like(like, value)
     return value
 
@@ -192,17 +89,17 @@ def _div_y(ns, g, ans, x, y):
 
 def _pow_x(ns, g, ans, x, y):
     # d/dx x**y = y * x**(y-1), taken as 0 where y == 0 (as torch)
-    if isinstance(y, _SCALARS) and y == 0:
+    if isinstance(y, SCALARS) and y == 0:
         return ns.zeros_like(x)
     d = ns.multiply(y, ns.pow(x, ns.subtract(y, 1.0)))
-    if not isinstance(y, _SCALARS):
+    if not isinstance(y, SCALARS):
         d = ns.where(y == 0, ns.zeros_like(d), d)
     return fit(ns, ns.multiply(g, conj(ns, d)), x)
 
 
 def _pow_y(ns, g, ans, x, y):
     # d/dy x**y = x**y * log(x), taken as 0 where x == 0 (the limit for y > 0)
-    if isinstance(x, _SCALARS):
+    if isinstance(x, SCALARS):
         logx = math.log(x) if x > 0 else 0.0
         return fit(ns, ns.multiply(g, conj(ns, ans)) * logx, y)
     safe = ns.where(x == 0, ns.ones_like(x), x)
@@ -307,7 +204,7 @@ def _unary(derivative):
     def rule(ns, g, ans, x, **kw):
         return ns.multiply(g, conj(ns, derivative(ns, ans, x)))
 
-    return (rule,)
+    return vjp(rule)
 
 
 def _over(denominator):
@@ -316,7 +213,7 @@ def _over(denominator):
     def rule(ns, g, ans, x, **kw):
         return ns.divide(g, conj(ns, denominator(ns, ans, x)))
 
-    return (rule,)
+    return vjp(rule)
 
 
 def _one_minus_square(ns, x):
@@ -344,13 +241,13 @@ def _imag(ns, g, ans, x):
 _LN2 = math.log(2.0)
 _LN10 = math.log(10.0)
 
-UNARY_RULES: dict[str, Any] = {
-    "negative": (lambda ns, g, ans, x: ns.negative(g),),
-    "positive": (lambda ns, g, ans, x: g,),
-    "conj": (lambda ns, g, ans, x: conj(ns, g),),
-    "real": (_real,),
-    "imag": (_imag,),
-    "abs": (_abs,),
+_UNARY: dict[str, VJP] = {
+    "negative": vjp(lambda ns, g, ans, x: ns.negative(g)),
+    "positive": vjp(lambda ns, g, ans, x: g),
+    "conj": vjp(lambda ns, g, ans, x: conj(ns, g)),
+    "real": vjp(_real),
+    "imag": vjp(_imag),
+    "abs": vjp(_abs),
     "exp": _unary(lambda ns, ans, x: ans),
     "expm1": _unary(lambda ns, ans, x: ans + 1.0),
     "log": _over(lambda ns, ans, x: x),
@@ -380,10 +277,10 @@ UNARY_RULES: dict[str, Any] = {
 
 def _matmul_parts(a, b, g):
     """Shapes with 1-D operands promoted to matrices, and g reshaped to match."""
-    a_shape, b_shape = _shape(a), _shape(b)
+    a_shape, b_shape = shape_of(a), shape_of(b)
     a2 = (1, *a_shape) if len(a_shape) == 1 else a_shape
     b2 = (*b_shape, 1) if len(b_shape) == 1 else b_shape
-    g_shape = list(_shape(g))
+    g_shape = list(shape_of(g))
     if len(a_shape) == 1:
         g_shape.insert(len(g_shape) - (0 if len(b_shape) == 1 else 1), 1)
     if len(b_shape) == 1:
@@ -392,19 +289,19 @@ def _matmul_parts(a, b, g):
 
 
 def _matmul_a(ns, g, ans, a, b):
-    if len(_shape(a)) >= 2 and len(_shape(b)) >= 2:  # no 1-D operand: no reshaping
+    if len(shape_of(a)) >= 2 and len(shape_of(b)) >= 2:  # no 1-D operand: no reshaping
         return fit(ns, ns.matmul(g, ns.matrix_transpose(conj(ns, b))), a)
     a2, b2, g2 = _matmul_parts(a, b, g)
     da = ns.matmul(ns.reshape(g, g2), ns.matrix_transpose(conj(ns, ns.reshape(b, b2))))
-    return fit(ns, ns.reshape(unbroadcast(ns, da, a2), _shape(a)), a)
+    return fit(ns, ns.reshape(unbroadcast(ns, da, a2), shape_of(a)), a)
 
 
 def _matmul_b(ns, g, ans, a, b):
-    if len(_shape(a)) >= 2 and len(_shape(b)) >= 2:
+    if len(shape_of(a)) >= 2 and len(shape_of(b)) >= 2:
         return fit(ns, ns.matmul(ns.matrix_transpose(conj(ns, a)), g), b)
     a2, b2, g2 = _matmul_parts(a, b, g)
     db = ns.matmul(ns.matrix_transpose(conj(ns, ns.reshape(a, a2))), ns.reshape(g, g2))
-    return fit(ns, ns.reshape(unbroadcast(ns, db, b2), _shape(b)), b)
+    return fit(ns, ns.reshape(unbroadcast(ns, db, b2), shape_of(b)), b)
 
 
 def _tensordot_axes(a_ndim: int, b_ndim: int, axes: Any) -> tuple[list[int], list[int]]:
@@ -414,16 +311,8 @@ def _tensordot_axes(a_ndim: int, b_ndim: int, axes: Any) -> tuple[list[int], lis
     return [i % a_ndim for i in a_ax], [i % b_ndim for i in b_ax]
 
 
-def inverse_permutation(perm: Sequence[int]) -> tuple[int, ...]:
-    """The permutation that undoes ``perm``."""
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return tuple(inv)
-
-
 def _tensordot_a(ns, g, ans, a, b, axes=2):
-    a_nd, b_nd = len(_shape(a)), len(_shape(b))
+    a_nd, b_nd = len(shape_of(a)), len(shape_of(b))
     a_ax, b_ax = _tensordot_axes(a_nd, b_nd, axes)
     a_free = [i for i in range(a_nd) if i not in a_ax]
     b_free = [i for i in range(b_nd) if i not in b_ax]
@@ -435,7 +324,7 @@ def _tensordot_a(ns, g, ans, a, b, axes=2):
 
 
 def _tensordot_b(ns, g, ans, a, b, axes=2):
-    a_nd, b_nd = len(_shape(a)), len(_shape(b))
+    a_nd, b_nd = len(shape_of(a)), len(shape_of(b))
     a_ax, b_ax = _tensordot_axes(a_nd, b_nd, axes)
     a_free = [i for i in range(a_nd) if i not in a_ax]
     b_free = [i for i in range(b_nd) if i not in b_ax]
@@ -452,7 +341,7 @@ def _sum(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
 
 
 def _mean(ns, g, ans, x, axis=None, keepdims=False):
-    n = _count(_shape(x), normalize_axes(axis, len(_shape(x))))
+    n = reduced_count(shape_of(x), normalize_axes(axis, len(shape_of(x))))
     return restore_reduced(ns, g / n, x, axis, keepdims)  # divided before broadcasting
 
 
@@ -461,7 +350,7 @@ def _prod(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
     # products of the others are formed explicitly (exact, and right at every order).
     gk = restore_reduced(ns, g, x, axis, keepdims)
     if bool(ns.any(strip(x) == 0)):
-        d = _prod_of_others(ns, x, normalize_axes(axis, len(_shape(x))))
+        d = _prod_of_others(ns, x, normalize_axes(axis, len(shape_of(x))))
     else:
         d = ns.divide(restore_reduced(ns, ans, x, axis, keepdims), x)
     return fit(ns, ns.multiply(gk, conj(ns, d)), x)
@@ -469,12 +358,12 @@ def _prod(ns, g, ans, x, axis=None, dtype=None, keepdims=False):
 
 def _prod_of_others(ns, x, axes):
     """``prod_{j != i} x_j`` over ``axes`` for every element ``i``, in O(n^2)."""
-    shape = _shape(x)
+    shape = shape_of(x)
     keep = [a for a in range(len(shape)) if a not in axes]
     perm = keep + list(axes)
     moved = ns.permute_dims(x, tuple(perm))
     batch = tuple(shape[a] for a in keep)
-    n = _count(shape, axes)
+    n = reduced_count(shape, axes)
     flat = ns.expand_dims(ns.reshape(moved, (*batch, n)), axis=-2)
     eye = ns._base.eye(n, dtype=ns.bool, device=ns._base_device(strip(x)))
     others = ns.prod(ns.where(eye, ns.ones_like(flat), flat), axis=-1)
@@ -483,7 +372,7 @@ def _prod_of_others(ns, x, axes):
 
 
 def _extremum(ns, g, ans, x, axis=None, keepdims=False):
-    shape = _shape(x)
+    shape = shape_of(x)
     axes = normalize_axes(axis, len(shape))
     ans_k = keep_reduced_dims(ns, ans, shape, axis, keepdims)
     mask = _as_float(ns, strip(x) == strip(ans_k), strip(x))  # ties share evenly
@@ -493,27 +382,23 @@ def _extremum(ns, g, ans, x, axis=None, keepdims=False):
     return ns.divide(ns.multiply(g_k, mask), count)
 
 
-def _along(axis: int, ndim: int, index: Any) -> tuple[Any, ...]:
-    return (slice(None),) * (axis % ndim) + (index, Ellipsis)
-
-
 def _reverse_cumsum(ns, g, axis):
     return ns.flip(ns.cumulative_sum(ns.flip(g, axis=axis), axis=axis), axis=axis)
 
 
 def _cumulative_sum(ns, g, ans, x, axis=None, dtype=None, include_initial=False):
-    ax = 0 if axis is None else axis % len(_shape(x))
+    ax = 0 if axis is None else axis % len(shape_of(x))
     if include_initial:
-        g = g[_along(ax, len(_shape(g)), slice(1, None))]
+        g = g[along(ax, len(shape_of(g)), slice(1, None))]
     return fit(ns, _reverse_cumsum(ns, g, ax), x)
 
 
 def _cumulative_prod(ns, g, ans, x, axis=None, dtype=None, include_initial=False):
-    ndim = len(_shape(x))
+    ndim = len(shape_of(x))
     ax = 0 if axis is None else axis % ndim
     if include_initial:
-        g = g[_along(ax, ndim, slice(1, None))]
-        ans = ans[_along(ax, ndim, slice(1, None))]
+        g = g[along(ax, ndim, slice(1, None))]
+        ans = ans[along(ax, ndim, slice(1, None))]
     if not bool(ns.any(strip(x) == 0)):
         d = _reverse_cumsum(ns, ns.multiply(g, conj(ns, ans)), ax)
         return fit(ns, ns.divide(d, conj(ns, x)), x)
@@ -522,7 +407,7 @@ def _cumulative_prod(ns, g, ans, x, axis=None, dtype=None, include_initial=False
 
 def _cumulative_prod_with_zeros(ns, g, x, ax):
     """sum_{k >= i} g_k prod_{j <= k, j != i} x_j, in O(n^2) (safe where x has zeros)."""
-    n = _shape(x)[ax]
+    n = shape_of(x)[ax]
     xm = ns.moveaxis(x, ax, -1)
     gm = ns.moveaxis(g, ax, -1)
     dev = ns._base_device(strip(x))
@@ -539,11 +424,11 @@ def _cumulative_prod_with_zeros(ns, g, x, ax):
 
 
 def _reshape(ns, g, ans, x, shape=None, *rest, **kw):
-    return ns.reshape(g, _shape(x))
+    return ns.reshape(g, shape_of(x))
 
 
 def _permute_dims(ns, g, ans, x, axes):
-    return ns.permute_dims(g, inverse_permutation([a % len(_shape(x)) for a in axes]))
+    return ns.permute_dims(g, inverse_permutation([a % len(shape_of(x)) for a in axes]))
 
 
 def _matrix_transpose(ns, g, ans, x):
@@ -551,7 +436,7 @@ def _matrix_transpose(ns, g, ans, x):
 
 
 def _broadcast_to(ns, g, ans, x, shape):
-    return unbroadcast(ns, g, _shape(x))
+    return unbroadcast(ns, g, shape_of(x))
 
 
 def _astype(ns, g, ans, x, dtype, *rest, **kw):
@@ -581,43 +466,23 @@ def _triu(ns, g, ans, x, k=0):
     return ns.triu(g, k=k)
 
 
-def _concat_rule(i):
-    def rule(ns, g, ans, *arrays, axis=0):
-        if axis is None:
-            start = sum(math.prod(_shape(a)) for a in arrays[:i])
-            n = math.prod(_shape(arrays[i]))
-            return ns.reshape(g[start : start + n], _shape(arrays[i]))
-        ax = axis % len(_shape(g))
-        start = sum(_shape(a)[ax] for a in arrays[:i])
-        return g[_along(ax, len(_shape(g)), slice(start, start + _shape(arrays[i])[ax]))]
-
-    return rule
+def _concat(ns, g, ans, *arrays, argnum, axis=0):
+    """The slice of ``g`` that ``arrays[argnum]`` filled."""
+    mine = shape_of(arrays[argnum])
+    if axis is None:
+        start = sum(math.prod(shape_of(a)) for a in arrays[:argnum])
+        return ns.reshape(g[start : start + math.prod(mine)], mine)
+    ax = axis % len(shape_of(g))
+    start = sum(shape_of(a)[ax] for a in arrays[:argnum])
+    return g[along(ax, len(shape_of(g)), slice(start, start + mine[ax]))]
 
 
-def _stack_rule(i):
-    def rule(ns, g, ans, *arrays, axis=0):
-        return g[_along(axis, len(_shape(g)), i)]
-
-    return rule
+def _stack(ns, g, ans, *arrays, argnum, axis=0):
+    return g[along(axis, len(shape_of(g)), argnum)]
 
 
-class _PerArgument(tuple):
-    """Rules for variadic primitives (concat, stack): one rule made per argument index."""
-
-    def __new__(cls, make):
-        obj = super().__new__(cls, ())
-        obj.make = make
-        obj.cache = {}
-        return obj
-
-    def __len__(self):
-        return 1 << 30
-
-    def __getitem__(self, i):
-        rule = self.cache.get(i)
-        if rule is None:
-            rule = self.cache[i] = self.make(i)
-        return rule
+def _to_device(ns, g, ans, x, device):
+    return ns._to_device(g, ns._base_device(strip(x)))
 
 
 # ---- indexing ----------------------------------------------------------------------
@@ -627,8 +492,8 @@ def positions(ns: Any, x: Any) -> Any:
     """Raw array of ``x``'s shape holding each element's flat (row-major) position."""
     raw = strip(x)
     base = ns._base
-    flat = base.arange(math.prod(_shape(x)), device=ns._base_device(raw))
-    return base.reshape(flat, _shape(x))
+    flat = base.arange(math.prod(shape_of(x)), device=ns._base_device(raw))
+    return base.reshape(flat, shape_of(x))
 
 
 def gather_transpose(ns: Any, g: Any, picked: Any, x: Any) -> Any:
@@ -636,14 +501,14 @@ def gather_transpose(ns: Any, g: Any, picked: Any, x: Any) -> Any:
 
     Repeated positions accumulate (a scatter-add).
     """
-    size = math.prod(_shape(x))
+    size = math.prod(shape_of(x))
     flat_g = ns.reshape(g, (-1,))
     flat_pos = ns._base.reshape(picked, (-1,))
-    return ns.reshape(ns._index_add(flat_g, flat_pos, size), _shape(x))
+    return ns.reshape(ns._index_add(flat_g, flat_pos, size), shape_of(x))
 
 
 def _getitem(ns, g, ans, x, key):
-    return ns._scatter(g, key, _shape(x))
+    return ns._scatter(g, key, shape_of(x))
 
 
 def _getitem_advanced(ns, g, ans, x, key):
@@ -677,70 +542,67 @@ def _take_along_axis(ns, g, ans, x, indices, axis=-1):
 
 def _unique_values(ns, g, ans, x):
     inverse = ns._base.unique_inverse(strip(x)).inverse_indices
-    return ns.reshape(ns.take(g, ns._base.reshape(inverse, (-1,))), _shape(x))
+    return ns.reshape(ns.take(g, ns._base.reshape(inverse, (-1,))), shape_of(x))
 
 
 def _unique_multi(ns, gs, ans, x):
-    if gs[0] is None:
-        return (None,)
-    return (_unique_values(ns, gs[0], None, x),)
+    return None if gs[0] is None else _unique_values(ns, gs[0], None, x)
 
 
-RULES: dict[str, Any] = {
-    **UNARY_RULES,
-    "add": (_add_x, _add_y),
-    "subtract": (_add_x, _sub_y),
-    "multiply": (_mul_x, _mul_y),
-    "divide": (_div_x, _div_y),
-    "pow": (_pow_x, _pow_y),
-    "maximum": (_max_x, _max_y),
-    "minimum": (_min_x, _min_y),
-    "where": (None, _where_x, _where_y),
-    "atan2": (_atan2_y, _atan2_x),
-    "hypot": (_hypot_x, _hypot_y),
-    "logaddexp": (_logaddexp_x, _logaddexp_y),
-    "copysign": (_copysign_x, None),
-    "remainder": (_add_x, _remainder_y),
-    "nextafter": (_add_x, None),
-    "clip": (_clip_x, _clip_lo, _clip_hi),
-    "matmul": (_matmul_a, _matmul_b),
-    "tensordot": (_tensordot_a, _tensordot_b),
-    "sum": (_sum,),
-    "prod": (_prod,),
-    "mean": (_mean,),
-    "max": (_extremum,),
-    "min": (_extremum,),
-    "cumulative_sum": (_cumulative_sum,),
-    "cumulative_prod": (_cumulative_prod,),
-    "reshape": (_reshape,),
-    "permute_dims": (_permute_dims,),
-    "matrix_transpose": (_matrix_transpose,),
-    "expand_dims": (_reshape,),
-    "squeeze": (_reshape,),
-    "broadcast_to": (_broadcast_to,),
-    "astype": (_astype,),
-    "flip": (_flip,),
-    "roll": (_roll,),
-    "moveaxis": (_moveaxis,),
-    "tril": (_tril,),
-    "triu": (_triu,),
-    "concat": _PerArgument(_concat_rule),
-    "stack": _PerArgument(_stack_rule),
-    "take": (_take, None),
-    "take_along_axis": (_take_along_axis, None),
-    "_take_along_axis": (_take_along_axis, None),
-    "unique_values": (_unique_values,),
-    "_getitem": (_getitem,),
-    "_getitem_advanced": (_getitem_advanced,),
-    "_scatter": (_scatter,),
-    "_index_add": (_index_add_values, None),
-    "_setitem": (_setitem_x, None, _setitem_value),
-}
-
-MULTI_RULES: dict[str, Any] = {
-    "unique_all": (_unique_multi, (0,)),
-    "unique_counts": (_unique_multi, (0,)),
-    "unique_inverse": (_unique_multi, (0,)),
+RULES: dict[str, VJP] = {
+    **_UNARY,
+    "add": vjp(_add_x, _add_y),
+    "subtract": vjp(_add_x, _sub_y),
+    "multiply": vjp(_mul_x, _mul_y),
+    "divide": vjp(_div_x, _div_y),
+    "pow": vjp(_pow_x, _pow_y),
+    "maximum": vjp(_max_x, _max_y),
+    "minimum": vjp(_min_x, _min_y),
+    "where": vjp(None, _where_x, _where_y),
+    "atan2": vjp(_atan2_y, _atan2_x),
+    "hypot": vjp(_hypot_x, _hypot_y),
+    "logaddexp": vjp(_logaddexp_x, _logaddexp_y),
+    "copysign": vjp(_copysign_x, None),
+    "remainder": vjp(_add_x, _remainder_y),
+    "nextafter": vjp(_add_x, None),
+    "clip": vjp(_clip_x, _clip_lo, _clip_hi),
+    "matmul": vjp(_matmul_a, _matmul_b),
+    "tensordot": vjp(_tensordot_a, _tensordot_b),
+    "sum": vjp(_sum),
+    "prod": vjp(_prod),
+    "mean": vjp(_mean),
+    "max": vjp(_extremum),
+    "min": vjp(_extremum),
+    "cumulative_sum": vjp(_cumulative_sum),
+    "cumulative_prod": vjp(_cumulative_prod),
+    "reshape": vjp(_reshape),
+    "permute_dims": vjp(_permute_dims),
+    "matrix_transpose": vjp(_matrix_transpose),
+    "expand_dims": vjp(_reshape),
+    "squeeze": vjp(_reshape),
+    "broadcast_to": vjp(_broadcast_to),
+    "astype": vjp(_astype),
+    "flip": vjp(_flip),
+    "roll": vjp(_roll),
+    "moveaxis": vjp(_moveaxis),
+    "tril": vjp(_tril),
+    "triu": vjp(_triu),
+    "concat": vjp_argnum(_concat, sequence=True),
+    "stack": vjp_argnum(_stack, sequence=True),
+    "take": vjp(_take, None),
+    "take_along_axis": vjp(_take_along_axis, None),
+    "unique_values": vjp(_unique_values),
+    "unique_all": vjp(_unique_multi, outputs=(0,)),
+    "unique_counts": vjp(_unique_multi, outputs=(0,)),
+    "unique_inverse": vjp(_unique_multi, outputs=(0,)),
+    # private primitives behind indexing, its transpose and device transfer
+    "_take_along_axis": vjp(_take_along_axis, None),
+    "_getitem": vjp(_getitem),
+    "_getitem_advanced": vjp(_getitem_advanced),
+    "_scatter": vjp(_scatter),
+    "_index_add": vjp(_index_add_values, None),
+    "_setitem": vjp(_setitem_x, None, _setitem_value),
+    "_to_device": vjp(_to_device),
 }
 
 # Functions whose outputs carry no gradient (integer, boolean or piecewise-constant

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agrad.autograd.tape.rules import fit
+from agrad.autograd.tape.helpers import along, dual_norm, fft_axes, fit
 from agrad.autograd.tape.traced import strip
+from agrad.autograd.tape.vjp import VJP, vjp
 
 __all__ = ["RULES"]
-
-_DUAL = {"backward": "forward", "forward": "backward", "ortho": "ortho", None: "forward"}
 
 
 def _resize(ns: Any, a: Any, axis: int, size: int) -> Any:
@@ -27,7 +26,7 @@ def _resize(ns: Any, a: Any, axis: int, size: int) -> Any:
     if current == size:
         return a
     if current > size:
-        return a[(slice(None),) * axis + (slice(0, size), Ellipsis)]
+        return a[along(axis, a.ndim, slice(0, size))]
     pad_shape = (*a.shape[:axis], size - current, *a.shape[axis + 1 :])
     pad = ns._base.zeros(pad_shape, dtype=a.dtype, device=ns._base_device(strip(a)))
     return ns.concat([a, pad], axis=axis)
@@ -35,39 +34,33 @@ def _resize(ns: Any, a: Any, axis: int, size: int) -> Any:
 
 def _c2c(adjoint_name: str):
     def rule(ns, g, ans, x, n=None, axis=-1, norm="backward"):
-        r = getattr(ns.fft, adjoint_name)(g, axis=axis, norm=_DUAL[norm])
+        r = getattr(ns.fft, adjoint_name)(g, axis=axis, norm=dual_norm(norm))
         return fit(ns, _resize(ns, r, axis, x.shape[axis]), x)
 
-    return (rule,)
-
-
-def _fft_axes(x, s, axes):
-    if axes is None:
-        axes = tuple(range(x.ndim)) if s is None else tuple(range(x.ndim - len(s), x.ndim))
-    return tuple(axes)
+    return vjp(rule)
 
 
 def _c2c_n(adjoint_name: str):
     def rule(ns, g, ans, x, s=None, axes=None, norm="backward"):
-        axes = _fft_axes(x, s, axes)
-        r = getattr(ns.fft, adjoint_name)(g, axes=axes, norm=_DUAL[norm])
+        axes, _ = fft_axes(x, s, axes)
+        r = getattr(ns.fft, adjoint_name)(g, axes=axes, norm=dual_norm(norm))
         for ax in axes:
             r = _resize(ns, r, ax, x.shape[ax])
         return fit(ns, r, x)
 
-    return (rule,)
+    return vjp(rule)
 
 
 def _rfft(ns, g, ans, x, n=None, axis=-1, norm="backward"):
     n = x.shape[axis] if n is None else n
     # ifft with n zero-pads the half spectrum to the full one
-    r = ns.real(ns.fft.ifft(g, n=n, axis=axis, norm=_DUAL[norm]))
+    r = ns.real(ns.fft.ifft(g, n=n, axis=axis, norm=dual_norm(norm)))
     return fit(ns, _resize(ns, r, axis, x.shape[axis]), x)
 
 
 def _irfft(ns, g, ans, x, n=None, axis=-1, norm="backward"):
     n = 2 * (x.shape[axis] - 1) if n is None else n
-    r = ns.fft.rfft(g, axis=axis, norm=_DUAL[norm])
+    r = ns.fft.rfft(g, axis=axis, norm=dual_norm(norm))
     bins = r.shape[axis]
     doubled = n - bins  # bins 1..doubled stand for a frequency and its conjugate
     base = ns._base
@@ -87,13 +80,13 @@ def _ifftshift(ns, g, ans, x, axes=None):
     return ns.fft.fftshift(g, axes=axes)
 
 
-RULES: dict[str, Any] = {
+RULES: dict[str, VJP] = {
     "fft.fft": _c2c("ifft"),
     "fft.ifft": _c2c("fft"),
     "fft.fftn": _c2c_n("ifftn"),
     "fft.ifftn": _c2c_n("fftn"),
-    "fft.rfft": (_rfft,),
-    "fft.irfft": (_irfft,),
-    "fft.fftshift": (_fftshift,),
-    "fft.ifftshift": (_ifftshift,),
+    "fft.rfft": vjp(_rfft),
+    "fft.irfft": vjp(_irfft),
+    "fft.fftshift": vjp(_fftshift),
+    "fft.ifftshift": vjp(_ifftshift),
 }

@@ -1,8 +1,8 @@
 """VJP rules for the ``linalg`` extension, written with the tracing namespace.
 
 Same conventions as :mod:`agrad.autograd.tape.rules` (torch's for complex inputs);
-keys are ``"linalg.<name>"``. Decompositions with several outputs (``eigh``, ``svd``,
-``qr``, ``slogdet``) are in ``MULTI_RULES`` and receive one cotangent per output.
+keys are ``"linalg.<name>"``. The rules of decompositions with several outputs
+(``eigh``, ``svd``, ``qr``, ``slogdet``) receive the list of the outputs' cotangents.
 Formulas follow the standard matrix-calculus results (Giles 2008; Murray 2016 for
 Cholesky; Townsend 2016 and torch's ``svd_backward`` for the SVD; Liao et al. 2019 for QR).
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agrad.autograd.tape.rules import conj, fit, is_complex, restore_reduced
+from agrad.autograd.tape.helpers import conj, fit, is_complex, restore_reduced
 from agrad.autograd.tape.traced import strip
+from agrad.autograd.tape.vjp import VJP, vjp
 
-__all__ = ["MULTI_RULES", "RULES"]
+__all__ = ["RULES"]
 
 
 def _h(ns: Any, a: Any) -> Any:
@@ -161,14 +162,14 @@ def _slogdet(ns, gs, ans, x):
     g_sign, g_log = gs
     sign = ans[0]
     if g_log is None and (g_sign is None or not is_complex(ns, x)):
-        return (None,)
+        return None
     c = ns.zeros_like(ans[1]) if g_log is None else g_log
     if is_complex(ns, x):
         c = ns.astype(c, x.dtype)
         if g_sign is not None:
             rot = ns.imag(ns.multiply(conj(ns, g_sign), sign))
             c = ns.subtract(c, ns.multiply(ns.astype(rot, x.dtype), 1j))
-    return (_scale_matrix(ns, c, _h(ns, ns.linalg.inv(x))),)
+    return _scale_matrix(ns, c, _h(ns, ns.linalg.inv(x)))
 
 
 def _eigh(ns, gs, ans, x):
@@ -184,8 +185,8 @@ def _eigh(ns, gs, ans, x):
         d = _diag_embed(ns, gw)
         inner = d if inner is None else ns.add(inner, ns.astype(d, inner.dtype))
     if inner is None:
-        return (None,)
-    return (ns.matmul(ns.matmul(v, inner), _h(ns, v)),)
+        return None
+    return ns.matmul(ns.matmul(v, inner), _h(ns, v))
 
 
 def _skew(ns, a):
@@ -199,8 +200,8 @@ def _svd(ns, gs, ans, x, full_matrices=True):
     k = min(m, n)
     if gu is None and gvh is None:
         if gsv is None:
-            return (None,)
-        return (ns.matmul(ns.multiply(u[..., :k], ns.expand_dims(gsv, axis=-2)), vh[..., :k, :]),)
+            return None
+        return ns.matmul(ns.multiply(u[..., :k], ns.expand_dims(gsv, axis=-2)), vh[..., :k, :])
     if full_matrices and m != n:
         msg = (
             "linalg.svd: the gradient through U or Vh of a non-square matrix with "
@@ -234,14 +235,14 @@ def _svd(ns, gs, ans, x, full_matrices=True):
         ga = ns.matmul(u, inner)
         gu_s = ns.divide(gu, s_row)
         ga = ns.add(ga, ns.subtract(gu_s, ns.matmul(u, ns.matmul(_h(ns, u), gu_s))))
-        return (ns.matmul(ga, vh),)
+        return ns.matmul(ga, vh)
     if m < n and gvh is not None:
         gv = _h(ns, gvh)
         ga = ns.matmul(inner, vh)
         gv_s = ns.divide(gv, s_row)
         ga = ns.add(ga, _h(ns, ns.subtract(gv_s, ns.matmul(v, ns.matmul(vh, gv_s)))))
-        return (ns.matmul(u, ga),)
-    return (ns.matmul(ns.matmul(u, inner), vh),)
+        return ns.matmul(u, ga)
+    return ns.matmul(ns.matmul(u, inner), vh)
 
 
 def _copyltu(ns, a):
@@ -261,7 +262,7 @@ def _qr(ns, gs, ans, x, mode="reduced"):
     q, r = ans
     m, n = x.shape[-2:]
     if gq is None and gr is None:
-        return (None,)
+        return None
     if mode == "complete" and m > n and gq is not None:
         msg = (
             "linalg.qr: the gradient through Q of a tall matrix with mode='complete' is "
@@ -271,28 +272,25 @@ def _qr(ns, gs, ans, x, mode="reduced"):
     gq = ns.zeros_like(q) if gq is None else gq
     gr = ns.zeros_like(r) if gr is None else gr
     if m >= n:
-        return (_qr_tall(ns, q, r, gq, gr),)
+        return _qr_tall(ns, q, r, gq, gr)
     y = x[..., m:]
     gx = _qr_tall(ns, q, r[..., :m], ns.add(gq, ns.matmul(y, _h(ns, gr[..., m:]))), gr[..., :m])
     gy = ns.matmul(q, gr[..., m:])
-    return (ns.concat([gx, gy], axis=-1),)
+    return ns.concat([gx, gy], axis=-1)
 
 
-RULES: dict[str, Any] = {
-    "linalg.inv": (_inv,),
-    "linalg.solve": (_solve_x1, _solve_x2),
-    "linalg.det": (_det,),
-    "linalg.cholesky": (_cholesky,),
-    "linalg.eigvalsh": (_eigvalsh,),
-    "linalg.svdvals": (_svdvals,),
-    "linalg.vector_norm": (_vector_norm,),
-    "linalg.cross": (_cross_x1, _cross_x2),
-    "linalg.diagonal": (_diagonal,),
-}
-
-MULTI_RULES: dict[str, Any] = {
-    "linalg.slogdet": (_slogdet, (0, 1)),
-    "linalg.eigh": (_eigh, (0, 1)),
-    "linalg.svd": (_svd, (0, 1, 2)),
-    "linalg.qr": (_qr, (0, 1)),
+RULES: dict[str, VJP] = {
+    "linalg.inv": vjp(_inv),
+    "linalg.solve": vjp(_solve_x1, _solve_x2),
+    "linalg.det": vjp(_det),
+    "linalg.cholesky": vjp(_cholesky),
+    "linalg.eigvalsh": vjp(_eigvalsh),
+    "linalg.svdvals": vjp(_svdvals),
+    "linalg.vector_norm": vjp(_vector_norm),
+    "linalg.cross": vjp(_cross_x1, _cross_x2),
+    "linalg.diagonal": vjp(_diagonal),
+    "linalg.slogdet": vjp(_slogdet, outputs=(0, 1)),
+    "linalg.eigh": vjp(_eigh, outputs=(0, 1)),
+    "linalg.svd": vjp(_svd, outputs=(0, 1, 2)),
+    "linalg.qr": vjp(_qr, outputs=(0, 1)),
 }

@@ -14,6 +14,7 @@ __all__ = [
     "DTYPES",
     "FFT_FUNCTIONS",
     "FUNCTIONS",
+    "LINALG_ALIASES",
     "LINALG_FUNCTIONS",
     "VERSION",
 ]
@@ -212,6 +213,9 @@ LINALG_FUNCTIONS = (
     "vecdot",
     "vector_norm",
 )
+
+#: Functions of ``linalg`` that are the main namespace's own, under a second name.
+LINALG_ALIASES = ("matmul", "matrix_transpose", "tensordot", "vecdot")
 
 FFT_FUNCTIONS = (
     "fft",

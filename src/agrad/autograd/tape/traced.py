@@ -9,7 +9,8 @@ older trace) with the tape node that produced it.
 Primitives unbox the arguments that belong to the newest trace among them, call
 themselves again on the unboxed values (which records on older traces, if any), and box
 the result with a node that holds those values and the VJP rules (a :class:`RuleNode`),
-appended to the trace's tape. VJP rules are written with the tracing namespace, so the
+appended to the trace's tape (:func:`primitive`; the rules come from the tables of
+:mod:`~agrad.autograd.tape.vjp`). VJP rules are written with the tracing namespace, so the
 backward pass of an inner trace is recorded on the outer one: that is all
 higher-order differentiation needs.
 
@@ -25,13 +26,15 @@ live trace's tape.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agrad.autograd.tape.vjp import VJP, Rule, vjp
+
 __all__ = [
-    "BINARY_OPERATORS",
     "EscapedTracerError",
     "CONSTANT",
     "Node",
@@ -41,7 +44,6 @@ __all__ = [
     "TupleCotangent",
     "constant",
     "current_trace",
-    "multi_output_primitive",
     "outer_trace_active",
     "primitive",
     "strip",
@@ -108,7 +110,9 @@ class Node:
     ``ns`` is the namespace the VJP rules compute with: the tracing namespace when an
     enclosing trace records the backward pass (higher order), else a raw one.
     A node made with a ``trace`` is recorded on its tape. Leaves (the differentiated
-    inputs) have ``vjp=None``, no parents, and no trace.
+    inputs) have ``vjp=None``, no parents, and no trace. Primitives record
+    :class:`RuleNode` objects; each traced output of a tuple-returning primitive has a
+    plain node whose ``vjp`` places its cotangent in the tuple's.
     """
 
     __slots__ = ("parents", "vjp")
@@ -129,9 +133,8 @@ class RuleNode(Node):
     """A node whose VJP is one rule per parent, applied to stored forward values.
 
     The cotangent of ``parents[i]`` is ``rules[i](ns, g, ans, *args, **kwargs)``
-    (``kwargs`` is ``None`` when there are none). This is what nearly every primitive
-    records: it holds its values itself instead of in a closure, which makes recording
-    cheaper (fewer objects per operation, less for the garbage collector to scan).
+    (``kwargs`` is ``None`` when there are none). Every primitive records one: it holds
+    its values itself instead of in a closure, so recording makes few objects.
     """
 
     __slots__ = ("ans", "args", "kwargs", "rules")
@@ -153,27 +156,17 @@ class RuleNode(Node):
         self.vjp = None
         trace.tape.append(self)
 
-    def cotangents(self, g: Any, ns: Any) -> list[Any]:
-        """One cotangent per parent, for the cotangent ``g`` of the output."""
-        ans, args, kwargs = self.ans, self.args, self.kwargs or {}
-        return [rule(ns, g, ans, *args, **kwargs) for rule in self.rules]
 
+class TupleCotangent(list):
+    """Cotangents of the outputs of a tuple-returning primitive; ``None`` for unused outputs."""
 
-class TupleCotangent:
-    """Cotangents of the outputs of a multi-output primitive; ``None`` for unused outputs."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: list[Any]):
-        self.parts = parts
+    __slots__ = ()
 
     def accumulate(self, ns: Any, other: TupleCotangent) -> TupleCotangent:
         """The output-wise sum of two tuple cotangents."""
-        parts = [
-            b if a is None else a if b is None else ns.add(a, b)
-            for a, b in zip(self.parts, other.parts)
-        ]
-        return TupleCotangent(parts)
+        return TupleCotangent(
+            b if a is None else a if b is None else ns.add(a, b) for a, b in zip(self, other)
+        )
 
 
 #: The node of every constant: never a parent, so nothing flows back through it.
@@ -184,10 +177,6 @@ def constant(ns: Any, value: Any) -> Any:
     """``value`` boxed as a constant of the innermost live trace (itself outside traces)."""
     trace = current_trace()
     return value if trace is None else ns._Traced(value, CONSTANT, trace)
-
-
-class _StaleConstant(Exception):
-    """A constant boxed by a trace that has ended: unbox it and call again."""
 
 
 def _refresh(x: Any) -> Any:
@@ -208,8 +197,9 @@ def _escaped(name: str) -> EscapedTracerError:
 class TracedArray:
     """An array being traced for differentiation. Behaves like an array of its base library.
 
-    Subclassed once per tracing namespace; the subclass's ``_ns`` is that namespace.
-    Operators and attributes forward to the namespace's primitives.
+    Subclassed once per tracing namespace; the subclass's ``_ns`` is that namespace, and
+    its operators (:mod:`~agrad.autograd.tape.operators`) and attributes forward to the
+    namespace's functions.
     """
 
     __slots__ = ("__weakref__", "_node", "_trace", "_value")
@@ -314,60 +304,6 @@ class TracedArray:
         return strip(self).__dlpack_device__()
 
 
-def _binary(name: str, reflected: bool = False) -> Callable[[TracedArray, Any], Any]:
-    if reflected:
-
-        def op(self: TracedArray, other: Any) -> Any:
-            return getattr(self._ns, name)(other, self)
-
-    else:
-
-        def op(self: TracedArray, other: Any) -> Any:
-            return getattr(self._ns, name)(self, other)
-
-    return op
-
-
-BINARY_OPERATORS = {
-    "add": "add",
-    "sub": "subtract",
-    "mul": "multiply",
-    "truediv": "divide",
-    "mod": "remainder",
-    "pow": "pow",
-    "matmul": "matmul",
-}
-# Operators whose results carry no gradient (integer, boolean, piecewise constant).
-_RAW_OPERATORS = ("floordiv", "and", "or", "xor", "lshift", "rshift")
-
-
-def _raw_operator(op: str) -> Callable[[TracedArray, Any], Any]:
-    """An operator whose result carries no gradient: applied to the raw values."""
-    method = f"__{op}__"
-
-    def fn(self: TracedArray, other: Any) -> Any:
-        return getattr(strip(self), method)(strip(other))
-
-    return fn
-
-
-for _op, _fn in BINARY_OPERATORS.items():
-    setattr(TracedArray, f"__{_op}__", _binary(_fn))
-    setattr(TracedArray, f"__r{_op}__", _binary(_fn, reflected=True))
-    # In-place operators are functional: ``x += y`` rebinds ``x`` to a new traced array.
-    setattr(TracedArray, f"__i{_op}__", _binary(_fn))
-for _op in ("lt", "le", "gt", "ge", "eq", "ne"):
-    setattr(TracedArray, f"__{_op}__", _raw_operator(_op))
-for _op in _RAW_OPERATORS:
-    setattr(TracedArray, f"__{_op}__", _raw_operator(_op))
-    setattr(TracedArray, f"__r{_op}__", _raw_operator(f"r{_op}"))
-    setattr(TracedArray, f"__i{_op}__", _raw_operator(_op))
-TracedArray.__neg__ = lambda self: self._ns.negative(self)
-TracedArray.__pos__ = lambda self: self._ns.positive(self)
-TracedArray.__abs__ = lambda self: self._ns.abs(self)
-TracedArray.__invert__ = lambda self: ~strip(self)
-
-
 def unbox(x: Any, trace: Trace) -> Any:
     """Remove the box of ``trace`` from ``x`` if it has one."""
     if isinstance(x, TracedArray) and x._trace is trace:
@@ -389,218 +325,112 @@ def strip_key(key: Any) -> Any:
     return strip(key)
 
 
-def _unbox_args(
-    args: Sequence[Any], trace: Trace, rules: Sequence[Any] | None
-) -> tuple[list[Any], list[Node], list[int]]:
-    """Unbox the arguments traced at ``trace``: ``(values, parent nodes, their positions)``.
-
-    An argument becomes a parent when its node is not a constant and, with ``rules``
-    given, it has a rule (``rules[i] is not None``).
-    """
-    vals = list(args)
-    parents = []
-    argnums = []
-    for i, a in enumerate(args):
-        if isinstance(a, TracedArray) and a._trace is trace:
-            vals[i] = a._value
-            node = a._node
-            if node is not CONSTANT and (
-                rules is None or (i < len(rules) and rules[i] is not None)
-            ):
-                parents.append(node)
-                argnums.append(i)
-    return vals, parents, argnums
-
-
-def _newest_trace(args: Sequence[Any], name: str) -> Trace | None:
-    top = None
-    for a in args:
-        if isinstance(a, TracedArray):
-            t = a._trace
-            if not t.active:
-                if a._node is CONSTANT:
-                    raise _StaleConstant
-                raise _escaped(name)
-            if top is None or t.id > top.id:
-                top = t
-    return top
-
-
 def primitive(
-    name: str,
-    raw: Callable[..., Any],
-    rules: Sequence[Callable[..., Any] | None],
-    ns: Any,
+    name: str, raw: Callable[..., Any], rules: VJP | Sequence[Rule | None], ns: Any
 ) -> Callable[..., Any]:
-    """Make a differentiable function from ``raw`` and one VJP rule per positional argument.
+    """Make a differentiable function of the namespace ``ns`` from ``raw`` and its VJP.
 
-    ``rules[i](ns, g, ans, *args, **kwargs)`` maps the cotangent ``g`` of the output to
-    the cotangent of positional argument ``i``; ``None`` marks an argument with no
-    gradient (an index, a condition). Keyword arguments are never differentiated.
-
-    Calls with one or two positional arguments (nearly all) take a fast path with the
-    same results as the general one, which handles stale constants and escaped tracers.
+    ``rules`` is a :class:`~agrad.autograd.tape.vjp.VJP` (a rule table's entry) or a
+    sequence of rules, one per positional argument (``vjp(*rules)``). A call with a
+    traced argument unboxes the arguments of the newest trace among them, calls itself
+    again on what is inside (which records on the older traces, if any), and boxes the
+    answer with a :class:`RuleNode` on the newest trace: that is done in ``record``.
+    A first-order call whose only traced argument is the first of at most two (nearly
+    every call of an elementwise chain) takes one shorter way to the same node.
     """
-    rule0 = rules[0] if len(rules) > 0 else None
-    rule1 = rules[1] if len(rules) > 1 else None
-    # ``raw`` for untraced operands only (the operator itself for binary operators)
-    plain = getattr(raw, "_agrad_plain", raw)
+    spec = rules if isinstance(rules, VJP) else vjp(*rules)
+    rule_for = spec.rule_for
+    rule0 = rule_for(0)
+    first_only = (rule0,)
+    plain = getattr(raw, "_agrad_plain", raw)  # for raw operands only
+    box = ns._Traced if spec.outputs is None else _tuple_boxer(ns._Traced, spec.outputs)
     Traced = ns._Traced
-
-    def general(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            trace = _newest_trace(args, name)
-        except _StaleConstant:
-            return fn(*[_refresh(a) for a in args], **kwargs)
-        if trace is None:
-            return raw(*args, **kwargs)
-        vals, parents, argnums = _unbox_args(args, trace, rules)
-        ans = fn(*vals, **kwargs)
-        if not parents:
-            return ans
-        chosen = tuple(rules[i] for i in argnums)
-        return Traced(
-            ans, RuleNode(trace, tuple(parents), chosen, ans, tuple(vals), kwargs or None), trace
-        )
-
-    only_x, only_y, both_xy = (rule0,), (rule1,), (rule0, rule1)
-
-    def both(x: TracedArray, y: TracedArray, kwargs: dict[str, Any]) -> Any:
-        """Two traced operands, of one trace or of two nested ones."""
-        tx, ty = x._trace, y._trace
-        if not (tx.active and ty.active):
-            return general((x, y), kwargs)
-        trace = ty if ty.id > tx.id else tx
-        px = py = None
-        if tx is trace:
-            if rule0 is not None and x._node is not CONSTANT:
-                px = x._node
-            x = x._value
-        if ty is trace:
-            if rule1 is not None and y._node is not CONSTANT:
-                py = y._node
-            y = y._value
-        if isinstance(x, TracedArray) or isinstance(y, TracedArray):
-            ans = fn(x, y, **kwargs)
-        else:
-            ans = plain(x, y, **kwargs)
-        if px is None:
-            if py is None:
-                return ans
-            node = RuleNode(trace, (py,), only_y, ans, (x, y), kwargs or None)
-        elif py is None:
-            node = RuleNode(trace, (px,), only_x, ans, (x, y), kwargs or None)
-        else:
-            node = RuleNode(trace, (px, py), both_xy, ans, (x, y), kwargs or None)
-        return Traced(ans, node, trace)
 
     def fn(*args: Any, **kwargs: Any) -> Any:
         n = len(args)
-        if n == 2:
-            x, y = args
-            if isinstance(x, TracedArray):
-                if isinstance(y, TracedArray):
-                    return both(x, y, kwargs)
-                trace = x._trace
-                if not trace.active:
-                    return general(args, kwargs)
-                node = x._node
-                x = x._value
-                ans = fn(x, y, **kwargs) if isinstance(x, TracedArray) else plain(x, y, **kwargs)
-                if rule0 is None or node is CONSTANT:
-                    return ans
-                node = RuleNode(trace, (node,), only_x, ans, (x, y), kwargs or None)
-                return Traced(ans, node, trace)
-            if isinstance(y, TracedArray):  # the branch above for a traced y, written out:
-                trace = y._trace  # a shared helper costs ~3 % of a chain of small operations
-                if not trace.active:
-                    return general(args, kwargs)
-                node = y._node
-                y = y._value
-                ans = fn(x, y, **kwargs) if isinstance(y, TracedArray) else plain(x, y, **kwargs)
-                if rule1 is None or node is CONSTANT:
-                    return ans
-                node = RuleNode(trace, (node,), only_y, ans, (x, y), kwargs or None)
-                return Traced(ans, node, trace)
-            return plain(x, y, **kwargs)
-        if n == 1:
+        if n == 1 or (n == 2 and not isinstance(args[1], TracedArray)):
             x = args[0]
-            if not isinstance(x, TracedArray):
-                return raw(x, **kwargs)
-            trace = x._trace
-            if not trace.active:
-                return general(args, kwargs)
-            node = x._node
-            x = x._value
-            ans = fn(x, **kwargs) if isinstance(x, TracedArray) else raw(x, **kwargs)
-            if rule0 is None or node is CONSTANT:
-                return ans
-            return Traced(ans, RuleNode(trace, (node,), only_x, ans, (x,), kwargs or None), trace)
-        return general(args, kwargs)
+            if type(x) is Traced:
+                trace, value = x._trace, x._value
+                if trace.active and not isinstance(value, TracedArray):
+                    vals = (value,) if n == 1 else (value, args[1])
+                    ans = plain(*vals, **kwargs)
+                    node = x._node
+                    if rule0 is None or node is CONSTANT:
+                        return ans
+                    node = RuleNode(trace, (node,), first_only, ans, vals, kwargs or None)
+                    return box(ans, node, trace)
+        trace = None
+        vals = list(args)
+        parents: list[Node] = []
+        chosen: list[Rule] = []
+        nested = False
+        i = -1
+        for a in args:
+            i += 1
+            if not isinstance(a, TracedArray):
+                continue
+            t = a._trace
+            if t is not trace:
+                if not t.active:
+                    if a._node is CONSTANT:
+                        return fn(*[_refresh(v) for v in args], **kwargs)
+                    raise _escaped(name)
+                if trace is not None:
+                    nested = True
+                    if t.id < trace.id:
+                        continue
+                    vals[:i] = args[:i]  # they were unboxed from an older trace
+                    parents.clear()
+                    chosen.clear()
+                trace = t
+            vals[i] = v = a._value
+            if isinstance(v, TracedArray):
+                nested = True
+            node = a._node
+            if node is not CONSTANT:
+                rule = rule_for(i)
+                if rule is not None:
+                    parents.append(node)
+                    chosen.append(rule)
+        if trace is None:
+            return raw(*args, **kwargs)
+        ans = fn(*vals, **kwargs) if nested else plain(*vals, **kwargs)
+        if not parents:
+            return ans
+        node = RuleNode(trace, tuple(parents), tuple(chosen), ans, tuple(vals), kwargs or None)
+        return box(ans, node, trace)
 
     fn.__name__ = fn.__qualname__ = name
     fn._agrad_raw = plain  # type: ignore[attr-defined]
     return fn
 
 
-def multi_output_primitive(
-    name: str,
-    raw: Callable[..., Any],
-    rule: Callable[..., Sequence[Any]],
-    differentiable_outputs: Sequence[int],
-    ns: Any,
-) -> Callable[..., Any]:
-    """Make a differentiable function from ``raw``, which returns a tuple of arrays.
+def _tuple_boxer(
+    traced_cls: type[TracedArray], outputs: tuple[int, ...]
+) -> Callable[[Any, Node, Trace], Any]:
+    """Box the ``outputs`` of a tuple answer, each with a node that selects its cotangent."""
+    least = max(outputs) + 1
 
-    ``rule(ns, gs, ans, *args, **kwargs)`` receives ``gs``, one cotangent per output
-    (``None`` for an output that nothing used), and returns one cotangent per positional
-    argument (``None``: no gradient). Only the outputs at ``differentiable_outputs``
-    are traced; the others (indices, counts, signs) are returned raw.
-    """
-    n_outputs_hint = max(differentiable_outputs) + 1
+    def box(ans: Any, node: Node, trace: Trace) -> Any:
+        n = max(len(ans), least)
+        items = list(ans)
+        for k in outputs:
+            items[k] = traced_cls(ans[k], Node(_select(k, n), (node,), trace), trace)
+        if hasattr(ans, "_fields"):
+            return type(ans)(*items)
+        return items if isinstance(ans, list) else tuple(items)
 
-    def fn(*args: Any, **kwargs: Any) -> Any:
-        try:
-            trace = _newest_trace(args, name)
-        except _StaleConstant:
-            return fn(*[_refresh(a) for a in args], **kwargs)
-        if trace is None:
-            return raw(*args, **kwargs)
-        vals, parents, argnums = _unbox_args(args, trace, None)
-        ans = fn(*vals, **kwargs)
-        if not parents:
-            return ans
-        n_out = max(len(ans), n_outputs_hint)
-
-        def vjp(gs: TupleCotangent, ns_: Any) -> list[Any]:
-            parts = list(gs.parts) + [None] * (n_out - len(gs.parts))
-            grads = rule(ns_, parts, ans, *vals, **kwargs)
-            return [grads[i] for i in argnums]
-
-        main = Node(vjp, tuple(parents), trace)
-        outputs = list(ans)
-        for k in differentiable_outputs:
-            outputs[k] = ns._Traced(ans[k], Node(_select(k, n_out), (main,), trace), trace)
-        return _rebuild(ans, outputs)
-
-    fn.__name__ = fn.__qualname__ = name
-    fn._agrad_raw = raw  # type: ignore[attr-defined]
-    return fn
+    return box
 
 
+@functools.cache
 def _select(k: int, n: int) -> Callable[[Any, Any], tuple[TupleCotangent]]:
-    def vjp(g: Any, ns_: Any) -> tuple[TupleCotangent]:
-        parts: list[Any] = [None] * n
+    """The VJP of output ``k`` of ``n``: its cotangent in place ``k``, ``None`` elsewhere."""
+
+    def select(g: Any, ns: Any) -> tuple[TupleCotangent]:
+        parts = TupleCotangent([None] * n)
         parts[k] = g
-        return (TupleCotangent(parts),)
+        return (parts,)
 
-    return vjp
-
-
-def _rebuild(template: Any, items: list[Any]) -> Any:
-    """``items`` in the container type of ``template`` (a tuple, list or named tuple)."""
-    if hasattr(template, "_fields"):
-        return type(template)(*items)
-    if isinstance(template, list):
-        return items
-    return tuple(items)
+    return select

@@ -4,7 +4,7 @@ Every public name of the base namespace is present, and every name of the standa
 (:mod:`agrad.autograd.tape.standard`) even where the base lacks it. A function is, in
 order of precedence:
 
-- a *primitive* with a VJP rule (``RULES``, ``MULTI_RULES`` of the rule modules);
+- a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
 - *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import operator
 import sys
 import types
 from collections.abc import Callable
@@ -32,18 +31,17 @@ from typing import Any
 import array_api_compat
 
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
-from agrad.autograd.tape.standard import FFT_FUNCTIONS, FUNCTIONS, LINALG_FUNCTIONS
-from agrad.autograd.tape.traced import (
-    BINARY_OPERATORS,
-    TracedArray,
-    constant,
-    multi_output_primitive,
-    primitive,
-    strip,
-    strip_key,
+from agrad.autograd.tape.operators import bind_operators, computed_by_operator
+from agrad.autograd.tape.standard import (
+    FFT_FUNCTIONS,
+    FUNCTIONS,
+    LINALG_ALIASES,
+    LINALG_FUNCTIONS,
 )
+from agrad.autograd.tape.traced import TracedArray, constant, primitive, strip, strip_key
+from agrad.autograd.tape.vjp import VJP
 
-__all__ = ["BASE_MODULES", "DERIVED", "MULTI_RULES", "NONDIFFERENTIABLE", "RULES", "populate"]
+__all__ = ["BASE_MODULES", "CREATION", "DERIVED", "NONDIFFERENTIABLE", "RULES", "populate"]
 
 #: Base namespace module for each tracing namespace.
 BASE_MODULES = {
@@ -53,44 +51,10 @@ BASE_MODULES = {
     "dask": "array_api_compat.dask.array",
 }
 
-RULES: dict[str, Any] = {**rules.RULES, **rules_linalg.RULES, **rules_fft.RULES}
-MULTI_RULES: dict[str, Any] = {**rules.MULTI_RULES, **rules_linalg.MULTI_RULES}
+#: The rule table: every primitive of every tracing namespace, by name.
+RULES: dict[str, VJP] = {**rules.RULES, **rules_linalg.RULES, **rules_fft.RULES}
 DERIVED: dict[str, Any] = derived.DERIVED
 NONDIFFERENTIABLE = rules.NONDIFFERENTIABLE
-
-# Binary functions computed with the operators, so a Python scalar operand works on
-# every api_version (array-api-strict 2023.12 refuses scalars in ``add(x, 2.0)``). A raw
-# left operand with a traced right one (nested traces) goes to the reflected operator:
-# array-api-strict raises on foreign operands instead of deferring.
-
-
-def _operator_impl(op: str) -> Callable[[Any, Any], Any]:
-    forward, reflected = getattr(operator, op), f"__r{op}__"
-
-    def impl(x: Any, y: Any) -> Any:
-        if isinstance(y, TracedArray) and not isinstance(x, TracedArray):
-            return getattr(y, reflected)(x)
-        return forward(x, y)
-
-    impl._agrad_plain = forward  # type: ignore[attr-defined]  # for two untraced operands
-    return impl
-
-
-_OPERATOR_IMPLS: dict[str, Callable[[Any, Any], Any]] = {
-    name: _operator_impl(op)
-    for name, op in [
-        ("add", "add"),
-        ("subtract", "sub"),
-        ("multiply", "mul"),
-        ("divide", "truediv"),
-        ("pow", "pow"),
-        ("matmul", "matmul"),
-        ("remainder", "mod"),
-    ]
-}
-
-# Functions the namespace defines itself (see ``_own_functions``).
-_OWN = frozenset(["concat", "stack", "asarray", "clip", "astype", "take_along_axis"])
 
 
 def _contains_traced(obj: Any) -> bool:
@@ -130,9 +94,9 @@ def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]
     return fn
 
 
-# Creation from a shape: inside a gradient computation the result is a constant of the
-# innermost trace, so third-party code may mix it with traced arrays freely.
-_CREATION = frozenset(["zeros", "ones", "empty", "full", "eye", "arange", "linspace"])
+#: Creation from a shape: inside a gradient computation the result is a constant of the
+#: innermost trace, so third-party code may mix it with traced arrays freely.
+CREATION = frozenset(["zeros", "ones", "empty", "full", "eye", "arange", "linspace"])
 
 
 def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
@@ -217,6 +181,34 @@ _BASE_FIXES: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
+def _generic_take_along_axis(base: Any) -> Callable[..., Any]:
+    """``take_along_axis`` through ``take`` on the flattened array (for bases without it)."""
+
+    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
+        axis %= x.ndim
+        xm = base.moveaxis(x, axis, -1)
+        im = base.moveaxis(indices, axis, -1)
+        n, k = xm.shape[-1], im.shape[-1]
+        batch = tuple(max(a, b) for a, b in zip(xm.shape[:-1], im.shape[:-1]))
+        xm = base.broadcast_to(xm, (*batch, n))
+        im = base.broadcast_to(im, (*batch, k))
+        im = base.where(im < 0, im + n, im)
+        dev = array_api_compat.device(x)
+        rows = base.reshape(base.arange(math.prod(batch), device=dev) * n, (*batch, 1))
+        rows = base.astype(rows, im.dtype)
+        flat = base.take(base.reshape(xm, (-1,)), base.reshape(im + rows, (-1,)))
+        return base.moveaxis(base.reshape(flat, (*batch, k)), -1, axis)
+
+    return take_along_axis
+
+
+# Functions some bases lack (``take_along_axis`` before api_version 2024.12), made from
+# what the base has.
+_FALLBACKS: dict[str, Callable[[Any], Callable[..., Any]]] = {
+    "take_along_axis": _generic_take_along_axis,
+}
+
+
 def _fast_functions(base_name: str) -> dict[str, Callable[..., Any]]:
     """Faster functions with the base's own results (:mod:`~agrad.autograd.tape.fast_numpy`)."""
     if base_name == "numpy":
@@ -229,32 +221,49 @@ def _fast_functions(base_name: str) -> dict[str, Callable[..., Any]]:
 def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
     """The tracing version of ``obj`` (the base's ``key``: ``"sum"``, ``"linalg.svd"``)."""
     name = key.rsplit(".", 1)[-1]
-    obj = _BASE_FIXES.get((ns._agrad_base_name, key), obj)
+    base_name = ns._agrad_base_name
+    obj = _BASE_FIXES.get((base_name, key), obj)
+    if obj is None and key in _FALLBACKS:
+        obj = _FALLBACKS[key](ns._base)
     if obj is not None:
-        obj = _fast_functions(ns._agrad_base_name).get(key, obj)
+        obj = _fast_functions(base_name).get(key, obj)
     if obj is not None and (not _is_function(obj) or name.startswith("__")):
         return obj
     if key in RULES:
         if obj is None:
-            return _missing(qualname, ns._agrad_base_name)
-        return primitive(key, _OPERATOR_IMPLS.get(key, obj), RULES[key], ns)
-    if key in MULTI_RULES:
-        if obj is None:
-            return _missing(qualname, ns._agrad_base_name)
-        rule, outputs = MULTI_RULES[key]
-        return multi_output_primitive(key, obj, rule, outputs, ns)
+            return _missing(qualname, base_name)
+        if RULES[key].sequence:
+            return _sequence_primitive(key, obj, RULES[key], ns)
+        return primitive(key, computed_by_operator(key, obj), RULES[key], ns)
     if key in DERIVED:
         return _derived(key, obj, DERIVED[key], ns)
     if obj is None:
-        return _missing(qualname, ns._agrad_base_name)
-    if key in _CREATION:
+        return _missing(qualname, base_name)
+    if key in CREATION:
         return _creation(name, obj, ns)
     if key in NONDIFFERENTIABLE:
         return _nondifferentiable(name, obj)
     return _unsupported(qualname, obj)
 
 
-_SHARED_WITH_MAIN = ("matmul", "tensordot", "matrix_transpose", "vecdot")
+def _sequence_primitive(key: str, obj: Callable[..., Any], spec: VJP, ns: Any):
+    """A function that takes its arrays as one sequence (``concat(arrays, /, *, axis)``).
+
+    Each array is one positional argument of the primitive behind it, with its own rule.
+    """
+
+    def unpacked(*arrays: Any, **kwargs: Any) -> Any:
+        return obj(list(arrays), **kwargs)
+
+    prim = primitive(key, unpacked, spec, ns)
+
+    def fn(arrays: Any, /, **kwargs: Any) -> Any:
+        return prim(*arrays, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = key
+    fn.__doc__ = f"``{key}`` of the base namespace; differentiable in every array."
+    fn._agrad_raw = obj  # type: ignore[attr-defined]
+    return fn
 
 
 def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) -> types.ModuleType:
@@ -263,7 +272,7 @@ def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) ->
     public = [n for n in dir(base_ext) if not n.startswith("_")] if base_ext is not None else []
     for name in dict.fromkeys([*names, *public]):
         obj = getattr(base_ext, name, None)
-        if name in _SHARED_WITH_MAIN and obj is not None:
+        if name in LINALG_ALIASES and obj is not None:
             setattr(mod, name, getattr(ns, name))
             continue
         if name not in names and not _is_function(obj):
@@ -282,42 +291,24 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     traced_cls.__module__ = ns.__name__
     module_globals.update(_Traced=traced_cls, _base=base, _agrad_base_name=base_name)
 
+    front_ends = _front_ends(ns, base)
     names = [n for n in dir(base) if not n.startswith("_")]
     for name in dict.fromkeys([*names, *FUNCTIONS]):
-        if name in ("linalg", "fft") or name in _OWN:
+        if name in ("linalg", "fft") or name in front_ends:
             continue
         obj = getattr(base, name, None)
         module_globals[name] = _wrap(name, f"{ns.__name__}.{name}", obj, ns)
     if hasattr(base, "__array_api_version__"):
         module_globals["__array_api_version__"] = base.__array_api_version__
-    module_globals.update(_own_functions(ns, base))
+    module_globals.update(front_ends)
     module_globals.update(_private_primitives(ns, base, base_name))
     for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
         module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
     module_globals["__all__"] = sorted(
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
-    _bind_operators(traced_cls, module_globals)
+    bind_operators(traced_cls, module_globals)
     module_globals["_raw_ns"] = _raw_namespace(ns)
-
-
-def _bind_operators(cls: type, functions: dict[str, Any]) -> None:
-    """Operators of the traced class call the namespace's primitives directly."""
-
-    def reflected(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        def op(self: Any, other: Any) -> Any:
-            return f(other, self)
-
-        return op
-
-    for op, name in BINARY_OPERATORS.items():
-        f = functions[name]
-        setattr(cls, f"__{op}__", f)
-        setattr(cls, f"__r{op}__", reflected(f))
-        setattr(cls, f"__i{op}__", f)  # in-place operators are functional
-    cls.__neg__ = functions["negative"]
-    cls.__pos__ = functions["positive"]
-    cls.__abs__ = functions["abs"]
 
 
 def _raw_namespace(ns: Any) -> types.SimpleNamespace:
@@ -353,32 +344,12 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
     return top
 
 
-def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
-    """Functions whose signature differs from a primitive's (variadic, keyword arrays)."""
-    concat_p = primitive(
-        "concat", lambda *arrays, axis=0: base.concat(list(arrays), axis=axis), RULES["concat"], ns
-    )
-    stack_p = primitive(
-        "stack", lambda *arrays, axis=0: base.stack(list(arrays), axis=axis), RULES["stack"], ns
-    )
-    clip_p = primitive("clip", lambda x, lo, hi: base.clip(x, min=lo, max=hi), RULES["clip"], ns)
+def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
+    """Functions whose signature is not their primitive's: keyword arrays (``clip``), a
+    dtype that decides differentiability (``astype``), traced input kept (``asarray``)."""
+    clip_p = primitive("clip", base.clip, RULES["clip"], ns)
     astype_p = primitive("astype", base.astype, RULES["astype"], ns)
-    generic_take_along = _generic_take_along_axis(base)
-    raw_take_along = getattr(base, "take_along_axis", None) or generic_take_along
-    take_along_p = primitive("take_along_axis", raw_take_along, RULES["take_along_axis"], ns)
-    # Internal gathers (sort) use the generic version, present on every api_version.
-    internal_take_along_p = primitive(
-        "_take_along_axis", generic_take_along, RULES["_take_along_axis"], ns
-    )
     differentiable_dtypes = (base.float32, base.float64, base.complex64, base.complex128)
-
-    def concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
-        """Join arrays along an existing axis (differentiable)."""
-        return concat_p(*arrays, axis=axis)
-
-    def stack(arrays: Any, /, *, axis: int = 0) -> Any:
-        """Join arrays along a new axis (differentiable)."""
-        return stack_p(*arrays, axis=axis)
 
     def clip(x: Any, /, min: Any = None, max: Any = None) -> Any:
         """Clamp ``x`` to ``[min, max]``; differentiable in ``x``, ``min`` and ``max``."""
@@ -389,10 +360,6 @@ def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
         if dtype not in differentiable_dtypes:
             return base.astype(strip(x), dtype, copy=copy, **kwargs)
         return astype_p(x, dtype, copy=copy, **kwargs)
-
-    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
-        """Gather along ``axis`` (differentiable: repeated indices accumulate)."""
-        return take_along_p(x, strip(indices), axis=axis)
 
     def asarray(
         obj: Any, /, *, dtype: Any = None, device: Any = None, copy: bool | None = None
@@ -408,18 +375,7 @@ def _own_functions(ns: Any, base: Any) -> dict[str, Any]:
             return ns.stack([asarray(o, dtype=dtype, device=device) for o in obj])
         return base.asarray(obj, dtype=dtype, device=device, copy=copy)
 
-    return {
-        "concat": concat,
-        "stack": stack,
-        "clip": clip,
-        "astype": astype,
-        "take_along_axis": take_along_axis,
-        "_take_along_axis": lambda x, indices, axis=-1: internal_take_along_p(
-            x, strip(indices), axis=axis
-        ),
-        "_generic_take_along_axis": generic_take_along,
-        "asarray": asarray,
-    }
+    return {"clip": clip, "astype": astype, "asarray": asarray}
 
 
 def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
@@ -459,12 +415,7 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
     def _setitem(x: Any, key: Any, value: Any) -> Any:
         return setitem_p(x, strip_key(key), value)
 
-    to_device_p = primitive(
-        "to_device",
-        lambda x, device: array_api_compat.to_device(x, device),
-        (lambda ns_, g, ans, x, device: ns_._to_device(g, ns_._base_device(strip(x))),),
-        ns,
-    )
+    take_along = _generic_take_along_axis(base)
     return {
         "_getitem": _getitem,
         "_setitem": _setitem,
@@ -472,7 +423,12 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
         "_index_add": primitive(
             "_index_add", _index_add_raw(base, base_name), RULES["_index_add"], ns
         ),
-        "_to_device": lambda x, device: to_device_p(x, device),
+        # gathers of derived functions (sort): present on every api_version
+        "_take_along_axis": primitive(
+            "_take_along_axis", take_along, RULES["_take_along_axis"], ns
+        ),
+        "_generic_take_along_axis": take_along,
+        "_to_device": primitive("_to_device", array_api_compat.to_device, RULES["_to_device"], ns),
         "_base_device": array_api_compat.device,
         "_finalize": _finalizer(base_name),
     }
@@ -529,27 +485,6 @@ def _index_add_raw(base: Any, base_name: str) -> Callable[[Any, Any, int], Any]:
         return base.matmul(values, one_hot)
 
     return index_add
-
-
-def _generic_take_along_axis(base: Any) -> Callable[..., Any]:
-    """``take_along_axis`` through ``take`` on the flattened array (for bases without it)."""
-
-    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
-        axis %= x.ndim
-        xm = base.moveaxis(x, axis, -1)
-        im = base.moveaxis(indices, axis, -1)
-        n, k = xm.shape[-1], im.shape[-1]
-        batch = tuple(max(a, b) for a, b in zip(xm.shape[:-1], im.shape[:-1]))
-        xm = base.broadcast_to(xm, (*batch, n))
-        im = base.broadcast_to(im, (*batch, k))
-        im = base.where(im < 0, im + n, im)
-        dev = array_api_compat.device(x)
-        rows = base.reshape(base.arange(math.prod(batch), device=dev) * n, (*batch, 1))
-        rows = base.astype(rows, im.dtype)
-        flat = base.take(base.reshape(xm, (-1,)), base.reshape(im + rows, (-1,)))
-        return base.moveaxis(base.reshape(flat, (*batch, k)), -1, axis)
-
-    return take_along_axis
 
 
 def _finalizer(base_name: str) -> Callable[[Any], Any]:
