@@ -335,3 +335,15 @@ def test_the_seed_api_refuses_a_bad_0d_lr(value, shown):
     with pytest.raises(ValueError, match=rf"gradient_descent_update: invalid lr: {shown}"):
         agrad.gradient_descent_update(w, np.ones(2), np.asarray(value))
     np.testing.assert_array_equal(w, 1.0)
+
+
+@pytest.mark.parametrize("count", [2.0, True, -1, -2, np.int64(1), None])
+def test_a_tampered_step_count_is_refused_on_every_path(count, fast):
+    params = {"w": np.ones(3)}
+    opt = optim.adam(lr=0.1)
+    state = opt.init(params)._replace(count=count)
+    before = record_inputs((params, state))
+    match = r"state\.count should be an int >= 0 \(a step count\)|at \.count: .* has None"
+    with pytest.raises(ValueError, match=match):
+        opt.step(params, {"w": np.ones(3)}, state)
+    assert_unchanged(before)

@@ -309,7 +309,15 @@ class GradientTransformation:
         for i, (t, s) in enumerate(zip(t_leaves, s_leaves)):
             if type(t) is _LeafSpec and _fits(t, s):
                 continue  # the common case, settled without building the key path
+            if type(t) is type(s) and not is_array(t) and (type(t) is not int or s >= 0):
+                continue
             where = names.state(t_paths()[i])
+            if type(t) is int and not (type(s) is int and s >= 0):
+                msg = (
+                    f"{fn}: state does not belong to {self!r} with these params: {where} "
+                    f"should be an int >= 0 (a step count), got {s!r}"
+                )
+                raise ValueError(msg)
             if is_array(t) != is_array(s):
                 kind = "an array" if is_array(t) else f"a {type(t).__name__}"
                 msg = (
