@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import agrad
+import agrad.numpy
 import agrad.optim as optim
 from agrad.autograd.adapters import adapter_for
 from agrad.namespace import library_name
@@ -347,3 +348,40 @@ def test_a_tampered_step_count_is_refused_on_every_path(count, fast):
     with pytest.raises(ValueError, match=match):
         opt.step(params, {"w": np.ones(3)}, state)
     assert_unchanged(before)
+
+
+# -- 5. __setitem__ with a repeated position ------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "dask"])
+def test_setitem_with_repeated_indices_differentiates_what_was_kept(backend):
+    """x[[0, 0, 2]] = v keeps v[1] at position 0: v[0] gets no gradient (as JAX's .at[].set)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    xp = agrad.array_namespace(
+        np.zeros(1) if backend == "numpy" else pytest.importorskip("dask.array").zeros(1)
+    )
+    weights = np.array([10.0, 1.0, 3.0])
+    idx = np.array([0, 0, 2])
+
+    def loss(v):
+        ns = agrad.array_namespace(v)
+        x = ns.zeros(3, dtype=ns.float64)
+        x[ns.asarray(idx)] = v
+        return ns.sum(x * ns.asarray(weights))
+
+    v = xp.asarray(np.array([1.0, 2.0, 5.0]))
+    got = to_numpy(agrad.grad(loss)(v))
+    ref = jax.grad(lambda v: jnp.sum(jnp.zeros(3).at[idx].set(v) * weights))(
+        jnp.asarray([1.0, 2.0, 5.0])
+    )
+    np.testing.assert_array_equal(got, np.asarray(ref))
+    np.testing.assert_array_equal(got, [0.0, 10.0, 3.0])
+
+
+def test_setitem_with_repeated_indices_and_a_broadcast_value():
+    def loss(v):
+        x = agrad.numpy.zeros((3, 2))
+        x[np.array([1, 1, 0])] = v  # v (2,) broadcast to (3, 2); row 1 written twice
+        return agrad.numpy.sum(x * np.arange(6.0).reshape(3, 2))
+
+    # every write of v lands somewhere and is kept once per target row: rows 1 and 0
+    np.testing.assert_array_equal(agrad.grad(loss)(np.array([1.0, 2.0])), [0.0 + 2.0, 1.0 + 3.0])

@@ -528,7 +528,42 @@ def _setitem_x(ns, g, ans, x, key, value):
 
 
 def _setitem_value(ns, g, ans, x, key, value):
-    return fit(ns, ns._getitem(g, key), value)
+    picked = ns._getitem(g, key)
+    kept = _writes_kept(ns, x, key, shape_of(picked))
+    if kept is not None:
+        picked = ns.where(kept, picked, ns.zeros_like(picked))
+    return fit(ns, picked, value)
+
+
+def _writes_kept(ns: Any, x: Any, key: Any, shape: tuple[int, ...]) -> Any:
+    """Which elements of ``x[key] = v`` (``v`` broadcast to ``shape``) the base kept.
+
+    An index array may name one position twice (``x[[0, 0]] = v``); then only one of
+    the writes survives and only it gets a gradient, as with JAX's ``.at[].set``. Which
+    one is the base's choice (NumPy and Dask: the last), so it is read off a write of
+    element numbers with the same key rather than assumed. CuPy leaves the choice
+    unspecified (it may differ between two writes), so there repeated positions are
+    refused. ``None`` when the key has no index array (no repeats).
+    """
+    parts = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, list) or getattr(k, "ndim", 0) for k in parts):
+        return None
+    if any("bool" in str(getattr(k, "dtype", "")) for k in parts):
+        return None  # a mask names each position once
+    base = ns._base
+    device = ns._base_device(strip(x))
+    numbers = base.reshape(base.arange(math.prod(shape), device=device), shape)
+    marker = base.full(shape_of(x), -1, dtype=numbers.dtype, device=device)
+    marker[key] = numbers
+    kept = marker[key] == numbers
+    if ns._agrad_base_name == "cupy" and not bool(base.all(kept)):
+        msg = (
+            "agrad.cupy: the gradient of x[key] = value with a position repeated in key is "
+            "not defined on CuPy, which keeps an unspecified one of the repeated writes; "
+            "remove the repeats (or combine them first, e.g. with a scatter-add)"
+        )
+        raise ValueError(msg)
+    return kept
 
 
 def _take(ns, g, ans, x, indices, axis=None):
