@@ -174,7 +174,8 @@ def test_two_strict_devices_in_the_last_leaf() -> None:
         update = Update(kind, strict, params)
         before = record_inputs((params, update.state))
         with pytest.raises(
-            ValueError, match=r"device mismatch at \['z'\]: ws is on .* but dcdws\['z'\] is on .*device1"
+            ValueError,
+            match=r"device mismatch at \['z'\]: ws is on .* but dcdws\['z'\] is on .*device1",
         ):
             update(params, grads)
         assert_unchanged(before)

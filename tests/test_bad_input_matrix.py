@@ -568,7 +568,9 @@ def _(xp):
 
 @row("adam-update-beta-not-a-number", TypeError)
 def _(xp):
-    return _with_match(_adam_call(xp, beta1="0.9"), r"adam_update: beta1 must be a Python number, got str")
+    return _with_match(
+        _adam_call(xp, beta1="0.9"), r"adam_update: beta1 must be a Python number, got str"
+    )
 
 
 @row("gradient-descent-lr-inf", ValueError)

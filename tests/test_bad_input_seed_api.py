@@ -111,7 +111,9 @@ def test_hyperparameters_out_of_range(xp):
     m, v = asarray(xp, [0.0]), asarray(xp, [0.0])
     with pytest.raises(ValueError, match=r"invalid beta1: 1\.0 \(expected a number in \[0, 1\)\)"):
         agrad.adam_update(w, g, 0.1, m, v, 1, beta1=1.0)
-    with pytest.raises(ValueError, match=r"invalid epsilon: -1\.0 \(expected a finite number >= 0\)"):
+    with pytest.raises(
+        ValueError, match=r"invalid epsilon: -1\.0 \(expected a finite number >= 0\)"
+    ):
         agrad.adam_update(w, g, 0.1, m, v, 1, epsilon=-1.0)
 
 

@@ -17,10 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_layers_contract_is_kept():
     pytest.importorskip("importlinter")
-    code = "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))"
+    code = (
+        "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 kept, 0 broken" in out.stdout
-
