@@ -6,7 +6,7 @@ new shape without bound (a loop over 3,000 distinct shapes keeps 3,000 templates
 :class:`LRUCache` keeps the ``maxsize`` most recently used and drops the oldest.
 
 It answers the dict operations such a cache uses (``in``, ``[]``, ``[]=``, ``get``,
-``len``), so ``self._templates = LRUCache(32)`` replaces ``self._templates = {}``
+``len``, ``values``), so ``self._templates = LRUCache(32)`` replaces ``self._templates = {}``
 without changing the code that reads it, including the pattern::
 
     if key not in cache:
@@ -72,6 +72,11 @@ class LRUCache:
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
         self._last.item = (key, value)
+
+    def values(self) -> list[Any]:
+        """The cached values, least recently used first (a snapshot)."""
+        with self._lock:
+            return list(self._data.values())
 
     def clear(self) -> None:
         with self._lock:
