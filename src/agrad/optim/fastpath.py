@@ -104,7 +104,7 @@ CHUNK = 65536
 _VECTOR_SORT = 256
 
 # Per thread: dtype -> the CHUNK-sized scratch buffers of the NumPy kernels, kept
-# between steps (fresh 256 KiB buffers every step cost page faults: ~8% of an SGD step).
+# between steps (fresh buffers every step cost page faults; see docs/benchmarks.md).
 _scratch_local = threading.local()
 
 
