@@ -14,33 +14,11 @@ import re
 import numpy as np
 import pytest
 
-import agrad
 from agrad import optim
 from agrad.optim import schedules as S
-from agrad.pytree import flatten
 from agrad.testing import to_numpy
 from conftest import asarray
-
-SHAPES = {"w": (3, 4), "b": (4,)}
-
-
-def _np_tree(seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(s).astype(dtype) for k, s in SHAPES.items()}
-
-
-def _tree(xp, seed=0, dtype=None, device=None):
-    return {k: asarray(xp, v, dtype, device) for k, v in _np_tree(seed).items()}
-
-
-def _grads(xp, params):
-    ns = agrad.array_namespace(*params.values())
-    return {k: ns.sin(p) + p * 0.5 for k, p in params.items()}
-
-
-def _state_arrays(state):
-    return [x for x in flatten(state)[0] if hasattr(x, "shape")]
-
+from test_optim_behaviour import _grads, _np_tree, _state_arrays, _tree
 
 # ---- constructors --------------------------------------------------------------------
 
