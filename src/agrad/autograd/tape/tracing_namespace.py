@@ -4,7 +4,10 @@ Every public name of the base namespace is present, and every name of the standa
 (:mod:`agrad.autograd.tape.standard`) even where the base lacks it. A function is, in
 order of precedence:
 
-- a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged);
+- a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged); one
+  whose entry says ``sequence`` (``concat``, ``stack``) takes its arrays as one
+  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``
+  and ``asarray`` are front ends to their primitives (``_front_ends``);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
 - *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
@@ -345,8 +348,12 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
 
 
 def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
-    """Functions whose signature is not their primitive's: keyword arrays (``clip``), a
-    dtype that decides differentiability (``astype``), traced input kept (``asarray``)."""
+    """Functions whose standard signature is not their primitive's.
+
+    ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
+    differentiable only to floating and complex dtypes, ``asarray`` returns a traced
+    array as it is.
+    """
     clip_p = primitive("clip", base.clip, RULES["clip"], ns)
     astype_p = primitive("astype", base.astype, RULES["astype"], ns)
     differentiable_dtypes = (base.float32, base.float64, base.complex64, base.complex128)
