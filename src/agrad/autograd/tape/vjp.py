@@ -55,11 +55,11 @@ def vjp(*rules: Rule | None, outputs: Sequence[int] | None = None) -> VJP:
     return VJP(dict(enumerate(rules)).get, None if outputs is None else tuple(outputs))
 
 
-def vjp_argnum(rule: Rule, *, sequence: bool = False) -> VJP:
+def vjp_argnum(rule: Rule, *, sequence: bool = False, outputs: Sequence[int] | None = None) -> VJP:
     """One rule for every positional argument: ``rule(ns, g, ans, *args, argnum=i, **kwargs)``."""
 
     @functools.cache
     def rule_for(i: int) -> Rule:
         return functools.partial(rule, argnum=i)
 
-    return VJP(rule_for, None, sequence)
+    return VJP(rule_for, None if outputs is None else tuple(outputs), sequence)
