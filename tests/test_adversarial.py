@@ -205,6 +205,36 @@ def test_an_interrupt_during_the_writes_is_held_until_every_write_is_done(monkey
     assert len(calls) == 4
     for p in params.values():
         np.testing.assert_array_equal(p, -1.0)  # every parameter took the step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+@pytest.mark.parametrize("handler", ["ignore", "python"])
+def test_the_held_interrupt_goes_to_the_handler_that_was_there(monkeypatch, handler):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    monkeypatch.setattr(fastpath, "enabled", False)
+    seen = []
+    previous = (
+        signal.SIG_IGN if handler == "ignore" else (lambda signum, frame: seen.append(signum))
+    )
+    original = signal.signal(signal.SIGINT, previous)
+    try:
+        params = {"a": np.zeros(3)}
+        adapter = adapter_for(agrad.array_namespace(params["a"]))
+        write = adapter.write
+
+        def interrupted_write(dst, new):
+            os.kill(os.getpid(), signal.SIGINT)
+            return write(dst, new)
+
+        monkeypatch.setattr(adapter, "write", interrupted_write)
+        opt = optim.sgd(lr=1.0)
+        opt.step(params, {"a": np.ones(3)}, opt.init(params))  # no KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is previous
+        assert seen == ([] if handler == "ignore" else [signal.SIGINT])
+        np.testing.assert_array_equal(params["a"], -1.0)
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 # -- 3. stale autograd graphs ---------------------------------------------------------

@@ -699,10 +699,14 @@ class _interrupts_held:
         self._previous = None
         if threading.current_thread() is not threading.main_thread():
             return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # a handler installed outside Python: left alone
+            return
         try:
-            self._previous = signal.signal(signal.SIGINT, self._hold)
+            signal.signal(signal.SIGINT, self._hold)
         except (ValueError, TypeError):  # no signal support here (an embedded interpreter)
-            self._previous = None
+            return
+        self._previous = previous
 
     def _hold(self, signum: int, frame: Any) -> None:
         self._held = (signum, frame)
@@ -711,8 +715,8 @@ class _interrupts_held:
         if self._previous is None:
             return
         signal.signal(signal.SIGINT, self._previous)
-        if self._held is not None and callable(self._previous):
-            self._previous(*self._held)
+        if self._held is not None:  # delivered again, to whatever handled it before
+            signal.raise_signal(self._held[0])
 
 
 def _same_buffer_kind(dst: Any, new: Any) -> bool:
