@@ -84,3 +84,14 @@ def test_numpy_scalars_are_weak_in_namespace_inference() -> None:
     grads = {"w": torch.tensor([1.0, -1.0], dtype=torch.float64)}
     out = agrad.gradient_descent_update(params, grads, np.float64(0.5), inplace=False)
     np.testing.assert_array_equal(out["w"].numpy(), [0.5, 2.5])
+
+
+def test_a_subclass_of_variable_counts_as_the_array_it_holds():
+    torch = pytest.importorskip("torch")
+
+    class Parameter(agrad.Variable):
+        __slots__ = ()
+
+    a, b = Parameter(np.ones(2)), Parameter(torch.ones(2))
+    assert agrad.array_namespace(a) is agrad.array_namespace(np.ones(2))
+    assert agrad.array_namespace(b) is agrad.array_namespace(torch.ones(2))  # not cached by type

@@ -92,11 +92,19 @@ def register_box_type(cls: type, unbox: Callable[[Any], Any]) -> None:
     _BOX_TYPES[cls] = unbox
 
 
+def _box_unboxer(x: Any) -> Callable[[Any], Any] | None:
+    """The unboxing function of a registered box type that ``x`` is a subclass of."""
+    for cls, unbox in _BOX_TYPES.items():
+        if isinstance(x, cls):
+            return unbox
+    return None
+
+
 def _namespace_of(x: Any) -> ModuleType | None:
     ns = _NAMESPACE_BY_TYPE.get(type(x))
     if ns is not None:
         return ns
-    unbox = _BOX_TYPES.get(type(x))
+    unbox = _BOX_TYPES.get(type(x)) or _box_unboxer(x)
     if unbox is not None:
         return _namespace_of(unbox(x))
     if x is None or isinstance(x, _PYTHON_SCALARS):
