@@ -46,6 +46,31 @@ class JaxAdapter(Adapter):
             y, grads, extras = _stop(y), _stop(grads), _stop(extras)
         return y, grads, extras
 
+    def vjp(self, flat_func, leaves, retain):
+        """``jax.vjp``; ``vjp_fn(cotangents, retain, batched=False)`` (``jax.vmap`` when batched)."""
+        outs, pullback = jax.vjp(lambda *xs: list(flat_func(list(xs))), *leaves)
+
+        def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
+            cots = [jnp.zeros_like(o) if c is None else c for o, c in zip(outs, cotangents)]
+            if batched:
+                grads = jax.vmap(lambda cs: pullback(cs))(cots)
+            else:
+                grads = pullback(cots)
+            return [jnp.conj(g) if jnp.iscomplexobj(g) else g for g in grads]
+
+        return outs, vjp_fn
+
+    def linearize(self, flat_func, leaves, retain):
+        """``jax.linearize``: ``(outs, jvp_fn(tangents, retain, batched=False))``."""
+        outs, lin = jax.linearize(lambda *xs: list(flat_func(list(xs))), *leaves)
+
+        def jvp_fn(tangents: list[Any], retain_out: bool = False, batched: bool = False) -> list[Any]:
+            if batched:
+                return list(jax.vmap(lambda *ts: lin(*ts))(*tangents))
+            return list(lin(*tangents))
+
+        return outs, jvp_fn
+
     def writable(self, dst: Any, new: Any) -> bool:
         return False
 

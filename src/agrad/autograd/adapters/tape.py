@@ -9,10 +9,12 @@ from typing import Any
 from agrad.autograd.adapters import Adapter
 from agrad.autograd.tape.backward import backward
 from agrad.autograd.tape.traced import (
+    CONSTANT,
     Node,
     Trace,
     TracedArray,
     constant,
+    current_trace,
     outer_trace_active,
     strip,
     unbox,
@@ -82,6 +84,60 @@ class TapeAdapter(Adapter):
                 extras = tree_map(strip, extras)
         fin = ns._finalize
         return fin(y_value), [fin(g) for g in grads], tree_map(fin, extras) if extras else extras
+
+    def vjp(self, flat_func, leaves, retain):
+        """Trace ``flat_func(leaves) -> outs`` once; return ``(outs, vjp_fn)``.
+
+        The tape outlives the trace: ``vjp_fn(cotangents, retain)`` runs the backward pass
+        over it as often as it is called, with the tracing namespace whenever a live trace
+        can record it (so the result is differentiable again, in the cotangents too).
+        """
+        ns = self.ns
+        if not retain:
+            leaves = [strip(x) for x in leaves]
+        trace = Trace()
+        try:
+            boxes = [ns._Traced(x, Node(None, ()), trace) for x in leaves]
+            input_nodes = [b._node for b in boxes]
+            outs = flat_func(boxes)
+            tape = trace.tape
+        finally:
+            trace.end()
+        out_nodes = [
+            o._node if isinstance(o, TracedArray) and o._trace is trace else None for o in outs
+        ]
+        values = [unbox(o, trace) for o in outs]
+        if not retain:
+            values = [ns._finalize(strip(v)) for v in values]
+
+        def vjp_fn(cotangents: list[Any], retain_grads: bool) -> list[Any]:
+            rules_ns = ns if current_trace() is not None else ns._raw_ns
+            seeds = [
+                (n, c)
+                for n, c in zip(out_nodes, cotangents)
+                if n is not None and n is not CONSTANT and c is not None
+            ]
+            grads: list[Any] = [None] * len(leaves)
+            if seeds:
+                sink = Node(lambda g, _ns: [c for _, c in seeds], tuple(n for n, _ in seeds))
+                grads = backward(rules_ns, [*tape, sink], sink, True, input_nodes)
+            return self._finish(grads, leaves, retain_grads)
+
+        return values, vjp_fn
+
+    def _finish(self, grads: list[Any], leaves: list[Any], retain: bool) -> list[Any]:
+        """Zeros for unreached inputs; plain arrays unless an enclosing trace keeps them."""
+        ns = self.ns
+        out = []
+        for g, x in zip(grads, leaves):
+            if g is None:
+                g = ns._raw_ns.zeros_like(strip(x))
+                if retain:
+                    g = constant(ns, g)
+            elif not retain:
+                g = strip(g)
+            out.append(ns._finalize(g) if not retain else g)
+        return out
 
     def writable(self, dst: Any, new: Any) -> bool:
         return (

@@ -58,6 +58,48 @@ class TorchAdapter(Adapter):
             extras = tree_map(_detach, extras)
         return y, grads, extras
 
+    def vjp(self, flat_func, leaves, retain):
+        """``flat_func(leaves) -> outs`` once under ``torch.autograd``; ``(outs, vjp_fn)``.
+
+        ``vjp_fn(cotangents, retain, batched=False)`` is ``torch.autograd.grad`` (with
+        ``create_graph=retain``; ``is_grads_batched`` for a leading batch axis, torch's
+        vmap); the graph is kept until ``vjp_fn`` is dropped.
+        """
+        with torch.enable_grad():
+            if retain:
+                inputs = [
+                    x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+                    for x in leaves
+                ]
+            else:
+                inputs = [x.detach().requires_grad_(True) for x in leaves]
+            outs = flat_func(inputs)
+
+        def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
+            pairs = [
+                (o, c)
+                for o, c in zip(outs, cotangents)
+                if c is not None and isinstance(o, torch.Tensor) and o.requires_grad
+            ]
+            if not pairs:
+                lead = (len(next(c for c in cotangents if c is not None)),) if batched else ()
+                return [torch.zeros((*lead, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
+            with torch.enable_grad():
+                grads = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    inputs,
+                    [c for _, c in pairs],
+                    retain_graph=True,
+                    create_graph=retain_grads,
+                    allow_unused=True,
+                    materialize_grads=True,
+                    is_grads_batched=batched,
+                )
+            return [g if retain_grads else g.detach() for g in grads]
+
+        values = outs if retain else [_detach(o) for o in outs]
+        return values, vjp_fn
+
     def writable(self, dst: Any, new: Any) -> bool:
         return isinstance(dst, torch.Tensor) and (dst.is_leaf or not dst.requires_grad)
 
