@@ -71,8 +71,56 @@ class JaxAdapter(Adapter):
 
         return outs, jvp_fn
 
+    def custom_vjp(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``spec`` as a ``jax.custom_vjp`` (keyword arguments are static)."""
+        return _custom_vjp(spec, kwargs)(*args)
+
+    def checkpoint(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``jax.checkpoint``: the inside of ``f`` is recomputed in the backward pass."""
+        return jax.checkpoint(lambda *xs: f(*xs, **kwargs))(*args)
+
     def writable(self, dst: Any, new: Any) -> bool:
         return False
+
+
+def _custom_vjp(spec: Any, kwargs: dict[str, Any]) -> Any:
+    """``jax.custom_vjp`` of ``spec``; with ``spec.once`` a second derivative raises."""
+
+    @jax.custom_vjp
+    def fn(*args: Any) -> Any:
+        return spec.fwd(*args, **kwargs)
+
+    def fwd(*args: Any) -> Any:
+        ans = spec.fwd(*args, **kwargs)
+        return ans, (ans, args)
+
+    def run(g: Any, ans: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        grads = spec.call_bwd(g, ans, args, kwargs, len(args))
+        return tuple(jnp.zeros_like(a) if c is None else c for a, c in zip(args, grads))
+
+    if spec.once:
+        run = _once(spec.name, run)
+
+    fn.defvjp(fwd, lambda res, g: run(g, res[0], res[1]))
+    return fn
+
+
+def _once(name: str, run: Any) -> Any:
+    """``run`` wrapped so that differentiating its result raises a clear error."""
+
+    @jax.custom_vjp
+    def guarded(g: Any, ans: Any, args: tuple[Any, ...]) -> Any:
+        return run(g, ans, args)
+
+    def refuse(res: Any, gg: Any) -> Any:
+        msg = (
+            f"{name}: its VJP was declared once-differentiable "
+            "(custom_vjp(..., once_differentiable=True)) and cannot be differentiated again"
+        )
+        raise RuntimeError(msg)
+
+    guarded.defvjp(lambda g, ans, args: (run(g, ans, args), None), refuse)
+    return guarded
 
 
 ADAPTER = JaxAdapter()

@@ -16,6 +16,7 @@ from agrad.autograd.tape.traced import (
     constant,
     current_trace,
     outer_trace_active,
+    primitive,
     strip,
     unbox,
 )
@@ -111,7 +112,8 @@ class TapeAdapter(Adapter):
             values = [ns._finalize(strip(v)) for v in values]
 
         def vjp_fn(cotangents: list[Any], retain_grads: bool) -> list[Any]:
-            rules_ns = ns if current_trace() is not None else ns._raw_ns
+            # Raw rules unless something traced (an enclosing computation) is involved.
+            live = any(isinstance(x, TracedArray) for x in (*leaves, *cotangents))
             seeds = [
                 (n, c)
                 for n, c in zip(out_nodes, cotangents)
@@ -120,8 +122,9 @@ class TapeAdapter(Adapter):
             grads: list[Any] = [None] * len(leaves)
             if seeds:
                 sink = Node(lambda g, _ns: [c for _, c in seeds], tuple(n for n, _ in seeds))
+                rules_ns = ns if live else ns._raw_ns
                 grads = backward(rules_ns, [*tape, sink], sink, True, input_nodes)
-            return self._finish(grads, leaves, retain_grads)
+            return self._finish(grads, leaves, retain_grads and live)
 
         return values, vjp_fn
 
@@ -138,6 +141,14 @@ class TapeAdapter(Adapter):
                 g = strip(g)
             out.append(ns._finalize(g) if not retain else g)
         return out
+
+    def custom_vjp(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call ``spec``'s forward as one tape primitive whose VJP rules call ``spec.bwd``."""
+        ns = next(type(a)._ns for a in args if isinstance(a, TracedArray))
+        fn = spec.primitives.get(ns)
+        if fn is None:
+            fn = spec.primitives[ns] = primitive(spec.name, spec.fwd, _custom_rules(spec, len(args)), ns)
+        return fn(*args, **kwargs)
 
     def writable(self, dst: Any, new: Any) -> bool:
         return (
@@ -176,6 +187,33 @@ class TapeAdapter(Adapter):
         else:
             dst[...] = new
         return dst
+
+
+def _custom_rules(spec: Any, nargs: int) -> list[Any]:
+    """One rule per argument, all answered by one call of ``spec.bwd`` per cotangent."""
+    last: list[Any] = [None, None, None]  # (g, ans, cotangents) of the latest call
+
+    def cotangents(ns: Any, g: Any, ans: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
+        if last[0] is g and last[1] is ans:
+            return last[2]
+        if spec.once and any(isinstance(v, TracedArray) for v in (g, ans, *args)):
+            msg = (
+                f"{spec.name}: its VJP was declared once-differentiable "
+                "(custom_vjp(..., once_differentiable=True)) and cannot be differentiated "
+                "again; write the VJP with the namespace of its arguments and drop the flag"
+            )
+            raise RuntimeError(msg)
+        out = spec.call_bwd(g, ans, args, kwargs, nargs)
+        last[:] = [g, ans, out]
+        return out
+
+    def rule_for(i: int) -> Any:
+        def rule(ns: Any, g: Any, ans: Any, *args: Any, **kwargs: Any) -> Any:
+            return cotangents(ns, g, ans, args, kwargs)[i]
+
+        return rule
+
+    return [rule_for(i) for i in range(nargs)]
 
 
 def _byte_bounds(x: Any) -> tuple[int, int]:

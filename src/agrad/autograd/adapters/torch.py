@@ -100,6 +100,19 @@ class TorchAdapter(Adapter):
         values = outs if retain else [_detach(o) for o in outs]
         return values, vjp_fn
 
+    def custom_vjp(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``spec`` as a ``torch.autograd.Function`` (made once per custom function)."""
+        fn = spec.primitives.get("torch")
+        if fn is None:
+            fn = spec.primitives["torch"] = _autograd_function(spec)
+        return fn.apply(kwargs, *args)
+
+    def checkpoint(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``torch.utils.checkpoint.checkpoint`` (non-reentrant, so nested grads work)."""
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(f, *args, use_reentrant=False, **kwargs)
+
     def writable(self, dst: Any, new: Any) -> bool:
         return isinstance(dst, torch.Tensor) and (dst.is_leaf or not dst.requires_grad)
 
@@ -136,6 +149,54 @@ class TorchAdapter(Adapter):
         with torch.no_grad():
             dst.copy_(new)
         return dst
+
+
+def _autograd_function(spec: Any) -> type[torch.autograd.Function]:
+    """A ``torch.autograd.Function`` whose forward is ``spec.fwd`` and backward ``spec.bwd``."""
+
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        saved = ctx.saved_tensors
+        it = iter(saved)
+        args = tuple(next(it) if t else a for a, t in zip(ctx.args, ctx.is_tensor))
+        ans = next(it)
+        if not spec.once:
+            return (None, *spec.call_bwd(g, ans, args, ctx.kwargs, len(args)))
+        with torch.no_grad():
+            grads = spec.call_bwd(g, ans, args, ctx.kwargs, len(args))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (g, *saved)):
+            grads = _refuse_second_order(spec.name, grads)
+        return (None, *grads)
+
+    class CustomFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, kwargs: dict[str, Any], *args: Any) -> Any:
+            ans = spec.fwd(*args, **kwargs)
+            ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+            ctx.args = [None if t else a for a, t in zip(args, ctx.is_tensor)]
+            ctx.kwargs = kwargs
+            ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], ans)
+            return ans
+
+    CustomFunction.backward = staticmethod(backward)
+    CustomFunction.__name__ = CustomFunction.__qualname__ = spec.name
+    return CustomFunction
+
+
+def _refuse_second_order(name: str, grads: list[Any]) -> list[Any]:
+    """``grads`` behind a node that raises if the backward pass is differentiated.
+
+    torch's own ``once_differentiable`` only does this when the incoming cotangent
+    requires grad; a second derivative through the saved inputs would be silently zero.
+    """
+    msg = (
+        f"{name}: its VJP was declared once-differentiable "
+        "(custom_vjp(..., once_differentiable=True)) and cannot be differentiated again"
+    )
+    present = [g for g in grads if g is not None]
+    err = torch._C._functions.DelayedError(msg.encode(), len(present))
+    out = err(*[g.detach().requires_grad_(True) for g in present])
+    wrapped = iter((out,) if isinstance(out, torch.Tensor) else out)
+    return [None if g is None else next(wrapped) for g in grads]
 
 
 ADAPTER = TorchAdapter()
