@@ -163,8 +163,9 @@ def _autograd_function(spec: Any) -> type[torch.autograd.Function]:
             return (None, *spec.call_bwd(g, ans, args, ctx.kwargs, len(args)))
         with torch.no_grad():
             grads = spec.call_bwd(g, ans, args, ctx.kwargs, len(args))
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (g, *saved)):
-            grads = _refuse_second_order(spec.name, grads)
+        live = [t for t in (g, *saved) if t.requires_grad]
+        if torch.is_grad_enabled() and live:
+            grads = _refuse_second_order(spec.name, grads, live)
         return (None, *grads)
 
     class CustomFunction(torch.autograd.Function):
@@ -182,20 +183,31 @@ def _autograd_function(spec: Any) -> type[torch.autograd.Function]:
     return CustomFunction
 
 
-def _refuse_second_order(name: str, grads: list[Any]) -> list[Any]:
-    """``grads`` behind a node that raises if the backward pass is differentiated.
+class _Refuse(torch.autograd.Function):
+    """The identity on the first ``n`` tensors, hung on the rest; differentiating it raises."""
 
-    torch's own ``once_differentiable`` only does this when the incoming cotangent
-    requires grad; a second derivative through the saved inputs would be silently zero.
+    @staticmethod
+    def forward(ctx: Any, msg: str, n: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.msg = msg
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(ctx.msg)
+
+
+def _refuse_second_order(name: str, grads: list[Any], live: list[torch.Tensor]) -> list[Any]:
+    """``grads`` connected to ``live`` (what requires grad) through a node that raises.
+
+    torch's own ``once_differentiable`` hangs its error on detached copies, so a second
+    derivative with respect to the saved inputs never reaches it and is silently zero.
     """
     msg = (
         f"{name}: its VJP was declared once-differentiable "
         "(custom_vjp(..., once_differentiable=True)) and cannot be differentiated again"
     )
     present = [g for g in grads if g is not None]
-    err = torch._C._functions.DelayedError(msg.encode(), len(present))
-    out = err(*[g.detach().requires_grad_(True) for g in present])
-    wrapped = iter((out,) if isinstance(out, torch.Tensor) else out)
+    wrapped = iter(_Refuse.apply(msg, len(present), *present, *live))
     return [None if g is None else next(wrapped) for g in grads]
 
 
