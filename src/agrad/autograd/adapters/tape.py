@@ -7,10 +7,12 @@ import sys
 from typing import Any
 
 from agrad.autograd.adapters import Adapter
+from agrad.autograd.batched_backward import NotBatchable, batched_backward
 from agrad.autograd.tape.backward import backward
 from agrad.autograd.tape.traced import (
     CONSTANT,
     Node,
+    RuleNode,
     Trace,
     TracedArray,
     constant,
@@ -108,12 +110,18 @@ class TapeAdapter(Adapter):
             o._node if isinstance(o, TracedArray) and o._trace is trace else None for o in outs
         ]
         values = [unbox(o, trace) for o in outs]
+        tape_live: list[bool | None] = [None]  # whether the tape holds traced values
         if not retain:
             values = [ns._finalize(strip(v)) for v in values]
 
-        def vjp_fn(cotangents: list[Any], retain_grads: bool) -> list[Any]:
+        def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
             # Raw rules unless something traced (an enclosing computation) is involved.
             live = any(isinstance(x, TracedArray) for x in (*leaves, *cotangents))
+            if not live and tape_live[0] is None:
+                tape_live[0] = _holds_traced(tape)
+            live = live or bool(tape_live[0])
+            if batched:
+                return self._batched(vjp_fn, tape, out_nodes, input_nodes, leaves, cotangents, live, retain_grads)
             seeds = [
                 (n, c)
                 for n, c in zip(out_nodes, cotangents)
@@ -126,7 +134,30 @@ class TapeAdapter(Adapter):
                 grads = backward(rules_ns, [*tape, sink], sink, True, input_nodes)
             return self._finish(grads, leaves, retain_grads and live)
 
+        vjp_fn.batches = True  # type: ignore[attr-defined]
         return values, vjp_fn
+
+    def _batched(self, vjp_fn, tape, out_nodes, input_nodes, leaves, cotangents, live, retain):
+        """A batch of cotangents (leading axis) in one pass if every rule allows, else a loop."""
+        raw_ns = self.ns._raw_ns
+        n = cotangents[0].shape[0]
+        seeds = [(o, c) for o, c in zip(out_nodes, cotangents) if o is not None and o is not CONSTANT]
+        if not live and seeds:
+            sink = Node(lambda g, _ns: [c for _, c in seeds], tuple(o for o, _ in seeds))
+            try:
+                grads = batched_backward(raw_ns, tape, sink, input_nodes, n)
+            except NotBatchable:
+                pass
+            else:
+                return [
+                    raw_ns.zeros((n, *x.shape), dtype=x.dtype, device=self.ns._base_device(x))
+                    if g is None
+                    else self.ns._finalize(g)
+                    for g, x in zip(grads, map(strip, leaves))
+                ]
+        rows = [vjp_fn([c[k, ...] for c in cotangents], retain) for k in range(n)]
+        ns = self.ns if live else raw_ns
+        return [ns.stack([r[j] for r in rows]) for j in range(len(leaves))]
 
     def _finish(self, grads: list[Any], leaves: list[Any], retain: bool) -> list[Any]:
         """Zeros for unreached inputs; plain arrays unless an enclosing trace keeps them."""
@@ -187,6 +218,19 @@ class TapeAdapter(Adapter):
         else:
             dst[...] = new
         return dst
+
+
+def _holds_traced(tape: list[Node]) -> bool:
+    """Whether a recorded value is traced by a live trace (an enclosing computation)."""
+    for node in tape:
+        if type(node) is RuleNode:
+            for v in (node.ans, *node.args):
+                if isinstance(v, (list, tuple)):
+                    if any(isinstance(w, TracedArray) and w._trace.active for w in v):
+                        return True
+                elif isinstance(v, TracedArray) and v._trace.active:
+                    return True
+    return False
 
 
 def _custom_rules(spec: Any, nargs: int) -> list[Any]:

@@ -8,12 +8,14 @@ read from the recorded values and never traced.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "SCALARS",
     "along",
+    "batch_axes",
     "conj",
     "dual_norm",
     "fft_axes",
@@ -37,18 +39,32 @@ def shape_of(x: Any) -> tuple[int, ...]:
     return tuple(getattr(x, "shape", ()))
 
 
+_batch = threading.local()
+
+
+def batch_axes() -> int:
+    """How many leading axes of every cotangent are a batch (1 in a batched Jacobian pass)."""
+    return getattr(_batch, "axes", 0)
+
+
 def unbroadcast(ns: Any, g: Any, shape: tuple[int, ...]) -> Any:
-    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``g.shape``."""
+    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``g.shape``.
+
+    The leading :func:`batch_axes` of ``g`` are kept: the result has shape
+    ``g.shape[:batch_axes()] + shape``.
+    """
     gshape = shape_of(g)
-    if gshape == tuple(shape):
+    keep = getattr(_batch, "axes", 0)
+    target = gshape[:keep] + tuple(shape)
+    if gshape == target:
         return g
     lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
+    axes = tuple(range(keep, lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1
     )
     if axes:
         g = ns.sum(g, axis=axes)
-    return g if shape_of(g) == tuple(shape) else ns.reshape(g, tuple(shape))
+    return g if shape_of(g) == target else ns.reshape(g, target)
 
 
 # id(dtype) -> (dtype, whether it is complex): the answer never changes, and comparing a
