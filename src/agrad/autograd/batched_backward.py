@@ -65,17 +65,28 @@ def _broadcast_shapes(s: tuple[int, ...], t: tuple[int, ...]) -> tuple[int, ...]
     return tuple(max(p, q) for p, q in zip(s, t))
 
 
+def _times_matrix(ns, x, m):
+    """``x @ m`` for a 2-D ``m``, as one matrix product over all of ``x``'s leading axes."""
+    flat = ns.matmul(ns.reshape(x, (-1, x.shape[-1])), m)
+    return ns.reshape(flat, (*x.shape[:-1], m.shape[-1]))
+
+
 def _matmul_a(ns, g, ans, a, b):
     a2, b2, out2 = _matmul_shapes(a, b)
     g2 = ns.reshape(g, (g.shape[0], *out2))
-    da = ns.matmul(g2, ns.matrix_transpose(conj(ns, ns.reshape(b, b2))))
+    bt = ns.matrix_transpose(conj(ns, ns.reshape(b, b2)))
+    da = _times_matrix(ns, g2, bt) if len(b2) == 2 else ns.matmul(g2, bt)
     return ns.reshape(helpers.unbroadcast(ns, da, a2), (g.shape[0], *shape_of(a)))
 
 
 def _matmul_b(ns, g, ans, a, b):
     a2, b2, out2 = _matmul_shapes(a, b)
     g2 = ns.reshape(g, (g.shape[0], *out2))
-    db = ns.matmul(ns.matrix_transpose(conj(ns, ns.reshape(a, a2))), g2)
+    a2v = conj(ns, ns.reshape(a, a2))
+    if len(a2) == 2:  # (a^T g)^T = g^T a: one product
+        db = ns.matrix_transpose(_times_matrix(ns, ns.matrix_transpose(g2), a2v))
+    else:
+        db = ns.matmul(ns.matrix_transpose(a2v), g2)
     return ns.reshape(helpers.unbroadcast(ns, db, b2), (g.shape[0], *shape_of(b)))
 
 

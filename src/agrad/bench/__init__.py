@@ -28,16 +28,21 @@ from agrad.bench._harness import Row, Settings
 __all__ = ["Row", "Settings", "main", "run"]
 
 
-def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape")) -> list[Row]:
+def run(
+    settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "transformations")
+) -> list[Row]:
     """Run the selected groups of rows and return them."""
     from agrad.bench.optimizer_rows import optimizer_rows
     from agrad.bench.tape_rows import tape_rows
+    from agrad.bench.transformation_rows import transformation_rows
 
     rows: list[Row] = []
     if "optimizer" in groups:
         rows += optimizer_rows(settings)
     if "tape" in groups:
         rows += tape_rows(settings)
+    if "transformations" in groups:
+        rows += transformation_rows(settings)
     return rows
 
 
@@ -127,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", metavar="TEXT", help="rows whose name contains TEXT")
     parser.add_argument(
-        "--groups", default="optimizer,tape", help="comma-separated: optimizer,tape"
+        "--groups",
+        default="optimizer,tape,transformations",
+        help="comma-separated: optimizer,tape,transformations",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per row")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import weakref
 from typing import Any
 
 from agrad.autograd.adapters import Adapter
@@ -114,14 +115,12 @@ class TapeAdapter(Adapter):
         if not retain:
             values = [ns._finalize(strip(v)) for v in values]
 
-        def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
+        def pull(cotangents: list[Any], retain_grads: bool) -> list[Any]:
             # Raw rules unless something traced (an enclosing computation) is involved.
             live = any(isinstance(x, TracedArray) for x in (*leaves, *cotangents))
             if not live and tape_live[0] is None:
                 tape_live[0] = _holds_traced(tape)
             live = live or bool(tape_live[0])
-            if batched:
-                return self._batched(vjp_fn, tape, out_nodes, input_nodes, leaves, cotangents, live, retain_grads)
             seeds = [
                 (n, c)
                 for n, c in zip(out_nodes, cotangents)
@@ -134,10 +133,19 @@ class TapeAdapter(Adapter):
                 grads = backward(rules_ns, [*tape, sink], sink, True, input_nodes)
             return self._finish(grads, leaves, retain_grads and live)
 
+        def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
+            if not batched:
+                return pull(cotangents, retain_grads)
+            live = any(isinstance(x, TracedArray) for x in (*leaves, *cotangents))
+            if not live and tape_live[0] is None:
+                tape_live[0] = _holds_traced(tape)
+            live = live or bool(tape_live[0])
+            return self._batched(pull, tape, out_nodes, input_nodes, leaves, cotangents, live, retain_grads)
+
         vjp_fn.batches = True  # type: ignore[attr-defined]
         return values, vjp_fn
 
-    def _batched(self, vjp_fn, tape, out_nodes, input_nodes, leaves, cotangents, live, retain):
+    def _batched(self, pull, tape, out_nodes, input_nodes, leaves, cotangents, live, retain):
         """A batch of cotangents (leading axis) in one pass if every rule allows, else a loop."""
         raw_ns = self.ns._raw_ns
         n = cotangents[0].shape[0]
@@ -155,7 +163,7 @@ class TapeAdapter(Adapter):
                     else self.ns._finalize(g)
                     for g, x in zip(grads, map(strip, leaves))
                 ]
-        rows = [vjp_fn([c[k, ...] for c in cotangents], retain) for k in range(n)]
+        rows = [pull([c[k, ...] for c in cotangents], retain) for k in range(n)]
         ns = self.ns if live else raw_ns
         return [ns.stack([r[j] for r in rows]) for j in range(len(leaves))]
 
@@ -235,10 +243,15 @@ def _holds_traced(tape: list[Node]) -> bool:
 
 def _custom_rules(spec: Any, nargs: int) -> list[Any]:
     """One rule per argument, all answered by one call of ``spec.bwd`` per cotangent."""
-    last: list[Any] = [None, None, None]  # (g, ans, cotangents) of the latest call
+    # (weakref to g, id of ans, cotangents) of the latest call; dropped with g, so that
+    # nothing outlives the backward pass that made it.
+    last: list[Any] = [None, None, None]
+
+    def forget(_: Any) -> None:
+        last[:] = [None, None, None]
 
     def cotangents(ns: Any, g: Any, ans: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
-        if last[0] is g and last[1] is ans:
+        if last[0] is not None and last[0]() is g and last[1] == id(ans):
             return last[2]
         if spec.once and any(isinstance(v, TracedArray) for v in (g, ans, *args)):
             msg = (
@@ -248,7 +261,10 @@ def _custom_rules(spec: Any, nargs: int) -> list[Any]:
             )
             raise RuntimeError(msg)
         out = spec.call_bwd(g, ans, args, kwargs, nargs)
-        last[:] = [g, ans, out]
+        try:
+            last[:] = [weakref.ref(g, forget), id(ans), out]
+        except TypeError:  # g cannot be weakly referenced: no caching
+            last[:] = [None, None, None]
         return out
 
     def rule_for(i: int) -> Any:
