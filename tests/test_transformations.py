@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import asarray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agrad
 from agrad.testing._compare import to_numpy
 from agrad.testing.plugin import backend_fixture
+from conftest import asarray
 
 torch = pytest.importorskip("torch")
 tfunc = pytest.importorskip("torch.func")
-import array_api_compat.torch as txp  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit.script` is deprecated:DeprecationWarning"  # inside torch.func.jvp
@@ -182,7 +181,9 @@ def test_batched_jacobian_is_one_pass_and_the_fallback_loops(monkeypatch):
         return xp_.concat([xp_.sin(x), xp_.sum(x * x, axis=0, keepdims=True)])
 
     got = agrad.jacobian(with_concat)(x)
-    close(got, tfunc.jacrev(lambda x: torch.cat([torch.sin(x), (x * x).sum(0, keepdim=True)]))(t(x0)))
+    close(
+        got, tfunc.jacrev(lambda x: torch.cat([torch.sin(x), (x * x).sum(0, keepdim=True)]))(t(x0))
+    )
 
 
 # -- random functions built from the namespace ------------------------------------------

@@ -6,11 +6,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import asarray
 
 import agrad
 from agrad.testing._compare import to_numpy
 from agrad.testing.plugin import backend_fixture
+from conftest import asarray
 from references import fd_grads
 
 torch = pytest.importorskip("torch")
@@ -142,7 +142,7 @@ def test_bad_vjp_is_named():
 
     two.defvjp(lambda g, ans, x, y: (g,))
     x = np.ones(3)
-    with pytest.raises(ValueError, match="two: its VJP returned 1 cotangent.*2 positional"):
+    with pytest.raises(ValueError, match=r"two: its VJP returned 1 cotangent.*2 positional"):
         agrad.grad(lambda x: agrad.array_namespace(x).sum(two(x, x)))(x)
     two.defvjp(lambda g, ans, x, y: (g[:2], None))
     with pytest.raises(ValueError, match=r"cotangent of argument 0 has shape \(2,\).*\(3,\)"):

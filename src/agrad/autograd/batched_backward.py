@@ -91,12 +91,53 @@ def _matmul_b(ns, g, ans, a, b):
 
 
 # Entries whose rules broadcast over a leading batch axis as written.
-_AS_IS = (
-    "negative positive conj real imag abs exp expm1 log log1p log2 log10 sqrt square "
-    "reciprocal sin cos tan sinh cosh tanh asin acos atan asinh acosh atanh add subtract "
-    "multiply divide pow maximum minimum where atan2 hypot logaddexp copysign remainder "
-    "nextafter clip matrix_transpose broadcast_to astype"
-).split()
+_AS_IS = [
+    "negative",
+    "positive",
+    "conj",
+    "real",
+    "imag",
+    "abs",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "log2",
+    "log10",
+    "sqrt",
+    "square",
+    "reciprocal",
+    "sin",
+    "cos",
+    "tan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asin",
+    "acos",
+    "atan",
+    "asinh",
+    "acosh",
+    "atanh",
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "pow",
+    "maximum",
+    "minimum",
+    "where",
+    "atan2",
+    "hypot",
+    "logaddexp",
+    "copysign",
+    "remainder",
+    "nextafter",
+    "clip",
+    "matrix_transpose",
+    "broadcast_to",
+    "astype",
+]
 
 _REPLACED: dict[str, tuple[Callable[..., Any] | None, ...]] = {
     "sum": (_sum,),

@@ -59,9 +59,9 @@ class CustomVJP:
         if not arrays:
             return self.fwd(*args, **kwargs)
         if any(isinstance(a, TracedArray) for a in arrays):
-            return adapter_for(type(next(a for a in arrays if isinstance(a, TracedArray)))._ns).custom_vjp(
-                self, args, kwargs
-            )
+            return adapter_for(
+                type(next(a for a in arrays if isinstance(a, TracedArray)))._ns
+            ).custom_vjp(self, args, kwargs)
         adapter = adapter_for(array_namespace(*arrays))
         if adapter.name in ("torch", "jax"):
             return adapter.custom_vjp(self, args, kwargs)

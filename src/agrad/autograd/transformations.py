@@ -199,7 +199,9 @@ def jvp(
     tans, _ = flatten_leaves(tangents)
     _check_like("jvp", "tangents", tans, lin.leaves, lin.in_tree)
     outs, push = lin.pushforward()
-    return unflatten(lin.out_tree, outs), unflatten(lin.out_tree, push([lin.adapter.read(t) for t in tans]))
+    return unflatten(lin.out_tree, outs), unflatten(
+        lin.out_tree, push([lin.adapter.read(t) for t in tans])
+    )
 
 
 def _basis(xp: ModuleType, like: list[Any], total: int) -> list[Any]:
@@ -261,7 +263,9 @@ def _batched(lin: _Linearized, fn: Callable[..., list[Any]], batch: list[Any]) -
     return _loop_rows(lin.xp, lambda rows: fn(rows, lin.retain), batch)
 
 
-def _rev_blocks(xp: ModuleType, flat: list[Any], outs: list[Any], ins: list[Any]) -> list[list[Any]]:
+def _rev_blocks(
+    xp: ModuleType, flat: list[Any], outs: list[Any], ins: list[Any]
+) -> list[list[Any]]:
     """Cut the stacked rows ``(M, *in.shape)`` into blocks ``out.shape + in.shape``."""
     blocks, start = [], 0
     for o in outs:
@@ -273,7 +277,9 @@ def _rev_blocks(xp: ModuleType, flat: list[Any], outs: list[Any], ins: list[Any]
     return blocks
 
 
-def _fwd_blocks(xp: ModuleType, flat: list[Any], outs: list[Any], ins: list[Any]) -> list[list[Any]]:
+def _fwd_blocks(
+    xp: ModuleType, flat: list[Any], outs: list[Any], ins: list[Any]
+) -> list[list[Any]]:
     """Cut the stacked columns ``(N, *out.shape)`` into blocks ``out.shape + in.shape``."""
     blocks = []
     for j, o in enumerate(outs):

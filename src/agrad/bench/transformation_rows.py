@@ -93,7 +93,7 @@ def _jacobian_rows(settings: Settings) -> list[Row]:
         return np.stack([agrad.grad(lambda x, i=i: f(x)[i])(x) for i in range(n)])
 
     def row_loop() -> Any:  # one tape, one backward pass per row (the fallback)
-        out, pull = agrad.vjp(f, x)
+        _, pull = agrad.vjp(f, x)
         return np.stack([pull(e)[0] for e in np.eye(n)])
 
     name = f"jacobian R^{n} -> R^{n}"

@@ -52,10 +52,7 @@ class JaxAdapter(Adapter):
 
         def vjp_fn(cotangents: list[Any], retain_grads: bool, batched: bool = False) -> list[Any]:
             cots = [jnp.zeros_like(o) if c is None else c for o, c in zip(outs, cotangents)]
-            if batched:
-                grads = jax.vmap(lambda cs: pullback(cs))(cots)
-            else:
-                grads = pullback(cots)
+            grads = jax.vmap(pullback)(cots) if batched else pullback(cots)
             return [jnp.conj(g) if jnp.iscomplexobj(g) else g for g in grads]
 
         return outs, vjp_fn
@@ -64,7 +61,9 @@ class JaxAdapter(Adapter):
         """``jax.linearize``: ``(outs, jvp_fn(tangents, retain, batched=False))``."""
         outs, lin = jax.linearize(lambda *xs: list(flat_func(list(xs))), *leaves)
 
-        def jvp_fn(tangents: list[Any], retain_out: bool = False, batched: bool = False) -> list[Any]:
+        def jvp_fn(
+            tangents: list[Any], retain_out: bool = False, batched: bool = False
+        ) -> list[Any]:
             if batched:
                 return list(jax.vmap(lambda *ts: lin(*ts))(*tangents))
             return list(lin(*tangents))

@@ -17,7 +17,6 @@ from agrad.autograd.tape.traced import (
     Trace,
     TracedArray,
     constant,
-    current_trace,
     outer_trace_active,
     primitive,
     strip,
@@ -140,7 +139,9 @@ class TapeAdapter(Adapter):
             if not live and tape_live[0] is None:
                 tape_live[0] = _holds_traced(tape)
             live = live or bool(tape_live[0])
-            return self._batched(pull, tape, out_nodes, input_nodes, leaves, cotangents, live, retain_grads)
+            return self._batched(
+                pull, tape, out_nodes, input_nodes, leaves, cotangents, live, retain_grads
+            )
 
         vjp_fn.batches = True  # type: ignore[attr-defined]
         return values, vjp_fn
@@ -149,7 +150,9 @@ class TapeAdapter(Adapter):
         """A batch of cotangents (leading axis) in one pass if every rule allows, else a loop."""
         raw_ns = self.ns._raw_ns
         n = cotangents[0].shape[0]
-        seeds = [(o, c) for o, c in zip(out_nodes, cotangents) if o is not None and o is not CONSTANT]
+        seeds = [
+            (o, c) for o, c in zip(out_nodes, cotangents) if o is not None and o is not CONSTANT
+        ]
         if not live and seeds:
             sink = Node(lambda g, _ns: [c for _, c in seeds], tuple(o for o, _ in seeds))
             try:
@@ -186,7 +189,9 @@ class TapeAdapter(Adapter):
         ns = next(type(a)._ns for a in args if isinstance(a, TracedArray))
         fn = spec.primitives.get(ns)
         if fn is None:
-            fn = spec.primitives[ns] = primitive(spec.name, spec.fwd, _custom_rules(spec, len(args)), ns)
+            fn = spec.primitives[ns] = primitive(
+                spec.name, spec.fwd, _custom_rules(spec, len(args)), ns
+            )
         return fn(*args, **kwargs)
 
     def writable(self, dst: Any, new: Any) -> bool:

@@ -83,7 +83,9 @@ class TorchAdapter(Adapter):
             ]
             if not pairs:
                 lead = (len(next(c for c in cotangents if c is not None)),) if batched else ()
-                return [torch.zeros((*lead, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
+                return [
+                    torch.zeros((*lead, *x.shape), dtype=x.dtype, device=x.device) for x in inputs
+                ]
             with torch.enable_grad():
                 grads = torch.autograd.grad(
                     [o for o, _ in pairs],
