@@ -38,6 +38,26 @@ class Adapter:
         """Call ``flat_func(leaves) -> (y, extras)`` once; return ``(y, grads, extras)``."""
         raise NotImplementedError
 
+    def vjp(self, flat_func: Any, leaves: list[Any], retain: bool) -> tuple[list[Any], Any]:
+        """Call ``flat_func(leaves) -> outs`` once; return ``(outs, vjp_fn)``.
+
+        ``vjp_fn(cotangents, retain, batched=False)`` returns one cotangent per leaf
+        (zeros where unreached); with ``batched`` every cotangent has a leading batch
+        axis, and so do the results. With ``retain`` the results keep their history.
+        """
+        msg = f"agrad has no vjp for {self.name}: its adapter does not implement one"
+        raise NotImplementedError(msg)
+
+    def custom_vjp(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call ``spec.fwd(*args, **kwargs)`` so that its VJP is ``spec.bwd`` (``agrad.custom_vjp``)."""
+        msg = f"agrad.custom_vjp has no {self.name} implementation in its adapter"
+        raise NotImplementedError(msg)
+
+    def checkpoint(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call ``f`` so that the backward pass recomputes its inside (``agrad.checkpoint``)."""
+        msg = f"agrad.checkpoint has no {self.name} implementation in its adapter"
+        raise NotImplementedError(msg)
+
     def read(self, x: Any) -> Any:
         """The array a parameter holds (a variable box's value, or the array itself)."""
         return x
