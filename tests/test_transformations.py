@@ -15,6 +15,7 @@ import agrad
 from agrad.testing._compare import to_numpy
 from agrad.testing.plugin import backend_fixture
 from conftest import asarray
+from references import fd_grads
 
 torch = pytest.importorskip("torch")
 tfunc = pytest.importorskip("torch.func")
@@ -266,3 +267,32 @@ def test_bad_input_is_named(xp, data):
         agrad.jacobian(f_scalar)(asarray(xp, [1, 2], dtype=np.int64))
     with pytest.raises(TypeError, match="output is float"):
         agrad.jacobian(lambda x: 1.0)(x)
+
+
+def _fd_hessian(fn, x, h=1e-4):
+    """Central second differences of a float64 NumPy scalar function."""
+    n = x.size
+    out = np.zeros((n, n))
+    eye = np.eye(n) * h
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = (
+                fn(x + eye[i] + eye[j])
+                - fn(x + eye[i] - eye[j])
+                - fn(x - eye[i] + eye[j])
+                + fn(x - eye[i] - eye[j])
+            ) / (4 * h * h)
+    return out
+
+
+def test_tape_against_finite_differences(tape_xp, data):
+    """The tape's Jacobians (both modes) and Hessian against finite differences of NumPy code."""
+    x0, _ = data
+    x = asarray(tape_xp, x0)
+    for mode in ("rev", "fwd"):
+        jac = to_numpy(agrad.jacobian(f_vec, mode=mode)(x, asarray(tape_xp, W)))
+        for i in range(3):
+            (fd,) = fd_grads(lambda x, i=i: f_vec(x, W)[i], x0)
+            np.testing.assert_allclose(jac[i], fd, rtol=1e-6, atol=1e-8)
+    hess = to_numpy(agrad.hessian(f_scalar)(x))
+    np.testing.assert_allclose(hess, _fd_hessian(lambda x: float(f_scalar(x)), x0), atol=1e-5)
