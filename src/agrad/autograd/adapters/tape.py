@@ -248,16 +248,19 @@ def _holds_traced(tape: list[Node]) -> bool:
 
 def _custom_rules(spec: Any, nargs: int) -> list[Any]:
     """One rule per argument, all answered by one call of ``spec.bwd`` per cotangent."""
-    # (weakref to g, id of ans, cotangents) of the latest call; dropped with g, so that
-    # nothing outlives the backward pass that made it.
-    last: list[Any] = [None, None, None]
+    # (weakref to g, id of ans, cotangents) of the latest call, one tuple (threads swap it
+    # whole); dropped with g, so that nothing outlives the backward pass that made it.
+    last: list[Any] = [None]
 
-    def forget(_: Any) -> None:
-        last[:] = [None, None, None]
+    def forget(ref: Any) -> None:
+        entry = last[0]
+        if entry is not None and entry[0] is ref:
+            last[0] = None
 
     def cotangents(ns: Any, g: Any, ans: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
-        if last[0] is not None and last[0]() is g and last[1] == id(ans):
-            return last[2]
+        entry = last[0]
+        if entry is not None and entry[0]() is g and entry[1] == id(ans):
+            return entry[2]
         if spec.once and any(isinstance(v, TracedArray) for v in (g, ans, *args)):
             msg = (
                 f"{spec.name}: its VJP was declared once-differentiable "
@@ -267,9 +270,9 @@ def _custom_rules(spec: Any, nargs: int) -> list[Any]:
             raise RuntimeError(msg)
         out = spec.call_bwd(g, ans, args, kwargs, nargs)
         try:
-            last[:] = [weakref.ref(g, forget), id(ans), out]
+            last[0] = (weakref.ref(g, forget), id(ans), out)
         except TypeError:  # g cannot be weakly referenced: no caching
-            last[:] = [None, None, None]
+            last[0] = None
         return out
 
     def rule_for(i: int) -> Any:
