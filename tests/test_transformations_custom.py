@@ -64,6 +64,17 @@ def test_custom_vjp_defined_once_matches_torch_to_second_order(xp, rng):
     close(h, tfunc.hessian(lambda x: torch_loss(x, t(y0)))(t(x0)).numpy())
 
 
+def test_forward_mode_goes_through_a_custom_vjp(xp, rng):
+    """jvp transposes the custom VJP (JAX's own forward mode stops at custom_vjp)."""
+    x0, v0 = rng.standard_normal(5), rng.standard_normal(5)
+    x, v = asarray(xp, x0), asarray(xp, v0)
+    _, got = agrad.jvp(lambda x: sin_times(x, x), (x,), (v,))
+    _, want = tfunc.jvp(lambda x: torch.sin(x) * x, (t(x0),), (t(v0),))
+    close(got, want.numpy())
+    jac = agrad.jacobian(lambda x: sin_times(x, x), mode="fwd")(x)
+    close(jac, np.diag(np.cos(x0) * x0 + np.sin(x0)))
+
+
 @agrad.custom_vjp
 def straight_through_round(x):
     xp = agrad.array_namespace(x)

@@ -91,10 +91,35 @@ class _Linearized:
             return self.adapter.vjp(self.flat_func, self.leaves, self.retain)
 
     def pushforward(self) -> tuple[list[Any], Callable[..., list[Any]]]:
-        """``(outs, jvp_fn(tangents, retain))``: native, or the transpose of the VJP."""
+        """``(outs, jvp_fn(tangents, retain, batched=False))``: native, or the transpose of the VJP.
+
+        JAX's forward mode stops at a ``jax.custom_vjp`` (so at an ``agrad.custom_vjp``);
+        there, when JAX says so, the transpose of the VJP is used instead.
+        """
+        if not hasattr(self.adapter, "linearize"):
+            return self._transpose()
         with _nested():
-            if hasattr(self.adapter, "linearize"):
-                return self.adapter.linearize(self.flat_func, self.leaves, self.retain)
+            try:
+                outs, native = self.adapter.linearize(self.flat_func, self.leaves, self.retain)
+            except TypeError as err:
+                if "custom_vjp" not in str(err):
+                    raise
+                return self._transpose()
+
+        def jvp_fn(tangents: list[Any], retain_out: bool = False, batched: bool = False):
+            try:
+                return native(tangents, retain_out, batched)
+            except TypeError as err:
+                if "custom_vjp" not in str(err):
+                    raise
+                return self._transpose()[1](tangents, retain_out, batched)
+
+        jvp_fn.batches = True  # type: ignore[attr-defined]
+        return outs, jvp_fn
+
+    def _transpose(self) -> tuple[list[Any], Callable[..., list[Any]]]:
+        """Forward mode as the VJP of ``u -> vjp(f)(u)`` (see the module docstring)."""
+        with _nested():
             outs, vjp_fn = self.adapter.vjp(self.flat_func, self.leaves, True)
         for o in outs:
             if not _is_real_floating(self.xp, o):
@@ -110,7 +135,7 @@ class _Linearized:
         retain = self.retain
 
         def jvp_fn(tangents: list[Any], retain_out: bool = retain, batched: bool = False):
-            if batched and adapter.name == "torch":
+            if batched and adapter.name in ("torch", "jax"):
                 return transposed(tangents, retain_out, batched=True)
             if batched:
                 return _loop_rows(self.xp, lambda ts: transposed(ts, retain_out), tangents)
