@@ -154,11 +154,15 @@ def _table() -> dict[Any, tuple[Callable[..., Any], int]]:
     """Rule -> (its batched form, the index of the argument it differentiates)."""
     table: dict[Any, tuple[Callable[..., Any], int]] = {}
     for name in _AS_IS:
+        if name not in RULES:  # a table without it: its nodes fall back to the row loop
+            continue
         for i in range(3):
             rule = RULES[name].rule_for(i)
             if rule is not None:
                 table[rule] = (rule, i)
     for name, batched in _REPLACED.items():
+        if name not in RULES:
+            continue
         for i, new in enumerate(batched):
             table[RULES[name].rule_for(i)] = (new, i)
     return table
