@@ -124,4 +124,14 @@ __all__ = [
     "step_lr",
     "trace",
     "warmup_cosine",
+    "TorchOptimizer",
 ]
+
+
+def __getattr__(name: str):
+    """``TorchOptimizer`` is imported on first use, so ``import agrad.optim`` never imports torch."""
+    if name == "TorchOptimizer":
+        from agrad.optim.torch_frontend import TorchOptimizer
+
+        return TorchOptimizer
+    raise AttributeError(f"module 'agrad.optim' has no attribute {name!r}")

@@ -1,0 +1,468 @@
+"""Any agrad optimizer as a real ``torch.optim.Optimizer``: schedulers, GradScaler, state dicts.
+
+``TorchOptimizer(model.parameters(), agrad.optim.adam, lr=1e-3)`` (or an optimizer
+already built: ``TorchOptimizer(model.parameters(), agrad.optim.adam(lr=1e-3))``) is a
+``torch.optim.Optimizer`` subclass: ``step(closure=None)``, ``zero_grad``,
+``param_groups`` whose options are the agrad optimizer's hyperparameters,
+``add_param_group``, ``state_dict``/``load_state_dict``, every
+``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work as with
+``torch.optim.Adam``.
+
+How it works:
+
+- Options. Each parameter group holds the keyword arguments of the optimizer's
+  constructor (its *factory*: ``agrad.optim.adam``, or any callable that returns a
+  :class:`~agrad.optim.GradientTransformation`). A step builds the group's optimizer
+  from the group's current options (a scheduler that changed ``group["lr"]`` or
+  ``group["betas"]`` is seen at the next step); built optimizers are cached per
+  distinct options, and building one costs about 20 us, far less than a step.
+- State. As in torch, state is per parameter and lazy: ``self.state[p]`` holds the
+  parameter's slice of the agrad state under torch's names (``exp_avg``,
+  ``momentum_buffer``..., ``step`` for the step count, a float tensor as torch keeps
+  it), made at the parameter's first step with a gradient. A step gathers the states
+  of the parameters that have a gradient into one agrad state (one per distinct step
+  count, so a parameter that was frozen for a while keeps its own count, as in torch)
+  and runs ``opt.step`` on them in place. ``state_dict()`` is therefore torch's format:
+  tensors, Python numbers, tuples, dicts and lists only, so ``torch.load(...,
+  weights_only=True)`` reads it, and a ``torch.optim.Adam`` (``SGD``, ``AdamW``...)
+  state dict loads into the wrapper and back.
+- Checks. Every gradient of every group is checked (dense, its parameter's shape,
+  dtype and device) before any parameter is written; a parameter whose ``grad`` is
+  ``None`` is skipped, as torch does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from agrad.optim._cache import LRUCache
+from agrad.optim.base import GradientTransformation, is_array
+from agrad.pytree import flatten, unflatten
+
+__all__ = ["TorchOptimizer"]
+
+Factory = Callable[..., GradientTransformation]
+
+# Keys a parameter group may hold besides the optimizer's options: torch's own, the
+# ones lr schedulers write, and a name many training scripts give their groups.
+_GROUP_KEYS = frozenset(
+    {"params", "param_names", "name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
+)
+_BUILT_KEPT = 32  # optimizers per distinct options (OneCycleLR makes a new set each step)
+_LAYOUTS_KEPT = 32
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in of an option's value (lists become tuples, 0-d tensors numbers)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """An option's value as the factory takes it (a list from a state dict is a tuple)."""
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _options_of(factory: Factory) -> dict[str, Any]:
+    """The factory's keyword arguments and their defaults (``inspect.Parameter.empty``: none)."""
+    out = {}
+    for name, p in inspect.signature(factory).parameters.items():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            out[name] = p.default
+    return out
+
+
+def _same_hyperparams(a: Any, b: Any) -> bool:
+    try:
+        return bool(dict(a) == dict(b))
+    except Exception:  # arrays compare elementwise: such options are not rebuilt
+        return False
+
+
+def _factory_of(opt: GradientTransformation) -> tuple[Factory | None, dict[str, Any]]:
+    """The public agrad constructor that rebuilds ``opt`` from its hyperparameters, if any.
+
+    ``agrad.optim.<opt.name>`` is used when calling it with the hyperparameters it takes
+    gives back the same hyperparameters; otherwise (a plain chain, a custom optimizer)
+    ``(None, {})``: the optimizer is used as it is, with no per-group options.
+    """
+    import agrad.optim
+
+    factory = getattr(agrad.optim, opt.name, None)
+    if not callable(factory) or isinstance(factory, (type, GradientTransformation)):
+        return None, {}
+    try:
+        accepted = _options_of(factory)
+    except (TypeError, ValueError):
+        return None, {}
+    options = {k: v for k, v in dict(opt.hyperparams).items() if k in accepted}
+    try:
+        rebuilt = factory(**options)
+    except Exception:
+        return None, {}
+    if not isinstance(rebuilt, GradientTransformation) or not _same_hyperparams(
+        rebuilt.hyperparams, opt.hyperparams
+    ):
+        return None, {}
+    defaults = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty}
+    return factory, {**defaults, **options}
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps step counts in (float32, float64 when that is the default)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _entry_name(path: str) -> str:
+    """The name of a state leaf in ``self.state[p]``: its key path, ``count`` called ``step``."""
+    name = path.lstrip(".")
+    if name == "count":
+        return "step"
+    if name.endswith(".count"):
+        return name[: -len("count")] + "step"
+    return name
+
+
+class _Layout:
+    """Where each leaf of an agrad state for ``n`` parameters lives in ``self.state``.
+
+    ``per_param[i]`` is ``(name, j)`` for the leaf that belongs to the bucket's ``j``-th
+    parameter, or ``(name, None)`` for a leaf shared by the whole bucket (a step
+    count), which every parameter keeps a copy of, as torch keeps ``step``.
+    """
+
+    __slots__ = ("leaves", "shared", "template", "treedef")
+
+    def __init__(self, template: Any, n: int):
+        leaves, self.treedef, paths = flatten(template)
+        keys = {f"[{str(j)!r}]": j for j in range(n)}
+        self.leaves: list[tuple[str, int | None]] = []
+        for path in paths:
+            cut = path.rfind("[")
+            j = keys.get(path[cut:]) if cut >= 0 else None
+            self.leaves.append((_entry_name(path[:cut] if j is not None else path), j))
+        self.template = leaves
+        self.shared = [(i, name) for i, (name, j) in enumerate(self.leaves) if j is None]
+
+
+class TorchOptimizer(torch.optim.Optimizer):
+    """An agrad optimizer as a ``torch.optim.Optimizer`` (schedulers, GradScaler, state dicts).
+
+    Args:
+        params: what ``torch.optim.Adam`` takes: ``model.parameters()``,
+            ``model.named_parameters()`` or a list of parameter groups (dicts with
+            ``"params"`` and any options).
+        optimizer: an agrad constructor (``agrad.optim.adam``, or any callable whose
+            keyword arguments are the options and which returns a
+            ``GradientTransformation``), or an optimizer it built
+            (``agrad.optim.adam(lr=1e-3)``; its hyperparameters become the defaults).
+            An optimizer no public constructor rebuilds (a plain ``chain``) is used
+            as it is, without per-group options.
+        **defaults: options for every group that does not set its own (``lr=1e-3``).
+
+    Each step builds the group's optimizer from ``group``'s options, so schedulers and
+    manual edits of ``group["lr"]`` (or ``betas``, ``weight_decay``...) apply from the
+    next step. Example::
+
+        opt = TorchOptimizer(model.parameters(), agrad.optim.adamw, lr=1e-3)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        optimizer: GradientTransformation | Factory,
+        **defaults: Any,
+    ):
+        cls = type(self).__name__
+        self._fixed: GradientTransformation | None = None
+        if isinstance(optimizer, GradientTransformation):
+            factory, options = _factory_of(optimizer)
+            if factory is None:
+                if defaults:
+                    msg = (
+                        f"{cls}: {optimizer!r} has no constructor that rebuilds it, so it "
+                        f"takes no options ({', '.join(defaults)}); pass a function that "
+                        "builds it instead, e.g. "
+                        f"{cls}(params, lambda lr: agrad.optim.chain(..., agrad.optim.adam(lr=lr)), lr=1e-3)"
+                    )
+                    raise TypeError(msg)
+                self._fixed = optimizer
+        elif callable(optimizer):
+            factory = optimizer
+            try:
+                options = {
+                    k: v
+                    for k, v in _options_of(factory).items()
+                    if v is not inspect.Parameter.empty or k in defaults
+                }
+            except (TypeError, ValueError) as err:
+                msg = f"{cls}: cannot read the keyword arguments of {optimizer!r}: {err}"
+                raise TypeError(msg) from None
+            missing = [
+                k
+                for k, v in _options_of(factory).items()
+                if v is inspect.Parameter.empty and k not in defaults
+            ]
+            if missing:
+                msg = f"{cls}: {_name(factory)} needs {', '.join(map(repr, missing))}; pass it as a keyword"
+                raise TypeError(msg)
+        else:
+            msg = (
+                f"{cls}: optimizer must be an agrad optimizer or a function that builds "
+                f"one (e.g. agrad.optim.adam), got {type(optimizer).__name__}"
+            )
+            raise TypeError(msg)
+        if factory is not None:
+            unknown = [k for k in defaults if k not in options]
+            if unknown:
+                msg = (
+                    f"{cls}: {_name(factory)} takes no option {', '.join(map(repr, unknown))}; "
+                    f"its options are {', '.join(options)}"
+                )
+                raise TypeError(msg)
+            options = {**options, **defaults}
+        self._factory = factory
+        self._built = LRUCache(_BUILT_KEPT)
+        self._layouts = LRUCache(_LAYOUTS_KEPT)
+        super().__init__(params, options if factory is not None else {})
+
+    # -- groups and options -----------------------------------------------------------
+    def __repr__(self) -> str:
+        what = repr(self._fixed) if self._factory is None else _name(self._factory)
+        return f"{type(self).__name__}[{what}] " + super().__repr__().split(" ", 1)[1]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore (``load_state_dict`` calls it); groups lacking an option get the default."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's checks), refusing options the optimizer does not take."""
+        cls = type(self).__name__
+        if isinstance(param_group, dict):
+            unknown = [k for k in param_group if k not in _GROUP_KEYS and k not in self.defaults]
+            if unknown:
+                what = "no options" if not self.defaults else f"options {', '.join(self.defaults)}"
+                msg = (
+                    f"{cls}.add_param_group: unknown option {', '.join(map(repr, unknown))}; "
+                    f"{self._label()} takes {what}"
+                )
+                raise ValueError(msg)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if not (p.is_floating_point() or p.is_complex()):
+                self.param_groups.pop()
+                msg = f"{cls}: a parameter of dtype {p.dtype} cannot be optimized (floating point only)"
+                raise TypeError(msg)
+        try:
+            self._optimizer_for(group)  # invalid options fail now, as torch's do
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _label(self) -> str:
+        return repr(self._fixed) if self._factory is None else _name(self._factory)
+
+    def _optimizer_for(self, group: dict[str, Any]) -> GradientTransformation:
+        """The agrad optimizer for ``group``'s current options (cached per distinct options)."""
+        if self._factory is None:
+            assert self._fixed is not None
+            return self._fixed
+        names = self.defaults
+        key = tuple((k, _frozen(group[k])) for k in names)
+        opt = self._built.get(key)
+        if opt is None:
+            opt = self._factory(**{k: _plain(group[k]) for k in names})
+            if not isinstance(opt, GradientTransformation):
+                msg = f"{type(self).__name__}: {_name(self._factory)} returned {type(opt).__name__}, not an agrad optimizer"
+                raise TypeError(msg)
+            self._built[key] = opt
+        return opt
+
+    # -- the step ---------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step for every parameter with a gradient; returns ``closure()``'s loss.
+
+        Every group's gradients are checked before any parameter is written; a
+        parameter whose ``grad`` is ``None`` is skipped (its state is left as it is).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = [self._plan(i, group) for i, group in enumerate(self.param_groups)]
+        for opt, params in plans:
+            if params:
+                self._run(opt, params)
+        return loss
+
+    def _plan(self, gi: int, group: dict[str, Any]) -> tuple[GradientTransformation, list[Any]]:
+        """The group's optimizer and parameters with a gradient, after checking each."""
+        opt = self._optimizer_for(group)
+        out = []
+        for j, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            where = f"param_groups[{gi}]['params'][{j}] (shape {tuple(p.shape)})"
+            fn = f"{type(self).__name__}.step"
+            if g.layout != torch.strided or p.layout != torch.strided:
+                what = "gradient" if g.layout != torch.strided else "parameter"
+                bad = g.layout if g.layout != torch.strided else p.layout
+                msg = (
+                    f"{fn}: {where} has a sparse {what} ({bad}); agrad optimizers take dense "
+                    "gradients: use torch.optim.SparseAdam for sparse embeddings, or "
+                    "nn.Embedding(..., sparse=False)"
+                )
+                raise TypeError(msg)
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                msg = (
+                    f"{fn}: {where}: its gradient has shape {tuple(g.shape)}, dtype {g.dtype} "
+                    f"on {g.device} but the parameter is {p.dtype} on {p.device}"
+                )
+                raise ValueError(msg)
+            out.append(p)
+        return opt, out
+
+    def _layout(self, opt: GradientTransformation, params: dict[str, Any]) -> _Layout:
+        key = (opt, tuple((tuple(p.shape), p.dtype, p.device) for p in params.values()))
+        layout = self._layouts.get(key)
+        if layout is None:
+            template = getattr(opt, "_template", None)
+            if template is not None:
+                leaves, treedef = flatten(params)[:2]
+                state = template(leaves, treedef)
+            else:
+                state = opt.init(params)
+            layout = self._layouts[key] = _Layout(state, len(params))
+        return layout
+
+    def _initialize(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """Torch's lazy state: the parameters' slices of ``opt.init`` in ``self.state``."""
+        tree = {str(j): p for j, p in enumerate(params)}
+        state = opt.init(tree)
+        layout = self._layout(opt, tree)
+        leaves = flatten(state)[0]
+        fresh: list[dict[str, Any]] = [{} for _ in params]
+        for (name, j), value in zip(layout.leaves, leaves):
+            for k in range(len(params)) if j is None else (j,):
+                fresh[k][name] = _stored(value, name, params[k])
+        for p, entries in zip(params, fresh):
+            self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
+
+    def _run(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """``opt.step`` on ``params``, one call per set of parameters sharing a step count."""
+        new = [p for p in params if not self.state.get(p)]
+        if new:
+            self._initialize(opt, new)
+        buckets: dict[Any, list[Any]] = {}
+        probe = self._layout(opt, {"0": params[0]})
+        for p in params:
+            state = self.state[p]
+            key = tuple(_frozen(state.get(name)) for _, name in probe.shared)
+            buckets.setdefault(key, []).append(p)
+        for bucket in buckets.values():
+            self._step_bucket(opt, bucket)
+
+    def _step_bucket(self, opt: GradientTransformation, params: list[Any]) -> None:
+        tree = {str(j): p for j, p in enumerate(params)}
+        layout = self._layout(opt, tree)
+        states = [self.state[p] for p in params]
+        lacking = {j for name, j in layout.leaves if j is not None and name not in states[j]}
+        if lacking:  # an option that adds state (amsgrad turned on), or a partial load
+            self._fill(opt, [params[j] for j in sorted(lacking)])
+        leaves = []
+        first = states[0]
+        for (name, j), spec in zip(layout.leaves, layout.template):
+            if j is None:
+                leaves.append(_as_leaf(first.get(name, _MISSING), spec, params[0], first))
+            else:
+                x = states[j][name]
+                if is_array(spec) and x.dtype != spec.dtype:
+                    x = x.to(spec.dtype)
+                leaves.append(x)
+        state = unflatten(layout.treedef, leaves)
+        grads = {k: p.grad for k, p in tree.items()}
+        _, new_state = opt.step(tree, grads, state)
+        new_leaves = flatten(new_state)[0]
+        shared: dict[str, Any] = {}
+        for (name, j), value in zip(layout.leaves, new_leaves):
+            if j is None:
+                shared[name] = _stored(value, name, params[0])
+            else:
+                states[j][name] = value
+        for s in states:
+            s.update(shared)
+
+    def _fill(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """Give ``params`` the state entries they lack, with ``opt.init``'s values."""
+        tree = {str(j): p for j, p in enumerate(params)}
+        layout = self._layout(opt, tree)
+        for (name, j), value in zip(layout.leaves, flatten(opt.init(tree))[0]):
+            if j is not None and name not in self.state[params[j]]:
+                self.state[params[j]][name] = value
+
+
+_MISSING = object()
+
+
+def _stored(value: Any, name: str, p: Any) -> Any:
+    """A state leaf as ``self.state[p]`` keeps it: step counts as torch's float tensor."""
+    if name == "step" or name.endswith(".step"):
+        return torch.tensor(float(value), dtype=_scalar_dtype())
+    return value
+
+
+def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any]) -> Any:
+    """A shared entry of ``self.state`` as the agrad state holds it (``spec``'s type).
+
+    A missing step count is 0, or 1 when the parameter already has other state:
+    ``torch.optim.SGD`` keeps a momentum buffer but no count, and a buffer means a step
+    was taken.
+    """
+    if value is _MISSING:
+        if type(spec) is int:
+            return 1 if entries else 0
+        if is_array(spec):
+            return torch.zeros(spec.shape, dtype=spec.dtype, device=p.device)
+        return spec
+    if type(spec) is bool:
+        return bool(value)
+    if type(spec) is int:
+        return round(float(value))
+    if type(spec) is float:
+        return float(value)
+    if is_array(spec):
+        return torch.as_tensor(value, dtype=spec.dtype, device=p.device)
+    return value
+
+
+def _name(factory: Any) -> str:
+    module = getattr(factory, "__module__", "") or ""
+    name = getattr(factory, "__qualname__", None) or repr(factory)
+    return f"agrad.optim.{name}" if module.startswith("agrad.optim") else name
