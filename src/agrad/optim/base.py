@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -161,6 +161,7 @@ def check_call(
     name leaves by key path, in the words of ``names``.
     """
     hyperparams = hyperparams or {}
+    _refuse_iterators(fn, params, names)
     p_leaves, treedef = flatten_leaves(params)
     if not p_leaves:
         raise ValueError(f"{fn}: {names.params} contains no arrays")
@@ -204,6 +205,22 @@ def check_call(
     if state_check is not None:
         state_check(fn, raw_p, treedef, state, names)
     return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
+
+
+def _refuse_iterators(fn: str, params: Any, names: TreeNames) -> None:
+    """A generator (``model.parameters()``) or a torch module is no pytree: say what to pass."""
+    if isinstance(params, Iterator):
+        what = f"a {type(params).__name__} (model.parameters()?)"
+    elif hasattr(params, "named_parameters") and hasattr(params, "parameters"):
+        what = f"a {type(params).__name__} module"
+    else:
+        return
+    msg = (
+        f"{fn}: {names.params} is {what}, not a pytree of arrays; pass "
+        "dict(model.named_parameters()) (and the same dict of p.grad), or use "
+        "agrad.optim.TorchOptimizer(model.parameters(), ...) for a torch.optim.Optimizer"
+    )
+    raise TypeError(msg)
 
 
 class GradientTransformation:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -83,11 +83,40 @@ def python_number(x: Any) -> Any:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _looks_like_parameters(x: Any) -> str | None:
+    """What ``x`` is when it is a model's parameters given to a constructor, else ``None``."""
+    if isinstance(x, Iterator):
+        return f"a {type(x).__name__} (model.parameters()?)"
+    if hasattr(x, "named_parameters") and hasattr(x, "parameters"):
+        return f"a {type(x).__name__} module"
+    if isinstance(x, (list, tuple)) and x:
+        if all(isinstance(v, dict) and "params" in v for v in x):
+            return "a list of parameter groups"
+        if all(getattr(v, "requires_grad", False) for v in x):
+            return f"a {type(x).__name__} of parameters"
+    return None
+
+
 def python_numbers(fn: F) -> F:
-    """Decorate a constructor so every NumPy-scalar argument arrives as a Python number."""
+    """Decorate a constructor so every NumPy-scalar argument arrives as a Python number.
+
+    A model's parameters given as the first argument (torch.optim's calling convention,
+    ``adam(model.parameters(), lr=1e-3)``) are refused with a message pointing at
+    ``agrad.optim.TorchOptimizer``.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        what = _looks_like_parameters(args[0]) if args else None
+        if what is not None:
+            name = fn.__name__
+            msg = (
+                f"agrad.optim.{name}: the first argument is {what}, but agrad optimizers "
+                f"are built without the parameters: opt = agrad.optim.{name}(lr=...); "
+                "state = opt.init(params). For a torch.optim.Optimizer, use "
+                f"agrad.optim.TorchOptimizer(model.parameters(), agrad.optim.{name}, lr=...)"
+            )
+            raise TypeError(msg)
         args = tuple(python_number(a) for a in args)
         kwargs = {k: python_number(v) for k, v in kwargs.items()}
         return fn(*args, **kwargs)

@@ -243,9 +243,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                 raise TypeError(msg)
             options = {**options, **defaults}
         self._factory = factory
+        # the options, kept apart from self.defaults (torch adds "differentiable" there)
+        self._options: dict[str, Any] = options if factory is not None else {}
         self._built = LRUCache(_BUILT_KEPT)
         self._layouts = LRUCache(_LAYOUTS_KEPT)
-        super().__init__(params, options if factory is not None else {})
+        super().__init__(params, dict(self._options))
 
     # -- groups and options -----------------------------------------------------------
     def __repr__(self) -> str:
@@ -256,16 +258,16 @@ class TorchOptimizer(torch.optim.Optimizer):
         """Restore (``load_state_dict`` calls it); groups lacking an option get the default."""
         super().__setstate__(state)
         for group in self.param_groups:
-            for k, v in self.defaults.items():
+            for k, v in self._options.items():
                 group.setdefault(k, v)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (torch's checks), refusing options the optimizer does not take."""
         cls = type(self).__name__
         if isinstance(param_group, dict):
-            unknown = [k for k in param_group if k not in _GROUP_KEYS and k not in self.defaults]
+            unknown = [k for k in param_group if k not in _GROUP_KEYS and k not in self._options]
             if unknown:
-                what = "no options" if not self.defaults else f"options {', '.join(self.defaults)}"
+                what = "no options" if not self._options else f"options {', '.join(self._options)}"
                 msg = (
                     f"{cls}.add_param_group: unknown option {', '.join(map(repr, unknown))}; "
                     f"{self._label()} takes {what}"
@@ -292,7 +294,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         if self._factory is None:
             assert self._fixed is not None
             return self._fixed
-        names = self.defaults
+        names = self._options
         key = tuple((k, _frozen(group[k])) for k in names)
         opt = self._built.get(key)
         if opt is None:
@@ -371,7 +373,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         fresh: list[dict[str, Any]] = [{} for _ in params]
         for (name, j), value in zip(layout.leaves, leaves):
             for k in range(len(params)) if j is None else (j,):
-                fresh[k][name] = _stored(value, name, params[k])
+                fresh[k][name] = _stored(value, name) if j is None else value
         for p, entries in zip(params, fresh):
             self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
 
@@ -410,14 +412,15 @@ class TorchOptimizer(torch.optim.Optimizer):
         grads = {k: p.grad for k, p in tree.items()}
         _, new_state = opt.step(tree, grads, state)
         new_leaves = flatten(new_state)[0]
-        shared: dict[str, Any] = {}
+        shared = []
         for (name, j), value in zip(layout.leaves, new_leaves):
             if j is None:
-                shared[name] = _stored(value, name, params[0])
+                shared.append((name, value))
             else:
                 states[j][name] = value
-        for s in states:
-            s.update(shared)
+        for s in states:  # each parameter its own copy: torch.optim updates "step" in place
+            for name, value in shared:
+                s[name] = _stored(value, name)
 
     def _fill(self, opt: GradientTransformation, params: list[Any]) -> None:
         """Give ``params`` the state entries they lack, with ``opt.init``'s values."""
@@ -431,10 +434,13 @@ class TorchOptimizer(torch.optim.Optimizer):
 _MISSING = object()
 
 
-def _stored(value: Any, name: str, p: Any) -> Any:
-    """A state leaf as ``self.state[p]`` keeps it: step counts as torch's float tensor."""
+def _stored(value: Any, name: str) -> Any:
+    """A shared state leaf as each ``self.state[p]`` keeps it: a step count as torch's
+    float tensor, an array as a copy of its own (torch.optim writes state in place)."""
     if name == "step" or name.endswith(".step"):
         return torch.tensor(float(value), dtype=_scalar_dtype())
+    if isinstance(value, torch.Tensor):
+        return value.clone()
     return value
 
 
