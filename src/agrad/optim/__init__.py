@@ -37,7 +37,7 @@ from agrad.optim.schedules import (
     step_lr,
     warmup_cosine,
 )
-from agrad.optim.serialization import load, save
+from agrad.optim.serialization import load, save, state_types
 from agrad.optim.torch_family import (
     adadelta,
     adagrad,
@@ -121,6 +121,7 @@ __all__ = [
     "scale_values",
     "schedules",
     "sgd",
+    "state_types",
     "step_lr",
     "trace",
     "warmup_cosine",

@@ -5,7 +5,13 @@ array, and the state's structure (records, dicts, lists, step counts) as JSON.
 ``load(path, like=params)`` rebuilds the state with arrays of ``like``'s namespace;
 arrays in a subtree shaped like ``params`` take the dtype and device of the matching
 parameter, so a state saved from torch tensors continues on NumPy, JAX or
-array-api-strict. Nothing is unpickled: record types are looked up in agrad only.
+array-api-strict. Nothing is unpickled and no module named in a file is imported: a
+record type (a state ``NamedTuple``) is looked up by its recorded ``module:qualname`` in
+agrad or in a module already imported, so a custom optimizer's state needs no
+registration, only its module imported (as it is wherever the optimizer runs).
+
+``torch.save`` of a state works too; ``torch.load(..., weights_only=True)`` then needs
+the record types allowed: ``torch.serialization.safe_globals(state_types())``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import threading
 import zipfile
 import zlib
@@ -24,7 +31,7 @@ from agrad.autograd.adapters import adapter_for
 from agrad.optim.base import is_array
 from agrad.pytree import MAX_DEPTH, PyTreeDef, flatten, flatten_leaves, keystr, unflatten
 
-__all__ = ["load", "save"]
+__all__ = ["load", "save", "state_types"]
 
 _FORMAT = "agrad.optim.state/1"
 _META = "__agrad_meta__"
@@ -81,6 +88,34 @@ def _encode(node: Any, arrays: list[Any], path: str, depth: int = 0) -> Any:
     raise TypeError(msg)
 
 
+def state_types() -> list[type]:
+    """Every state record type of agrad's optimizers (``AdamState``, ``ChainState`` ...).
+
+    For ``torch.load(f, weights_only=True)`` of a state saved with ``torch.save``::
+
+        with torch.serialization.safe_globals(agrad.optim.state_types()):
+            state = torch.load(f, weights_only=True)
+
+    (add a custom optimizer's own state classes to the list).
+    """
+    import agrad.optim  # noqa: F401 (every optimizer module imported)
+
+    out = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("agrad.optim") or module is None:
+            continue
+        for cls in vars(module).values():
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, tuple)
+                and hasattr(cls, "_fields")
+                and cls.__module__ == name
+                and cls.__name__.endswith("State")
+            ):
+                out.append(cls)
+    return sorted(out, key=lambda c: (c.__module__, c.__qualname__))
+
+
 def _prefix(path: str) -> str:
     """A key path cut short for a message (the paths of too-deep states are long)."""
     return path if len(path) <= 80 else path[:80] + "..."
@@ -117,20 +152,40 @@ def save(state: Any, path: str | os.PathLike) -> None:
 
 
 def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]) -> type:
+    """The ``NamedTuple`` class recorded as ``"module:qualname"`` with these fields.
+
+    agrad's own modules are imported if need be; any other module (a custom
+    optimizer's) must already be imported, so loading a file never runs code it names.
+    """
     module, _, qualname = name.partition(":")
-    if module == "agrad" or module.startswith("agrad."):
-        try:
-            cls = importlib.import_module(module)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
-            if isinstance(cls, type) and list(getattr(cls, "_fields", ())) == fields:
-                return cls
-        except (ImportError, AttributeError):
-            pass
-    raise bad(
-        f"it holds a state record {name!r} that agrad does not define (or whose fields "
-        "changed); it cannot be rebuilt"
-    )
+    ours = module == "agrad" or module.startswith("agrad.")
+    cls: Any = None
+    try:
+        cls = importlib.import_module(module) if ours else sys.modules.get(module)
+        for part in qualname.split("."):
+            if cls is None or part == "<locals>":
+                cls = None
+                break
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError):
+        cls = None
+    record = isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+    if record and list(cls._fields) == fields:
+        return cls
+    if record:
+        raise bad(
+            f"it holds a state record {name!r} saved with fields {fields}, but that class "
+            f"now has fields {list(cls._fields)}; it cannot be rebuilt"
+        )
+    if ours:
+        raise bad(f"it holds a state record {name!r} that agrad does not define; it cannot be rebuilt")
+    if "<locals>" in qualname:
+        hint = "it was defined inside a function; define the state class at module level"
+    elif module not in sys.modules:
+        hint = f"import {module!r} (the module that defines it) before loading"
+    else:
+        hint = f"module {module!r} defines no NamedTuple {qualname!r}"
+    raise bad(f"it holds a state record {name!r} that cannot be found: {hint}")
 
 
 # Errors of reading a file that is not (or no longer) an intact ``.npz`` archive of
