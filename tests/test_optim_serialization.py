@@ -173,7 +173,9 @@ def _signum(lr: float, beta: float = 0.9) -> optim.GradientTransformation:
 
     def update(grads, state, params=None):
         m = tree_map(lambda m, g: beta * m + (1.0 - beta) * g, state.momentum, grads)
-        return tree_map(lambda m: -lr * array_namespace(m).sign(m), m), SignState(state.count + 1, m)
+        return tree_map(lambda m: -lr * array_namespace(m).sign(m), m), SignState(
+            state.count + 1, m
+        )
 
     return optim.GradientTransformation("signum", init, update, {"lr": lr}, needs_params=False)
 
@@ -216,11 +218,16 @@ def test_custom_state_type_that_cannot_be_found_is_named(tmp_path, monkeypatch):
         count: int
 
     optim.save(LocalState(1), tmp_path / "a.npz")
-    with pytest.raises(ValueError, match="defined inside a function; define the state class at module level"):
+    with pytest.raises(
+        ValueError, match="defined inside a function; define the state class at module level"
+    ):
         optim.load(tmp_path / "a.npz", like=np.zeros(2))
     optim.save(SignState(1, {"w": np.zeros(2)}), tmp_path / "b.npz")
     monkeypatch.setitem(globals(), "SignState", None)
-    with pytest.raises(ValueError, match=r"record '.*:SignState' that cannot be found: module .* defines no NamedTuple"):
+    with pytest.raises(
+        ValueError,
+        match=r"record '.*:SignState' that cannot be found: module .* defines no NamedTuple",
+    ):
         optim.load(tmp_path / "b.npz", like={"w": np.zeros(2)})
 
 
@@ -233,7 +240,10 @@ def test_custom_state_type_with_changed_fields_is_refused(tmp_path, monkeypatch)
         extra: Any
 
     monkeypatch.setitem(globals(), "SignState", SignState2)
-    with pytest.raises(ValueError, match=r"saved with fields \['count', 'momentum'\], but that class now has fields"):
+    with pytest.raises(
+        ValueError,
+        match=r"saved with fields \['count', 'momentum'\], but that class now has fields",
+    ):
         optim.load(tmp_path / "c.npz", like={"w": np.zeros(2)})
 
 
@@ -253,7 +263,7 @@ def test_a_module_named_in_a_file_is_never_imported(tmp_path):
         z.writestr("__agrad_meta__.npy", buf.getvalue())
         for n, data in arrays.items():
             z.writestr(n, data)
-    with pytest.raises(ValueError, match="import 'antigravity' .* before loading"):
+    with pytest.raises(ValueError, match=r"import 'antigravity' .* before loading"):
         optim.load(tmp_path / "e.npz", like={"w": np.zeros(2)})
     assert "antigravity" not in sys.modules
 

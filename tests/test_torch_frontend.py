@@ -40,7 +40,9 @@ def _model(dtype=torch.float64):
 
 def _data(dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(16, 5, generator=g, dtype=dtype), torch.randn(16, 1, generator=g, dtype=dtype)
+    return torch.randn(16, 5, generator=g, dtype=dtype), torch.randn(
+        16, 1, generator=g, dtype=dtype
+    )
 
 
 def _weights(model):
@@ -66,7 +68,11 @@ def _train(make_opt, sched=None, steps=STEPS, resume_at=None, freeze=True, skip_
     for i in range(steps):
         if i == resume_at:
             saved = _roundtrip(
-                {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sch and sch.state_dict()}
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sch and sch.state_dict(),
+                }
             )
             model = _model()
             if freeze:
@@ -99,10 +105,17 @@ def test_same_weights_as_torch_optim_with_scheduler_resume_and_frozen_param(name
     cls, kw = TORCH_OPT[name]
     factory = getattr(agrad.optim, name)
     ref, _ = _train(lambda ps: cls(ps, **kw), SCHEDULERS[sched], resume_at=STEPS // 2)
-    got, opt = _train(lambda ps: TorchOptimizer(ps, factory, **kw), SCHEDULERS[sched], resume_at=STEPS // 2)
+    got, opt = _train(
+        lambda ps: TorchOptimizer(ps, factory, **kw), SCHEDULERS[sched], resume_at=STEPS // 2
+    )
     _close(got, ref)
     assert not torch.equal(got, _weights(_model()))  # it trained
-    assert all(p.dtype == torch.float64 for s in opt.state.values() for p in s.values() if torch.is_tensor(p) and p.ndim)
+    assert all(
+        p.dtype == torch.float64
+        for s in opt.state.values()
+        for p in s.values()
+        if torch.is_tensor(p) and p.ndim
+    )
 
 
 @pytest.mark.parametrize("name", list(TORCH_OPT))
@@ -118,7 +131,9 @@ def test_unused_parameter_keeps_its_own_step_count_like_torch():
     """The last layer gets no gradient every third step: torch skips it and its ``step``
     falls behind the others', which changes Adam's bias correction."""
     ref, t_opt = _train(lambda ps: torch.optim.Adam(ps, lr=1e-2), steps=40, skip_every=3)
-    got, a_opt = _train(lambda ps: TorchOptimizer(ps, agrad.optim.adam, lr=1e-2), steps=40, skip_every=3)
+    got, a_opt = _train(
+        lambda ps: TorchOptimizer(ps, agrad.optim.adam, lr=1e-2), steps=40, skip_every=3
+    )
     _close(got, ref)
     t_steps = sorted(float(s["step"]) for s in t_opt.state.values())
     a_steps = sorted(float(s["step"]) for s in a_opt.state.values())
@@ -246,7 +261,9 @@ def test_manual_lr_change_applies_at_the_next_step():
             opt.step()
         return _weights(model)
 
-    _close(run(lambda ps: TorchOptimizer(ps, agrad.optim.adam)), run(lambda ps: torch.optim.Adam(ps)))
+    _close(
+        run(lambda ps: TorchOptimizer(ps, agrad.optim.adam)), run(lambda ps: torch.optim.Adam(ps))
+    )
 
 
 @pytest.mark.parametrize("name", list(TORCH_OPT))
@@ -329,7 +346,9 @@ def test_a_chain_runs_as_it_is_and_a_factory_gives_it_options():
             opt.zero_grad()
             torch.mean((model(x) - y) ** 2).backward()
             if clip:  # optax's rule: g * c / |g| when |g| >= c
-                norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+                norm = torch.linalg.vector_norm(
+                    torch.cat([p.grad.flatten() for p in model.parameters()])
+                )
                 if norm >= 0.5:
                     for p in model.parameters():
                         p.grad.div_(norm).mul_(0.5)
@@ -357,10 +376,15 @@ def test_a_chain_runs_as_it_is_and_a_factory_gives_it_options():
 def test_sparse_gradient_refused_before_anything_is_written():
     emb = torch.nn.Embedding(10, 3, sparse=True).double()
     lin = torch.nn.Linear(3, 1).double()
-    opt = TorchOptimizer([{"params": lin.parameters()}, {"params": emb.parameters()}], agrad.optim.adam)
+    opt = TorchOptimizer(
+        [{"params": lin.parameters()}, {"params": emb.parameters()}], agrad.optim.adam
+    )
     (lin(emb(torch.tensor([1, 2]))) ** 2).sum().backward()
     before = [p.detach().clone() for p in (*lin.parameters(), *emb.parameters())]
-    with pytest.raises(TypeError, match=r"param_groups\[1\]\['params'\]\[0\] \(shape \(10, 3\)\) has a sparse gradient.*SparseAdam"):
+    with pytest.raises(
+        TypeError,
+        match=r"param_groups\[1\]\['params'\]\[0\] \(shape \(10, 3\)\) has a sparse gradient.*SparseAdam",
+    ):
         opt.step()
     for b, p in zip(before, (*lin.parameters(), *emb.parameters())):
         assert torch.equal(b, p)

@@ -5,8 +5,11 @@
 ``params = agrad.optim.apply_updates(params, updates)``, or both at once with
 ``params, state = opt.step(params, grads, state)``. Transforms compose with
 :func:`chain`; learning rates may be schedules (:mod:`agrad.optim.schedules`);
-states save and load across frameworks (:func:`save`, :func:`load`).
+states save and load across frameworks (:func:`save`, :func:`load`). Any optimizer
+is a ``torch.optim.Optimizer`` through :class:`TorchOptimizer`.
 """
+
+from typing import TYPE_CHECKING
 
 from agrad.optim import schedules
 from agrad.optim.base import ChainState, GradientTransformation, Optimizer, apply_updates, chain
@@ -66,6 +69,9 @@ from agrad.optim.transforms import (
     scale_values,
     trace,
 )
+
+if TYPE_CHECKING:  # imported on first use (it imports torch): see __getattr__
+    from agrad.optim.torch_frontend import TorchOptimizer
 
 __all__ = [
     "ChainState",

@@ -178,7 +178,9 @@ def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]
             f"now has fields {list(cls._fields)}; it cannot be rebuilt"
         )
     if ours:
-        raise bad(f"it holds a state record {name!r} that agrad does not define; it cannot be rebuilt")
+        raise bad(
+            f"it holds a state record {name!r} that agrad does not define; it cannot be rebuilt"
+        )
     if "<locals>" in qualname:
         hint = "it was defined inside a function; define the state class at module level"
     elif module not in sys.modules:

@@ -50,7 +50,16 @@ Factory = Callable[..., GradientTransformation]
 # Keys a parameter group may hold besides the optimizer's options: torch's own, the
 # ones lr schedulers write, and a name many training scripts give their groups.
 _GROUP_KEYS = frozenset(
-    {"params", "param_names", "name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
+    {
+        "params",
+        "param_names",
+        "name",
+        "initial_lr",
+        "max_lr",
+        "min_lr",
+        "base_momentum",
+        "max_momentum",
+    }
 )
 _BUILT_KEPT = 32  # optimizers per distinct options (OneCycleLR makes a new set each step)
 _LAYOUTS_KEPT = 32
