@@ -419,7 +419,10 @@ class TorchOptimizer(torch.optim.Optimizer):
                 leaves.append(x)
         state = unflatten(layout.treedef, leaves)
         grads = {k: p.grad for k, p in tree.items()}
-        _, new_state = opt.step(tree, grads, state)
+        # detached views share the parameters' memory: written in place, the parameters
+        # change, and agrad's fused-kernel fast path takes them (it declines tensors that
+        # require grad)
+        _, new_state = opt.step({k: p.detach() for k, p in tree.items()}, grads, state)
         new_leaves = flatten(new_state)[0]
         shared = []
         for (name, j), value in zip(layout.leaves, new_leaves):
