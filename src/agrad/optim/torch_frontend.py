@@ -411,7 +411,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         first = states[0]
         for (name, j), spec in zip(layout.leaves, layout.template):
             if j is None:
-                leaves.append(_as_leaf(first.get(name, _MISSING), spec, params[0], first))
+                leaves.append(_as_leaf(first.get(name, _MISSING), spec, params[0], first, name))
             else:
                 x = states[j][name]
                 if is_array(spec) and x.dtype != spec.dtype:
@@ -456,19 +456,20 @@ def _stored(value: Any, name: str) -> Any:
     return value
 
 
-def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any]) -> Any:
+def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any], name: str) -> Any:
     """A shared entry of ``self.state`` as the agrad state holds it (``spec``'s type).
 
     A missing step count is 0, or 1 when the parameter already has other state:
     ``torch.optim.SGD`` keeps a momentum buffer but no count, and a buffer means a step
-    was taken.
+    was taken. Another missing entry takes ``opt.init``'s value (``spec``).
     """
     if value is _MISSING:
-        if type(spec) is int:
-            return 1 if entries else 0
-        if is_array(spec):
+        if name == "step" or name.endswith(".step"):
+            value = 1 if entries else 0
+        elif is_array(spec):
             return torch.zeros(spec.shape, dtype=spec.dtype, device=p.device)
-        return spec
+        else:
+            return spec
     if type(spec) is bool:
         return bool(value)
     if type(spec) is int:
