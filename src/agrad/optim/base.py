@@ -109,6 +109,20 @@ def _dtype_kind(dtype: Any) -> str:
     return "int" if "int" in name else "float"
 
 
+def _negative_on_host(x: Any) -> bool:
+    """Whether a 0-d integer array in host memory holds a negative value (a tampered step
+    count); arrays on an accelerator or traced are not read (that would synchronise)."""
+    if _dtype_kind(x.dtype) != "int":
+        return False
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch" and x.device.type != "cpu":
+        return False
+    if mod not in ("numpy", "torch", "array_api_strict"):
+        return False
+    value = concrete_value(x)
+    return value is not None and value < 0
+
+
 def _scalar_fits(spec: _LeafSpec, x: Any) -> bool | None:
     """Whether ``x`` may stand for the 0-d scalar record ``spec`` (a step count, a flag).
 
@@ -372,7 +386,8 @@ class GradientTransformation:
         t_paths = _LazyPaths(t_def)
         for i, (t, s) in enumerate(zip(t_leaves, s_leaves)):
             if type(t) is _LeafSpec and _fits(t, s):
-                continue  # the common case, settled without building the key path
+                if not (t.shape == () and _negative_on_host(s)):
+                    continue  # the common case, settled without building the key path
             fits_scalar = _scalar_fits(t, s) if type(t) is _LeafSpec else None
             if fits_scalar:
                 continue

@@ -272,7 +272,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     hp = opt.hyperparams
     count = getattr(state, "count", None)
     known = count_value(count) if is_count(count) else None
-    if known is None:  # not a count, or one whose value is not known here: the generic path
+    if known is None or known < 0:  # not a count, or not known here: the generic path
         return None
     if type(count) is not int and not _same_library(count, params):
         return None
