@@ -222,6 +222,9 @@ def test_custom_state_type_that_cannot_be_found_is_named(tmp_path, monkeypatch):
         ValueError, match="defined inside a function; define the state class at module level"
     ):
         optim.load(tmp_path / "a.npz", like=np.zeros(2))
+    assert optim.load(tmp_path / "a.npz", like=np.zeros(2), types=[LocalState]) == LocalState(1)
+    with pytest.raises(TypeError, match="types holds 3, which is not a NamedTuple class"):
+        optim.load(tmp_path / "a.npz", like=np.zeros(2), types=[3])
     optim.save(SignState(1, {"w": np.zeros(2)}), tmp_path / "b.npz")
     monkeypatch.setitem(globals(), "SignState", None)
     with pytest.raises(

@@ -23,7 +23,7 @@ import sys
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agrad._arrays import to_numpy
@@ -151,18 +151,22 @@ def save(state: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]) -> type:
+def _record_class(
+    name: str, fields: list[str], bad: Callable[[str], ValueError], types: dict[str, type]
+) -> type:
     """The ``NamedTuple`` class recorded as ``"module:qualname"`` with these fields.
 
-    agrad's own modules are imported if need be; any other module (a custom
-    optimizer's) must already be imported, so loading a file never runs code it names.
+    ``types`` (given to :func:`load`) first; agrad's own modules are imported if need
+    be; any other module (a custom optimizer's) must already be imported, so loading a
+    file never runs code it names.
     """
     module, _, qualname = name.partition(":")
     ours = module == "agrad" or module.startswith("agrad.")
-    cls: Any = None
+    cls: Any = types.get(name)
     try:
-        cls = importlib.import_module(module) if ours else sys.modules.get(module)
-        for part in qualname.split("."):
+        if cls is None:
+            cls = importlib.import_module(module) if ours else sys.modules.get(module)
+        for part in qualname.split(".") if name not in types else ():
             if cls is None or part == "<locals>":
                 cls = None
                 break
@@ -182,9 +186,15 @@ def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]
             f"it holds a state record {name!r} that agrad does not define; it cannot be rebuilt"
         )
     if "<locals>" in qualname:
-        hint = "it was defined inside a function; define the state class at module level"
+        hint = (
+            "it was defined inside a function; define the state class at module level, "
+            "or pass it: load(..., types=[cls])"
+        )
     elif module not in sys.modules:
-        hint = f"import {module!r} (the module that defines it) before loading"
+        hint = (
+            f"import {module!r} (the module that defines it) before loading, or pass the "
+            "class: load(..., types=[cls])"
+        )
     else:
         hint = f"module {module!r} defines no NamedTuple {qualname!r}"
     raise bad(f"it holds a state record {name!r} that cannot be found: {hint}")
@@ -279,7 +289,9 @@ _SCALARS = {
 }
 
 
-def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any, int]:
+def _decode(
+    spec: Any, arrays: dict[str, Any], fn: str, name: str, types: dict[str, type] | None = None
+) -> tuple[Any, int]:
     """Rebuild the state described by ``spec``: ``(state, number of arrays)``.
 
     Iterative and linear in the size of the description; every node is checked (its
@@ -304,7 +316,7 @@ def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any,
             if t == "dict":
                 values.append(dict(zip(done["keys"], children)))
             elif t == "record":
-                values.append(_record_class(done["cls"], done["fields"], bad)(*children))
+                values.append(_record_class(done["cls"], done["fields"], bad, types or {})(*children))
             elif t == "tuple":
                 values.append(tuple(children))
             else:
@@ -383,10 +395,14 @@ def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any,
     return values[0], len(used)
 
 
-def load(path: str | os.PathLike, like: Any) -> Any:
+def load(path: str | os.PathLike, like: Any, *, types: Iterable[type] = ()) -> Any:
     """Read a state written by :func:`save`, with arrays of ``like``'s namespace.
 
     ``like`` is the parameters (an array or a pytree) the state will be used with.
+    A state record (``NamedTuple``) is rebuilt as the class it was saved from: agrad's,
+    or a custom optimizer's found by its module and name among the modules already
+    imported; ``types`` names classes to use first (one defined where no module
+    holds it, e.g. code run by ``exec``).
     Every subtree of the state shaped like ``like`` must match its shapes; its arrays
     take the dtype and device of the matching parameter. Other arrays take ``like``'s
     namespace and device and keep their saved dtype. Loading takes time linear in the
@@ -406,7 +422,12 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     fn = "agrad.optim.load"
     name = _file_name(path)
     spec, raw = _read(path, fn, name)
-    state, n_arrays = _decode(spec, raw, fn, name)
+    named = {}
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise TypeError(f"{fn}: types holds {cls!r}, which is not a NamedTuple class")
+        named[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    state, n_arrays = _decode(spec, raw, fn, name, named)
 
     like_leaves, like_def, like_paths = flatten(like)
     if not like_leaves:
