@@ -121,6 +121,7 @@ def _torch_optimizer(
     scalar_init: dict[str, Any] | None = None,
     returns_param: bool = False,
     complex_params: bool = False,
+    weight_decay_in_rule: bool = False,
 ) -> GradientTransformation:
     """Build an optimizer from a per-parameter rule in torch's single-tensor form.
 
@@ -128,10 +129,11 @@ def _torch_optimizer(
     parameter itself; the update is then ``new - p``, which gives back torch's
     parameter to the last bit when added to ``p``. The learning rate, weight decay,
     ``maximize`` and (unless ``decoupled`` is given) ``decoupled_weight_decay`` are read
-    from ``hyper``.
+    from ``hyper``. With ``weight_decay_in_rule`` the rule applies the weight decay
+    itself (torch's Adafactor reads the parameter before decaying it).
     """
     lr = hyper["lr"]
-    weight_decay = hyper.get("weight_decay", 0.0)
+    weight_decay = 0.0 if weight_decay_in_rule else hyper.get("weight_decay", 0.0)
     maximize = bool(hyper.get("maximize", False))
     if decoupled is None:
         decoupled = bool(hyper.get("decoupled_weight_decay", False))
@@ -182,7 +184,7 @@ def _torch_optimizer(
         init,
         update,
         hyper,
-        needs_params=weight_decay != 0 or returns_param,
+        needs_params=hyper.get("weight_decay", 0.0) != 0 or returns_param,
         complex_params=complex_params,
     )
 
