@@ -31,6 +31,7 @@ from agrad.optim.numerics import (
     resolve,
     scale,
 )
+from agrad.optim.transforms import _mask_leaves
 from agrad.pytree import flatten_leaves, leaves_like, unflatten
 
 __all__ = [
@@ -131,11 +132,14 @@ def _torch_optimizer(
     parameter itself; the update is then ``new - p``, which gives back torch's
     parameter to the last bit when added to ``p``. The learning rate, weight decay,
     ``maximize`` and (unless ``decoupled`` is given) ``decoupled_weight_decay`` are read
-    from ``hyper``. With ``weight_decay_in_rule`` the rule applies the weight decay
+    from ``hyper``, and so is ``mask`` (a bool, a pytree of bools shaped like the
+    parameters, or a callable ``params -> mask``, as ``optax.masked``): weight decay
+    applies to the leaves it marks ``True``. With ``weight_decay_in_rule`` the rule applies the weight decay
     itself (torch's Adafactor reads the parameter before decaying it).
     """
     lr = hyper["lr"]
     weight_decay = 0.0 if weight_decay_in_rule else hyper.get("weight_decay", 0.0)
+    mask = hyper.get("mask")
     maximize = bool(hyper.get("maximize", False))
     if decoupled is None:
         decoupled = bool(hyper.get("decoupled_weight_decay", False))
@@ -158,12 +162,15 @@ def _torch_optimizer(
         t = state.count + 1
         extra, new_scalars = scalars(t, state) if scalars is not None else (None, {})
         bufs = [leaves_like(getattr(state, f), grads) for f in active]
+        decays = [weight_decay != 0] * len(g_leaves)
+        if weight_decay != 0 and mask is not None:
+            decays = _mask_leaves(f"agrad.optim.{name}", mask, params)
         updates, new_bufs = [], [[] for _ in active]
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
             if maximize:
                 g = xp.negative(g)
             p_in = p
-            if weight_decay != 0:
+            if decays[i]:
                 if decoupled:
                     p_in = scale(xp, p, 1 - lr_t * weight_decay)
                 else:
@@ -369,6 +376,7 @@ def _adam_like(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
+    mask: Any = None,
 ) -> GradientTransformation:
     fn = f"agrad.optim.{name}"
     beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
@@ -387,6 +395,8 @@ def _adam_like(
     hyper = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
     hyper["maximize"] = maximize
     hyper["decoupled_weight_decay"] = decoupled
+    if mask is not None:
+        hyper["mask"] = mask
     return _torch_optimizer(
         name,
         AdamState,
@@ -407,6 +417,7 @@ def adam(
     *,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    mask: Any = None,
 ) -> GradientTransformation:
     """Adam, as ``torch.optim.Adam``.
 
@@ -420,9 +431,13 @@ def adam(
 
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015;
     Reddi et al., "On the Convergence of Adam and Beyond", ICLR 2018 (AMSGrad).
+
+    ``mask`` (a bool, a pytree of bools shaped like the parameters, or a callable
+    ``params -> mask``, as in ``optax.adamw``) limits the weight decay to the leaves
+    it marks ``True`` (biases and norms usually get ``False``).
     """
     return _adam_like(
-        "adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
+        "adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, mask
     )
 
 
@@ -435,6 +450,7 @@ def adamw(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
+    mask: Any = None,
 ) -> GradientTransformation:
     """AdamW (Adam with decoupled weight decay), as ``torch.optim.AdamW``.
 
@@ -442,9 +458,13 @@ def adamw(
         \\theta_{t-1} \\leftarrow \\theta_{t-1}(1-\\gamma\\lambda),
         \\text{ then the Adam step of } :func:`adam`.
 
+    ``mask`` (a bool, a pytree of bools shaped like the parameters, or a callable
+    ``params -> mask``, as in ``optax.adamw``) limits the decay to the leaves it marks
+    ``True``; the others take torch's step with ``weight_decay=0``.
+
     Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    return _adam_like("adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True)
+    return _adam_like("adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True, mask)
 
 
 @python_numbers
@@ -457,6 +477,7 @@ def nadam(
     decoupled_weight_decay: bool = False,
     *,
     maximize: bool = False,
+    mask: Any = None,
 ) -> GradientTransformation:
     """NAdam (Adam with Nesterov momentum), as ``torch.optim.NAdam``.
 
@@ -470,6 +491,7 @@ def nadam(
 
     with :math:`\\psi` the momentum decay. Reference: Dozat, "Incorporating Nesterov
     Momentum into Adam", ICLR 2016 workshop.
+    ``mask`` limits the weight decay to the leaves it marks ``True``, as in :func:`adamw`.
     """
     fn = "agrad.optim.nadam"
     beta1, beta2 = _check_adam_family(
@@ -504,6 +526,8 @@ def nadam(
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
     )
+    if mask is not None:
+        hyper["mask"] = mask
     return _torch_optimizer(
         "nadam",
         NAdamState,
@@ -525,6 +549,7 @@ def radam(
     decoupled_weight_decay: bool = False,
     *,
     maximize: bool = False,
+    mask: Any = None,
 ) -> GradientTransformation:
     """RAdam (rectified Adam), as ``torch.optim.RAdam``.
 
@@ -540,6 +565,7 @@ def radam(
 
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond",
     ICLR 2020.
+    ``mask`` limits the weight decay to the leaves it marks ``True``, as in :func:`adamw`.
     """
     fn = "agrad.optim.radam"
     beta1, beta2 = _check_adam_family(fn, lr, betas, eps, weight_decay)
@@ -569,6 +595,8 @@ def radam(
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
     )
+    if mask is not None:
+        hyper["mask"] = mask
     return _torch_optimizer(
         "radam",
         RAdamState,
