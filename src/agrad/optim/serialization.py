@@ -393,7 +393,7 @@ def load(path: str | os.PathLike, like: Any) -> Any:
         if isinstance(node, dict):
             return {k: rebuild(v, f"{where}[{k!r}]", factored) for k, v in node.items()}
         if isinstance(node, tuple) and hasattr(type(node), "_fields"):
-            inner = factored or type(node).__name__ == "FactoredState"
+            inner = factored or type(node).__name__ in _SHAPE_FREE
             return type(node)(
                 *(rebuild(getattr(node, f), f"{where}.{f}", inner) for f in node._fields)
             )
@@ -404,7 +404,7 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     if like_def.kind == "leaf":
         return _rebuild_single(state, like_raw[0], xp, other)
     result = rebuild(state, "", False)
-    if n_arrays and matched[0] == 0:
+    if n_arrays and matched[0] == 0 and type(state).__name__ != "LBFGSState":  # flat vectors
         msg = f"{other}: no part of the state has the structure of like ({like_def!r})"
         raise ValueError(msg)
     return result
@@ -459,11 +459,18 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
     return unflatten(treedef, out)
 
 
+# records whose per-parameter arrays have their own shapes (factored statistics, 0-d
+# scalars per parameter): they take the parameter's dtype and device, not its shape
+_SHAPE_FREE = frozenset(
+    {"FactoredState", "ASGDState", "AdafactorTorchState", "ScaleByNovogradState"}
+)
+
+
 def _factored_paths(state: Any) -> set[str]:
     out: set[str] = set()
 
     def walk(node: Any, path: str) -> None:
-        if isinstance(node, tuple) and type(node).__name__ == "FactoredState":
+        if isinstance(node, tuple) and type(node).__name__ in _SHAPE_FREE:
             out.update(path + p for p in flatten(node)[2])
             return
         if isinstance(node, dict):
