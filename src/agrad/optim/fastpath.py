@@ -224,7 +224,7 @@ def _real(x: Any) -> bool:
 def _hyper_ok(name: str, hp: dict[str, Any]) -> bool:
     """The constants the kernels take: finite real Python numbers in their ranges."""
     wd = hp.get("weight_decay", 0.0)
-    if not (_real(wd) and wd >= 0):
+    if not (_real(wd) and wd >= 0) or hp.get("mask") is not None:  # masked decay: generic
         return False
     if name == "sgd":
         m, d = hp.get("momentum", 0.0), hp.get("dampening", 0.0)

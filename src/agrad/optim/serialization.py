@@ -316,7 +316,9 @@ def _decode(
             if t == "dict":
                 values.append(dict(zip(done["keys"], children)))
             elif t == "record":
-                values.append(_record_class(done["cls"], done["fields"], bad, types or {})(*children))
+                values.append(
+                    _record_class(done["cls"], done["fields"], bad, types or {})(*children)
+                )
             elif t == "tuple":
                 values.append(tuple(children))
             else:
@@ -470,7 +472,7 @@ def load(path: str | os.PathLike, like: Any, *, types: Iterable[type] = ()) -> A
         if isinstance(node, dict):
             return {k: rebuild(v, f"{where}[{k!r}]", factored) for k, v in node.items()}
         if isinstance(node, tuple) and hasattr(type(node), "_fields"):
-            inner = factored or type(node).__name__ == "FactoredState"
+            inner = factored or type(node).__name__ in _SHAPE_FREE
             return type(node)(
                 *(rebuild(getattr(node, f), f"{where}.{f}", inner) for f in node._fields)
             )
@@ -481,7 +483,7 @@ def load(path: str | os.PathLike, like: Any, *, types: Iterable[type] = ()) -> A
     if like_def.kind == "leaf":
         return _rebuild_single(state, like_raw[0], xp, other)
     result = rebuild(state, "", False)
-    if n_arrays and matched[0] == 0:
+    if n_arrays and matched[0] == 0 and type(state).__name__ != "LBFGSState":  # flat vectors
         msg = f"{other}: no part of the state has the structure of like ({like_def!r})"
         raise ValueError(msg)
     return result
@@ -556,11 +558,18 @@ def _scalar_record(a: Any, xp: Any, like: Any) -> Any:
     return xp.asarray(a, device=device)
 
 
+# records whose per-parameter arrays have their own shapes (factored statistics, 0-d
+# scalars per parameter): they take the parameter's dtype and device, not its shape
+_SHAPE_FREE = frozenset(
+    {"FactoredState", "ASGDState", "AdafactorTorchState", "ScaleByNovogradState"}
+)
+
+
 def _factored_paths(state: Any) -> set[str]:
     out: set[str] = set()
 
     def walk(node: Any, path: str) -> None:
-        if isinstance(node, tuple) and type(node).__name__ == "FactoredState":
+        if isinstance(node, tuple) and type(node).__name__ in _SHAPE_FREE:
             out.update(path + p for p in flatten(node)[2])
             return
         if isinstance(node, dict):
