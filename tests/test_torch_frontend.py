@@ -158,7 +158,11 @@ OTHERS = {
     "adamax": (torch.optim.Adamax, dict(lr=1e-2, betas=(0.8, 0.99))),
     "adam_amsgrad": (torch.optim.Adam, dict(lr=1e-2, amsgrad=True, maximize=False)),
     "sgd_nesterov": (torch.optim.SGD, dict(lr=1e-2, momentum=0.9, nesterov=True)),
+    "rprop": (torch.optim.Rprop, dict(lr=1e-3, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0))),
+    "asgd": (torch.optim.ASGD, dict(lr=1e-2, lambd=1e-3, t0=10.0, weight_decay=1e-2)),
+    "adafactor_torch": (torch.optim.Adafactor, dict(lr=1e-2, weight_decay=1e-2)),
 }
+FACTORY = {"adam_amsgrad": "adam", "sgd_nesterov": "sgd"}
 
 
 @pytest.fixture
@@ -173,7 +177,7 @@ def float64_default():
 @pytest.mark.parametrize("name", list(OTHERS))
 def test_every_torch_family_optimizer_through_the_wrapper(name, float64_default):
     cls, kw = OTHERS[name]
-    factory = getattr(agrad.optim, name.split("_")[0])
+    factory = getattr(agrad.optim, FACTORY.get(name, name))
     sched = lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.97)  # noqa: E731
     ref, _ = _train(lambda ps: cls(ps, **kw), sched, steps=40, resume_at=20)
     got, _ = _train(lambda ps: TorchOptimizer(ps, factory, **kw), sched, steps=40, resume_at=20)
@@ -438,3 +442,65 @@ def test_state_dict_holds_only_what_weights_only_loads():
     assert set(sd["state"][0]) == {"step", "mu_product", "exp_avg", "exp_avg_sq"}
     assert sd["state"][0]["step"].dtype == torch.float32
     assert sd["param_groups"][0]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_lbfgs_with_its_closure_like_torch(line_search):
+    """LBFGS evaluates the loss itself: the wrapper's step(closure) runs agrad's lbfgs with
+    torch's closure, and a save/resume in the middle changes nothing."""
+    x, y = _data()
+    kw = dict(lr=0.5, max_iter=6, history_size=4, line_search_fn=line_search)
+
+    def run(make_opt, resume):
+        model = _model()
+        opt = make_opt(model.parameters())
+        losses = []
+        for i in range(6):
+            if resume and i == 3:
+                saved = _roundtrip(opt.state_dict())
+                opt = make_opt(model.parameters())
+                opt.load_state_dict(saved)
+
+            def closure(opt=opt):
+                opt.zero_grad()
+                loss = torch.mean((model(x) - y) ** 2)
+                loss.backward()
+                return loss
+
+            losses.append(opt.step(closure).item())
+        return _weights(model), losses
+
+    ref, ref_losses = run(lambda ps: torch.optim.LBFGS(ps, **kw), False)
+    got, losses = run(lambda ps: TorchOptimizer(ps, agrad.optim.lbfgs, **kw), True)
+    _close(got, ref)
+    np = pytest.importorskip("numpy")
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    assert losses[-1] < losses[0]
+    with pytest.raises(TypeError, match="pass step\\(closure\\)"):
+        TorchOptimizer(_model().parameters(), agrad.optim.lbfgs).step()
+
+
+def test_muon_on_matrices_like_torch(float64_default):
+    """torch.optim.Muon takes 2-D parameters only: a bias-free MLP, options changed by a scheduler."""
+    x, y = _data()
+    kw = dict(lr=1e-2, weight_decay=0.05, momentum=0.9, adjust_lr_fn="match_rms_adamw")
+
+    def run(make_opt):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(5, 8, bias=False), torch.nn.Tanh(), torch.nn.Linear(8, 1, bias=False)
+        ).double()
+        opt = make_opt(model.parameters())
+        sch = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+        for _ in range(15):
+            opt.zero_grad()
+            torch.mean((model(x) - y) ** 2).backward()
+            opt.step()
+            sch.step()
+        return _weights(model)
+
+    from test_optim_torch_more import _muon_in_float64  # torch's Muon without its bfloat16 cast
+
+    with _muon_in_float64():
+        ref = run(lambda ps: torch.optim.Muon(ps, **kw))
+    _close(run(lambda ps: TorchOptimizer(ps, agrad.optim.muon, **kw)), ref)

@@ -103,6 +103,21 @@ def _same_hyperparams(a: Any, b: Any) -> bool:
         return False
 
 
+def _is_optimizer(x: Any) -> bool:
+    """An agrad optimizer: a ``GradientTransformation``, or closure-driven (``lbfgs``)."""
+    return isinstance(x, GradientTransformation) or _closure_driven(x)
+
+
+def _closure_driven(x: Any) -> bool:
+    """An optimizer that evaluates the loss itself (``lbfgs``): ``step(params, closure, state)``."""
+    return (
+        not isinstance(x, (type, GradientTransformation))
+        and callable(getattr(x, "init", None))
+        and callable(getattr(x, "step", None))
+        and hasattr(x, "hyperparams")
+    )
+
+
 def _factory_of(opt: GradientTransformation) -> tuple[Factory | None, dict[str, Any]]:
     """The public agrad constructor that rebuilds ``opt`` from its hyperparameters, if any.
 
@@ -112,7 +127,8 @@ def _factory_of(opt: GradientTransformation) -> tuple[Factory | None, dict[str, 
     """
     import agrad.optim
 
-    factory = getattr(agrad.optim, opt.name, None)
+    name = getattr(opt, "name", None) or type(opt).__name__.lower()
+    factory = getattr(agrad.optim, name, None)
     if not callable(factory) or isinstance(factory, (type, GradientTransformation)):
         return None, {}
     try:
@@ -124,9 +140,7 @@ def _factory_of(opt: GradientTransformation) -> tuple[Factory | None, dict[str, 
         rebuilt = factory(**options)
     except Exception:
         return None, {}
-    if not isinstance(rebuilt, GradientTransformation) or not _same_hyperparams(
-        rebuilt.hyperparams, opt.hyperparams
-    ):
+    if not _is_optimizer(rebuilt) or not _same_hyperparams(rebuilt.hyperparams, opt.hyperparams):
         return None, {}
     defaults = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty}
     return factory, {**defaults, **options}
@@ -205,7 +219,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     ):
         cls = type(self).__name__
         self._fixed: GradientTransformation | None = None
-        if isinstance(optimizer, GradientTransformation):
+        if _is_optimizer(optimizer):
             factory, options = _factory_of(optimizer)
             if factory is None:
                 if defaults:
@@ -308,7 +322,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         opt = self._built.get(key)
         if opt is None:
             opt = self._factory(**{k: _plain(group[k]) for k in names})
-            if not isinstance(opt, GradientTransformation):
+            if not _is_optimizer(opt):
                 msg = f"{type(self).__name__}: {_name(self._factory)} returned {type(opt).__name__}, not an agrad optimizer"
                 raise TypeError(msg)
             self._built[key] = opt
@@ -326,10 +340,54 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if any(_closure_driven(self._optimizer_for(g)) for g in self.param_groups):
+            return self._step_closure_driven(closure)
         plans = [self._plan(i, group) for i, group in enumerate(self.param_groups)]
         for opt, params in plans:
             if params:
                 self._run(opt, params)
+        return loss
+
+    def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
+        """A step of an optimizer that evaluates the loss itself (``lbfgs``), as torch's LBFGS.
+
+        One parameter group; ``closure()`` (zero the gradients, compute the loss,
+        ``backward()``, return the loss) is called at each point the optimizer tries,
+        with the parameters set to that point; a ``None`` gradient counts as zeros. The
+        state lives in ``self.state`` of the first parameter, as torch keeps it.
+        Returns the first loss, as torch does.
+        """
+        cls = type(self).__name__
+        if closure is None:
+            msg = f"{cls}.step: {self._label()} evaluates the loss itself: pass step(closure), a function that zeroes the gradients, computes the loss, calls backward() and returns the loss"
+            raise TypeError(msg)
+        if len(self.param_groups) != 1:
+            msg = f"{cls}: {self._label()} takes one parameter group (as torch.optim.LBFGS), got {len(self.param_groups)}"
+            raise ValueError(msg)
+        opt = self._optimizer_for(self.param_groups[0])
+        params = list(self.param_groups[0]["params"])
+        tree = {str(j): p.detach() for j, p in enumerate(params)}
+        template = opt.init(tree)
+        stored = self.state[params[0]]
+        state = type(template)(**{f: stored.get(f, getattr(template, f)) for f in template._fields})
+
+        def evaluate(at: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            for k, p in tree.items():
+                if at[k] is not p:
+                    p.copy_(at[k])
+            with torch.enable_grad():
+                loss = closure()
+            grads = {}
+            for j, p in enumerate(params):
+                g = p.grad
+                if g is not None and g.layout != torch.strided:
+                    msg = f"{cls}.step: param_groups[0]['params'][{j}] has a sparse gradient ({g.layout}); {self._label()} takes dense gradients"
+                    raise TypeError(msg)
+                grads[str(j)] = torch.zeros_like(p) if g is None else g
+            return loss, grads
+
+        _, new_state, loss = opt.step(tree, evaluate, state)
+        stored.update(new_state._asdict())
         return loss
 
     def _plan(self, gi: int, group: dict[str, Any]) -> tuple[GradientTransformation, list[Any]]:
