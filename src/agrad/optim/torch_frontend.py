@@ -41,7 +41,7 @@ import torch
 
 from agrad.optim._cache import LRUCache
 from agrad.optim.base import GradientTransformation, is_array
-from agrad.pytree import flatten, unflatten
+from agrad.pytree import flatten, flatten_leaves, unflatten
 
 __all__ = ["TorchOptimizer"]
 
@@ -65,8 +65,13 @@ _BUILT_KEPT = 32  # optimizers per distinct options (OneCycleLR makes a new set 
 _LAYOUTS_KEPT = 32
 
 
+_PLAIN = (float, int, bool, str, type(None))
+
+
 def _frozen(value: Any) -> Any:
     """A hashable stand-in of an option's value (lists become tuples, 0-d tensors numbers)."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -340,9 +345,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if any(_closure_driven(self._optimizer_for(g)) for g in self.param_groups):
+        opts = [self._optimizer_for(g) for g in self.param_groups]
+        if any(_closure_driven(opt) for opt in opts):
             return self._step_closure_driven(closure)
-        plans = [self._plan(i, group) for i, group in enumerate(self.param_groups)]
+        plans = [self._plan(i, g, opt) for i, (g, opt) in enumerate(zip(self.param_groups, opts))]
         for opt, params in plans:
             if params:
                 self._run(opt, params)
@@ -390,9 +396,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         stored.update(new_state._asdict())
         return loss
 
-    def _plan(self, gi: int, group: dict[str, Any]) -> tuple[GradientTransformation, list[Any]]:
+    def _plan(
+        self, gi: int, group: dict[str, Any], opt: GradientTransformation
+    ) -> tuple[GradientTransformation, list[Any]]:
         """The group's optimizer and parameters with a gradient, after checking each."""
-        opt = self._optimizer_for(group)
         out = []
         for j, p in enumerate(group["params"]):
             g = p.grad
@@ -419,7 +426,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         return opt, out
 
     def _layout(self, opt: GradientTransformation, params: dict[str, Any]) -> _Layout:
-        key = (opt, tuple((tuple(p.shape), p.dtype, p.device) for p in params.values()))
+        key = (opt, tuple((p.shape, p.dtype) for p in params.values()))
         layout = self._layouts.get(key)
         if layout is None:
             template = getattr(opt, "_template", None)
@@ -451,9 +458,9 @@ class TorchOptimizer(torch.optim.Optimizer):
             self._initialize(opt, new)
         buckets: dict[Any, list[Any]] = {}
         probe = self._layout(opt, {"0": params[0]})
-        for p in params:
-            state = self.state[p]
-            key = tuple(_frozen(state.get(name)) for _, name in probe.shared)
+        states = [self.state[p] for p in params]
+        columns = [_values_of([s.get(name) for s in states]) for _, name in probe.shared]
+        for p, key in zip(params, zip(*columns) if columns else [()] * len(params)):
             buckets.setdefault(key, []).append(p)
         for bucket in buckets.values():
             self._step_bucket(opt, bucket)
@@ -481,16 +488,20 @@ class TorchOptimizer(torch.optim.Optimizer):
         # change, and agrad's fused-kernel fast path takes them (it declines tensors that
         # require grad)
         _, new_state = opt.step({k: p.detach() for k, p in tree.items()}, grads, state)
-        new_leaves = flatten(new_state)[0]
+        new_leaves = flatten_leaves(new_state)[0]
         shared = []
         for (name, j), value in zip(layout.leaves, new_leaves):
             if j is None:
                 shared.append((name, value))
             else:
                 states[j][name] = value
-        for s in states:  # each parameter its own copy: torch.optim updates "step" in place
-            for name, value in shared:
-                s[name] = _stored(value, name)
+        for (
+            name,
+            value,
+        ) in shared:  # each parameter its own copy: torch.optim writes "step" in place
+            if not _set_steps([s.get(name) for s in states], name, value):
+                for s in states:
+                    s[name] = _stored(value, name)
 
     def _fill(self, opt: GradientTransformation, params: list[Any]) -> None:
         """Give ``params`` the state entries they lack, with ``opt.init``'s values."""
@@ -502,6 +513,32 @@ class TorchOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _values_of(values: list[Any]) -> list[Any]:
+    """Hashable values of one shared state entry of many parameters (their step counts):
+    one ``stack`` for 0-d tensors, not one ``item()`` each."""
+    if values and all(type(v) is torch.Tensor and v.ndim == 0 for v in values):
+        try:
+            return torch.stack(values).tolist()
+        except RuntimeError:  # dtypes or devices differ
+            pass
+    return [_frozen(v) for v in values]
+
+
+def _set_steps(steps: list[Any], name: str, value: Any) -> bool:
+    """Write the new step count into each parameter's own ``step`` tensor, as torch.optim
+    does (one ``_foreach_copy_``); ``False`` where they are not such tensors (then new
+    ones are made)."""
+    if not (name == "step" or name.endswith(".step")):
+        return False
+    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
+        return False
+    if len({id(t) for t in steps}) != len(steps) or len({t.dtype for t in steps}) != 1:
+        return False
+    src = torch.tensor(float(value), dtype=steps[0].dtype, device=steps[0].device)
+    torch._foreach_copy_(steps, [src] * len(steps))
+    return True
 
 
 def _stored(value: Any, name: str) -> Any:
