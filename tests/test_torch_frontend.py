@@ -404,6 +404,21 @@ def test_sparse_gradient_refused_before_anything_is_written():
     assert not opt.state
 
 
+def test_complex_parameter_refused_before_any_group_is_written():
+    real = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    cplx = torch.nn.Parameter(torch.ones(2, dtype=torch.complex128))
+    opt = TorchOptimizer([{"params": [real]}, {"params": [cplx]}], agrad.optim.adam, lr=0.1)
+    real.grad, cplx.grad = torch.ones_like(real), torch.ones_like(cplx)
+    with pytest.raises(
+        TypeError, match=r"param_groups\[1\]\['params'\]\[0\] \(shape \(2,\)\) is complex"
+    ):
+        opt.step()
+    assert torch.equal(real.detach(), torch.ones(2, dtype=torch.float64)) and not opt.state
+    sgd = TorchOptimizer([cplx], agrad.optim.sgd, lr=0.5)  # SGD is defined for complex parameters
+    sgd.step()
+    assert torch.equal(cplx.detach(), torch.full((2,), 0.5, dtype=torch.complex128))
+
+
 def test_bad_options_are_refused_with_their_names():
     ps = list(_model().parameters())
     with pytest.raises(TypeError, match="takes no option 'foreach'"):
@@ -504,3 +519,42 @@ def test_muon_on_matrices_like_torch(float64_default):
     with _muon_in_float64():
         ref = run(lambda ps: torch.optim.Muon(ps, **kw))
     _close(run(lambda ps: TorchOptimizer(ps, agrad.optim.muon, **kw)), ref)
+
+
+def test_random_option_changes_and_missing_gradients_like_torch():
+    """hypothesis: per step, new lr/betas/weight_decay for a random group and a random
+    set of parameters without a gradient; the wrapper follows torch.optim.AdamW."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    step = st.tuples(
+        st.integers(0, 1),  # which group's options change
+        st.floats(1e-4, 5e-2),
+        st.floats(0.5, 0.95),
+        st.floats(0.0, 0.2),
+        st.lists(st.booleans(), min_size=6, max_size=6),  # which parameters get no gradient
+    )
+
+    @hypothesis.settings(max_examples=8, deadline=None, database=None)
+    @hypothesis.given(st.lists(step, min_size=1, max_size=8))
+    def check(plan):
+        x, y = _data()
+
+        def run(make_opt):
+            model = _model()
+            ps = list(model.parameters())
+            opt = make_opt([{"params": ps[:3]}, {"params": ps[3:], "lr": 3e-3}])
+            for gi, lr, b1, wd, skip in plan:
+                opt.param_groups[gi].update(lr=lr, betas=(b1, 0.999), weight_decay=wd)
+                opt.zero_grad()
+                torch.mean((model(x) - y) ** 2).backward()
+                for p, s in zip(ps, skip):
+                    if s:
+                        p.grad = None
+                opt.step()
+            return _weights(model)
+
+        ref = run(lambda groups: torch.optim.AdamW(groups, lr=1e-2))
+        _close(run(lambda groups: TorchOptimizer(groups, agrad.optim.adamw, lr=1e-2)), ref)
+
+    check()

@@ -416,6 +416,9 @@ class TorchOptimizer(torch.optim.Optimizer):
                     "nn.Embedding(..., sparse=False)"
                 )
                 raise TypeError(msg)
+            if p.is_complex() and not getattr(opt, "complex_params", False):
+                msg = f"{fn}: {where} is complex ({p.dtype}); {opt!r} takes real parameters"
+                raise TypeError(msg)
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
                 msg = (
                     f"{fn}: {where}: its gradient has shape {tuple(g.shape)}, dtype {g.dtype} "
