@@ -12,8 +12,17 @@ is a ``torch.optim.Optimizer`` through :class:`TorchOptimizer`.
 from typing import TYPE_CHECKING
 
 from agrad.optim import schedules
-from agrad.optim.base import ChainState, GradientTransformation, Optimizer, apply_updates, chain
+from agrad.optim.base import (
+    ChainState,
+    GradientTransformation,
+    Hyperparams,
+    Optimizer,
+    apply_updates,
+    chain,
+)
+from agrad.optim.inject import InjectHyperparamsState, inject_hyperparams
 from agrad.optim.lbfgs import LBFGS, LBFGSState, lbfgs
+from agrad.optim.optax_bridge import from_optax, to_optax
 from agrad.optim.optax_family import (
     adafactor,
     clip_by_block_rms,
@@ -99,6 +108,8 @@ __all__ = [
     "ChainState",
     "EmaParamsState",
     "GradientTransformation",
+    "Hyperparams",
+    "InjectHyperparamsState",
     "LBFGS",
     "LBFGSState",
     "LookaheadState",
@@ -129,7 +140,9 @@ __all__ = [
     "ema_params",
     "exponential_lr",
     "find_state",
+    "from_optax",
     "global_norm",
+    "inject_hyperparams",
     "join",
     "lamb",
     "lars",
@@ -176,6 +189,7 @@ __all__ = [
     "sparse_adam",
     "state_types",
     "step_lr",
+    "to_optax",
     "trace",
     "warmup_cosine",
     "yogi",
