@@ -56,6 +56,34 @@ def _cases():
         "scale_by_factored_rms": lambda: o.chain(
             o.scale_by_factored_rms(min_dim_size_to_factor=4), o.scale_values(-0.01)
         ),
+        # the rest of torch.optim and more of optax (optim/torch_more.py, optax_more.py)
+        "adamw_mask": lambda: o.adamw(0.01, weight_decay=0.1, mask=MASK),
+        "rprop": lambda: o.rprop(0.01, maximize=True),
+        "asgd": lambda: o.asgd(0.02, lambd=0.01, t0=2.0, weight_decay=0.01),
+        "adafactor_torch": lambda: o.adafactor_torch(SCHED, weight_decay=0.01),
+        "muon": lambda: o.partition(
+            {"m": o.muon(0.02), "o": o.adam(0.01)}, {"b": "o", "s": "o", "w": "m"}
+        ),
+        "adabelief": lambda: o.adabelief(SCHED, nesterov=True),
+        "adan": lambda: o.adan(0.01, weight_decay=0.1, mask=MASK),
+        "yogi": lambda: o.yogi(0.01),
+        "novograd": lambda: o.novograd(0.01, weight_decay=0.01),
+        "sign_sgd": lambda: o.sign_sgd(0.01),
+        "signum": lambda: o.signum(SCHED),
+        "lookahead": lambda: o.lookahead(o.adam(0.01), 2, 0.5, reset_state=True),
+        "schedule_free_adamw": lambda: o.schedule_free_adamw(0.01, warmup_steps=2),
+        "schedule_free": lambda: o.schedule_free(
+            o.chain(o.scale_by_rms(0.99, bias_correction=True), o.scale_by_learning_rate(0.01)),
+            0.01,
+        ),
+        "more_scalers": lambda: o.chain(
+            o.scale_by_belief(),
+            o.scale_by_adan(),
+            o.scale_by_yogi(),
+            o.scale_by_novograd(),
+            o.scale_by_sign(),
+            o.scale_values(-0.01),
+        ),
         # transforms, alone and chained
         "clip_by_global_norm+adam": lambda: o.chain(o.clip_by_global_norm(0.5), o.adam(0.01)),
         "clip+trace": lambda: o.chain(
@@ -204,6 +232,7 @@ def test_jit_step_equals_eager_float64(name):
 
 STATELESS = {
     "lars",
+    "sign_sgd",
     "sgd",
     "clip+trace",
     "add_decayed_weights",
@@ -246,6 +275,9 @@ def test_every_optimizer_is_covered():
         "load",
         "save",
         "pack",
+        "lbfgs",  # closure-driven, decides on the host each evaluation: not jittable
+        "sparse_adam",  # refused
+        "schedule_free_eval_params",  # not a constructor
     }
     for name in optim.__all__:
         obj = getattr(optim, name)

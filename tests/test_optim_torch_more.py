@@ -173,7 +173,8 @@ def test_matches_torch_every_option_numpy(name, kw):
 @pytest.mark.parametrize("name", list(FULL))
 def test_matches_torch_on_every_backend(xp, name):
     kw = FULL[name]
-    steps = 6 if "dask" in xp.__name__ else 15 if "jax" in xp.__name__ else 40
+    # eager JAX dispatches op by op and Dask graphs grow: few steps there
+    steps = 6 if "dask" in xp.__name__ or "jax" in xp.__name__ else 40
     problem = Problem(steps, sign=_sign(kw))
     ref = torch_reference(name, kw, problem, steps)
     got, _ = run_agrad(xp, name, kw, problem, steps)
@@ -338,7 +339,7 @@ def test_lbfgs_matches_torch_numpy(kw):
 
 def test_lbfgs_on_every_backend(xp):
     kw = LBFGS_CASES[2]
-    steps = 3 if "dask" in xp.__name__ else 15
+    steps = 3 if "dask" in xp.__name__ or "jax" in xp.__name__ else 15
     problem = LossProblem(1)
     ref, evals, _ = problem.torch_run(kw, steps)
     got, state = _lbfgs_run(xp, problem, kw, steps)
@@ -417,7 +418,7 @@ def test_centered_rmsprop_matches_torch_where_it_cancels(seed, monkeypatch):
 
 
 def test_centered_rmsprop_cancelling_on_every_backend(xp):
-    steps = 6 if "dask" in xp.__name__ else STEPS
+    steps = 6 if "dask" in xp.__name__ or "jax" in xp.__name__ else STEPS
     assert _cancelling(xp, steps, 0) < RTOL
 
 

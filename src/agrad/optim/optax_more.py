@@ -18,17 +18,24 @@ import array_api_compat
 
 from agrad.optim.base import GradientTransformation, chain, is_array, namespace_of
 from agrad.optim.numerics import (
+    as_count,
     check_lr,
     check_nonnegative,
     check_unit_interval,
     is_scalar,
+    leaf_scalar,
+    next_count,
     python_numbers,
+    step_number,
 )
 from agrad.optim.optax_family import _ema_updates
 from agrad.optim.transforms import (
     _empty_init,
+    _first_leaf,
+    _new_count,
     add_decayed_weights,
     scale_by_learning_rate,
+    select_tree,
 )
 from agrad.pytree import flatten_leaves, leaves_like, tree_map, unflatten
 
@@ -129,9 +136,10 @@ def _moment2(xp: Any, g: Any, m: Any, decay: float) -> Any:
     return xp.add(xp.multiply(g, g) * (1 - decay), m * decay)
 
 
-def _debias(x: Any, decay: float, count: Any) -> Any:
-    """optax's ``bias_correction``: :math:`x / (1 - \\beta^t)`."""
-    return x / (1 - decay**count)
+def _debias(xp: Any, x: Any, decay: float, t: Any) -> Any:
+    """optax's ``bias_correction``: :math:`x / (1 - \\beta^t)`, the divisor computed in the
+    step's dtype and rounded once to ``x``'s (``t`` is the 1-based step, a 0-d float)."""
+    return x / leaf_scalar(xp, 1 - decay**t, x)
 
 
 def _zeros(params: Any) -> Any:
@@ -160,11 +168,12 @@ def scale_by_belief(
     """
 
     def init(params: Any) -> ScaleByBeliefState:
-        return ScaleByBeliefState(0, _zeros(params), _zeros(params))
+        return ScaleByBeliefState(_new_count(params), _zeros(params), _zeros(params))
 
     def update(updates: Any, state: ScaleByBeliefState, params: Any):
         xp = namespace_of(updates)
-        t = state.count + 1
+        like = _first_leaf(updates)
+        t = step_number(xp, state.count, like)
         mu = tree_map(lambda g, m: _moment(xp, g, m, b1), updates, state.mu)
         nu = tree_map(
             lambda g, m, s: _moment2(xp, xp.subtract(g, m), s, b2) + eps_root,
@@ -175,12 +184,15 @@ def scale_by_belief(
 
         def one(g: Any, m: Any, s: Any) -> Any:
             if nesterov:
-                m_hat = xp.add(_debias(m, b1, t + 1) * b1, _debias(g, b1, t) * (1 - b1))
+                m_hat = xp.add(
+                    _debias(xp, m, b1, t + 1) * b1, _debias(xp, g, b1, t) * (1 - b1)
+                )
             else:
-                m_hat = _debias(m, b1, t)
-            return xp.divide(m_hat, xp.sqrt(_debias(s, b2, t)) + eps)
+                m_hat = _debias(xp, m, b1, t)
+            return xp.divide(m_hat, xp.sqrt(_debias(xp, s, b2, t)) + eps)
 
-        return tree_map(one, updates, mu, nu), ScaleByBeliefState(t, mu, nu)
+        count = next_count(xp, state.count, like)
+        return tree_map(one, updates, mu, nu), ScaleByBeliefState(count, mu, nu)
 
     hyper = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "nesterov": nesterov}
     return GradientTransformation("scale_by_belief", init, update, hyper, needs_params=False)
@@ -235,13 +247,14 @@ def scale_by_adan(
     """
 
     def init(params: Any) -> ScaleByAdanState:
-        return ScaleByAdanState(_zeros(params), _zeros(params), _zeros(params), _zeros(params), 0)
+        zeros = [_zeros(params) for _ in range(4)]
+        return ScaleByAdanState(*zeros, _new_count(params))
 
     def update(updates: Any, state: ScaleByAdanState, params: Any):
         xp = namespace_of(updates)
-        first = state.t == 0
-        t = state.t + 1
         leaves, treedef = flatten_leaves(updates)
+        first = as_count(xp, state.t, leaves[0]) == 0
+        t = step_number(xp, state.t, leaves[0])
         olds = [leaves_like(x, updates) for x in (state.m, state.v, state.n, state.g)]
         out, ms, vs, ns = [], [], [], []
         for g, m, v, n, g_prev in zip(leaves, *olds):
@@ -250,13 +263,14 @@ def scale_by_adan(
             v = _moment(xp, diff, v, b2)
             sq = xp.add(g, diff * (1 - b2))
             n = _moment2(xp, sq, n, b3)
-            u = xp.add(_debias(m, b1, t), _debias(v, b2, t) * (1 - b2))
-            out.append(xp.divide(u, xp.sqrt(_debias(n, b3, t) + eps_root) + eps))
+            u = xp.add(_debias(xp, m, b1, t), _debias(xp, v, b2, t) * (1 - b2))
+            out.append(xp.divide(u, xp.sqrt(_debias(xp, n, b3, t) + eps_root) + eps))
             ms.append(m)
             vs.append(v)
             ns.append(n)
         trees = [unflatten(treedef, x) for x in (ms, vs, ns)]
-        return unflatten(treedef, out), ScaleByAdanState(*trees, updates, t)
+        count = next_count(xp, state.t, leaves[0])
+        return unflatten(treedef, out), ScaleByAdanState(*trees, updates, count)
 
     hyper = {"b1": b1, "b2": b2, "b3": b3, "eps": eps, "eps_root": eps_root}
     return GradientTransformation("scale_by_adan", init, update, hyper, needs_params=False)
@@ -315,11 +329,12 @@ def scale_by_yogi(
     def init(params: Any) -> ScaleByYogiState:
         xp = namespace_of(params)
         full = tree_map(lambda p: xp.full_like(p, initial_accumulator_value), params)
-        return ScaleByYogiState(0, full, tree_map(lambda p: p * 1.0, full))
+        return ScaleByYogiState(_new_count(params), full, tree_map(lambda p: p * 1.0, full))
 
     def update(updates: Any, state: ScaleByYogiState, params: Any):
         xp = namespace_of(updates)
-        t = state.count + 1
+        like = _first_leaf(updates)
+        t = step_number(xp, state.count, like)
         mu = tree_map(lambda g, m: _moment(xp, g, m, b1), updates, state.mu)
 
         def second(g: Any, v: Any) -> Any:
@@ -328,11 +343,13 @@ def scale_by_yogi(
 
         nu = tree_map(second, updates, state.nu)
         out = tree_map(
-            lambda m, v: xp.divide(_debias(m, b1, t), xp.sqrt(_debias(v, b2, t) + eps_root) + eps),
+            lambda m, v: xp.divide(
+                _debias(xp, m, b1, t), xp.sqrt(_debias(xp, v, b2, t) + eps_root) + eps
+            ),
             mu,
             nu,
         )
-        return out, ScaleByYogiState(t, mu, nu)
+        return out, ScaleByYogiState(next_count(xp, state.count, like), mu, nu)
 
     hyper = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
     hyper["initial_accumulator_value"] = initial_accumulator_value
@@ -385,12 +402,12 @@ def scale_by_novograd(
         nu = tree_map(
             lambda p: xp.asarray(0.0, dtype=p.dtype, device=array_api_compat.device(p)), params
         )
-        return ScaleByNovogradState(0, _zeros(params), nu)
+        return ScaleByNovogradState(_new_count(params), _zeros(params), nu)
 
     def update(updates: Any, state: ScaleByNovogradState, params: Any):
         xp = namespace_of(updates, params)
-        first = state.count == 0
         leaves, treedef = flatten_leaves(updates)
+        first = as_count(xp, state.count, leaves[0]) == 0
         p_leaves = leaves_like(params, updates) if weight_decay != 0 else [None] * len(leaves)
         mus, nus = [], []
         for g, p, m, v in zip(
@@ -405,7 +422,7 @@ def scale_by_novograd(
             mus.append(m)
             nus.append(v)
         mu, nu = unflatten(treedef, mus), unflatten(treedef, nus)
-        return mu, ScaleByNovogradState(state.count + 1, mu, nu)
+        return mu, ScaleByNovogradState(next_count(xp, state.count, leaves[0]), mu, nu)
 
     hyper = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay}
     return GradientTransformation(
@@ -517,13 +534,15 @@ def lookahead(
 
     def init(params: Any) -> LookaheadState:
         return LookaheadState(
-            fast_optimizer.inner_init(params), 0, tree_map(lambda p: p * 1.0, params)
+            fast_optimizer.inner_init(params), _new_count(params), tree_map(lambda p: p * 1.0, params)
         )
 
     def update(updates: Any, state: LookaheadState, params: Any):
         xp = namespace_of(updates, params)
         fast_updates, fast_state = fast_optimizer.inner_update(updates, state.fast_state, params)
-        sync = state.steps_since_sync == sync_period - 1
+        like = _first_leaf(updates)
+        since = as_count(xp, state.steps_since_sync, like)
+        sync = since == sync_period - 1
 
         def fast(p: Any, u: Any, s: Any) -> Any:
             diff = xp.subtract(xp.add(p, u), s)
@@ -536,13 +555,8 @@ def lookahead(
         out = tree_map(fast, params, fast_updates, state.slow)
         new_slow = tree_map(slow, params, fast_updates, state.slow)
         if reset_state:
-            fresh = fast_optimizer.inner_init(params)
-            s_leaves, s_def = flatten_leaves(fast_state)
-            f_leaves = leaves_like(fresh, fast_state)
-            fast_state = unflatten(
-                s_def, [_select(xp, sync, f, s) for s, f in zip(s_leaves, f_leaves)]
-            )
-        steps = (state.steps_since_sync + 1) % sync_period
+            fast_state = select_tree(xp, sync, fast_optimizer.inner_init(params), fast_state)
+        steps = (since + 1) % sync_period
         return out, LookaheadState(fast_state, steps, new_slow)
 
     hyper = dict(
@@ -600,7 +614,7 @@ def schedule_free(
         return ScheduleFreeState(
             xp.asarray(b1, dtype=dtype, device=dev),
             zero(),
-            1,
+            _new_count(params, 1),
             zero(),
             base_optimizer.inner_init(params),
             tree_map(lambda p: p * 1.0, params),
@@ -631,9 +645,8 @@ def schedule_free(
             return xp.subtract(new, y)
 
         out = tree_map(one, params, state.z, z)
-        new_state = ScheduleFreeState(
-            state.b1, total, state.step_count + 1, max_lr, base_state, z
-        )
+        count = next_count(xp, state.step_count, state.max_lr)
+        new_state = ScheduleFreeState(state.b1, total, count, max_lr, base_state, z)
         return out, new_state
 
     hyper = dict(base_optimizer=base_optimizer, lr=lr, b1=b1, weight_lr_power=weight_lr_power)
@@ -733,22 +746,25 @@ def scale_by_rms(
 
     def init(params: Any) -> ScaleByRmsWithCountState:
         xp = namespace_of(params)
-        return ScaleByRmsWithCountState(0, tree_map(lambda p: xp.full_like(p, initial_scale), params))
+        nu = tree_map(lambda p: xp.full_like(p, initial_scale), params)
+        return ScaleByRmsWithCountState(_new_count(params), nu)
 
     def update(updates: Any, state: ScaleByRmsWithCountState, params: Any):
         xp = namespace_of(updates)
-        t = state.count + 1
+        like = _first_leaf(updates)
+        t = step_number(xp, state.count, like)
         nu = tree_map(lambda g, v: _moment2(xp, g, v, decay), updates, state.nu)
 
         def one(g: Any, v: Any) -> Any:
-            v_hat = _debias(v, decay, t) if bias_correction else v
+            v_hat = _debias(xp, v, decay, t) if bias_correction else v
             if eps_in_sqrt:
                 scaling = 1.0 / xp.sqrt(v_hat + eps)
             else:
                 scaling = 1.0 / (xp.sqrt(v_hat) + eps)
             return xp.multiply(scaling, g)
 
-        return tree_map(one, updates, nu), ScaleByRmsWithCountState(t, nu)
+        count = next_count(xp, state.count, like)
+        return tree_map(one, updates, nu), ScaleByRmsWithCountState(count, nu)
 
     hyper = {"decay": decay, "eps": eps, "eps_in_sqrt": eps_in_sqrt}
     hyper["bias_correction"] = bias_correction

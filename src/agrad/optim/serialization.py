@@ -544,6 +544,13 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
     return unflatten(treedef, out)
 
 
+# records whose per-parameter arrays have their own shapes (factored statistics, 0-d
+# scalars per parameter): they take the parameter's dtype and device, not its shape
+_SHAPE_FREE = frozenset(
+    {"FactoredState", "ASGDState", "AdafactorTorchState", "ScaleByNovogradState"}
+)
+
+
 def _scalar_record(a: Any, xp: Any, like: Any) -> Any:
     """A saved array that belongs to no parameter, on ``like``'s device: counts and flags
     keep their dtype; a 0-d float (a per-step scalar) takes the dtype the optimizers
@@ -556,13 +563,6 @@ def _scalar_record(a: Any, xp: Any, like: Any) -> Any:
     if a.ndim == 0 and a.dtype.kind == "f":
         return xp.asarray(a, dtype=scalar_dtype(xp, like), device=device)
     return xp.asarray(a, device=device)
-
-
-# records whose per-parameter arrays have their own shapes (factored statistics, 0-d
-# scalars per parameter): they take the parameter's dtype and device, not its shape
-_SHAPE_FREE = frozenset(
-    {"FactoredState", "ASGDState", "AdafactorTorchState", "ScaleByNovogradState"}
-)
 
 
 def _factored_paths(state: Any) -> set[str]:

@@ -15,13 +15,14 @@ from typing import Any, NamedTuple, NoReturn
 
 import array_api_compat
 
-from agrad.optim.base import GradientTransformation
+from agrad.optim.base import GradientTransformation, is_array
 from agrad.optim.numerics import (
     check_lr,
     check_nonnegative,
     check_positive,
     check_unit_interval,
     is_scalar,
+    leaf_scalar,
     lerp,
     python_numbers,
     scale,
@@ -187,9 +188,10 @@ def asgd(
         p = xp.add(p, xp.multiply(g, xp.negative(eta)))
         averaged = xp.add(ax, xp.multiply(xp.subtract(p, ax), mu))
         ax = xp.where(mu == 1.0, p, averaged)
-        step = _scalar(xp, t, p)
-        eta = _scalar(xp, lr_t / ((1 + lambd * lr_t * step) ** alpha), p)
-        mu = 1.0 / xp.maximum(step - t0, xp.ones_like(step))
+        # computed in the step's dtype (float64 where there is one), stored in p's, as
+        # torch computes them in Python floats and stores them in its default dtype
+        eta = leaf_scalar(xp, lr_t / ((1 + lambd * lr_t * t) ** alpha), p)
+        mu = leaf_scalar(xp, 1.0 / xp.maximum(t - t0, xp.ones_like(t)), p)
         return p, (eta, mu, ax)
 
     hyper = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
@@ -267,12 +269,10 @@ def adafactor_torch(
 
     def rule(xp, t, lr_t, _, g, p, row_var, col_var, var):
         e1 = float(xp.finfo(p.dtype).eps) if eps1 is None else eps1
-        w = t**beta2_decay
+        w = leaf_scalar(xp, t**beta2_decay, p)
         inv_sqrt_t = 1 / (t**0.5)
-        rho = min(lr_t, inv_sqrt_t) if is_scalar(lr_t) and is_scalar(t) else None
-        if rho is None:
-            lr_a, t_a = _scalar(xp, lr_t, p), _scalar(xp, inv_sqrt_t, p)
-            rho = xp.minimum(lr_a, t_a)
+        lr_s = xp.astype(lr_t, t.dtype) if is_array(lr_t) else xp.full_like(t, lr_t)
+        rho = leaf_scalar(xp, xp.minimum(lr_s, inv_sqrt_t), p)
         rms_p = _norm(xp, p) / (math.prod(p.shape) ** 0.5)
         alpha = xp.multiply(xp.maximum(rms_p, xp.full_like(rms_p, eps2)), rho)
         if weight_decay != 0:
