@@ -27,8 +27,12 @@ How it works:
   weights_only=True)`` reads it, and a ``torch.optim.Adam`` (``SGD``, ``AdamW``...)
   state dict loads into the wrapper and back.
 - Checks. Every gradient of every group is checked (dense, its parameter's shape,
-  dtype and device) before any parameter is written; a parameter whose ``grad`` is
-  ``None`` is skipped, as torch does.
+  dtype and device; a complex parameter only where the optimizer takes one) before
+  any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
+  torch does.
+- Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
+  the closure is called at every point the optimizer tries, with the parameters set
+  to it, as ``torch.optim.LBFGS`` does.
 """
 
 from __future__ import annotations
