@@ -558,3 +558,22 @@ def test_random_option_changes_and_missing_gradients_like_torch():
         _close(run(lambda groups: TorchOptimizer(groups, agrad.optim.adamw, lr=1e-2)), ref)
 
     check()
+
+
+def test_named_parameters_and_their_names_in_the_state_dict():
+    x, y = _data()
+
+    def run(make_opt):
+        model = _model()
+        opt = make_opt(model.named_parameters())
+        for _ in range(5):
+            opt.zero_grad()
+            torch.mean((model(x) - y) ** 2).backward()
+            opt.step()
+        return _weights(model), opt.state_dict()
+
+    ref, ref_sd = run(lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    got, sd = run(lambda ps: TorchOptimizer(ps, agrad.optim.adam, lr=1e-2))
+    _close(got, ref)
+    assert sd["param_groups"][0]["param_names"] == ref_sd["param_groups"][0]["param_names"]
+    assert sd["param_groups"][0]["param_names"][0] == "0.weight"
