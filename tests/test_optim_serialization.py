@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,138 @@ def test_load_single_array_params(tmp_path):
         ValueError, match=r"state\.exp_avg has shape \(3,\) but like has shape \(4,\)"
     ):
         optim.load(tmp_path / "s.npz", like=np.zeros(4))
+
+
+class SignState(NamedTuple):
+    """A custom optimizer's state record, defined at module level as docs/custom-optimizer.md does."""
+
+    count: int
+    momentum: Any
+
+
+def _signum(lr: float, beta: float = 0.9) -> optim.GradientTransformation:
+    from agrad.namespace import array_namespace
+    from agrad.pytree import tree_map
+
+    def init(params):
+        return SignState(0, tree_map(lambda p: array_namespace(p).zeros_like(p), params))
+
+    def update(grads, state, params=None):
+        m = tree_map(lambda m, g: beta * m + (1.0 - beta) * g, state.momentum, grads)
+        return tree_map(lambda m: -lr * array_namespace(m).sign(m), m), SignState(
+            state.count + 1, m
+        )
+
+    return optim.GradientTransformation("signum", init, update, {"lr": lr}, needs_params=False)
+
+
+def _signum_reference(p0, steps, lr=0.01, beta=0.9):
+    """Signum in plain NumPy, the reference."""
+    import array_api_compat.numpy as npx
+
+    p = {k: v.copy() for k, v in p0.items()}
+    m = {k: np.zeros_like(v) for k, v in p0.items()}
+    for t in range(steps):
+        g = _grads(npx, p, t)
+        for k in p:
+            m[k] = beta * m[k] + (1.0 - beta) * g[k]
+            p[k] = p[k] - lr * np.sign(m[k])
+    return p
+
+
+def test_custom_state_type_saves_and_loads_without_registration(tmp_path):
+    """A user's NamedTuple state goes through save/load as agrad's own do: its class is
+    found by its recorded module and name, and training continues across frameworks."""
+    import array_api_compat.numpy as npx
+
+    opt = _signum(lr=0.01)
+    params = {k: torch.asarray(v) for k, v in _p0().items()}
+    params, state = _train(torch, opt, params, opt.init(params), 0, 6)
+    optim.save(state, tmp_path / "s.npz")
+    loaded = optim.load(tmp_path / "s.npz", like={k: np.asarray(v) for k, v in params.items()})
+    assert type(loaded) is SignState and loaded.count == 6
+    assert type(loaded.momentum["w"]) is np.ndarray
+    params = {k: np.asarray(v).copy() for k, v in params.items()}
+    params, loaded = _train(npx, opt, params, loaded, 6, 6)
+    ref = _signum_reference(_p0(), 12)
+    for k in ref:
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
+def test_custom_state_type_that_cannot_be_found_is_named(tmp_path, monkeypatch):
+    class LocalState(NamedTuple):
+        count: int
+
+    optim.save(LocalState(1), tmp_path / "a.npz")
+    with pytest.raises(
+        ValueError, match="defined inside a function; define the state class at module level"
+    ):
+        optim.load(tmp_path / "a.npz", like=np.zeros(2))
+    assert optim.load(tmp_path / "a.npz", like=np.zeros(2), types=[LocalState]) == LocalState(1)
+    with pytest.raises(TypeError, match="types holds 3, which is not a NamedTuple class"):
+        optim.load(tmp_path / "a.npz", like=np.zeros(2), types=[3])
+    optim.save(SignState(1, {"w": np.zeros(2)}), tmp_path / "b.npz")
+    monkeypatch.setitem(globals(), "SignState", None)
+    with pytest.raises(
+        ValueError,
+        match=r"record '.*:SignState' that cannot be found: module .* defines no NamedTuple",
+    ):
+        optim.load(tmp_path / "b.npz", like={"w": np.zeros(2)})
+
+
+def test_custom_state_type_with_changed_fields_is_refused(tmp_path, monkeypatch):
+    optim.save(SignState(1, {"w": np.zeros(2)}), tmp_path / "c.npz")
+
+    class SignState2(NamedTuple):
+        count: int
+        momentum: Any
+        extra: Any
+
+    monkeypatch.setitem(globals(), "SignState", SignState2)
+    with pytest.raises(
+        ValueError,
+        match=r"saved with fields \['count', 'momentum'\], but that class now has fields",
+    ):
+        optim.load(tmp_path / "c.npz", like={"w": np.zeros(2)})
+
+
+def test_a_module_named_in_a_file_is_never_imported(tmp_path):
+    import json
+    import sys
+    import zipfile
+
+    optim.save(SignState(1, {"w": np.zeros(2)}), tmp_path / "d.npz")
+    with zipfile.ZipFile(tmp_path / "d.npz") as z:
+        meta = json.loads(str(np.load(z.open("__agrad_meta__.npy"))))
+        arrays = {n: z.read(n) for n in z.namelist() if n != "__agrad_meta__.npy"}
+    meta["state"]["cls"] = "antigravity:SignState"  # importing it would open a browser
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:
+        buf = __import__("io").BytesIO()
+        np.save(buf, np.array(json.dumps(meta)))
+        z.writestr("__agrad_meta__.npy", buf.getvalue())
+        for n, data in arrays.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match=r"import 'antigravity' .* before loading"):
+        optim.load(tmp_path / "e.npz", like={"w": np.zeros(2)})
+    assert "antigravity" not in sys.modules
+
+
+def test_torch_save_of_a_state_loads_with_weights_only(tmp_path):
+    import io
+
+    params = {k: torch.asarray(v) for k, v in _p0().items()}
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adam(lr=0.1, amsgrad=True))
+    params, state = _train(torch, opt, params, opt.init(params), 0, 3)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(buf, weights_only=True)
+    buf.seek(0)
+    with torch.serialization.safe_globals(optim.state_types()):
+        loaded = torch.load(buf, weights_only=True)
+    assert type(loaded.states[1]).__name__ == "AdamState" and loaded.states[1].count == 3
+    for a, b in zip(flatten(loaded)[0], flatten(state)[0]):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    names = {c.__name__ for c in optim.state_types()}
+    assert {"AdamState", "ChainState", "SGDState", "FactoredState", "EmptyState"} <= names

@@ -29,9 +29,10 @@ __all__ = ["Row", "Settings", "main", "run"]
 
 
 def run(
-    settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "transformations")
+    settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "transformations", "jax")
 ) -> list[Row]:
     """Run the selected groups of rows and return them."""
+    from agrad.bench.jax_rows import jax_rows
     from agrad.bench.optimizer_rows import optimizer_rows
     from agrad.bench.tape_rows import tape_rows
     from agrad.bench.transformation_rows import transformation_rows
@@ -43,6 +44,8 @@ def run(
         rows += tape_rows(settings)
     if "transformations" in groups:
         rows += transformation_rows(settings)
+    if "jax" in groups:
+        rows += jax_rows(settings)
     return rows
 
 
@@ -133,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", metavar="TEXT", help="rows whose name contains TEXT")
     parser.add_argument(
         "--groups",
-        default="optimizer,tape,transformations",
-        help="comma-separated: optimizer,tape,transformations",
+        default="optimizer,tape,transformations,jax",
+        help="comma-separated: optimizer,tape,transformations,jax",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per row")

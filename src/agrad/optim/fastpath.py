@@ -88,7 +88,7 @@ from itertools import accumulate, chain, pairwise, repeat
 from operator import attrgetter, is_
 from typing import Any
 
-from agrad.optim.numerics import is_scalar, resolve
+from agrad.optim.numerics import count_value, is_count, is_scalar, resolve
 from agrad.pytree import flatten_leaves
 
 __all__ = ["adam_step_inplace", "sgd_step_inplace", "try_step", "enabled"]
@@ -224,7 +224,7 @@ def _real(x: Any) -> bool:
 def _hyper_ok(name: str, hp: dict[str, Any]) -> bool:
     """The constants the kernels take: finite real Python numbers in their ranges."""
     wd = hp.get("weight_decay", 0.0)
-    if not (_real(wd) and wd >= 0):
+    if not (_real(wd) and wd >= 0) or hp.get("mask") is not None:  # masked decay: generic
         return False
     if name == "sgd":
         m, d = hp.get("momentum", 0.0), hp.get("dampening", 0.0)
@@ -233,6 +233,26 @@ def _hyper_ok(name: str, hp: dict[str, Any]) -> bool:
     if type(betas) not in (tuple, list) or len(betas) != 2:
         return False
     return all(_real(b) and 0 <= b < 1 for b in betas) and _real(eps) and eps >= 0
+
+
+def _same_library(count: Any, params: Any) -> bool:
+    """Whether the count array belongs to the parameters' library (NumPy or torch)."""
+    leaf = flatten_leaves(params)[0][:1]
+    mod = type(leaf[0]).__module__.split(".")[0] if leaf else ""
+    return type(count).__module__.split(".")[0] == mod
+
+
+def _bumped(count: Any, t: int) -> Any:
+    """The new count: an int stays an int; a 0-d array gets a new 0-d array holding ``t``."""
+    if type(count) is int:
+        return t
+    return count + 1 if type(count).__module__.startswith("torch") else _np_count(count, t)
+
+
+def _np_count(count: Any, t: int) -> Any:
+    import numpy as np
+
+    return np.asarray(t, dtype=count.dtype)
 
 
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
@@ -251,8 +271,12 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         return None
     hp = opt.hyperparams
     count = getattr(state, "count", None)
-    if type(count) is not int or count < 0:
+    known = count_value(count) if is_count(count) else None
+    if known is None or known < 0:  # not a count, or not known here: the generic path
         return None
+    if type(count) is not int and not _same_library(count, params):
+        return None
+    count = known
     if not _hyper_ok(name, hp):
         return None
     try:
@@ -283,7 +307,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             decoupled=bool(hp["decoupled_weight_decay"]),
             maximize=bool(hp["maximize"]),
         )
-        return (params, state._replace(count=t)) if done else None
+        return (params, state._replace(count=_bumped(state.count, t))) if done else None
     if name == "sgd" and type(state).__name__ == "SGDState":
         momentum = hp["momentum"]
         bufs = [state.momentum_buffer] if momentum != 0 else []
@@ -304,7 +328,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             weight_decay=hp["weight_decay"],
             maximize=bool(hp["maximize"]),
         )
-        return (params, state._replace(count=t)) if done else None
+        return (params, state._replace(count=_bumped(state.count, t))) if done else None
     return None
 
 

@@ -5,7 +5,13 @@ array, and the state's structure (records, dicts, lists, step counts) as JSON.
 ``load(path, like=params)`` rebuilds the state with arrays of ``like``'s namespace;
 arrays in a subtree shaped like ``params`` take the dtype and device of the matching
 parameter, so a state saved from torch tensors continues on NumPy, JAX or
-array-api-strict. Nothing is unpickled: record types are looked up in agrad only.
+array-api-strict. Nothing is unpickled and no module named in a file is imported: a
+record type (a state ``NamedTuple``) is looked up by its recorded ``module:qualname`` in
+agrad or in a module already imported, so a custom optimizer's state needs no
+registration, only its module imported (as it is wherever the optimizer runs).
+
+``torch.save`` of a state works too; ``torch.load(..., weights_only=True)`` then needs
+the record types allowed: ``torch.serialization.safe_globals(state_types())``.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agrad._arrays import to_numpy
@@ -24,7 +31,7 @@ from agrad.autograd.adapters import adapter_for
 from agrad.optim.base import is_array
 from agrad.pytree import MAX_DEPTH, PyTreeDef, flatten, flatten_leaves, keystr, unflatten
 
-__all__ = ["load", "save"]
+__all__ = ["load", "save", "state_types"]
 
 _FORMAT = "agrad.optim.state/1"
 _META = "__agrad_meta__"
@@ -81,6 +88,34 @@ def _encode(node: Any, arrays: list[Any], path: str, depth: int = 0) -> Any:
     raise TypeError(msg)
 
 
+def state_types() -> list[type]:
+    """Every state record type of agrad's optimizers (``AdamState``, ``ChainState`` ...).
+
+    For ``torch.load(f, weights_only=True)`` of a state saved with ``torch.save``::
+
+        with torch.serialization.safe_globals(agrad.optim.state_types()):
+            state = torch.load(f, weights_only=True)
+
+    (add a custom optimizer's own state classes to the list).
+    """
+    import agrad.optim  # noqa: F401 (every optimizer module imported)
+
+    out = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("agrad.optim") or module is None:
+            continue
+        for cls in vars(module).values():
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, tuple)
+                and hasattr(cls, "_fields")
+                and cls.__module__ == name
+                and cls.__name__.endswith("State")
+            ):
+                out.append(cls)
+    return sorted(out, key=lambda c: (c.__module__, c.__qualname__))
+
+
 def _prefix(path: str) -> str:
     """A key path cut short for a message (the paths of too-deep states are long)."""
     return path if len(path) <= 80 else path[:80] + "..."
@@ -116,21 +151,53 @@ def save(state: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def _record_class(name: str, fields: list[str], bad: Callable[[str], ValueError]) -> type:
+def _record_class(
+    name: str, fields: list[str], bad: Callable[[str], ValueError], types: dict[str, type]
+) -> type:
+    """The ``NamedTuple`` class recorded as ``"module:qualname"`` with these fields.
+
+    ``types`` (given to :func:`load`) first; agrad's own modules are imported if need
+    be; any other module (a custom optimizer's) must already be imported, so loading a
+    file never runs code it names.
+    """
     module, _, qualname = name.partition(":")
-    if module == "agrad" or module.startswith("agrad."):
-        try:
-            cls = importlib.import_module(module)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
-            if isinstance(cls, type) and list(getattr(cls, "_fields", ())) == fields:
-                return cls
-        except (ImportError, AttributeError):
-            pass
-    raise bad(
-        f"it holds a state record {name!r} that agrad does not define (or whose fields "
-        "changed); it cannot be rebuilt"
-    )
+    ours = module == "agrad" or module.startswith("agrad.")
+    cls: Any = types.get(name)
+    try:
+        if cls is None:
+            cls = importlib.import_module(module) if ours else sys.modules.get(module)
+        for part in qualname.split(".") if name not in types else ():
+            if cls is None or part == "<locals>":
+                cls = None
+                break
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError):
+        cls = None
+    record = isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+    if record and list(cls._fields) == fields:
+        return cls
+    if record:
+        raise bad(
+            f"it holds a state record {name!r} saved with fields {fields}, but that class "
+            f"now has fields {list(cls._fields)}; it cannot be rebuilt"
+        )
+    if ours:
+        raise bad(
+            f"it holds a state record {name!r} that agrad does not define; it cannot be rebuilt"
+        )
+    if "<locals>" in qualname:
+        hint = (
+            "it was defined inside a function; define the state class at module level, "
+            "or pass it: load(..., types=[cls])"
+        )
+    elif module not in sys.modules:
+        hint = (
+            f"import {module!r} (the module that defines it) before loading, or pass the "
+            "class: load(..., types=[cls])"
+        )
+    else:
+        hint = f"module {module!r} defines no NamedTuple {qualname!r}"
+    raise bad(f"it holds a state record {name!r} that cannot be found: {hint}")
 
 
 # Errors of reading a file that is not (or no longer) an intact ``.npz`` archive of
@@ -222,7 +289,9 @@ _SCALARS = {
 }
 
 
-def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any, int]:
+def _decode(
+    spec: Any, arrays: dict[str, Any], fn: str, name: str, types: dict[str, type] | None = None
+) -> tuple[Any, int]:
     """Rebuild the state described by ``spec``: ``(state, number of arrays)``.
 
     Iterative and linear in the size of the description; every node is checked (its
@@ -247,7 +316,9 @@ def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any,
             if t == "dict":
                 values.append(dict(zip(done["keys"], children)))
             elif t == "record":
-                values.append(_record_class(done["cls"], done["fields"], bad)(*children))
+                values.append(
+                    _record_class(done["cls"], done["fields"], bad, types or {})(*children)
+                )
             elif t == "tuple":
                 values.append(tuple(children))
             else:
@@ -326,10 +397,14 @@ def _decode(spec: Any, arrays: dict[str, Any], fn: str, name: str) -> tuple[Any,
     return values[0], len(used)
 
 
-def load(path: str | os.PathLike, like: Any) -> Any:
+def load(path: str | os.PathLike, like: Any, *, types: Iterable[type] = ()) -> Any:
     """Read a state written by :func:`save`, with arrays of ``like``'s namespace.
 
     ``like`` is the parameters (an array or a pytree) the state will be used with.
+    A state record (``NamedTuple``) is rebuilt as the class it was saved from: agrad's,
+    or a custom optimizer's found by its module and name among the modules already
+    imported; ``types`` names classes to use first (one defined where no module
+    holds it, e.g. code run by ``exec``).
     Every subtree of the state shaped like ``like`` must match its shapes; its arrays
     take the dtype and device of the matching parameter. Other arrays take ``like``'s
     namespace and device and keep their saved dtype. Loading takes time linear in the
@@ -349,7 +424,12 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     fn = "agrad.optim.load"
     name = _file_name(path)
     spec, raw = _read(path, fn, name)
-    state, n_arrays = _decode(spec, raw, fn, name)
+    named = {}
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise TypeError(f"{fn}: types holds {cls!r}, which is not a NamedTuple class")
+        named[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    state, n_arrays = _decode(spec, raw, fn, name, named)
 
     like_leaves, like_def, like_paths = flatten(like)
     if not like_leaves:
@@ -357,14 +437,13 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     xp = array_namespace(*like_leaves)
     adapter = adapter_for(xp)
     like_raw = [adapter.read(x) for x in like_leaves]
-    device = array_api_compat.device(like_raw[0])
     like_index = {p: i for i, p in enumerate(like_paths)}  # the state may keep another key order
     matched = [0]
     other = f"{fn}: {name} was saved for other parameters"
 
     def convert(a: Any, ref: Any | None) -> Any:
         if ref is None:
-            return xp.asarray(a, device=device)
+            return _scalar_record(a, xp, like_raw[0])
         return xp.asarray(a, dtype=ref.dtype, device=array_api_compat.device(ref))
 
     def rebuild(node: Any, where: str, factored: bool) -> Any:
@@ -393,7 +472,7 @@ def load(path: str | os.PathLike, like: Any) -> Any:
         if isinstance(node, dict):
             return {k: rebuild(v, f"{where}[{k!r}]", factored) for k, v in node.items()}
         if isinstance(node, tuple) and hasattr(type(node), "_fields"):
-            inner = factored or type(node).__name__ == "FactoredState"
+            inner = factored or type(node).__name__ in _SHAPE_FREE
             return type(node)(
                 *(rebuild(getattr(node, f), f"{where}.{f}", inner) for f in node._fields)
             )
@@ -404,7 +483,7 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     if like_def.kind == "leaf":
         return _rebuild_single(state, like_raw[0], xp, other)
     result = rebuild(state, "", False)
-    if n_arrays and matched[0] == 0:
+    if n_arrays and matched[0] == 0 and type(state).__name__ != "LBFGSState":  # flat vectors
         msg = f"{other}: no part of the state has the structure of like ({like_def!r})"
         raise ValueError(msg)
     return result
@@ -447,6 +526,12 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
     factored_paths = _factored_paths(state)
     out = []
     for leaf, p in zip(leaves, paths):
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind in "iub":  # a count or a flag
+            out.append(_scalar_record(leaf, xp, ref))
+            continue
+        if isinstance(leaf, np.ndarray) and leaf.ndim == 0 and len(ref.shape):
+            out.append(_scalar_record(leaf, xp, ref))  # a per-step scalar (NAdam's mu_product)
+            continue
         if isinstance(leaf, np.ndarray):
             if tuple(leaf.shape) != tuple(ref.shape) and p not in factored_paths:
                 msg = (
@@ -459,11 +544,32 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
     return unflatten(treedef, out)
 
 
+# records whose per-parameter arrays have their own shapes (factored statistics, 0-d
+# scalars per parameter): they take the parameter's dtype and device, not its shape
+_SHAPE_FREE = frozenset(
+    {"FactoredState", "ASGDState", "AdafactorTorchState", "ScaleByNovogradState"}
+)
+
+
+def _scalar_record(a: Any, xp: Any, like: Any) -> Any:
+    """A saved array that belongs to no parameter, on ``like``'s device: counts and flags
+    keep their dtype; a 0-d float (a per-step scalar) takes the dtype the optimizers
+    compute such scalars in there (:func:`~agrad.optim.numerics.scalar_dtype`)."""
+    import array_api_compat
+
+    from agrad.optim.numerics import scalar_dtype
+
+    device = array_api_compat.device(like)
+    if a.ndim == 0 and a.dtype.kind == "f":
+        return xp.asarray(a, dtype=scalar_dtype(xp, like), device=device)
+    return xp.asarray(a, device=device)
+
+
 def _factored_paths(state: Any) -> set[str]:
     out: set[str] = set()
 
     def walk(node: Any, path: str) -> None:
-        if isinstance(node, tuple) and type(node).__name__ == "FactoredState":
+        if isinstance(node, tuple) and type(node).__name__ in _SHAPE_FREE:
             out.update(path + p for p in flatten(node)[2])
             return
         if isinstance(node, dict):

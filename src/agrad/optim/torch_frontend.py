@@ -1,0 +1,589 @@
+"""Any agrad optimizer as a real ``torch.optim.Optimizer``: schedulers, GradScaler, state dicts.
+
+``TorchOptimizer(model.parameters(), agrad.optim.adam, lr=1e-3)`` (or an optimizer
+already built: ``TorchOptimizer(model.parameters(), agrad.optim.adam(lr=1e-3))``) is a
+``torch.optim.Optimizer`` subclass: ``step(closure=None)``, ``zero_grad``,
+``param_groups`` whose options are the agrad optimizer's hyperparameters,
+``add_param_group``, ``state_dict``/``load_state_dict``, every
+``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work as with
+``torch.optim.Adam``.
+
+How it works:
+
+- Options. Each parameter group holds the keyword arguments of the optimizer's
+  constructor (its *factory*: ``agrad.optim.adam``, or any callable that returns a
+  :class:`~agrad.optim.GradientTransformation`). A step builds the group's optimizer
+  from the group's current options (a scheduler that changed ``group["lr"]`` or
+  ``group["betas"]`` is seen at the next step); built optimizers are cached per
+  distinct options, and building one costs about 20 us, far less than a step.
+- State. As in torch, state is per parameter and lazy: ``self.state[p]`` holds the
+  parameter's slice of the agrad state under torch's names (``exp_avg``,
+  ``momentum_buffer``..., ``step`` for the step count, a float tensor as torch keeps
+  it), made at the parameter's first step with a gradient. A step gathers the states
+  of the parameters that have a gradient into one agrad state (one per distinct step
+  count, so a parameter that was frozen for a while keeps its own count, as in torch)
+  and runs ``opt.step`` on them in place. ``state_dict()`` is therefore torch's format:
+  tensors, Python numbers, tuples, dicts and lists only, so ``torch.load(...,
+  weights_only=True)`` reads it, and a ``torch.optim.Adam`` (``SGD``, ``AdamW``...)
+  state dict loads into the wrapper and back.
+- Checks. Every gradient of every group is checked (dense, its parameter's shape,
+  dtype and device; a complex parameter only where the optimizer takes one) before
+  any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
+  torch does.
+- Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
+  the closure is called at every point the optimizer tries, with the parameters set
+  to it, as ``torch.optim.LBFGS`` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from agrad.optim._cache import LRUCache
+from agrad.optim.base import GradientTransformation, is_array
+from agrad.pytree import flatten, flatten_leaves, unflatten
+
+__all__ = ["TorchOptimizer"]
+
+Factory = Callable[..., GradientTransformation]
+
+# Keys a parameter group may hold besides the optimizer's options: torch's own, the
+# ones lr schedulers write, and a name many training scripts give their groups.
+_GROUP_KEYS = frozenset(
+    {
+        "params",
+        "param_names",
+        "name",
+        "initial_lr",
+        "max_lr",
+        "min_lr",
+        "base_momentum",
+        "max_momentum",
+    }
+)
+_BUILT_KEPT = 32  # optimizers per distinct options (OneCycleLR makes a new set each step)
+_LAYOUTS_KEPT = 32
+
+
+_PLAIN = (float, int, bool, str, type(None))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in of an option's value (lists become tuples, 0-d tensors numbers)."""
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """An option's value as the factory takes it (a list from a state dict is a tuple)."""
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _options_of(factory: Factory) -> dict[str, Any]:
+    """The factory's keyword arguments and their defaults (``inspect.Parameter.empty``: none)."""
+    out = {}
+    for name, p in inspect.signature(factory).parameters.items():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            out[name] = p.default
+    return out
+
+
+def _same_hyperparams(a: Any, b: Any) -> bool:
+    try:
+        return bool(dict(a) == dict(b))
+    except Exception:  # arrays compare elementwise: such options are not rebuilt
+        return False
+
+
+def _is_optimizer(x: Any) -> bool:
+    """An agrad optimizer: a ``GradientTransformation``, or closure-driven (``lbfgs``)."""
+    return isinstance(x, GradientTransformation) or _closure_driven(x)
+
+
+def _closure_driven(x: Any) -> bool:
+    """An optimizer that evaluates the loss itself (``lbfgs``): ``step(params, closure, state)``."""
+    return (
+        not isinstance(x, (type, GradientTransformation))
+        and callable(getattr(x, "init", None))
+        and callable(getattr(x, "step", None))
+        and hasattr(x, "hyperparams")
+    )
+
+
+def _factory_of(opt: GradientTransformation) -> tuple[Factory | None, dict[str, Any]]:
+    """The public agrad constructor that rebuilds ``opt`` from its hyperparameters, if any.
+
+    ``agrad.optim.<opt.name>`` is used when calling it with the hyperparameters it takes
+    gives back the same hyperparameters; otherwise (a plain chain, a custom optimizer)
+    ``(None, {})``: the optimizer is used as it is, with no per-group options.
+    """
+    import agrad.optim
+
+    name = getattr(opt, "name", None) or type(opt).__name__.lower()
+    factory = getattr(agrad.optim, name, None)
+    if not callable(factory) or isinstance(factory, (type, GradientTransformation)):
+        return None, {}
+    try:
+        accepted = _options_of(factory)
+    except (TypeError, ValueError):
+        return None, {}
+    options = {k: v for k, v in dict(opt.hyperparams).items() if k in accepted}
+    try:
+        rebuilt = factory(**options)
+    except Exception:
+        return None, {}
+    if not _is_optimizer(rebuilt) or not _same_hyperparams(rebuilt.hyperparams, opt.hyperparams):
+        return None, {}
+    defaults = {k: v for k, v in accepted.items() if v is not inspect.Parameter.empty}
+    return factory, {**defaults, **options}
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps step counts in (float32, float64 when that is the default)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _entry_name(path: str) -> str:
+    """The name of a state leaf in ``self.state[p]``: its key path, ``count`` called ``step``."""
+    name = path.lstrip(".")
+    if name == "count":
+        return "step"
+    if name.endswith(".count"):
+        return name[: -len("count")] + "step"
+    return name
+
+
+class _Layout:
+    """Where each leaf of an agrad state for ``n`` parameters lives in ``self.state``.
+
+    ``per_param[i]`` is ``(name, j)`` for the leaf that belongs to the bucket's ``j``-th
+    parameter, or ``(name, None)`` for a leaf shared by the whole bucket (a step
+    count), which every parameter keeps a copy of, as torch keeps ``step``.
+    """
+
+    __slots__ = ("leaves", "shared", "template", "treedef")
+
+    def __init__(self, template: Any, n: int):
+        leaves, self.treedef, paths = flatten(template)
+        keys = {f"[{str(j)!r}]": j for j in range(n)}
+        self.leaves: list[tuple[str, int | None]] = []
+        for path in paths:
+            cut = path.rfind("[")
+            j = keys.get(path[cut:]) if cut >= 0 else None
+            self.leaves.append((_entry_name(path[:cut] if j is not None else path), j))
+        self.template = leaves
+        self.shared = [(i, name) for i, (name, j) in enumerate(self.leaves) if j is None]
+
+
+class TorchOptimizer(torch.optim.Optimizer):
+    """An agrad optimizer as a ``torch.optim.Optimizer`` (schedulers, GradScaler, state dicts).
+
+    Args:
+        params: what ``torch.optim.Adam`` takes: ``model.parameters()``,
+            ``model.named_parameters()`` or a list of parameter groups (dicts with
+            ``"params"`` and any options).
+        optimizer: an agrad constructor (``agrad.optim.adam``, or any callable whose
+            keyword arguments are the options and which returns a
+            ``GradientTransformation``), or an optimizer it built
+            (``agrad.optim.adam(lr=1e-3)``; its hyperparameters become the defaults).
+            An optimizer no public constructor rebuilds (a plain ``chain``) is used
+            as it is, without per-group options.
+        **defaults: options for every group that does not set its own (``lr=1e-3``).
+
+    Each step builds the group's optimizer from ``group``'s options, so schedulers and
+    manual edits of ``group["lr"]`` (or ``betas``, ``weight_decay``...) apply from the
+    next step. Example::
+
+        opt = TorchOptimizer(model.parameters(), agrad.optim.adamw, lr=1e-3)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        optimizer: GradientTransformation | Factory,
+        **defaults: Any,
+    ):
+        cls = type(self).__name__
+        self._fixed: GradientTransformation | None = None
+        if _is_optimizer(optimizer):
+            factory, options = _factory_of(optimizer)
+            if factory is None:
+                if defaults:
+                    msg = (
+                        f"{cls}: {optimizer!r} has no constructor that rebuilds it, so it "
+                        f"takes no options ({', '.join(defaults)}); pass a function that "
+                        "builds it instead, e.g. "
+                        f"{cls}(params, lambda lr: agrad.optim.chain(..., agrad.optim.adam(lr=lr)), lr=1e-3)"
+                    )
+                    raise TypeError(msg)
+                self._fixed = optimizer
+        elif callable(optimizer):
+            factory = optimizer
+            try:
+                options = {
+                    k: v
+                    for k, v in _options_of(factory).items()
+                    if v is not inspect.Parameter.empty or k in defaults
+                }
+            except (TypeError, ValueError) as err:
+                msg = f"{cls}: cannot read the keyword arguments of {optimizer!r}: {err}"
+                raise TypeError(msg) from None
+            missing = [
+                k
+                for k, v in _options_of(factory).items()
+                if v is inspect.Parameter.empty and k not in defaults
+            ]
+            if missing:
+                msg = f"{cls}: {_name(factory)} needs {', '.join(map(repr, missing))}; pass it as a keyword"
+                raise TypeError(msg)
+        else:
+            msg = (
+                f"{cls}: optimizer must be an agrad optimizer or a function that builds "
+                f"one (e.g. agrad.optim.adam), got {type(optimizer).__name__}"
+            )
+            raise TypeError(msg)
+        if factory is not None:
+            unknown = [k for k in defaults if k not in options]
+            if unknown:
+                msg = (
+                    f"{cls}: {_name(factory)} takes no option {', '.join(map(repr, unknown))}; "
+                    f"its options are {', '.join(options)}"
+                )
+                raise TypeError(msg)
+            options = {**options, **defaults}
+        self._factory = factory
+        # the options, kept apart from self.defaults (torch adds "differentiable" there)
+        self._options: dict[str, Any] = options if factory is not None else {}
+        self._built = LRUCache(_BUILT_KEPT)
+        self._layouts = LRUCache(_LAYOUTS_KEPT)
+        super().__init__(params, dict(self._options))
+
+    # -- groups and options -----------------------------------------------------------
+    def __repr__(self) -> str:
+        what = repr(self._fixed) if self._factory is None else _name(self._factory)
+        return f"{type(self).__name__}[{what}] " + super().__repr__().split(" ", 1)[1]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore (``load_state_dict`` calls it); groups lacking an option get the default."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in self._options.items():
+                group.setdefault(k, v)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's checks), refusing options the optimizer does not take."""
+        cls = type(self).__name__
+        if isinstance(param_group, dict):
+            unknown = [k for k in param_group if k not in _GROUP_KEYS and k not in self._options]
+            if unknown:
+                what = "no options" if not self._options else f"options {', '.join(self._options)}"
+                msg = (
+                    f"{cls}.add_param_group: unknown option {', '.join(map(repr, unknown))}; "
+                    f"{self._label()} takes {what}"
+                )
+                raise ValueError(msg)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if not (p.is_floating_point() or p.is_complex()):
+                self.param_groups.pop()
+                msg = f"{cls}: a parameter of dtype {p.dtype} cannot be optimized (floating point only)"
+                raise TypeError(msg)
+        try:
+            self._optimizer_for(group)  # invalid options fail now, as torch's do
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _label(self) -> str:
+        return repr(self._fixed) if self._factory is None else _name(self._factory)
+
+    def _optimizer_for(self, group: dict[str, Any]) -> GradientTransformation:
+        """The agrad optimizer for ``group``'s current options (cached per distinct options)."""
+        if self._factory is None:
+            assert self._fixed is not None
+            return self._fixed
+        names = self._options
+        key = tuple((k, _frozen(group[k])) for k in names)
+        opt = self._built.get(key)
+        if opt is None:
+            opt = self._factory(**{k: _plain(group[k]) for k in names})
+            if not _is_optimizer(opt):
+                msg = f"{type(self).__name__}: {_name(self._factory)} returned {type(opt).__name__}, not an agrad optimizer"
+                raise TypeError(msg)
+            self._built[key] = opt
+        return opt
+
+    # -- the step ---------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step for every parameter with a gradient; returns ``closure()``'s loss.
+
+        Every group's gradients are checked before any parameter is written; a
+        parameter whose ``grad`` is ``None`` is skipped (its state is left as it is).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        opts = [self._optimizer_for(g) for g in self.param_groups]
+        if any(_closure_driven(opt) for opt in opts):
+            return self._step_closure_driven(closure)
+        plans = [self._plan(i, g, opt) for i, (g, opt) in enumerate(zip(self.param_groups, opts))]
+        for opt, params in plans:
+            if params:
+                self._run(opt, params)
+        return loss
+
+    def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
+        """A step of an optimizer that evaluates the loss itself (``lbfgs``), as torch's LBFGS.
+
+        One parameter group; ``closure()`` (zero the gradients, compute the loss,
+        ``backward()``, return the loss) is called at each point the optimizer tries,
+        with the parameters set to that point; a ``None`` gradient counts as zeros. The
+        state lives in ``self.state`` of the first parameter, as torch keeps it.
+        Returns the first loss, as torch does.
+        """
+        cls = type(self).__name__
+        if closure is None:
+            msg = f"{cls}.step: {self._label()} evaluates the loss itself: pass step(closure), a function that zeroes the gradients, computes the loss, calls backward() and returns the loss"
+            raise TypeError(msg)
+        if len(self.param_groups) != 1:
+            msg = f"{cls}: {self._label()} takes one parameter group (as torch.optim.LBFGS), got {len(self.param_groups)}"
+            raise ValueError(msg)
+        opt = self._optimizer_for(self.param_groups[0])
+        params = list(self.param_groups[0]["params"])
+        tree = {str(j): p.detach() for j, p in enumerate(params)}
+        template = opt.init(tree)
+        stored = self.state[params[0]]
+        state = type(template)(**{f: stored.get(f, getattr(template, f)) for f in template._fields})
+
+        def evaluate(at: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            for k, p in tree.items():
+                if at[k] is not p:
+                    p.copy_(at[k])
+            with torch.enable_grad():
+                loss = closure()
+            grads = {}
+            for j, p in enumerate(params):
+                g = p.grad
+                if g is not None and g.layout != torch.strided:
+                    msg = f"{cls}.step: param_groups[0]['params'][{j}] has a sparse gradient ({g.layout}); {self._label()} takes dense gradients"
+                    raise TypeError(msg)
+                grads[str(j)] = torch.zeros_like(p) if g is None else g
+            return loss, grads
+
+        _, new_state, loss = opt.step(tree, evaluate, state)
+        stored.update(new_state._asdict())
+        return loss
+
+    def _plan(
+        self, gi: int, group: dict[str, Any], opt: GradientTransformation
+    ) -> tuple[GradientTransformation, list[Any]]:
+        """The group's optimizer and parameters with a gradient, after checking each."""
+        out = []
+        for j, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            where = f"param_groups[{gi}]['params'][{j}] (shape {tuple(p.shape)})"
+            fn = f"{type(self).__name__}.step"
+            if g.layout != torch.strided or p.layout != torch.strided:
+                what = "gradient" if g.layout != torch.strided else "parameter"
+                bad = g.layout if g.layout != torch.strided else p.layout
+                msg = (
+                    f"{fn}: {where} has a sparse {what} ({bad}); agrad optimizers take dense "
+                    "gradients: use torch.optim.SparseAdam for sparse embeddings, or "
+                    "nn.Embedding(..., sparse=False)"
+                )
+                raise TypeError(msg)
+            if p.is_complex() and not getattr(opt, "complex_params", False):
+                msg = f"{fn}: {where} is complex ({p.dtype}); {opt!r} takes real parameters"
+                raise TypeError(msg)
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                msg = (
+                    f"{fn}: {where}: its gradient has shape {tuple(g.shape)}, dtype {g.dtype} "
+                    f"on {g.device} but the parameter is {p.dtype} on {p.device}"
+                )
+                raise ValueError(msg)
+            out.append(p)
+        return opt, out
+
+    def _layout(self, opt: GradientTransformation, params: dict[str, Any]) -> _Layout:
+        key = (opt, tuple((p.shape, p.dtype) for p in params.values()))
+        layout = self._layouts.get(key)
+        if layout is None:
+            template = getattr(opt, "_template", None)
+            if template is not None:
+                leaves, treedef = flatten(params)[:2]
+                state = template(leaves, treedef)
+            else:
+                state = opt.init(params)
+            layout = self._layouts[key] = _Layout(state, len(params))
+        return layout
+
+    def _initialize(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """Torch's lazy state: the parameters' slices of ``opt.init`` in ``self.state``."""
+        tree = {str(j): p for j, p in enumerate(params)}
+        state = opt.init(tree)
+        layout = self._layout(opt, tree)
+        leaves = flatten(state)[0]
+        fresh: list[dict[str, Any]] = [{} for _ in params]
+        for (name, j), value in zip(layout.leaves, leaves):
+            for k in range(len(params)) if j is None else (j,):
+                fresh[k][name] = _stored(value, name) if j is None else value
+        for p, entries in zip(params, fresh):
+            self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
+
+    def _run(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """``opt.step`` on ``params``, one call per set of parameters sharing a step count."""
+        new = [p for p in params if not self.state.get(p)]
+        if new:
+            self._initialize(opt, new)
+        buckets: dict[Any, list[Any]] = {}
+        probe = self._layout(opt, {"0": params[0]})
+        states = [self.state[p] for p in params]
+        columns = [_values_of([s.get(name) for s in states]) for _, name in probe.shared]
+        for p, key in zip(params, zip(*columns) if columns else [()] * len(params)):
+            buckets.setdefault(key, []).append(p)
+        for bucket in buckets.values():
+            self._step_bucket(opt, bucket)
+
+    def _step_bucket(self, opt: GradientTransformation, params: list[Any]) -> None:
+        tree = {str(j): p for j, p in enumerate(params)}
+        layout = self._layout(opt, tree)
+        states = [self.state[p] for p in params]
+        lacking = {j for name, j in layout.leaves if j is not None and name not in states[j]}
+        if lacking:  # an option that adds state (amsgrad turned on), or a partial load
+            self._fill(opt, [params[j] for j in sorted(lacking)])
+        leaves = []
+        first = states[0]
+        for (name, j), spec in zip(layout.leaves, layout.template):
+            if j is None:
+                leaves.append(_as_leaf(first.get(name, _MISSING), spec, params[0], first, name))
+            else:
+                x = states[j][name]
+                if is_array(spec) and x.dtype != spec.dtype:
+                    x = x.to(spec.dtype)
+                leaves.append(x)
+        state = unflatten(layout.treedef, leaves)
+        grads = {k: p.grad for k, p in tree.items()}
+        # detached views share the parameters' memory: written in place, the parameters
+        # change, and agrad's fused-kernel fast path takes them (it declines tensors that
+        # require grad)
+        _, new_state = opt.step({k: p.detach() for k, p in tree.items()}, grads, state)
+        new_leaves = flatten_leaves(new_state)[0]
+        shared = []
+        for (name, j), value in zip(layout.leaves, new_leaves):
+            if j is None:
+                shared.append((name, value))
+            else:
+                states[j][name] = value
+        for (
+            name,
+            value,
+        ) in shared:  # each parameter its own copy: torch.optim writes "step" in place
+            if not _set_steps([s.get(name) for s in states], name, value):
+                for s in states:
+                    s[name] = _stored(value, name)
+
+    def _fill(self, opt: GradientTransformation, params: list[Any]) -> None:
+        """Give ``params`` the state entries they lack, with ``opt.init``'s values."""
+        tree = {str(j): p for j, p in enumerate(params)}
+        layout = self._layout(opt, tree)
+        for (name, j), value in zip(layout.leaves, flatten(opt.init(tree))[0]):
+            if j is not None and name not in self.state[params[j]]:
+                self.state[params[j]][name] = value
+
+
+_MISSING = object()
+
+
+def _values_of(values: list[Any]) -> list[Any]:
+    """Hashable values of one shared state entry of many parameters (their step counts):
+    one ``stack`` for 0-d tensors, not one ``item()`` each."""
+    if values and all(type(v) is torch.Tensor and v.ndim == 0 for v in values):
+        try:
+            return torch.stack(values).tolist()
+        except RuntimeError:  # dtypes or devices differ
+            pass
+    return [_frozen(v) for v in values]
+
+
+def _set_steps(steps: list[Any], name: str, value: Any) -> bool:
+    """Write the new step count into each parameter's own ``step`` tensor, as torch.optim
+    does (one ``_foreach_copy_``); ``False`` where they are not such tensors (then new
+    ones are made)."""
+    if not (name == "step" or name.endswith(".step")):
+        return False
+    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
+        return False
+    if len({id(t) for t in steps}) != len(steps) or len({t.dtype for t in steps}) != 1:
+        return False
+    src = torch.tensor(float(value), dtype=steps[0].dtype, device=steps[0].device)
+    torch._foreach_copy_(steps, [src] * len(steps))
+    return True
+
+
+def _stored(value: Any, name: str) -> Any:
+    """A shared state leaf as each ``self.state[p]`` keeps it: a step count as torch's
+    float tensor, an array as a copy of its own (torch.optim writes state in place)."""
+    if name == "step" or name.endswith(".step"):
+        return torch.tensor(float(value), dtype=_scalar_dtype())
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    return value
+
+
+def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any], name: str) -> Any:
+    """A shared entry of ``self.state`` as the agrad state holds it (``spec``'s type).
+
+    A missing step count is 0, or 1 when the parameter already has other state:
+    ``torch.optim.SGD`` keeps a momentum buffer but no count, and a buffer means a step
+    was taken. Another missing entry takes ``opt.init``'s value (``spec``).
+    """
+    if value is _MISSING:
+        if name == "step" or name.endswith(".step"):
+            value = 1 if entries else 0
+        elif is_array(spec):
+            return torch.zeros(spec.shape, dtype=spec.dtype, device=p.device)
+        else:
+            return spec
+    if type(spec) is bool:
+        return bool(value)
+    if type(spec) is int:
+        return round(float(value))
+    if type(spec) is float:
+        return float(value)
+    if is_array(spec):
+        return torch.as_tensor(value, dtype=spec.dtype, device=p.device)
+    return value
+
+
+def _name(factory: Any) -> str:
+    module = getattr(factory, "__module__", "") or ""
+    name = getattr(factory, "__qualname__", None) or repr(factory)
+    return f"agrad.optim.{name}" if module.startswith("agrad.optim") else name
