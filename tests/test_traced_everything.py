@@ -134,3 +134,35 @@ def test_the_demo_model_written_with_operators_trains(backend):
         grads = agrad.grad(loss)(params)
         params = {k: params[k] - 0.5 * grads[k] for k in params}
     assert float(loss(params)) < 0.5 * first
+
+
+@pytest.mark.parametrize(
+    ("call", "standard"),
+    [
+        (lambda x: x.sum(), "xp.sum"),
+        (lambda x: x.mean(), "xp.mean"),
+        (lambda x: x.max(), "xp.max"),
+        (lambda x: x.reshape((3,)), "xp.reshape"),
+        (lambda x: x.flatten(), "xp.reshape"),
+        (lambda x: x.astype("float32"), "xp.astype"),
+        (lambda x: x.tolist(), "agrad.stop_gradient"),
+        (lambda x: x.cumsum(), "xp.cumulative_sum"),
+    ],
+)
+def test_numpy_style_methods_name_the_standard_function(tape_xp, call, standard):
+    def f(x):
+        with pytest.raises(AttributeError, match=rf"no attribute .*call {standard}"):
+            call(x)
+        return agrad.array_namespace(x).sum(x)
+
+    agrad.grad(f)(tape_xp.asarray(np.ones(3)))
+
+
+def test_unknown_attributes_keep_the_plain_error_and_hasattr_works():
+    def f(x):
+        assert not hasattr(x, "sum") and not hasattr(x, "__array__")
+        with pytest.raises(AttributeError, match=r"^'TracedArray' object has no attribute 'foo'$"):
+            x.foo  # noqa: B018
+        return agrad.numpy.sum(x)
+
+    agrad.grad(f)(np.ones(3))

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agrad.autograd.tape.method_hints import missing_attribute
 from agrad.autograd.tape.vjp import VJP, Rule, vjp
 
 __all__ = [
@@ -247,6 +248,10 @@ class TracedArray:
 
     def __array_namespace__(self, *, api_version: str | None = None) -> Any:
         return self._ns
+
+    def __getattr__(self, name: str) -> Any:
+        """Only for names the class lacks: NumPy-style methods name the standard's function."""
+        raise missing_attribute(type(self).__name__, name)
 
     # -- attributes -------------------------------------------------------------
     @property
