@@ -385,6 +385,11 @@ def primitive(
     Traced = ns._Traced
 
     def fn(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            for v in kwargs.values():
+                if isinstance(v, TracedArray):
+                    kwargs = _constant_keywords(name, kwargs)
+                    break
         n = len(args)
         if n == 1 or (n == 2 and not isinstance(args[1], TracedArray)):
             x = args[0]
@@ -444,6 +449,30 @@ def primitive(
     fn.__name__ = fn.__qualname__ = name
     fn._agrad_raw = plain  # type: ignore[attr-defined]
     return fn
+
+
+def _constant_keywords(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with its traced constants unboxed; one that carries a gradient raises.
+
+    Primitives differentiate only their positional arguments, so a keyword argument
+    with a gradient (``ord`` of ``vector_norm`` computed from a parameter) would
+    silently lose it.
+    """
+    out = dict(kwargs)
+    for key, v in kwargs.items():
+        level = v
+        while isinstance(level, TracedArray):
+            if level._node is not CONSTANT:
+                msg = (
+                    f"{name}: the keyword argument {key}= is a traced array that carries a "
+                    f"gradient, and agrad differentiates {name} only in its array "
+                    f"arguments; pass a constant ({key}=float(...) or "
+                    "agrad.stop_gradient(...))"
+                )
+                raise TypeError(msg)
+            level = level._value
+        out[key] = level
+    return out
 
 
 def _tuple_boxer(

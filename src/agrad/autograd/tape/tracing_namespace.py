@@ -6,8 +6,10 @@ order of precedence:
 
 - a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged); one
   whose entry says ``sequence`` (``concat``, ``stack``) takes its arrays as one
-  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``
-  and ``asarray`` are front ends to their primitives (``_front_ends``);
+  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``,
+  ``asarray`` and the creation functions with scalar arguments (``linspace``,
+  ``arange``, ``full``, ``full_like``) are front ends to their primitives
+  (``_front_ends``);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
 - *non-differentiable*: run on the raw values (comparisons, argmax ...); the result is
@@ -36,6 +38,7 @@ from typing import Any
 import array_api_compat
 
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
+from agrad.autograd.tape.creation import creation_functions, frequency_functions
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
 from agrad.autograd.tape.standard import (
     FFT_FUNCTIONS,
@@ -291,6 +294,9 @@ def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) ->
         if name not in names and not _is_function(obj):
             continue  # the base module's imports (numpy, typing names ...)
         setattr(mod, name, _wrap(f"{ext}.{name}", f"{mod.__name__}.{name}", obj, ns))
+    if ext == "fft" and base_ext is not None:
+        for name, fn in frequency_functions(ns, base_ext).items():
+            setattr(mod, name, fn)
     mod.__all__ = sorted(n for n in vars(mod) if not n.startswith("_"))
     sys.modules[mod.__name__] = mod
     return mod
@@ -360,7 +366,8 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
 def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     """Functions whose standard signature is not their primitive's.
 
-    ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
+    ``linspace``, ``arange``, ``full`` and ``full_like`` are differentiable in traced
+    scalar arguments (:mod:`~agrad.autograd.tape.creation`); ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
     differentiable only to floating and complex dtypes, ``asarray`` returns a traced
     array as it is.
     """
@@ -396,7 +403,12 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     clip._agrad_raw = base.clip  # type: ignore[attr-defined]
     astype._agrad_raw = base.astype  # type: ignore[attr-defined]
     asarray._agrad_raw = base.asarray  # type: ignore[attr-defined]
-    return {"clip": clip, "astype": astype, "asarray": asarray}
+    return {
+        "clip": clip,
+        "astype": astype,
+        "asarray": asarray,
+        **creation_functions(ns, base),
+    }
 
 
 def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
