@@ -20,7 +20,11 @@ order of precedence:
 Inside a trace every array a function returns is traced (a constant of the trace when it
 carries no gradient: :func:`~agrad.autograd.tape.traced.box_constants`). With no
 active trace the namespace is a plain pass-through of its base (except where
-the base disagrees with the standard: ``_BASE_FIXES``). Integer-array and mask indexing
+the base disagrees with the standard: ``_BASE_FIXES``). Each namespace also has a
+``special`` module of differentiable ``scipy.special`` functions (when scipy is
+installed), which scipy's own wrappers call under ``SCIPY_ARRAY_API=1``, and traced
+NumPy and array-api-strict arrays take NumPy ufuncs through ``__array_ufunc__``
+(:mod:`~agrad.autograd.tape.special`, :mod:`~agrad.autograd.tape.ufuncs`). Integer-array and mask indexing
 transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
 one-hot product written against the standard).
 """
@@ -40,6 +44,7 @@ import array_api_compat
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.creation import creation_functions, frequency_functions
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
+from agrad.autograd.tape.special import special_module
 from agrad.autograd.tape.standard import (
     FFT_FUNCTIONS,
     FUNCTIONS,
@@ -323,6 +328,13 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     module_globals.update(_private_primitives(ns, base, base_name))
     for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
         module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
+    special = special_module(ns, base_name)
+    if special is not None:
+        module_globals["special"] = special
+    if base_name in ("numpy", "array_api_strict"):  # both are NumPy arrays underneath
+        from agrad.autograd.tape.ufuncs import array_ufunc_for
+
+        traced_cls.__array_ufunc__ = array_ufunc_for(ns)
     module_globals["__all__"] = sorted(
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
@@ -354,7 +366,7 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
     top = types.SimpleNamespace()
     memo: dict[int, Any] = {}
     rawify(ns, top, memo)
-    for ext in ("linalg", "fft"):
+    for ext in ("linalg", "fft", "special"):
         sub = getattr(ns, ext, None)
         if isinstance(sub, types.ModuleType):
             raw_sub = types.SimpleNamespace()
