@@ -304,9 +304,9 @@ UFUNC_NAMES = {"digamma": "psi", "zeta": "_zeta"}
 
 #: Arguments (by position) a function has no derivative in, with the reason.
 NOT_DIFFERENTIABLE_IN: dict[str, dict[int, str]] = {
-    "zeta": {0: "the order s (no closed-form derivative in scipy)"},
-    "gammainc": {0: "the shape a (its derivative is not a scipy.special function)"},
-    "gammaincc": {0: "the shape a (its derivative is not a scipy.special function)"},
+    "zeta": {0: "the order s, whose derivative is not a scipy.special function"},
+    "gammainc": {0: "the shape a, whose derivative is not a scipy.special function"},
+    "gammaincc": {0: "the shape a, whose derivative is not a scipy.special function"},
 }
 
 #: NumPy ufuncs outside the standard with a rule here: ufunc name -> rule.
