@@ -20,13 +20,14 @@ order of precedence:
 Inside a trace every array a function returns is traced (a constant of the trace when it
 carries no gradient: :func:`~agrad.autograd.tape.traced.box_constants`). With no
 active trace the namespace is a plain pass-through of its base (except where
-the base disagrees with the standard: ``_BASE_FIXES``). Each namespace also has a
-``special`` module of differentiable ``scipy.special`` functions (when scipy is
-installed), which scipy's own wrappers call under ``SCIPY_ARRAY_API=1``, and traced
-NumPy and array-api-strict arrays take NumPy ufuncs through ``__array_ufunc__``
-(:mod:`~agrad.autograd.tape.special`, :mod:`~agrad.autograd.tape.ufuncs`). Integer-array and mask indexing
-transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
-one-hot product written against the standard).
+the base disagrees with the standard: ``_BASE_FIXES``). ``agrad.numpy`` and
+``agrad.array_api_strict`` also have a ``special`` module of differentiable
+``scipy.special`` functions, made on first use (scipy's own wrappers call it under
+``SCIPY_ARRAY_API=1``), and their traced arrays take NumPy ufuncs through
+``__array_ufunc__`` (:mod:`~agrad.autograd.tape.special`,
+:mod:`~agrad.autograd.tape.ufuncs`). Integer-array and mask indexing transpose through
+``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a one-hot product
+written against the standard).
 """
 
 from __future__ import annotations
@@ -328,9 +329,6 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     module_globals.update(_private_primitives(ns, base, base_name))
     for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
         module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
-    special = special_module(ns, base_name)
-    if special is not None:
-        module_globals["special"] = special
     if base_name in ("numpy", "array_api_strict"):  # both are NumPy arrays underneath
         from agrad.autograd.tape.ufuncs import array_ufunc_for
 
@@ -340,6 +338,31 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     )
     bind_operators(traced_cls, module_globals)
     module_globals["_raw_ns"] = _raw_namespace(ns)
+    module_globals["__getattr__"] = _lazy_special(ns, base_name, module_globals)
+
+
+def _lazy_special(ns: Any, base_name: str, module_globals: dict[str, Any]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` that makes ``ns.special`` on first use.
+
+    Building it imports scipy, which reads ``SCIPY_ARRAY_API`` once, at import: importing
+    a tracing namespace must not do that before the user has set it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        # NumPy and array-api-strict only: scipy.special computes on NumPy arrays
+        if name == "special" and base_name in ("numpy", "array_api_strict"):
+            mod = special_module(ns, base_name)
+            if mod is not None:
+                module_globals["special"] = mod
+                raw = types.SimpleNamespace(
+                    **{k: getattr(v, "_agrad_raw", v) for k, v in vars(mod).items()}
+                )
+                module_globals["_raw_ns"].special = raw
+                return mod
+        msg = f"module {ns.__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    return __getattr__
 
 
 def _raw_namespace(ns: Any) -> types.SimpleNamespace:
@@ -366,7 +389,7 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
     top = types.SimpleNamespace()
     memo: dict[int, Any] = {}
     rawify(ns, top, memo)
-    for ext in ("linalg", "fft", "special"):
+    for ext in ("linalg", "fft"):
         sub = getattr(ns, ext, None)
         if isinstance(sub, types.ModuleType):
             raw_sub = types.SimpleNamespace()
