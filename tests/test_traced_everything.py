@@ -162,7 +162,7 @@ def test_numpy_style_methods_name_the_standard_function(tape_xp, call, standard)
 
 def test_unknown_attributes_keep_the_plain_error_and_hasattr_works():
     def f(x):
-        assert not hasattr(x, "sum") and not hasattr(x, "__array__")
+        assert not hasattr(x, "sum") and not hasattr(x, "__array_interface__")
         with pytest.raises(AttributeError, match=r"^'TracedArray' object has no attribute 'foo'$"):
             x.foo  # noqa: B018
         return agrad.numpy.sum(x)
@@ -222,3 +222,16 @@ def test_a_keyword_argument_with_a_gradient_is_refused_by_name():
     xp = agrad.numpy
     with pytest.raises(TypeError, match=r"linalg\.vector_norm: the keyword argument ord="):
         agrad.grad(lambda x: xp.linalg.vector_norm(x, ord=x[0]))(np.array([3.0, 1.0]))
+
+
+def test_numpy_conversion_of_a_traced_array_with_a_gradient_is_refused():
+    """np.asarray would compute on the value and drop the gradient silently."""
+
+    def f(x):
+        xp = agrad.array_namespace(x)
+        np.testing.assert_array_equal(np.asarray(xp.asarray(np.ones(2))), np.ones(2))
+        with pytest.raises(TypeError, match="carries a gradient"):
+            np.asarray(x * 2.0)
+        return xp.sum(x)
+
+    agrad.grad(f)(np.ones(2))

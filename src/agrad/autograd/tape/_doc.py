@@ -126,6 +126,9 @@ def differentiability_page() -> str:
         "  function to call instead.",
         "- `__bool__`, `__int__`, `__float__`, `__complex__`, `__index__`, `__dlpack__`:",
         "  read the value, which ends differentiability.",
+        "- `__array__` (`np.asarray(x)`): the value of a constant; a traced array that",
+        "  carries a gradient raises `TypeError`, since code converting implicitly would",
+        "  drop the gradient silently.",
         "",
         "## Limits",
         "",
@@ -205,8 +208,9 @@ def _ufunc_section() -> list[str]:
         "(`logsumexp`, `softmax`, `log_softmax` and the table above) and array-api-extra",
         "are checked against finite differences on NumPy and array-api-strict",
         "(`tests/test_scipy_gradients.py`). scipy's distributions (`scipy.stats.norm`",
-        "...) and `pearsonr`'s p-value are not written against the standard there and",
-        "fail on traced arrays.",
+        "...) and `pearsonr`'s p-value are not written against the standard there: they",
+        "convert their inputs with `np.asarray`, which a traced array that carries a",
+        "gradient refuses with a `TypeError` rather than lose the gradient.",
         "",
     ]
     return lines

@@ -338,6 +338,29 @@ class TracedArray:
         """DLPack export of the value (reading it ends differentiability)."""
         return strip(self).__dlpack__(*args, **kwargs)
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """NumPy's conversion: the value of a constant; refused where it would drop a gradient.
+
+        Code that converts its inputs with ``np.asarray`` (scipy's fallback for functions
+        without Array API support) would otherwise compute on the values and hand back
+        a result without the gradient, silently.
+        """
+        value = self
+        while isinstance(value, TracedArray):
+            if value._node is not CONSTANT:
+                msg = (
+                    "np.asarray (or another NumPy conversion) was given a traced array "
+                    "that carries a gradient; computing on its value would drop the "
+                    "gradient silently. Use the array's namespace (xp = "
+                    "array_namespace(x)) instead, or convert agrad.stop_gradient(x)"
+                )
+                raise TypeError(msg)
+            value = value._value
+        import numpy as np
+
+        out = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+        return out.copy() if copy else out
+
     def __dlpack_device__(self) -> Any:
         return strip(self).__dlpack_device__()
 
