@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agrad.autograd.tape.method_hints import missing_attribute
+from agrad.autograd.tape.method_hints import HINTS, missing_attribute
 from agrad.autograd.tape.vjp import VJP, Rule, vjp
 
 __all__ = [
@@ -249,10 +249,6 @@ class TracedArray:
     def __array_namespace__(self, *, api_version: str | None = None) -> Any:
         return self._ns
 
-    def __getattr__(self, name: str) -> Any:
-        """Only for names the class lacks: NumPy-style methods name the standard's function."""
-        raise missing_attribute(type(self).__name__, name)
-
     # -- attributes -------------------------------------------------------------
     @property
     def dtype(self) -> Any:
@@ -363,6 +359,21 @@ class TracedArray:
 
     def __dlpack_device__(self) -> Any:
         return strip(self).__dlpack_device__()
+
+
+def _hint(name: str) -> property:
+    """A NumPy-style method the standard lacks: reading it raises ``AttributeError`` naming
+    the standard function (a property, not ``__getattr__``, which would slow every
+    attribute read of a traced array)."""
+
+    def read(self: TracedArray) -> Any:
+        raise missing_attribute(type(self).__name__, name)
+
+    return property(read, doc=f"Not in the standard: raises AttributeError naming {HINTS[name]}.")
+
+
+for _name in HINTS:
+    setattr(TracedArray, _name, _hint(_name))
 
 
 def unbox(x: Any, trace: Trace) -> Any:
