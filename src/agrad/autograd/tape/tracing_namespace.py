@@ -6,19 +6,28 @@ order of precedence:
 
 - a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged); one
   whose entry says ``sequence`` (``concat``, ``stack``) takes its arrays as one
-  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``
-  and ``asarray`` are front ends to their primitives (``_front_ends``);
+  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``,
+  ``asarray`` and the creation functions with scalar arguments (``linspace``,
+  ``arange``, ``full``, ``full_like``) are front ends to their primitives
+  (``_front_ends``);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
-- *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
-  creation from a shape (``zeros``, ``full`` ...) gives a constant of the live trace;
+- *non-differentiable*: run on the raw values (comparisons, argmax ...); the result is
+  a constant of the live trace, as is any array created (``zeros``, ``asarray`` ...);
 - *unsupported*: a pass-through that raises ``NotImplementedError`` naming itself when
   given a traced array (the base's non-standard extras), never a wrong gradient.
 
-With no active trace the namespace is a plain pass-through of its base (except where
-the base disagrees with the standard: ``_BASE_FIXES``). Integer-array and mask indexing
-transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
-one-hot product written against the standard).
+Inside a trace every array a function returns is traced (a constant of the trace when it
+carries no gradient: :func:`~agrad.autograd.tape.traced.box_constants`). With no
+active trace the namespace is a plain pass-through of its base (except where
+the base disagrees with the standard: ``_BASE_FIXES``). ``agrad.numpy`` and
+``agrad.array_api_strict`` also have a ``special`` module of differentiable
+``scipy.special`` functions, made on first use (scipy's own wrappers call it under
+``SCIPY_ARRAY_API=1``), and their traced arrays take NumPy ufuncs through
+``__array_ufunc__`` (:mod:`~agrad.autograd.tape.special`,
+:mod:`~agrad.autograd.tape.ufuncs`). Integer-array and mask indexing transpose through
+``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a one-hot product
+written against the standard).
 """
 
 from __future__ import annotations
@@ -34,14 +43,22 @@ from typing import Any
 import array_api_compat
 
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
+from agrad.autograd.tape.creation import creation_functions, frequency_functions
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
+from agrad.autograd.tape.special import special_module
 from agrad.autograd.tape.standard import (
     FFT_FUNCTIONS,
     FUNCTIONS,
     LINALG_ALIASES,
     LINALG_FUNCTIONS,
 )
-from agrad.autograd.tape.traced import TracedArray, constant, primitive, strip, strip_key
+from agrad.autograd.tape.traced import (
+    TracedArray,
+    box_constants,
+    primitive,
+    strip,
+    strip_key,
+)
 from agrad.autograd.tape.vjp import VJP
 
 __all__ = ["BASE_MODULES", "CREATION", "DERIVED", "NONDIFFERENTIABLE", "RULES", "populate"]
@@ -85,14 +102,16 @@ def _any_traced(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return any(isinstance(v, TracedArray) for v in kwargs.values()) if kwargs else False
 
 
-def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]:
+def _nondifferentiable(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
-        return raw(
-            *(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()}
-        )
+        out = raw(*(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()})
+        return box_constants(ns, out)
 
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f"``{name}`` of the base namespace; its result carries no gradient."
+    fn.__doc__ = (
+        f"``{name}`` of the base namespace; its result carries no gradient (inside a "
+        "gradient computation, a constant of the current trace)."
+    )
     fn._agrad_raw = raw  # type: ignore[attr-defined]  # for raw arrays: the base's own
     return fn
 
@@ -105,7 +124,7 @@ CREATION = frozenset(["zeros", "ones", "empty", "full", "eye", "arange", "linspa
 def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         out = raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
-        return constant(ns, out)
+        return box_constants(ns, out)
 
     def raw_fn(*args: Any, **kwargs: Any) -> Any:
         return raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
@@ -119,7 +138,7 @@ def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]
     return fn
 
 
-def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
+def _unsupported(qualname: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         if _contains_traced(args) or _contains_traced(kwargs):
             msg = (
@@ -128,7 +147,7 @@ def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
                 "agrad.stop_gradient(x)"
             )
             raise NotImplementedError(msg)
-        return raw(*args, **kwargs)
+        return box_constants(ns, raw(*args, **kwargs))
 
     fn.__name__ = fn.__qualname__ = qualname.rsplit(".", 1)[-1]
     fn.__doc__ = f"``{qualname}`` passes through to the base namespace; not differentiable."
@@ -156,7 +175,7 @@ def _derived(name: str, raw: Callable[..., Any] | None, impl: Callable[..., Any]
         def fn(*args: Any, **kwargs: Any) -> Any:
             if _any_traced(args, kwargs):
                 return impl(ns, *args, **kwargs)
-            return raw(*args, **kwargs)
+            return box_constants(ns, raw(*args, **kwargs))
 
         fn._agrad_raw = raw  # type: ignore[attr-defined]
     fn._agrad_derived = impl  # type: ignore[attr-defined]
@@ -245,8 +264,8 @@ def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
     if key in CREATION:
         return _creation(name, obj, ns)
     if key in NONDIFFERENTIABLE:
-        return _nondifferentiable(name, obj)
-    return _unsupported(qualname, obj)
+        return _nondifferentiable(name, obj, ns)
+    return _unsupported(qualname, obj, ns)
 
 
 def _sequence_primitive(key: str, obj: Callable[..., Any], spec: VJP, ns: Any):
@@ -281,6 +300,9 @@ def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) ->
         if name not in names and not _is_function(obj):
             continue  # the base module's imports (numpy, typing names ...)
         setattr(mod, name, _wrap(f"{ext}.{name}", f"{mod.__name__}.{name}", obj, ns))
+    if ext == "fft" and base_ext is not None:
+        for name, fn in frequency_functions(ns, base_ext).items():
+            setattr(mod, name, fn)
     mod.__all__ = sorted(n for n in vars(mod) if not n.startswith("_"))
     sys.modules[mod.__name__] = mod
     return mod
@@ -307,11 +329,40 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     module_globals.update(_private_primitives(ns, base, base_name))
     for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
         module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
+    if base_name in ("numpy", "array_api_strict"):  # both are NumPy arrays underneath
+        from agrad.autograd.tape.ufuncs import array_ufunc_for
+
+        traced_cls.__array_ufunc__ = array_ufunc_for(ns)
     module_globals["__all__"] = sorted(
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
     bind_operators(traced_cls, module_globals)
     module_globals["_raw_ns"] = _raw_namespace(ns)
+    module_globals["__getattr__"] = _lazy_special(ns, base_name, module_globals)
+
+
+def _lazy_special(ns: Any, base_name: str, module_globals: dict[str, Any]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` that makes ``ns.special`` on first use.
+
+    Building it imports scipy, which reads ``SCIPY_ARRAY_API`` once, at import: importing
+    a tracing namespace must not do that before the user has set it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        # NumPy and array-api-strict only: scipy.special computes on NumPy arrays
+        if name == "special" and base_name in ("numpy", "array_api_strict"):
+            mod = special_module(ns, base_name)
+            if mod is not None:
+                module_globals["special"] = mod
+                raw = types.SimpleNamespace(
+                    **{k: getattr(v, "_agrad_raw", v) for k, v in vars(mod).items()}
+                )
+                module_globals["_raw_ns"].special = raw
+                return mod
+        msg = f"module {ns.__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    return __getattr__
 
 
 def _raw_namespace(ns: Any) -> types.SimpleNamespace:
@@ -350,7 +401,8 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
 def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     """Functions whose standard signature is not their primitive's.
 
-    ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
+    ``linspace``, ``arange``, ``full`` and ``full_like`` are differentiable in traced
+    scalar arguments (:mod:`~agrad.autograd.tape.creation`); ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
     differentiable only to floating and complex dtypes, ``asarray`` returns a traced
     array as it is.
     """
@@ -365,7 +417,7 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     def astype(x: Any, dtype: Any, /, *, copy: bool = True, **kwargs: Any) -> Any:
         """Cast ``x``; differentiable to floating and complex dtypes, untraced otherwise."""
         if dtype not in differentiable_dtypes:
-            return base.astype(strip(x), dtype, copy=copy, **kwargs)
+            return box_constants(ns, base.astype(strip(x), dtype, copy=copy, **kwargs))
         return astype_p(x, dtype, copy=copy, **kwargs)
 
     def asarray(
@@ -380,9 +432,18 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
             return obj
         if isinstance(obj, (list, tuple)) and _contains_traced(obj):
             return ns.stack([asarray(o, dtype=dtype, device=device) for o in obj])
-        return base.asarray(obj, dtype=dtype, device=device, copy=copy)
+        return box_constants(ns, base.asarray(obj, dtype=dtype, device=device, copy=copy))
 
-    return {"clip": clip, "astype": astype, "asarray": asarray}
+    # the raw namespace (first-order backward passes) calls the base's own
+    clip._agrad_raw = base.clip  # type: ignore[attr-defined]
+    astype._agrad_raw = base.astype  # type: ignore[attr-defined]
+    asarray._agrad_raw = base.asarray  # type: ignore[attr-defined]
+    return {
+        "clip": clip,
+        "astype": astype,
+        "asarray": asarray,
+        **creation_functions(ns, base),
+    }
 
 
 def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
@@ -421,6 +482,10 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
 
     def _setitem(x: Any, key: Any, value: Any) -> Any:
         return setitem_p(x, strip_key(key), value)
+
+    # the raw namespace (first-order backward passes) indexes raw arrays directly
+    _getitem._agrad_raw = lambda x, key: x[strip_key(key)]  # type: ignore[attr-defined]
+    _setitem._agrad_raw = lambda x, key, value: _setitem_raw(x, strip_key(key), value)  # type: ignore[attr-defined]
 
     take_along = _generic_take_along_axis(base)
     return {
