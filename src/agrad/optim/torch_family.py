@@ -164,7 +164,7 @@ def _torch_optimizer(
                     p_in = scale(xp, p, 1 - lr_t * weight_decay)
                 else:
                     g = xp.add(g, p * weight_decay)
-            out, bs = rule(xp, float(t), lr_t, extra, g, p_in, *(b[i] for b in bufs))
+            out, bs = rule(xp, t, lr_t, extra, g, p_in, *(b[i] for b in bufs))
             if returns_param:
                 out = xp.subtract(out, p)
             elif p_in is not p:
