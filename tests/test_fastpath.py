@@ -135,7 +135,9 @@ def _run(monkeypatch, opt, params, make_grads, fast: bool, steps: int = 3):
             params, state = handled
         for b, g in zip(before, flatten_leaves(grads)[0]):
             np.testing.assert_array_equal(_np(g), b)  # gradients are never modified
-    return [_np(x) if hasattr(x, "shape") else x for x in flatten_leaves((params, state))[0]], all_fast
+    return [
+        _np(x) if hasattr(x, "shape") else x for x in flatten_leaves((params, state))[0]
+    ], all_fast
 
 
 def _compare(got: list, ref: list, exact: bool, dtype: str) -> None:
@@ -150,7 +152,9 @@ def _compare(got: list, ref: list, exact: bool, dtype: str) -> None:
         elif dtype == "float64":
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
         else:
-            tol = {"float32": 2e-5, "bfloat16": 6e-2}[dtype]  # bfloat16: a few units in the last place
+            tol = {"float32": 2e-5, "bfloat16": 6e-2}[
+                dtype
+            ]  # bfloat16: a few units in the last place
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
@@ -230,9 +234,7 @@ def _cases(draw):
     library = draw(st.sampled_from(["numpy", "torch"]))
     dtype = draw(st.sampled_from(["float32", "float64"]))
     n = draw(st.integers(1, 6))
-    shapes = [
-        tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3))) for _ in range(n)
-    ]
+    shapes = [tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3))) for _ in range(n)]
     if draw(st.booleans()):
         shapes[0] = (fastpath.SMALL + draw(st.integers(1, 3000)),)
     name, kw, on_numpy, on_torch = draw(st.sampled_from(CONFIGS))
@@ -262,7 +264,9 @@ def test_random_trees_shapes_and_dtypes(case, data):
                 params, state = opt.step(params, arrays(k + 1), state)
         finally:
             fastpath.enabled = True
-        results.append([_np(x) if hasattr(x, "shape") else x for x in flatten_leaves((params, state))[0]])
+        results.append(
+            [_np(x) if hasattr(x, "shape") else x for x in flatten_leaves((params, state))[0]]
+        )
     _compare(results[1], results[0], exact=library == "numpy", dtype=dtype)
 
 

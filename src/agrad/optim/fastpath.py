@@ -166,7 +166,6 @@ _NDIM = attrgetter("ndim")
 _NBYTES = attrgetter("nbytes")
 
 
-
 def _real(x: Any) -> bool:
     """A finite real Python number (not a bool, not an array)."""
     return is_scalar(x) and math.isfinite(x)
@@ -189,9 +188,9 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
         if k == "betas":
             if type(v) not in (tuple, list) or not all(_real(b) and 0 <= b < 1 for b in v):
                 return False
-        elif type(v) in (int, float) and not math.isfinite(v):
-            return False
-        elif (k in _NONNEGATIVE or k == "lr") and type(v) in (int, float) and v < 0:
+        elif type(v) in (int, float) and (
+            not math.isfinite(v) or (v < 0 and (k in _NONNEGATIVE or k == "lr"))
+        ):
             return False
     return True
 
@@ -281,7 +280,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             if variants is None:
                 cache[key] = _DECLINED
             return None
-        cache[key] = ([*(variants or ())][-(_VARIANTS - 1) :]) + [chosen]
+        cache[key] = [*list(variants or ())[-(_VARIANTS - 1) :], chosen]
         try:
             scalars = evaluate_scalars(chosen.program.scalars, numbers)
         except Exception:
@@ -452,6 +451,7 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
             run([[t.data for t in col] for col in cols], scalars)
     return True
 
+
 # -- memory: overlap between written arrays --------------------------------------------
 def _disjoint(starts: list[int], sizes: list[int], n_written: int, tile: int = 1) -> bool:
     """Whether the byte ranges ``[start, start + size)`` overlap nowhere that matters.
@@ -591,8 +591,6 @@ def _increment_versions(torch: Any, tensors: list[Any]) -> None:
             torch.autograd.graph.increment_version(t)
 
 
-
-
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -634,8 +632,6 @@ def _warnings_raise() -> bool:
         if message is None and module is None and not lineno:
             return False
     return warnings.defaultaction == "error"
-
-
 
 
 def _numpy_run(jobs: list[tuple[Any, list[list[Any]], int]], written: list, grads: list) -> bool:

@@ -486,7 +486,7 @@ class RecordingNamespace:
         shape = _broadcast([rec.operand_info(x)[0] for x in (c, a, b)])
         return rec.node("where", refs, (), shape, self._result_dtype((a, b)))
 
-    def clip(self, x, /, min=None, max=None):  # noqa: A002 (the standard's names)
+    def clip(self, x, /, min=None, max=None):
         if isinstance(min, SymArray) or isinstance(max, SymArray):
             raise NotRecordable("clip with array bounds")
         out = x
