@@ -174,7 +174,7 @@ def test_executor_matches_generic(monkeypatch, library, dtype, name, kw, on_nump
     _compare(results[1], results[0], exact=library == "numpy", dtype=dtype)
 
 
-TORCH_BITWISE = ["adamax", "lion", "chain-wd-trace-lr"]
+TORCH_BITWISE = ["lion", "chain-wd-trace-lr"]
 
 
 @pytest.mark.parametrize("name", TORCH_BITWISE)
