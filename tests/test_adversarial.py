@@ -368,7 +368,11 @@ def test_the_seed_api_refuses_a_bad_0d_lr(value, shown):
     np.testing.assert_array_equal(w, 1.0)
 
 
-@pytest.mark.parametrize("count", [2.0, True, -1, -2, np.int64(1), None])
+# a count is an int >= 0 or a 0-d integer array holding one (np.int64(1) is one)
+BAD_COUNTS = [2.0, True, -1, -2, None, np.asarray(-1, np.int32), np.asarray(1.0), np.ones(2, int)]
+
+
+@pytest.mark.parametrize("count", BAD_COUNTS)
 def test_a_tampered_step_count_is_refused_on_every_path(count, fast):
     params = {"w": np.ones(3)}
     opt = optim.adam(lr=0.1)

@@ -279,24 +279,40 @@ def _program(opt, params):
 
 
 def test_count_is_a_program_input_not_a_constant():
-    """One recording serves every step: bias corrections are host scalars of the count."""
+    """One recording serves every step: the count is an input (a 0-d array of the state,
+    or a Python number), and bias corrections are computed from it at every step."""
+    from agrad.optim.program.ir import pre_nodes
+
     opt = optim.adam(lr=0.01)
     params = [np.ones(3), np.ones((2, 2))]
     prog = _program(opt, params)
     assert prog.guards == ()
-    assert any(s.op == "input" for s in prog.scalars)
-    assert any(s.op == "pow" for s in prog.scalars)  # beta ** t, per step
+    pre = [prog.nodes[i] for i in pre_nodes(prog)]
+    host_inputs = [s for s in prog.scalars if s.op == "input"]
+    assert host_inputs or any(n.op == "input" for n in pre)  # the count
+    assert any(n.op == "pow" for n in pre) or any(s.op == "pow" for s in prog.scalars)
     state = opt.init(params)
     for _ in range(5):
         params, state = opt.step(params, [np.ones(3), np.ones((2, 2))], state)
-    assert len(opt._programs.values()) == 1
     (variants,) = opt._programs.values()
     assert len(variants) == 1  # recorded once for five steps
+    assert int(state.count) == 5
 
 
-def test_branch_on_the_count_is_a_guard():
-    """SGD's first momentum step copies the gradient: a guarded second program."""
-    opt = optim.sgd(lr=0.1, momentum=0.9)
+class _CountState(NamedTuple):
+    count: int
+
+
+def test_python_branch_on_a_python_count_is_a_guard():
+    """A user rule that branches on a Python int count: one guarded program per branch."""
+
+    def update(grads, state, params=None):
+        scale = 1.0 if state.count == 0 else 0.5  # a Python branch on the count
+        return tree_map(lambda g: g * -scale, grads), _CountState(state.count + 1)
+
+    opt = optim.GradientTransformation(
+        "halving", lambda p: _CountState(0), update, needs_params=False
+    )
     params = [np.ones(4)]
     prog = _program(opt, params)
     assert len(prog.guards) == 1
@@ -305,13 +321,21 @@ def test_branch_on_the_count_is_a_guard():
         params, state = opt.step(params, [np.ones(4)], state)
     (variants,) = opt._programs.values()
     assert len(variants) == 2  # the first step and every later one
-    np.testing.assert_allclose(params[0], 1 - 0.1 * (1 + 1.9 + 2.71))
+    assert state.count == 3
+    np.testing.assert_array_equal(params[0], 1 - 1.0 - 0.5 - 0.5)
 
 
-def test_schedules_run_on_the_host_every_step():
-    opt = optim.adam(lr=optim.linear_lr(0.01, start_factor=0.5, total_iters=3))
-    prog = _program(opt, [np.ones(3)])
-    assert any(s.op == "call" for s in prog.scalars)
+def test_schedules_are_recomputed_every_step(monkeypatch):
+    results = []
+    for fast in (False, True):
+        monkeypatch.setattr(fastpath, "enabled", fast)
+        opt = optim.adam(lr=optim.linear_lr(0.01, start_factor=0.5, total_iters=3))
+        params = [np.ones(3)]
+        state = opt.init(params)
+        for _ in range(5):
+            params, state = opt.step(params, [np.full(3, 0.5)], state)
+        results.append(params[0].copy())
+    np.testing.assert_array_equal(results[1], results[0])
 
 
 def test_branch_on_an_array_value_is_not_recordable():

@@ -8,7 +8,9 @@ computing anything, and whose :meth:`~GradientTransformation.step` also writes t
 parameters and state in place where the arrays allow it, all or nothing.
 
 States are small ``NamedTuple`` records of pytrees shaped like the parameters plus
-Python numbers (step counts). The inner functions work on raw arrays of one
+0-d arrays (step counts as ``int32``, flags as ``bool``), so every rule runs under
+``jax.jit`` and ``jax.lax.scan``; a state with a Python int where a count is expected
+(one built by hand, or saved by an older agrad) is accepted too. The inner functions work on raw arrays of one
 namespace; transforms composed by :func:`chain` call each other's inner functions.
 """
 
@@ -28,6 +30,7 @@ from agrad.autograd.adapters import adapter_for
 from agrad.namespace import array_namespace, common_namespace
 from agrad.optim._cache import LRUCache
 from agrad.optim.fastpath import try_step as try_fast_step
+from agrad.optim.numerics import concrete_value
 from agrad.optim.validation import check_leaf_matches
 from agrad.pytree import (
     check_same_structure,
@@ -40,6 +43,7 @@ from agrad.pytree import (
 
 __all__ = [
     "GradientTransformation",
+    "Hyperparams",
     "Optimizer",
     "apply_updates",
     "chain",
@@ -74,6 +78,15 @@ def _signature(leaves: list[Any]) -> tuple:
     return sig
 
 
+def _library_key(x: Any) -> tuple:
+    """What decides a state's scalar dtypes besides the parameters' dtypes: the array
+    type, and for JAX whether x64 is on (float64 or float32 per-step scalars)."""
+    kind = type(x)
+    if kind.__module__.startswith("jax"):
+        return (kind, bool(sys.modules["jax"].config.jax_enable_x64))
+    return (kind,)
+
+
 class _LeafSpec:
     """The shape and dtype of a state array, kept instead of the array (no memory held)."""
 
@@ -87,6 +100,54 @@ class _LeafSpec:
 def _fits(spec: _LeafSpec, x: Any) -> bool:
     """Whether ``x`` is an array of the shape and dtype ``spec`` records."""
     return is_array(x) and tuple(x.shape) == spec.shape and x.dtype == spec.dtype
+
+
+def _dtype_kind(dtype: Any) -> str:
+    """``"bool"``, ``"int"`` or ``"float"`` (by name: dtypes of every library)."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    if name.startswith("bool"):
+        return "bool"
+    return "int" if "int" in name else "float"
+
+
+def _negative_on_host(x: Any) -> bool:
+    """Whether a 0-d integer array in host memory holds a negative value (a tampered step
+    count); arrays on an accelerator or traced are not read (that would synchronise)."""
+    if _dtype_kind(x.dtype) != "int":
+        return False
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch" and x.device.type != "cpu":
+        return False
+    if mod not in ("numpy", "torch", "array_api_strict"):
+        return False
+    value = concrete_value(x)
+    return value is not None and value < 0
+
+
+def _scalar_fits(spec: _LeafSpec, x: Any) -> bool | None:
+    """Whether ``x`` may stand for the 0-d scalar record ``spec`` (a step count, a flag).
+
+    A 0-d integer spec is a step count: an int >= 0, or a 0-d integer array of any
+    integer dtype whose value, where known, is >= 0 (a saved state from NumPy loaded
+    on JAX, a state built by hand). A 0-d bool spec takes a bool; a 0-d float spec
+    takes a Python float (a state saved before scalars became arrays). ``None``:
+    ``spec`` is not such a record.
+    """
+    if spec.shape != ():
+        return None
+    kind = _dtype_kind(spec.dtype)
+    if kind == "bool":
+        return type(x) is bool or (
+            is_array(x) and tuple(x.shape) == () and _dtype_kind(x.dtype) == "bool"
+        )
+    if kind == "int":
+        if type(x) is int:
+            return x >= 0
+        if not (is_array(x) and tuple(x.shape) == () and _dtype_kind(x.dtype) == "int"):
+            return False
+        value = concrete_value(x)
+        return value is None or value >= 0
+    return type(x) in (int, float) or None
 
 
 class _LazyPaths:
@@ -206,6 +267,37 @@ def check_call(
     return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
 
 
+class Hyperparams(dict):
+    """A transformation's hyperparameters: read them like a dict; writing raises.
+
+    They are fixed when the transformation is built (its rule has already read
+    them), so ``opt.hyperparams["lr"] = 0.01`` would change nothing; it raises a
+    ``TypeError`` saying what to do instead.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Any, values: dict[str, Any]):
+        super().__init__(values)
+        self._owner = owner.name
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        msg = (
+            f"agrad.optim: the hyperparameters of {self._owner} are fixed when it is built "
+            "(setting one here would be ignored). To change one at run time, build the "
+            f"optimizer with agrad.optim.inject_hyperparams(agrad.optim.{self._owner})(lr=...) "
+            "and set it in the state (state = state.with_hyperparams(lr=...)), or pass a "
+            "schedule as lr, or build a new optimizer and keep using the state"
+        )
+        raise TypeError(msg)
+
+    __setitem__ = __delitem__ = _refuse
+    update = setdefault = pop = popitem = clear = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
 class GradientTransformation:
     """A named pair of pure functions ``init`` and ``update``, with validation and ``step``.
 
@@ -249,7 +341,7 @@ class GradientTransformation:
         self.name = name
         self.inner_init = init
         self.inner_update = update
-        self.hyperparams = dict(hyperparams or {})
+        self.hyperparams = Hyperparams(self, hyperparams or {})
         self.needs_params = needs_params
         self.complex_params = complex_params
         # state templates per (structure, shapes, dtypes): bounded, a model has few
@@ -284,7 +376,8 @@ class GradientTransformation:
         )
 
     def _template(self, raw_params: list[Any], treedef: Any) -> Any:
-        key = (treedef, _signature(raw_params))
+        # the library too: NumPy and JAX share dtypes, not the dtype of per-step scalars
+        key = (treedef, _signature(raw_params), _library_key(raw_params[0]))
         template = self._templates.get(key)
         if template is None:
             state = self.inner_init(unflatten(treedef, raw_params))
@@ -311,14 +404,29 @@ class GradientTransformation:
         t_paths = _LazyPaths(t_def)
         for i, (t, s) in enumerate(zip(t_leaves, s_leaves)):
             if type(t) is _LeafSpec and _fits(t, s):
-                continue  # the common case, settled without building the key path
+                if not (t.shape == () and _negative_on_host(s)):
+                    continue  # the common case, settled without building the key path
+            fits_scalar = _scalar_fits(t, s) if type(t) is _LeafSpec else None
+            if fits_scalar:
+                continue
             if type(t) is type(s) and not is_array(t) and (type(t) is not int or s >= 0):
                 continue
             where = names.state(t_paths()[i])
-            if type(t) is int and not (type(s) is int and s >= 0):
+            count_spec = (
+                type(t) is _LeafSpec and fits_scalar is False and _dtype_kind(t.dtype) == "int"
+            )
+            if (type(t) is int and not (type(s) is int and s >= 0)) or count_spec:
                 msg = (
                     f"{fn}: state does not belong to {self!r} with these params: {where} "
-                    f"should be an int >= 0 (a step count), got {s!r}"
+                    f"should be an int >= 0 (a step count), or a 0-d integer array holding "
+                    f"one, got {s!r}"
+                )
+                raise ValueError(msg)
+            if type(t) is _LeafSpec and fits_scalar is False:
+                kind = "a bool" if _dtype_kind(t.dtype) == "bool" else "a 0-d array"
+                msg = (
+                    f"{fn}: state does not belong to {self!r} with these params: {where} "
+                    f"should be {kind} (a per-step scalar), got {s!r}"
                 )
                 raise ValueError(msg)
             if is_array(t) != is_array(s):
@@ -763,12 +871,15 @@ def chain(
 
     .. math:: u = T_n(\\dots T_2(T_1(g)))
 
-    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``. An optimizer built as
+    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``. An optax
+    transformation may be a link too (wrapped by :func:`~agrad.optim.from_optax`; JAX
+    arrays only). An optimizer built as
     a chain gives its own ``name`` and public ``hyperparams`` (``lion`` shows
     ``lr``, ``b1`` ...; a plain chain shows its ``transforms``). Array-valued
     hyperparameters of the parts are kept too, so they take part in choosing the
     namespace.
     """
+    transforms = tuple(_as_transformation(t) for t in transforms)
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
             msg = f"agrad.optim.chain: argument {i} is a {type(t).__name__}, not a transformation"
@@ -791,6 +902,13 @@ def chain(
                 hyper.setdefault(k, v)
     needs = any(t.needs_params for t in transforms)
     return GradientTransformation(name, init, update, hyper, needs_params=needs)
+
+
+def _as_transformation(t: Any) -> Any:
+    """An optax transformation wrapped by :func:`~agrad.optim.from_optax`; others as they are."""
+    from agrad.optim.optax_bridge import from_optax, is_optax_transformation
+
+    return from_optax(t) if is_optax_transformation(t) else t
 
 
 def namespace_of(*trees: Any, extra: tuple = ()) -> ModuleType:

@@ -92,7 +92,8 @@ from agrad.optim._cache import LRUCache
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
 from agrad.optim.program import numpy_exec, torch_exec
-from agrad.optim.program.ir import evaluate_scalars, lane_groups
+from agrad.optim.program.eager import as_number, run_nodes
+from agrad.optim.program.ir import evaluate_scalars, lane_groups, pre_nodes
 from agrad.optim.program.plan import plan_lane
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves, unflatten
@@ -201,10 +202,18 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
 class _Compiled:
     """A recorded program with what its executor needs, made once per program."""
 
-    __slots__ = ("fused", "getters", "groups", "program", "runners")
+    __slots__ = ("fused", "getters", "groups", "pre", "pre_used", "program", "runners", "xp")
 
-    def __init__(self, program: Any, groups: list[Any], runners: list[Any], fused: Any):
+    def __init__(
+        self, program: Any, groups: list[Any], runners: list[Any] | None, fused: Any, xp: Any
+    ):
         self.program = program
+        self.xp = xp
+        self.pre = pre_nodes(program)
+        self.pre_used = sorted(
+            {a[1] for g in groups for i in g.program.nodes for a in program.nodes[i].args}
+            & set(self.pre)
+        )
         self.groups = groups
         self.runners = runners
         self.fused = fused
@@ -288,8 +297,19 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             scalars = evaluate_scalars(chosen.program.scalars, s_leaves)
         except Exception:
             return None
+    try:  # the per-step scalars (a step count, bias corrections), before any write
+        pre = run_nodes(chosen.program, chosen.pre, chosen.xp, s_leaves, scalars)
+        numbers = {i: as_number(pre[i]) for i in chosen.pre_used}
+    except Exception:  # the generic path raises its own message
+        return None
+    # laneless new state arrays (a step count) are written in place after the lanes
+    writes = [
+        (leaf, pre[ref[1]])
+        for leaf, ref in zip(s_leaves, chosen.program.new_state)
+        if ref is not None and ref[0] == "n" and ref[1] in pre and pre[ref[1]] is not leaf
+    ]
     run = _run_numpy if lib == "numpy" else _run_torch
-    if not run(chosen, p, g, s_leaves, scalars, state):
+    if not run(chosen, p, g, s_leaves, scalars, numbers, state, writes):
         return None
     new = []
     for leaf, ref in zip(s_leaves, chosen.program.new_state):
@@ -396,7 +416,7 @@ def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> A
         runners.append(runner)
     if runners is None and fused is None:
         return None
-    return _Compiled(program, groups, runners, fused)
+    return _Compiled(program, groups, runners, fused, xp)
 
 
 def _namespace(lib: str) -> Any:
@@ -434,17 +454,21 @@ def _columns(compiled: _Compiled, k: int, p: list, g: list, s_leaves: list) -> l
     ]
 
 
-def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
+def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
     jobs = []
     for k, bind in enumerate(compiled.runners):
         cols = _columns(compiled, k, p, g, s_leaves)
         n_temps = bind.n_temps
-        jobs.append((bind(scalars), cols, n_temps))
+        jobs.append((bind(scalars, pre), cols, n_temps))
     written = list(p) + [x for x in s_leaves if hasattr(x, "shape")]
-    return _numpy_run(jobs, written, g)
+    if not _numpy_run(jobs, written, g):
+        return False
+    for old, value in writes:
+        old[...] = value
+    return True
 
 
-def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
+def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
     import torch
 
     dtypes = set(map(_DTYPE, p))
@@ -460,15 +484,15 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
 
     if not _torch_memory_ok(torch, lanes, written, list(g)):
         return False
-    if use_fused:  # the fused kernels leave version counters alone: bumped once here
-        _increment_versions(torch, written)
-        with torch.no_grad():
-            compiled.fused(groups, state.count)
-        return True
     versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
     with torch.no_grad():
-        for cols, run in zip(groups, compiled.runners):
-            run(cols, scalars)
+        if use_fused:
+            compiled.fused(groups, int(state.count))
+        else:
+            for cols, run in zip(groups, compiled.runners):
+                run(cols, scalars, pre)
+        for old, value in writes:
+            old.copy_(value)
     _set_versions(torch, written, versions)  # each in-place op bumped them: once per step
     return True
 
@@ -476,7 +500,8 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
 def _set_versions(torch: Any, tensors: list[Any], versions: tuple[int, ...]) -> None:
     """Set the tensors' autograd version counters (one bump per step, as torch.optim)."""
     setter = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
-    if setter is None:  # an older torch: at least one bump per written tensor happened
+    if setter is None:  # an older torch: a bump for the tensors the kernels left alone
+        _increment_versions(torch, [t for t, v in zip(tensors, versions) if t._version < v])
         return
     setter(tuple(tensors), versions)
 

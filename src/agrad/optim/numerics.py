@@ -14,6 +14,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
+import array_api_compat
+
+from agrad._arrays import device_or_none
+
 __all__ = [
     "check_betas",
     "check_nonnegative",
@@ -21,6 +25,14 @@ __all__ = [
     "check_unit_interval",
     "check_lr",
     "concrete_value",
+    "count_like",
+    "count_value",
+    "is_count",
+    "leaf_scalar",
+    "next_count",
+    "scalar_dtype",
+    "scalar_like",
+    "step_number",
     "is_scalar",
     "lerp",
     "python_number",
@@ -36,8 +48,14 @@ def is_scalar(x: Any) -> bool:
 
 
 def scale(xp: ModuleType, x: Any, s: Any) -> Any:
-    """``x * s``: an operator for a Python scalar (keeps ``x``'s dtype), ``xp.multiply`` otherwise."""
-    return x * s if is_scalar(s) else xp.multiply(x, s)
+    """``x * s``: an operator for a Python scalar (keeps ``x``'s dtype), ``xp.multiply`` otherwise.
+
+    A 0-d array ``s`` of another dtype (a float64 bias correction, a learning rate) is
+    rounded to ``x``'s dtype first, so float32 stays float32.
+    """
+    if type(s) in (int, float):  # not a NumPy float64 scalar: NumPy would promote with it
+        return x * s
+    return xp.multiply(x, leaf_scalar(xp, s, x))
 
 
 def lerp(xp: ModuleType, a: Any, b: Any, w: float) -> Any:
@@ -47,21 +65,124 @@ def lerp(xp: ModuleType, a: Any, b: Any, w: float) -> Any:
     return xp.subtract(b, xp.subtract(b, a) * (1.0 - w))
 
 
-def resolve(value: Any, count: int, fn: str = "agrad.optim", name: str = "lr") -> Any:
+def resolve(value: Any, count: Any, fn: str = "agrad.optim", name: str = "lr") -> Any:
     """A hyperparameter's value at step ``count`` (0-based): calls it if it is a schedule.
 
-    A schedule's value is checked at every step as the constructor checks a constant
-    (a finite number >= 0, or a 0-d array whose value, where known, is one), with the
-    same message, before anything is computed or written.
+    ``count`` is an int or a 0-d integer array. Where its value is known (not a JAX
+    tracer, not a symbolic array) the schedule gets a Python int, so any Python
+    function of the step works eagerly; under ``jax.jit`` it gets the traced array,
+    which agrad's own schedules (:mod:`agrad.optim.schedules`) accept. A schedule's
+    value is checked at every step as the constructor checks a constant (a finite
+    number >= 0, or a 0-d array whose value, where known, is one), with the same
+    message, before anything is computed or written.
     """
     if not callable(value):
         return value
     host = getattr(count, "apply", None)
-    if host is not None and callable(host):  # a recorded count: the schedule runs per step
+    if host is not None and callable(host):  # a recorded Python count: runs per step
         return host(lambda c: resolve(value, c, fn, name))
-    out = python_number(value(count))
-    check_lr(fn, out, name, schedule_step=count)
+    known = count_value(count)
+    out = python_number(value(count if known is None else known))
+    check_lr(fn, out, name, schedule_step=known)
     return out
+
+
+# -- step counts: 0-d integer arrays, so every rule runs under jax.jit and lax.scan --
+
+_SCALAR_DTYPES: dict[tuple, Any] = {}
+
+
+def scalar_dtype(xp: ModuleType, like: Any) -> Any:
+    """The dtype per-step scalars (bias corrections, schedules) are computed in.
+
+    ``float64`` where the library offers it on ``like``'s device (so the values are
+    those of torch.optim's Python-float arithmetic, to the bit), else ``float32``
+    (JAX without x64, torch on MPS): the precision optax uses there.
+    """
+    device = device_or_none(like)
+    key: tuple = (id(xp), repr(device))
+    if array_api_compat.is_jax_namespace(xp):  # x64 can be switched on and off at run time
+        key += (bool(sys.modules["jax"].config.jax_enable_x64),)
+    out = _SCALAR_DTYPES.get(key)
+    if out is None:
+        out = getattr(xp, "float64", None)
+        try:
+            info = xp.__array_namespace_info__()
+            kinds = info.dtypes(kind="real floating", device=device)
+            out = kinds.get("float64", kinds.get("float32"))
+        except Exception:  # no inspection API: float64 where the namespace has it
+            pass
+        if out is None:
+            out = xp.float32
+        _SCALAR_DTYPES[key] = out
+    return out
+
+
+def scalar_like(xp: ModuleType, like: Any, value: Any) -> Any:
+    """``value`` as a 0-d array of :func:`scalar_dtype` on ``like``'s device."""
+    dtype = scalar_dtype(xp, like)
+    return xp.asarray(value, dtype=dtype, device=array_api_compat.device(like))
+
+
+def count_like(xp: ModuleType, like: Any, value: int = 0) -> Any:
+    """A step count: a 0-d ``int32`` array holding ``value`` on ``like``'s device."""
+    return xp.asarray(value, dtype=xp.int32, device=array_api_compat.device(like))
+
+
+def is_count(x: Any) -> bool:
+    """Whether ``x`` can be a step count: an int >= 0 or a 0-d integer array."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return x >= 0
+    shape = getattr(x, "shape", None)
+    if shape is None or tuple(shape) != ():
+        return False
+    try:
+        xp = array_api_compat.array_namespace(x)
+        return bool(xp.isdtype(x.dtype, "integral"))
+    except Exception:
+        return "int" in str(x.dtype)
+
+
+def next_count(xp: ModuleType, count: Any, like: Any) -> Any:
+    """``count + 1`` as a 0-d ``int32`` array on ``like``'s device (``count`` an int or array)."""
+    if isinstance(count, int):
+        return count_like(xp, like, count + 1)
+    if count.dtype != xp.int32:
+        count = xp.astype(count, xp.int32)
+    return count + 1
+
+
+def as_count(xp: ModuleType, count: Any, like: Any) -> Any:
+    """``count`` as a 0-d ``int32`` array on ``like``'s device (it may be a Python int)."""
+    if isinstance(count, int):
+        return count_like(xp, like, count)
+    return count if count.dtype == xp.int32 else xp.astype(count, xp.int32)
+
+
+def step_number(xp: ModuleType, count: Any, like: Any) -> Any:
+    """The 1-based step :math:`t = c + 1` of count ``c`` as a 0-d float of :func:`scalar_dtype`."""
+    return xp.astype(next_count(xp, count, like), scalar_dtype(xp, like))
+
+
+def count_value(count: Any) -> int | None:
+    """A count's value as a Python int where it is known (not a tracer), else ``None``."""
+    if isinstance(count, int):
+        return count
+    value = concrete_value(count)
+    return None if value is None else int(value)
+
+
+def leaf_scalar(xp: ModuleType, s: Any, like: Any) -> Any:
+    """A per-step scalar ready to meet ``like``: Python numbers as they are, 0-d arrays in ``like``'s dtype.
+
+    Scalars are computed in :func:`scalar_dtype`; rounding them once to the leaf's
+    dtype is what torch does with a Python float (so float32 stays float32).
+    """
+    if not hasattr(s, "shape") or s.dtype == like.dtype:
+        return s
+    return xp.astype(s, like.dtype)
 
 
 def python_number(x: Any) -> Any:

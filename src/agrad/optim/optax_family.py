@@ -13,14 +13,20 @@ import array_api_compat
 
 from agrad.optim.base import GradientTransformation, chain, namespace_of
 from agrad.optim.numerics import (
+    as_count,
     check_lr,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    leaf_scalar,
+    next_count,
     python_numbers,
+    step_number,
 )
 from agrad.optim.torch_family import adam_direction, adam_moments
 from agrad.optim.transforms import (
+    _first_leaf,
+    _new_count,
     add_decayed_weights,
     masked,
     scale_by_learning_rate,
@@ -47,18 +53,18 @@ __all__ = [
 
 
 class ScaleByAdamState(NamedTuple):
-    count: int
+    count: Any
     mu: Any
     nu: Any
 
 
 class ScaleByLionState(NamedTuple):
-    count: int
+    count: Any
     mu: Any
 
 
 class FactoredState(NamedTuple):
-    count: int
+    count: Any
     v_row: Any
     v_col: Any
     v: Any
@@ -77,12 +83,13 @@ def scale_by_adam(
 
     def init(params: Any) -> ScaleByAdamState:
         xp = namespace_of(params)
-        return ScaleByAdamState(0, tree_map(xp.zeros_like, params), tree_map(xp.zeros_like, params))
+        zeros = tree_map(xp.zeros_like, params)
+        return ScaleByAdamState(_new_count(params), zeros, tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: ScaleByAdamState, params: Any):
         xp = namespace_of(updates)
-        t = state.count + 1
         g_leaves, treedef = flatten_leaves(updates)
+        t = step_number(xp, state.count, g_leaves[0])
         moments = [
             adam_moments(xp, g, m, v, b1, b2, order="optax")
             for g, m, v in zip(
@@ -95,7 +102,8 @@ def scale_by_adam(
         ]
         mu = unflatten(treedef, [m for m, _ in moments])
         nu = unflatten(treedef, [v for _, v in moments])
-        return unflatten(treedef, out), ScaleByAdamState(t, mu, nu)
+        count = next_count(xp, state.count, g_leaves[0])
+        return unflatten(treedef, out), ScaleByAdamState(count, mu, nu)
 
     return GradientTransformation(
         "scale_by_adam", init, update, {"b1": b1, "b2": b2, "eps": eps}, needs_params=False
@@ -111,13 +119,14 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransformation:
 
     def init(params: Any) -> ScaleByLionState:
         xp = namespace_of(params)
-        return ScaleByLionState(0, tree_map(xp.zeros_like, params))
+        return ScaleByLionState(_new_count(params), tree_map(xp.zeros_like, params))
 
     def update(updates: Any, state: ScaleByLionState, params: Any):
         xp = namespace_of(updates)
         out = tree_map(lambda g, m: xp.sign(xp.add(g * (1.0 - b1), m * b1)), updates, state.mu)
         mu = tree_map(lambda g, m: xp.add(g * (1 - b2), m * b2), updates, state.mu)
-        return out, ScaleByLionState(state.count + 1, mu)
+        count = next_count(xp, state.count, _first_leaf(updates))
+        return out, ScaleByLionState(count, mu)
 
     return GradientTransformation(
         "scale_by_lion", init, update, {"b1": b1, "b2": b2}, needs_params=False
@@ -210,10 +219,10 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     )
 
 
-def _decay_rate_pow(xp: Any, i: int, exponent: float, like: Any) -> float:
-    """:math:`1 - (i+1)^{-e}` computed in float32 by the array library, as optax does."""
-    t = xp.asarray(float(i + 1), dtype=xp.float32, device=array_api_compat.device(like))
-    return float(1.0 - t ** (-exponent))
+def _decay_rate_pow(xp: Any, count: Any, offset: int, exponent: float, like: Any) -> Any:
+    """:math:`1 - (c - o + 1)^{-e}` as a 0-d float32 array, computed as optax does."""
+    t = xp.astype(as_count(xp, count, like) - offset + 1, xp.float32)
+    return 1.0 - t ** (-exponent)
 
 
 def _factored_dims(shape: tuple, factored: bool, min_dim: int) -> tuple[int, int] | None:
@@ -259,8 +268,9 @@ def scale_by_factored_rms(
                 rows.append(small)
                 cols.append(xp.zeros((1,), dtype=p.dtype, device=array_api_compat.device(p)))
                 vs.append(xp.zeros_like(p))
+        count = _new_count(params)
         return FactoredState(
-            0, unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, vs)
+            count, unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, vs)
         )
 
     def update(updates: Any, state: FactoredState, params: Any):
@@ -269,15 +279,18 @@ def scale_by_factored_rms(
         rows = leaves_like(state.v_row, updates)
         cols = leaves_like(state.v_col, updates)
         vs = leaves_like(state.v, updates)
-        beta = _decay_rate_pow(xp, state.count - step_offset, decay_rate, leaves[0])
+        beta32 = _decay_rate_pow(xp, state.count, step_offset, decay_rate, leaves[0])
+        one_minus32 = 1.0 - beta32
         out, n_rows, n_cols, n_vs = [], [], [], []
         for g, r, c, v in zip(leaves, rows, cols, vs):
+            beta = leaf_scalar(xp, beta32, g)
+            one_minus = leaf_scalar(xp, one_minus32, g)
             dims = _factored_dims(tuple(g.shape), factored, min_dim_size_to_factor)
             g_sq = xp.multiply(g, g) + epsilon
             if dims is not None:
                 d1, d0 = dims
-                r = xp.add(r * beta, xp.mean(g_sq, axis=d0) * (1.0 - beta))
-                c = xp.add(c * beta, xp.mean(g_sq, axis=d1) * (1.0 - beta))
+                r = xp.add(r * beta, xp.mean(g_sq, axis=d0) * one_minus)
+                c = xp.add(c * beta, xp.mean(g_sq, axis=d1) * one_minus)
                 reduced_d1 = d1 - 1 if d1 > d0 else d1
                 row_mean = xp.mean(r, axis=reduced_d1, keepdims=True)
                 row_factor = xp.divide(r, row_mean) ** -0.5
@@ -287,14 +300,14 @@ def scale_by_factored_rms(
                     xp.expand_dims(col_factor, axis=d1),
                 )
             else:
-                v = xp.add(v * beta, g_sq * (1.0 - beta))
+                v = xp.add(v * beta, g_sq * one_minus)
                 u = xp.multiply(g, v**-0.5)
             out.append(u)
             n_rows.append(r)
             n_cols.append(c)
             n_vs.append(v)
         new_state = FactoredState(
-            state.count + 1,
+            next_count(xp, state.count, leaves[0]),
             unflatten(treedef, n_rows),
             unflatten(treedef, n_cols),
             unflatten(treedef, n_vs),

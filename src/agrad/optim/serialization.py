@@ -357,14 +357,13 @@ def load(path: str | os.PathLike, like: Any) -> Any:
     xp = array_namespace(*like_leaves)
     adapter = adapter_for(xp)
     like_raw = [adapter.read(x) for x in like_leaves]
-    device = array_api_compat.device(like_raw[0])
     like_index = {p: i for i, p in enumerate(like_paths)}  # the state may keep another key order
     matched = [0]
     other = f"{fn}: {name} was saved for other parameters"
 
     def convert(a: Any, ref: Any | None) -> Any:
         if ref is None:
-            return xp.asarray(a, device=device)
+            return _scalar_record(a, xp, like_raw[0])
         return xp.asarray(a, dtype=ref.dtype, device=array_api_compat.device(ref))
 
     def rebuild(node: Any, where: str, factored: bool) -> Any:
@@ -447,6 +446,12 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
     factored_paths = _factored_paths(state)
     out = []
     for leaf, p in zip(leaves, paths):
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind in "iub":  # a count or a flag
+            out.append(_scalar_record(leaf, xp, ref))
+            continue
+        if isinstance(leaf, np.ndarray) and leaf.ndim == 0 and len(ref.shape):
+            out.append(_scalar_record(leaf, xp, ref))  # a per-step scalar (NAdam's mu_product)
+            continue
         if isinstance(leaf, np.ndarray):
             if tuple(leaf.shape) != tuple(ref.shape) and p not in factored_paths:
                 msg = (
@@ -457,6 +462,20 @@ def _rebuild_single(state: Any, ref: Any, xp: Any, other: str) -> Any:
             leaf = xp.asarray(leaf, dtype=ref.dtype, device=array_api_compat.device(ref))
         out.append(leaf)
     return unflatten(treedef, out)
+
+
+def _scalar_record(a: Any, xp: Any, like: Any) -> Any:
+    """A saved array that belongs to no parameter, on ``like``'s device: counts and flags
+    keep their dtype; a 0-d float (a per-step scalar) takes the dtype the optimizers
+    compute such scalars in there (:func:`~agrad.optim.numerics.scalar_dtype`)."""
+    import array_api_compat
+
+    from agrad.optim.numerics import scalar_dtype
+
+    device = array_api_compat.device(like)
+    if a.ndim == 0 and a.dtype.kind == "f":
+        return xp.asarray(a, dtype=scalar_dtype(xp, like), device=device)
+    return xp.asarray(a, device=device)
 
 
 def _factored_paths(state: Any) -> set[str]:

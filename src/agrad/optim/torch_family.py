@@ -7,7 +7,11 @@ the order of torch's ``_single_tensor_*`` implementation, so results agree with
 
 Notation: :math:`g_t` the gradient (negated with ``maximize``), :math:`\\lambda` the
 weight decay, :math:`\\gamma` the learning rate (a float, a 0-d array, or a schedule
-of the step count), :math:`t` the 1-based step. With coupled weight decay
+of the step count), :math:`t` the 1-based step. Step counts are 0-d ``int32`` arrays
+and every per-step scalar (bias corrections, schedules) is an array operation, so
+each optimizer runs under ``jax.jit`` and ``jax.lax.scan``; the scalars are computed
+in float64 where the library has it (torch.optim's Python-float arithmetic, to the
+bit) and rounded once to each leaf's dtype. With coupled weight decay
 :math:`g_t \\leftarrow g_t + \\lambda\\theta_{t-1}`; with decoupled weight decay
 :math:`\\theta_{t-1} \\leftarrow \\theta_{t-1}(1 - \\gamma\\lambda)` before the step.
 """
@@ -24,10 +28,15 @@ from agrad.optim.numerics import (
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    count_like,
+    leaf_scalar,
     lerp,
+    next_count,
     python_numbers,
     resolve,
+    scalar_like,
     scale,
+    step_number,
 )
 from agrad.pytree import flatten_leaves, leaves_like, unflatten
 
@@ -53,50 +62,50 @@ __all__ = [
 
 
 class SGDState(NamedTuple):
-    count: int
+    count: Any
     momentum_buffer: Any
 
 
 class AdamState(NamedTuple):
-    count: int
+    count: Any
     exp_avg: Any
     exp_avg_sq: Any
     max_exp_avg_sq: Any
 
 
 class NAdamState(NamedTuple):
-    count: int
-    mu_product: float
+    count: Any
+    mu_product: Any
     exp_avg: Any
     exp_avg_sq: Any
 
 
 class RAdamState(NamedTuple):
-    count: int
+    count: Any
     exp_avg: Any
     exp_avg_sq: Any
 
 
 class RMSpropState(NamedTuple):
-    count: int
+    count: Any
     square_avg: Any
     grad_avg: Any
     momentum_buffer: Any
 
 
 class AdagradState(NamedTuple):
-    count: int
+    count: Any
     sum: Any
 
 
 class AdadeltaState(NamedTuple):
-    count: int
+    count: Any
     square_avg: Any
     acc_delta: Any
 
 
 class AdamaxState(NamedTuple):
-    count: int
+    count: Any
     exp_avg: Any
     exp_inf: Any
 
@@ -139,19 +148,24 @@ def _torch_optimizer(
 
     def init(params: Any) -> Any:
         leaves, treedef = flatten_leaves(params)
+        if not leaves:  # an empty group of a partition: nothing to count on
+            return state_cls(count=0, **(scalar_init or {}), **dict.fromkeys(buffers))
         xp = namespace_of(params)
         fields = {
             f: None if make is None else unflatten(treedef, [make(xp, p) for p in leaves])
             for f, make in buffers.items()
         }
-        return state_cls(count=0, **(scalar_init or {}), **fields)
+        like = leaves[0]
+        scalars0 = {k: scalar_like(xp, like, v) for k, v in (scalar_init or {}).items()}
+        return state_cls(count=count_like(xp, like), **scalars0, **fields)
 
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         g_leaves, treedef = flatten_leaves(grads)
         p_leaves = [None] * len(g_leaves) if params is None else leaves_like(params, grads)
         lr_t = resolve(lr, state.count, f"agrad.optim.{name}")
         xp = namespace_of(grads, params, extra=(lr_t,))
-        t = state.count + 1
+        like = g_leaves[0]
+        t = step_number(xp, state.count, like)  # 1-based, a 0-d float array
         extra, new_scalars = scalars(t, state) if scalars is not None else (None, {})
         bufs = [leaves_like(getattr(state, f), grads) for f in active]
         updates, new_bufs = [], [[] for _ in active]
@@ -174,7 +188,7 @@ def _torch_optimizer(
                 nb.append(b)
         fields = {f: getattr(state, f) for f in buffers}
         fields.update({f: unflatten(treedef, nb) for f, nb in zip(active, new_bufs)})
-        new_state = state_cls(count=t, **new_scalars, **fields)
+        new_state = state_cls(count=next_count(xp, state.count, like), **new_scalars, **fields)
         return unflatten(treedef, updates), new_state
 
     return GradientTransformation(
@@ -185,10 +199,6 @@ def _torch_optimizer(
         needs_params=weight_decay != 0 or returns_param,
         complex_params=complex_params,
     )
-
-
-def _copy(g: Any) -> Any:
-    return g * 1.0
 
 
 @python_numbers
@@ -221,7 +231,8 @@ def sgd(
     def rule(xp, t, lr_t, _, g, p, *bufs):
         if momentum != 0:
             (buf,) = bufs
-            buf = _copy(g) if t == 1.0 else xp.add(buf * momentum, g * (1 - dampening))
+            # the first step takes the gradient itself (torch's clone): selected, not branched
+            buf = xp.where(t == 1.0, g, xp.add(buf * momentum, g * (1 - dampening)))
             g = xp.add(g, buf * momentum) if nesterov else buf
             bufs = (buf,)
         return scale(xp, g, _neg(xp, lr_t)), bufs
@@ -263,6 +274,10 @@ def _neg(xp: Any, x: Any) -> Any:
     return -x if not hasattr(x, "shape") else xp.negative(x)
 
 
+def _is_minus_one(x: Any) -> bool:
+    return not hasattr(x, "shape") and x == -1.0
+
+
 def adam_moments(
     xp: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, order: str = "torch"
 ) -> tuple[Any, Any]:
@@ -286,7 +301,7 @@ def adam_direction(
     xp: Any,
     m: Any,
     v: Any,
-    t: float,
+    t: Any,
     beta1: float,
     beta2: float,
     eps: float,
@@ -299,6 +314,8 @@ def adam_direction(
     .. math:: u_t = -\\frac{\\gamma}{1-\\beta_1^t}\\,
               \\frac{m_t}{\\sqrt{v_t/(1-\\beta_2^t) + \\epsilon_{root}} + \\epsilon}
 
+    ``t`` is the 1-based step, a float or a 0-d float array (the bias corrections are
+    then array operations, rounded once to the leaves' dtype).
     ``lr`` (:math:`\\gamma`) is a float or a 0-d array; ``v`` is the AMSGrad maximum
     where that variant is used. ``order="torch"`` evaluates torch's
     ``-(lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`` (``eps_root`` must be 0);
@@ -308,9 +325,10 @@ def adam_direction(
     bias_correction1 = 1 - beta1**t
     bias_correction2 = 1 - beta2**t
     if order == "optax":
-        u = xp.divide(m / bias_correction1, xp.sqrt(v / bias_correction2 + eps_root) + eps)
-        return u if lr == -1.0 else scale(xp, u, _neg(xp, lr))
-    denom = xp.sqrt(v) / bias_correction2**0.5 + eps
+        bc1, bc2 = leaf_scalar(xp, bias_correction1, m), leaf_scalar(xp, bias_correction2, v)
+        u = xp.divide(m / bc1, xp.sqrt(v / bc2 + eps_root) + eps)
+        return u if _is_minus_one(lr) else scale(xp, u, _neg(xp, lr))
+    denom = xp.sqrt(v) / leaf_scalar(xp, bias_correction2**0.5, v) + eps
     return xp.divide(scale(xp, m, _neg(xp, lr / bias_correction1)), denom)
 
 
@@ -430,7 +448,7 @@ def nadam(
         fn, lr, betas, eps, weight_decay, momentum_decay=momentum_decay
     )
 
-    def scalars(t: int, state: NAdamState) -> tuple[Any, dict[str, Any]]:
+    def scalars(t: Any, state: NAdamState) -> tuple[Any, dict[str, Any]]:
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))
         mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
         mu_product = state.mu_product * mu
@@ -441,7 +459,7 @@ def nadam(
         bias_correction2 = 1 - beta2**t
         m = lerp(xp, m, g, 1 - beta1)
         v = _second_moment(xp, v, g, beta2)
-        denom = xp.sqrt(v / bias_correction2) + eps
+        denom = xp.sqrt(v / leaf_scalar(xp, bias_correction2, v)) + eps
         mu_product_next = mu_product * mu_next
         s1 = _neg(xp, lr_t) * (1.0 - mu) / (1.0 - mu_product)
         s2 = _neg(xp, lr_t) * mu_next / (1.0 - mu_product_next)
@@ -503,17 +521,24 @@ def radam(
         v = _second_moment(xp, v, g, beta2)
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
-        corrected = m / bias_correction1
+        corrected = m / leaf_scalar(xp, bias_correction1, m)
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * (beta2**t) / bias_correction2
         step = scale(xp, corrected, lr_t)
-        if rho_t > 5.0:
-            rect = (
-                (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-            ) ** 0.5
-            adaptive = (bias_correction2**0.5) / (xp.sqrt(v) + eps)
-            step = xp.multiply(step, adaptive) * rect
-        return xp.negative(step), (m, v)
+        rectified = rho_t > 5.0
+        if hasattr(rho_t, "shape"):  # an array: both forms, one selected (no branch on a value)
+            safe = xp.where(rectified, rho_t, xp.full_like(rho_t, 6.0))  # no NaN where unused
+        elif not rectified:
+            return xp.negative(step), (m, v)
+        else:
+            safe = rho_t
+        rect = ((safe - 4) * (safe - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe)) ** 0.5
+        # torch's (sqrt(bc2) / d) is d.reciprocal() * sqrt(bc2): the same order here
+        adaptive = xp.multiply(1.0 / (xp.sqrt(v) + eps), leaf_scalar(xp, bias_correction2**0.5, v))
+        full = scale(xp, xp.multiply(step, adaptive), rect)
+        if hasattr(rho_t, "shape"):
+            full = xp.where(rectified, full, step)
+        return xp.negative(full), (m, v)
 
     hyper = dict(
         lr=lr,

@@ -4,7 +4,10 @@ Each function returns a :class:`~agrad.optim.base.GradientTransformation` whose
 ``update`` maps incoming updates (gradients, at the start of a chain) to outgoing
 ones. Transforms that wrap another (``multi_steps``, ``apply_if_finite``, ``masked``,
 ``partition``) keep the inner state inside their own record. Everything is written
-against the Array API; Python-float hyperparameters keep the leaves' dtype.
+against the Array API; Python-float hyperparameters keep the leaves' dtype. Counts
+and flags in the states are 0-d arrays and decisions on array values are
+``xp.where`` selections, so every transform runs under ``jax.jit`` and
+``jax.lax.scan``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from array_api_compat import device as _device
+
 from agrad.optim.base import GradientTransformation, is_array, namespace_of
 from agrad.optim.numerics import (
+    as_count,
     check_nonnegative,
     check_positive,
+    count_like,
+    count_value,
     lerp,
+    next_count,
     python_numbers,
     resolve,
     scale,
@@ -24,6 +33,7 @@ from agrad.optim.numerics import (
 from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, tree_map, unflatten
 
 __all__ = [
+    "select_tree",
     "ApplyIfFiniteState",
     "CountState",
     "EmaParamsState",
@@ -54,7 +64,7 @@ class EmptyState(NamedTuple):
 
 
 class CountState(NamedTuple):
-    count: int
+    count: Any
 
 
 class TraceState(NamedTuple):
@@ -62,21 +72,21 @@ class TraceState(NamedTuple):
 
 
 class EmaParamsState(NamedTuple):
-    count: int
+    count: Any
     ema: Any
 
 
 class MultiStepsState(NamedTuple):
-    mini_step: int
-    gradient_step: int
+    mini_step: Any
+    gradient_step: Any
     inner_state: Any
     acc_grads: Any
 
 
 class ApplyIfFiniteState(NamedTuple):
-    notfinite_count: int
-    last_finite: bool
-    total_notfinite: int
+    notfinite_count: Any
+    last_finite: Any
+    total_notfinite: Any
     inner_state: Any
 
 
@@ -98,6 +108,38 @@ def _wrapping(
 
 def _empty_init(params: Any) -> EmptyState:
     return EmptyState()
+
+
+def _first_leaf(tree: Any) -> Any:
+    """The first array leaf of ``tree`` (the device and namespace of new counts), or ``None``."""
+    for x in flatten_leaves(tree)[0]:
+        if is_array(x):
+            return x
+    return None
+
+
+def _new_count(tree: Any, value: int = 0) -> Any:
+    """A 0-d ``int32`` count on the device of ``tree``'s arrays (an int for an empty tree)."""
+    like = _first_leaf(tree)
+    return value if like is None else count_like(namespace_of(like), like, value)
+
+
+def select_tree(xp: Any, cond: Any, a: Any, b: Any) -> Any:
+    """``a`` where the 0-d bool ``cond`` holds, else ``b``, leaf by leaf (trees of one structure).
+
+    Array leaves are selected with ``xp.where``; equal non-array leaves (``None``, a
+    Python number both sides share) are kept. This is the branch on an array value
+    written so that it traces under ``jax.jit``.
+    """
+    a_leaves, treedef = flatten_leaves(a)
+    b_leaves = leaves_like(b, a)
+    out = []
+    for x, y in zip(a_leaves, b_leaves):
+        if is_array(x) or is_array(y):
+            out.append(xp.where(cond, x, y))
+        else:
+            out.append(x)
+    return unflatten(treedef, out)
 
 
 def _stateless(name: str, fn: Callable[[Any, Any], Any], hyper: dict, needs_params: bool):
@@ -225,12 +267,15 @@ def scale_by_schedule(step_size_fn: Callable[[int], Any]) -> GradientTransformat
     """
 
     def init(params: Any) -> CountState:
-        return CountState(0)
+        return CountState(_new_count(params))
 
     def update(updates: Any, state: CountState, params: Any) -> tuple[Any, CountState]:
-        factor = step_size_fn(state.count)
+        known = count_value(state.count)
+        factor = step_size_fn(state.count if known is None else known)
         xp = namespace_of(updates, extra=(factor,))
-        return tree_map(lambda u: scale(xp, u, factor), updates), CountState(state.count + 1)
+        like = _first_leaf(updates)
+        new = CountState(next_count(xp, state.count, like))
+        return tree_map(lambda u: scale(xp, u, factor), updates), new
 
     return GradientTransformation(
         "scale_by_schedule", init, update, {"step_size_fn": step_size_fn}, needs_params=False
@@ -288,16 +333,20 @@ def ema_params(decay: float) -> GradientTransformation:
     check_unit_interval("agrad.optim.ema_params", closed=True, decay=decay)
 
     def init(params: Any) -> EmaParamsState:
-        return EmaParamsState(0, tree_map(lambda p: p * 1.0, params))
+        return EmaParamsState(_new_count(params), tree_map(lambda p: p * 1.0, params))
 
     def update(updates: Any, state: EmaParamsState, params: Any) -> tuple[Any, EmaParamsState]:
         xp = namespace_of(updates, params)
+        like = _first_leaf(updates)
         new_p = tree_map(xp.add, params, updates)
-        if state.count == 0:
+        known = count_value(state.count)
+        if known == 0:
             ema = new_p
         else:
             ema = tree_map(lambda e, p: lerp(xp, e, p, 1.0 - decay), state.ema, new_p)
-        return updates, EmaParamsState(state.count + 1, ema)
+            if known is None:  # a traced count: the first step selects the parameters
+                ema = select_tree(xp, as_count(xp, state.count, like) == 0, new_p, ema)
+        return updates, EmaParamsState(next_count(xp, state.count, like), ema)
 
     return GradientTransformation("ema_params", init, update, {"decay": decay})
 
@@ -333,19 +382,34 @@ def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransfor
 
     def init(params: Any) -> MultiStepsState:
         xp = namespace_of(params)
-        return MultiStepsState(0, 0, inner.inner_init(params), tree_map(xp.zeros_like, params))
+        zeros = tree_map(xp.zeros_like, params)
+        return MultiStepsState(
+            _new_count(params), _new_count(params), inner.inner_init(params), zeros
+        )
 
     def update(updates: Any, state: MultiStepsState, params: Any) -> tuple[Any, MultiStepsState]:
         xp = namespace_of(updates)
+        like = _first_leaf(updates)
         acc = tree_map(xp.add, state.acc_grads, updates)
-        if state.mini_step + 1 < every_k:
+        mini = as_count(xp, state.mini_step, like)
+        known = count_value(state.mini_step)
+        if known is not None and known + 1 < every_k:  # known to accumulate: skip the inner rule
             zeros = tree_map(xp.zeros_like, updates)
-            return zeros, state._replace(mini_step=state.mini_step + 1, acc_grads=acc)
+            return zeros, state._replace(mini_step=mini + 1, acc_grads=acc)
         mean = tree_map(lambda a: a / float(every_k), acc)
         out, inner_state = inner.inner_update(mean, state.inner_state, params)
-        return out, MultiStepsState(
-            0, state.gradient_step + 1, inner_state, tree_map(xp.zeros_like, acc)
+        zeros = tree_map(xp.zeros_like, acc)
+        step = as_count(xp, state.gradient_step, like)
+        if known is not None:  # known to emit
+            return out, MultiStepsState(mini * 0, step + 1, inner_state, zeros)
+        emit = mini + 1 >= every_k  # a traced count: both outcomes, one selected
+        new_state = MultiStepsState(
+            xp.where(emit, mini * 0, mini + 1),
+            xp.where(emit, step + 1, step),
+            select_tree(xp, emit, inner_state, state.inner_state),
+            select_tree(xp, emit, zeros, acc),
         )
+        return select_tree(xp, emit, out, tree_map(xp.zeros_like, out)), new_state
 
     return _wrapping("multi_steps", init, update, inner, every_k=every_k)
 
@@ -362,18 +426,28 @@ def apply_if_finite(
     """
 
     def init(params: Any) -> ApplyIfFiniteState:
-        return ApplyIfFiniteState(0, True, 0, inner.inner_init(params))
+        like = _first_leaf(params)
+        flag = True if like is None else namespace_of(like).asarray(True, device=_device(like))
+        count = _new_count(params)
+        return ApplyIfFiniteState(count, flag, _new_count(params), inner.inner_init(params))
 
     def update(updates: Any, state: ApplyIfFiniteState, params: Any):
         xp = namespace_of(updates)
+        like = _first_leaf(updates)
         new_updates, inner_state = inner.inner_update(updates, state.inner_state, params)
-        finite = all(bool(xp.all(xp.isfinite(u))) for u in flatten_leaves(new_updates)[0])
-        nf = 0 if finite else state.notfinite_count + 1
-        total = state.total_notfinite + (0 if finite else 1)
-        if finite or nf > max_consecutive_errors:
-            return new_updates, ApplyIfFiniteState(nf, finite, total, inner_state)
-        zeros = tree_map(xp.zeros_like, updates)
-        return zeros, ApplyIfFiniteState(nf, finite, total, state.inner_state)
+        finite = None
+        for u in flatten_leaves(new_updates)[0]:
+            ok = xp.all(xp.isfinite(u))
+            finite = ok if finite is None else xp.logical_and(finite, ok)
+        nf_old = as_count(xp, state.notfinite_count, like)
+        nf = xp.where(finite, nf_old * 0, nf_old + 1)
+        total = as_count(xp, state.total_notfinite, like)
+        total = xp.where(finite, total, total + 1)
+        apply = xp.logical_or(finite, nf > max_consecutive_errors)
+        zeros = tree_map(xp.zeros_like, new_updates)
+        out = select_tree(xp, apply, new_updates, zeros)
+        kept = select_tree(xp, apply, inner_state, state.inner_state)
+        return out, ApplyIfFiniteState(nf, finite, total, kept)
 
     return _wrapping(
         "apply_if_finite", init, update, inner, max_consecutive_errors=max_consecutive_errors

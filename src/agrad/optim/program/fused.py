@@ -72,9 +72,25 @@ def recognise(
             ref_program = record(ref, xp, params, grads, treedef, state)
         except NotRecordable:
             continue
-        if ref_program == program:
+        if ref_program == program and _layout_ok(name, ref.hyperparams, program):
             return _RUNNERS[name](ref.hyperparams)
     return None
+
+
+def _layout_ok(name: str, hp: dict[str, Any], program: Program) -> bool:
+    """Whether every lane has the columns the kernel takes (parameter, gradient, buffers)."""
+    from agrad.optim.program.ir import lane_groups
+
+    groups = lane_groups(program)
+    if groups is None:
+        return False
+    if name == "adam":
+        want = 5 if hp["amsgrad"] else 4
+    elif name == "sgd":
+        want = 3 if hp["momentum"] != 0 else 2
+    else:
+        want = 3
+    return all(len(g.program.columns) == want for g in groups)
 
 
 def _steps(torch: Any, like: Any, t: int, n: int) -> list[Any]:

@@ -70,6 +70,7 @@ __all__ = [
     "Scalar",
     "evaluate_scalars",
     "lane_groups",
+    "pre_nodes",
 ]
 
 Ref = tuple  # ("n", node) | ("s", scalar) | ("c", constant)
@@ -250,11 +251,13 @@ def _lane_of(program: Program, k: int, state_lane: dict[int, int]) -> tuple[Lane
         args = []
         for a in n.args:
             if a[0] == "n":
-                if a[1] not in local:
+                if a[1] in local:
+                    args.append(("l", local[a[1]]))
+                elif nodes[a[1]].lane == NO_LANE and nodes[a[1]].shape == ():
+                    args.append(("p", a[1]))  # a per-step scalar, computed before the lanes
+                else:
                     regular = False  # reads another lane's node
                     args.append(("x", a[1]))
-                else:
-                    args.append(("l", local[a[1]]))
             elif a[0] == "s":
                 args.append(a)
             else:
@@ -264,7 +267,7 @@ def _lane_of(program: Program, k: int, state_lane: dict[int, int]) -> tuple[Lane
     refs = [program.new_params[k], *(program.new_state[j] for _, j in columns[2:])]
     positions = [0, *range(2, len(columns))]
     for pos, ref in zip(positions, refs):
-        if ref is None:
+        if ref is None or (ref[0] == "n" and nodes[ref[1]].lane == NO_LANE):
             continue
         if ref[0] != "n" or ref[1] not in local:
             regular = False
@@ -276,9 +279,10 @@ def _lane_of(program: Program, k: int, state_lane: dict[int, int]) -> tuple[Lane
     return Lane(k, tuple(columns), tuple(own), tuple(outputs), signature), regular
 
 
-def _unread_input(n: Node, state_lane: dict[int, int]) -> bool:
-    """A state input no node reads, whose leaf is written (SGD's first step)."""
-    return n.op == "input" and n.attr("column") == "state" and n.attr("leaf") in state_lane
+def pre_nodes(program: Program) -> list[int]:
+    """The laneless nodes, computed once per step before the lanes (step counts,
+    bias corrections, schedule values), in order."""
+    return [i for i, n in enumerate(program.nodes) if n.lane == NO_LANE]
 
 
 def lane_groups(program: Program) -> list[LaneGroup] | None:
@@ -295,11 +299,13 @@ def lane_groups(program: Program) -> list[LaneGroup] | None:
     for j, ref in enumerate(program.new_state):
         if ref is not None and ref[0] == "n":
             lane = program.nodes[ref[1]].lane
+            if lane == NO_LANE:
+                continue  # a per-step scalar of the state (a step count)
             if state_lane.setdefault(j, lane) != lane:
                 return None
     if any(lane < 0 for lane in state_lane.values()):
         return None
-    if any(n.lane < 0 and not _unread_input(n, state_lane) for n in program.nodes):
+    if any(n.lane == CROSS for n in program.nodes):
         return None
     groups: dict[tuple, list[Lane]] = {}
     dtypes: dict[tuple, Any] = {}

@@ -50,15 +50,23 @@ def _ufuncs() -> dict[str, Any]:
 SUPPORTED = frozenset(
     {"add", "subtract", "multiply", "divide", "maximum", "minimum", "pow", "negative"}
     | {"sqrt", "abs", "sign", "square", "exp", "expm1", "log", "log1p", "sin", "cos"}
-    | {"tanh", "reciprocal", "full_like"}
+    | {"tanh", "reciprocal", "full_like", "where"}
 )
 
 
-def compile_lane(plan: LanePlan) -> Callable[[list[Any]], Callable[..., None]]:
-    """``bind(scalars) -> kernel(*columns, *temps)`` for one lane plan.
+def _copy(src: Any, out: Any) -> None:
+    if src is not out:
+        out[...] = src
 
-    ``scalars`` are the step's host-scalar values; ``columns`` equal-shaped views of
+
+def compile_lane(plan: LanePlan) -> Callable[..., Callable[..., None]] | None:
+    """``bind(scalars, pre) -> kernel(*columns, *temps)`` for one lane plan.
+
+    ``scalars`` are the step's host-scalar values, ``pre`` the laneless nodes' values
+    (as Python numbers) by node index; ``columns`` equal-shaped views of
     the lane's leaves (parameter, gradient, state) and ``temps`` scratch of that shape.
+    ``None`` where an instruction has no in-place form here (``where`` on an array
+    condition).
     """
     import numpy as np
 
@@ -70,17 +78,28 @@ def compile_lane(plan: LanePlan) -> Callable[[list[Any]], Callable[..., None]]:
 
     steps = []
     for ins in plan.instrs:
+        if ins.op == "where" and ins.args[0][0] in ("in", "col", "tmp"):
+            return None  # an array condition: no out= form; the generic path runs it
         out = slot(ins.out)
         args = tuple(("b", slot(a)) if a[0] in ("in", "col", "tmp") else a for a in ins.args)
         steps.append((ins.op, args, out))
     copies = [(c, slot(src)) for c, src in plan.copies]
 
-    def bind(scalars: list[Any]) -> Callable[..., None]:
+    def bind(scalars: list[Any], pre: dict[int, Any]) -> Callable[..., None]:
         program = []
         for op, args, out in steps:
-            const = tuple(scalars[a[1]] if a[0] == "s" else a[1] for a in args)
+            const = tuple(
+                scalars[a[1]] if a[0] == "s" else pre[a[1]] if a[0] == "p" else a[1] for a in args
+            )
             if op == "full_like":
                 program.append((None, (), out, const[1]))
+                continue
+            if op == "where":  # a per-step scalar condition: one operand, copied
+                pick = 1 if const[0] else 2
+                if args[pick][0] == "b":
+                    program.append((_copy, (args[pick],), out, (None,)))
+                else:
+                    program.append((None, (), out, const[pick]))
                 continue
             program.append((ufuncs[op], args, out, const))
 
@@ -90,7 +109,10 @@ def compile_lane(plan: LanePlan) -> Callable[[list[Any]], Callable[..., None]]:
                     bufs[out][...] = const
                     continue
                 vals = [bufs[a[1]] if a[0] == "b" else c for a, c in zip(args, const)]
-                fn(*vals, out=bufs[out])
+                if fn is _copy:
+                    _copy(vals[0], bufs[out])
+                else:
+                    fn(*vals, out=bufs[out])
             for c, src in copies:
                 np.copyto(bufs[c], bufs[src])
 

@@ -51,6 +51,13 @@ class LanePlan(NamedTuple):
     written: tuple[int, ...]
 
 
+def _operand(a: tuple, where: dict, local_of: dict) -> tuple:
+    """A node argument as a buffer, or ``("p", node)`` for a laneless per-step scalar."""
+    if a[0] != "n":
+        return a
+    return where[local_of[a[1]]] if a[1] in local_of else ("p", a[1])
+
+
 def plan_lane(program: Program, lane: Lane) -> LanePlan:
     """Assign buffers to the nodes of ``lane`` (see the module docstring)."""
     nodes = [program.nodes[i] for i in lane.nodes]
@@ -63,7 +70,7 @@ def plan_lane(program: Program, lane: Lane) -> LanePlan:
     last_read: dict[int, int] = {}
     for i, n in enumerate(nodes):
         for a in n.args:
-            if a[0] == "n":
+            if a[0] == "n" and a[1] in local_of:
                 last_read[local_of[a[1]]] = i
     end = len(nodes)
     for local in final_of:
@@ -79,11 +86,13 @@ def plan_lane(program: Program, lane: Lane) -> LanePlan:
             where[i] = ("col", c)
             col_value[c] = i
             continue
-        args = tuple(where[local_of[a[1]]] if a[0] == "n" else a for a in n.args)
+        args = tuple(_operand(a, where, local_of) for a in n.args)
         # values dead after this node free their buffers for its result
-        dying = {
-            local_of[a[1]] for a in n.args if a[0] == "n" and last_read.get(local_of[a[1]], -1) <= i
-        }
+        dying: list[int] = []  # in argument order: the first operand's buffer is preferred
+        for a in n.args:
+            local = local_of.get(a[1]) if a[0] == "n" else None
+            if local is not None and last_read.get(local, -1) <= i and local not in dying:
+                dying.append(local)
         out = None
         for c in final_of.get(i, ()):
             held = col_value.get(c)

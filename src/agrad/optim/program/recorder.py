@@ -27,7 +27,7 @@ from agrad.optim.program.ir import (
     Program,
     Scalar,
 )
-from agrad.pytree import flatten_leaves, unflatten
+from agrad.pytree import flatten_leaves, key_paths, unflatten
 
 __all__ = ["NotRecordable", "Recorder", "SymArray", "SymScalar", "record"]
 
@@ -48,8 +48,9 @@ class Recorder:
         self.nodes: list[Node] = []
         self.scalars: list[Scalar] = []
         self._scalar_ids: dict[tuple, int] = {}
+        self._node_ids: dict[tuple, int] = {}
         self.guards: dict[int, Any] = {}
-        self.namespace = _NAMESPACE
+        self.array_cls, self.namespace = _backend(xp)
 
     # -- host scalars -------------------------------------------------------------
     def scalar(self, op: str, args: tuple, value: Any) -> SymScalar:
@@ -73,13 +74,25 @@ class Recorder:
     def node(self, op: str, args: tuple, attrs: tuple, shape: tuple, dtype: Any) -> SymArray:
         lanes = {self.nodes[a[1]].lane for a in args if a[0] == "n"} - {NO_LANE}
         lane = NO_LANE if not lanes else (lanes.pop() if len(lanes) == 1 else CROSS)
+        key = None
+        if lane == NO_LANE:  # a pure function of the state's scalars: computed once
+            key = (op, tuple(_const_key(a[1]) if a[0] == "c" else a for a in args), attrs)
+            key += (tuple(shape), repr(dtype))
+            try:
+                found = self._node_ids.get(key)
+            except TypeError:  # an unhashable constant
+                found, key = None, None
+            if found is not None:
+                return self.array_cls(self, found)
         self.nodes.append(Node(op, args, attrs, tuple(shape), dtype, lane))
-        return SymArray(self, len(self.nodes) - 1)
+        if key is not None:
+            self._node_ids[key] = len(self.nodes) - 1
+        return self.array_cls(self, len(self.nodes) - 1)
 
     def input(self, column: str, leaf: int, x: Any, lane: int) -> SymArray:
         attrs = (("column", column), ("leaf", leaf))
         self.nodes.append(Node("input", (), attrs, tuple(x.shape), x.dtype, lane))
-        return SymArray(self, len(self.nodes) - 1)
+        return self.array_cls(self, len(self.nodes) - 1)
 
     def ref(self, x: Any) -> tuple:
         """The operand ``x`` as a ref: a node, a host scalar or a constant."""
@@ -385,12 +398,9 @@ class RecordingNamespace:
     raises :class:`NotRecordable`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, xp: Any) -> None:
+        self._xp = xp
         self.__name__ = "agrad.optim.program.recording"
-
-    @property
-    def _xp(self) -> Any:
-        return self._recorder.xp
 
     @property
     def _recorder(self) -> Recorder:
@@ -517,7 +527,10 @@ class RecordingNamespace:
     def asarray(self, obj, /, *, dtype=None, device=None, copy=None):
         if isinstance(obj, SymArray):
             return obj if dtype is None or dtype == obj.dtype else self.astype(obj, dtype)
-        raise NotRecordable("asarray of a Python value")
+        if type(obj) not in (bool, int, float) or dtype is None:
+            raise NotRecordable("asarray of a Python value without a dtype")
+        attrs = (("dtype_to", dtype), ("value", obj))
+        return self._recorder.node("asarray", (), attrs, (), dtype)
 
 
 def _unary(op: str) -> Callable[[RecordingNamespace, Any], SymArray]:
@@ -558,10 +571,20 @@ for _op in _REDUCTIONS:
 
 _PASSTHROUGH = frozenset({"isdtype", "finfo", "iinfo", "result_type", "can_cast"})
 
-# One recording namespace for every backend (array_namespace caches namespaces by array
-# type): it works for the recording in progress in this thread, whose backend it knows.
+# One recording namespace and one SymArray subclass per backend namespace:
+# array_namespace caches namespaces by array type, and per-backend caches (dtypes)
+# are keyed by namespace. The recording in progress is per thread.
 _active = threading.local()
-_NAMESPACE = RecordingNamespace()
+_PER_BACKEND: dict[int, tuple[Any, type, RecordingNamespace]] = {}
+
+
+def _backend(xp: Any) -> tuple[type, RecordingNamespace]:
+    got = _PER_BACKEND.get(id(xp))
+    if got is None or got[0] is not xp:
+        name = getattr(xp, "__name__", "xp").rsplit(".", 1)[-1]
+        cls = type(f"SymArray_{name}", (SymArray,), {"__slots__": ()})
+        got = _PER_BACKEND[id(xp)] = (xp, cls, RecordingNamespace(xp))
+    return got[1], got[2]
 
 
 def record(
@@ -588,10 +611,11 @@ def _record(
     s_leaves, s_def = flatten_leaves(state)
     sym_p = [rec.input("param", k, p, k) for k, p in enumerate(params)]
     sym_g = [rec.input("grad", k, g, k) for k, g in enumerate(grads)]
+    lanes = _state_lanes(params, treedef, s_leaves, s_def)
     sym_s: list[Any] = []
     for j, leaf in enumerate(s_leaves):
         if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-            sym_s.append(rec.input("state", j, leaf, NO_LANE))
+            sym_s.append(rec.input("state", j, leaf, lanes[j]))
         elif type(leaf) in (int, float):
             sym_s.append(rec.scalar("input", (j,), leaf))
         else:
@@ -631,7 +655,6 @@ def _record(
             raise NotRecordable("a state array that is not recorded")
         else:
             new_s.append(None)
-    _assign_lanes(rec)
     return Program(
         tuple(rec.nodes),
         tuple(rec.scalars),
@@ -642,26 +665,29 @@ def _record(
     )
 
 
-def _assign_lanes(rec: Recorder) -> None:
-    """Give state inputs (and nodes computed only from them) the lane of their readers."""
-    nodes = rec.nodes
-    lane = [n.lane for n in nodes]
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(nodes) - 1, -1, -1):
-            n = nodes[i]
-            if lane[i] in (CROSS,):
-                continue
-            ins = [a[1] for a in n.args if a[0] == "n"]
-            if lane[i] >= 0:
-                for j in ins:
-                    if lane[j] == NO_LANE:
-                        lane[j], changed = lane[i], True
-            known = {lane[j] for j in ins} - {NO_LANE}
-            if lane[i] == NO_LANE and known:
-                lane[i] = known.pop() if len(known) == 1 else CROSS
-                changed = True
-    for i, n in enumerate(nodes):
-        if lane[i] != n.lane:
-            nodes[i] = n._replace(lane=lane[i])
+def _state_lanes(params: list, treedef: Any, s_leaves: list, s_def: Any) -> list[int]:
+    """The parameter each state leaf belongs to, by key path, or ``NO_LANE``.
+
+    ``state.exp_avg['w']`` (or ``.states[1].exp_avg[0]``) ends with the key path of
+    parameter ``['w']`` (``[0]``); a step count (``.count``) ends with none. A single
+    array as the parameters (key path ``""``) owns the state leaves of its shape and
+    dtype.
+    """
+    p_paths = key_paths(treedef)
+    by_path = {path: k for k, path in enumerate(p_paths)}
+    s_paths = key_paths(s_def)
+    out = []
+    for path, leaf in zip(s_paths, s_leaves):
+        lane = NO_LANE
+        if hasattr(leaf, "shape"):
+            if "" in by_path:
+                p = params[by_path[""]]
+                if tuple(leaf.shape) == tuple(p.shape) and leaf.dtype == p.dtype:
+                    lane = by_path[""]
+            else:
+                for i, ch in enumerate(path):
+                    if ch in ".[" and path[i:] in by_path:
+                        lane = by_path[path[i:]]
+                        break
+        out.append(lane)
+    return out

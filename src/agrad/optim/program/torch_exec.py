@@ -60,7 +60,7 @@ _UNARY = {
 _COMMUTATIVE = frozenset({"add", "multiply", "maximum", "minimum"})
 
 #: The ops this executor runs.
-SUPPORTED = frozenset(_LIST_LIST) | frozenset(_UNARY) | {"square", "full_like"}
+SUPPORTED = frozenset(_LIST_LIST) | frozenset(_UNARY) | {"square", "full_like", "where"}
 
 
 def _is_buf(a: tuple) -> bool:
@@ -138,6 +138,8 @@ def _runnable(ins: Instr) -> bool:
     """Whether :func:`_run_instr` runs ``ins`` (checked before any step runs)."""
     if ins.op not in SUPPORTED:
         return False
+    if ins.op == "where":  # only a per-step scalar condition: one operand is copied
+        return not _is_buf(ins.args[0]) and all(map(_is_buf, ins.args[1:]))
     if ins.op in _LIST_LIST:
         a, b = ins.args
         if not _is_buf(a) and not _is_buf(b):
@@ -147,11 +149,12 @@ def _runnable(ins: Instr) -> bool:
     return True
 
 
-def compile_group(plan: LanePlan) -> Callable[[list[list[Any]], list[Any]], None] | None:
-    """``run(columns, scalars)``: the plan over lists of tensors (see the module docstring).
+def compile_group(plan: LanePlan) -> Callable[..., None] | None:
+    """``run(columns, scalars, pre)``: the plan over lists of tensors (module docstring).
 
     ``columns[c]`` is the list of column ``c``'s tensors (run under ``no_grad``;
-    version counters are the caller's to set); ``scalars`` the step's host-scalar values.
+    version counters are the caller's to set); ``scalars`` the step's host-scalar values,
+    ``pre`` the laneless nodes' values (Python numbers) by node index.
     ``None`` where an instruction has no multi-tensor form (found here, so a step
     never stops half-way).
     """
@@ -162,7 +165,7 @@ def compile_group(plan: LanePlan) -> Callable[[list[list[Any]], list[Any]], None
     program = _fuse(plan)
     n_cols = plan.n_columns
 
-    def run(columns: list[list[Any]], scalars: list[Any]) -> None:
+    def run(columns: list[list[Any]], scalars: list[Any], pre: dict[int, Any]) -> None:
         bufs: dict[tuple, list[Any]] = {}
 
         def get(a: tuple) -> Any:
@@ -170,6 +173,8 @@ def compile_group(plan: LanePlan) -> Callable[[list[list[Any]], list[Any]], None
                 return columns[a[1]]
             if a[0] == "tmp":
                 return bufs[a]
+            if a[0] == "p":
+                return pre[a[1]]
             return scalars[a[1]] if a[0] == "s" else a[1]
 
         for entry in program:
@@ -200,6 +205,15 @@ def _store(torch: Any, out: tuple, value: list[Any], bufs: dict, columns: list) 
 
 def _run_instr(torch: Any, ins: Instr, get: Callable, bufs: dict, columns: list) -> None:
     op, args, out = ins.op, ins.args, ins.out
+    if op == "where":
+        src = args[1] if get(args[0]) else args[2]
+        if src == out:
+            return
+        if out[0] == "tmp":
+            bufs[out] = torch._foreach_mul(get(src), 1.0)  # a copy (x * 1 is x, -0 too)
+        else:
+            torch._foreach_copy_(get(out), get(src))
+        return
     if op == "full_like":
         target = get(out) if out[0] != "tmp" else [torch.empty_like(t) for t in get(args[0])]
         value = get(args[1])
