@@ -288,10 +288,9 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
         user = ("user AdaBelief", partial(_agrad_step, "adabelief", ps, gs))
         adam = ("built-in adam", partial(_agrad_step, "adam", ps, gs))
         specs.append((f"user rule ({lib})", "adabelief", user, adam, 1.3))
-    if not settings.quick:
-        packed = ("agrad packed (torch)", partial(_packed_step, "adam", params, grads))
-        foreach = ("torch.optim.Adam foreach", partial(_torch_step, "adam", params, grads))
-        specs.append(("packed", "adam", packed, foreach, None))
+    packed = ("agrad packed (torch)", partial(_packed_step, "adam", params, grads))
+    foreach = ("torch.optim.Adam foreach", partial(_torch_step, "adam", params, grads))
+    specs.append(("packed", "adam", packed, foreach, None))
     return specs
 
 
