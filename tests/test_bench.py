@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("autograd")
 
 from agrad import bench
-from agrad.bench.optimizer_rows import numpy_adam_loop
+from agrad.bench.optimizer_rows import NUMPY_LOOPS, OPTIMIZERS
 from agrad.bench.tape_rows import chain_loss, mlp_loss, mlp_problem
 
 
@@ -62,17 +62,24 @@ def test_bench_losses_agree_across_libraries():
     )
 
 
-def test_reference_numpy_loop_matches_agrad_adam():
+@pytest.mark.parametrize("name", sorted(NUMPY_LOOPS))
+def test_reference_numpy_loops_match_agrad(name):
+    """The hand-written loops the numpy rows compare against compute the same step."""
     import agrad
 
+    loop, n_bufs = NUMPY_LOOPS[name]
     rng = np.random.default_rng(0)
     p = [rng.standard_normal(5)]
     g = [rng.standard_normal(5)]
-    ms, vs = [np.zeros(5)], [np.zeros(5)]
+    bufs = [[np.zeros(5)] for _ in range(n_bufs)]
     q = [p[0].copy()]
-    opt = agrad.optim.adam(lr=1e-3, eps=1e-8)
+    opt = getattr(agrad.optim, name)(**OPTIMIZERS[name][0])
     state = opt.init(q)
+    mu_product = [1.0]
     for t in (1, 2, 3):
-        numpy_adam_loop(p, g, ms, vs, t)
+        if name == "nadam":
+            loop(p, g, bufs, t, mu_product)
+        else:
+            loop(p, g, bufs, t)
         q, state = opt.step(q, g, state)
     np.testing.assert_allclose(q[0], p[0], rtol=1e-12)

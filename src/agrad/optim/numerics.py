@@ -78,6 +78,9 @@ def resolve(value: Any, count: Any, fn: str = "agrad.optim", name: str = "lr") -
     """
     if not callable(value):
         return value
+    host = getattr(count, "apply", None)
+    if host is not None and callable(host):  # a recorded Python count: runs per step
+        return host(lambda c: resolve(value, c, fn, name))
     known = count_value(count)
     out = python_number(value(count if known is None else known))
     check_lr(fn, out, name, schedule_step=known)
