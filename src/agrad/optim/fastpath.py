@@ -89,6 +89,7 @@ from operator import attrgetter, is_
 from typing import Any
 
 from agrad.optim.numerics import is_scalar, resolve
+from agrad.optim.program import kernel_route
 from agrad.pytree import flatten_leaves
 
 __all__ = ["adam_step_inplace", "sgd_step_inplace", "try_step", "enabled"]
@@ -246,6 +247,8 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     """
     if not enabled:
         return None
+    if kernel_route.routed(params):
+        return kernel_route.try_step(opt, params, grads, state)
     name = opt.name
     if name not in ("adam", "adamw", "sgd"):
         return None

@@ -1,8 +1,10 @@
 """A fused :class:`~agrad.optim.program.fusion.Block` of a program as a C block.
 
-Names are fixed by the program: node ``i`` is ``v{i}`` (an input when the block reads
-it from outside, a ``const`` temporary when the block computes it), host scalar ``k``
-is the by-value parameter ``s{k}``, and the output receiving node ``i`` is ``o{i}``.
+Names are local to the block, so blocks doing the same work on different parameters
+have the same text (one compiled kernel for all the parameters of a shape class, and
+one host build in the tests): the ``k``-th array input is ``a{k}``, the ``k``-th host
+scalar ``s{k}`` (by value), the ``k``-th node computed ``t{k}`` and the ``k``-th
+output ``o{k}``.
 Host scalars are typed by their Python type at the step (``float`` is passed as a
 C ``double`` and rounded to the operation's type where it is used, as NumPy rounds
 a Python float to a float32 array's dtype), so a program's kernel is built once per
@@ -34,29 +36,24 @@ def scalar_types(block: Block, scalars: list[Any]) -> tuple[str, ...]:
     return tuple(scalar_dtype(scalars[r[1]]) for r in block.inputs if r[0] == "s")
 
 
-def _arg(a: tuple) -> Any:
-    if a[0] == "n":
-        return f"v{a[1]}"
-    if a[0] == "s":
-        return f"s{a[1]}"
-    return a[1]
-
-
 def c_block(program: Program, block: Block, types: tuple[str, ...]) -> CBlock:
     """The :class:`~agrad.optim.program.c_codegen.CBlock` of ``block``; ``types`` from
     :func:`scalar_types`."""
     it = iter(types)
+    names: dict[tuple, str] = {}
     inputs = []
     for r in block.inputs:
         if r[0] == "n":
-            inputs.append(CInput(f"v{r[1]}", dtype_name(program.nodes[r[1]].dtype)))
+            names[r] = f"a{sum(1 for k in names if k[0] == 'n')}"
+            inputs.append(CInput(names[r], dtype_name(program.nodes[r[1]].dtype)))
         else:
-            inputs.append(CInput(f"s{r[1]}", next(it), scalar=True))
+            names[r] = f"s{sum(1 for k in names if k[0] == 's')}"
+            inputs.append(CInput(names[r], next(it), scalar=True))
     statements = []
-    for i in block.nodes:
+    for k, i in enumerate(block.nodes):
         n = program.nodes[i]
-        statements.append(
-            CStatement(f"v{i}", n.op, tuple(_arg(a) for a in n.args), dtype_name(n.dtype))
-        )
-    outputs = [(f"o{i}", f"v{i}") for i in block.outputs]
+        args = tuple(names[a] if a[0] in ("n", "s") else a[1] for a in n.args)
+        names[("n", i)] = f"t{k}"
+        statements.append(CStatement(f"t{k}", n.op, args, dtype_name(n.dtype)))
+    outputs = [(f"o{k}", names[("n", i)]) for k, i in enumerate(block.outputs)]
     return CBlock(inputs, statements, outputs)

@@ -24,6 +24,7 @@ operation text with the host C compiler
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from agrad.optim._cache import LRUCache
@@ -47,6 +48,7 @@ __all__ = ["CupyExecutor", "KERNEL_OPTIONS", "kernel_params"]
 #: NVRTC options of every kernel: no contraction of ``a * b + c`` into one rounding.
 KERNEL_OPTIONS = ("--fmad=false",)
 _PLANS_KEPT = 64
+_KERNELS_KEPT = 1024
 
 
 def kernel_params(program: Program, block: Block, types: tuple[str, ...]) -> tuple[str, str]:
@@ -90,6 +92,7 @@ class CupyExecutor:
         self._cupy = cupy
         self._xp = xp
         self._plans = LRUCache(_PLANS_KEPT)
+        self._kernels = LRUCache(_KERNELS_KEPT)
 
     @property
     def cupy(self) -> Any:
@@ -127,10 +130,49 @@ class CupyExecutor:
                 plan.kernels[key] = None
             else:
                 ins, outs = kernel_params(program, block, types)
-                plan.kernels[key] = self.cupy.ElementwiseKernel(
-                    ins, outs, body, f"agrad_block{s}", options=KERNEL_OPTIONS
-                )
+                plan.kernels[key] = self._shared_kernel(ins, outs, body)
         return plan.kernels[key]
+
+    def _shared_kernel(self, ins: str, outs: str, body: str) -> Any:
+        """One ``ElementwiseKernel`` per distinct text: parameters of one shape class
+        (and other programs doing the same work) share it and its compiled binary."""
+        text = f"{ins}|{outs}|{body}"
+        kernel = self._kernels.get(text)
+        if kernel is None:
+            name = "agrad_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+            kernel = self.cupy.ElementwiseKernel(ins, outs, body, name, options=KERNEL_OPTIONS)
+            self._kernels[text] = kernel
+        return kernel
+
+    def prepare(self, program: Program, scalars: list[Any]) -> bool:
+        """Compile every kernel the step will launch (a launch on one element each), so
+        that a kernel that does not compile fails before the first write; False then."""
+        plan = self.plan(program)
+        for s, step in enumerate(plan.steps):
+            if not isinstance(step, Block):
+                continue
+            types = scalar_types(step, scalars)
+            if (s, types) in plan.kernels:
+                continue
+            try:
+                kernel = self.kernel(program, plan, s, types)
+                if kernel is not None:
+                    kernel(*self._dummies(program, step, scalars))
+            except Exception:
+                plan.kernels[(s, types)] = None
+                return False
+        return True
+
+    def _dummies(self, program: Program, block: Block, scalars: list[Any]) -> list[Any]:
+        cp = self.cupy
+        ins = [
+            cp.zeros((1,), dtype=dtype_name(program.nodes[r[1]].dtype))
+            if r[0] == "n"
+            else scalars[r[1]]
+            for r in block.inputs
+        ]
+        outs = [cp.empty((1,), dtype=dtype_name(program.nodes[o].dtype)) for o in block.outputs]
+        return ins + outs
 
     def run(
         self,
