@@ -93,6 +93,7 @@ class CupyExecutor:
         self._xp = xp
         self._plans = LRUCache(_PLANS_KEPT)
         self._kernels = LRUCache(_KERNELS_KEPT)
+        self._warm = LRUCache(_KERNELS_KEPT)  # id -> kernel (kept alive: ids stay unique)
 
     @property
     def cupy(self) -> Any:
@@ -145,8 +146,9 @@ class CupyExecutor:
         return kernel
 
     def prepare(self, program: Program, scalars: list[Any]) -> bool:
-        """Compile every kernel the step will launch (a launch on one element each), so
-        that a kernel that does not compile fails before the first write; False then."""
+        """Compile every kernel the step will launch (a launch on one element, once per
+        kernel text), so that a kernel that does not compile fails before the first
+        write: False then, and that block runs as CuPy functions from then on."""
         plan = self.plan(program)
         for s, step in enumerate(plan.steps):
             if not isinstance(step, Block):
@@ -156,8 +158,9 @@ class CupyExecutor:
                 continue
             try:
                 kernel = self.kernel(program, plan, s, types)
-                if kernel is not None:
+                if kernel is not None and id(kernel) not in self._warm:
                     kernel(*self._dummies(program, step, scalars))
+                    self._warm[id(kernel)] = kernel
             except Exception:
                 plan.kernels[(s, types)] = None
                 return False
