@@ -226,6 +226,7 @@ class GradientTransformation:
     """
 
     __slots__ = (
+        "_programs",
         "_templates",
         "complex_params",
         "hyperparams",
@@ -253,6 +254,8 @@ class GradientTransformation:
         self.complex_params = complex_params
         # state templates per (structure, shapes, dtypes): bounded, a model has few
         self._templates = LRUCache(_TEMPLATES_KEPT)
+        # recorded step programs per (structure, shapes, dtypes, devices): agrad.optim.fastpath
+        self._programs = LRUCache(_TEMPLATES_KEPT)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())

@@ -1,81 +1,80 @@
-"""Native fast paths for in-place optimizer steps (torch and NumPy).
+"""In-place optimizer steps on the fast route (torch and NumPy): every optimizer alike.
 
-The namespace-generic update rules in :mod:`agrad.optim.torch_family` are the
-reference. This module takes over :meth:`GradientTransformation.step` with
-``inplace=True`` when, and only when, it can produce the same result (to rounding)
-in fewer, cheaper operations:
+The namespace-generic update rules are the reference. :func:`try_step` takes over
+:meth:`GradientTransformation.step` with ``inplace=True`` when, and only when, it can
+produce the same result (to rounding) in fewer, cheaper operations. It knows no
+optimizer by name: it records the step once as a program
+(:mod:`agrad.optim.program`; per optimizer, tree structure, shapes, dtypes, devices
+and kinds of the state's numbers, cached on the optimizer) and runs the program on an
+executor:
 
-- **torch**: the ``torch._fused_adam_`` / ``torch._fused_adamw_`` /
-  ``torch._fused_sgd_`` kernels (one pass over memory per step, the same kernels as
-  ``torch.optim.Adam(fused=True)``; float16 and bfloat16 are computed in float32
-  inside them and stored in the parameter's dtype), with ``torch._foreach_*`` for
-  float32/float64 on devices that have no fused kernel.
-- **NumPy**: in-place ufuncs with ``out=`` on cache-sized chunks (about seven
-  streams through memory instead of some thirty with temporaries), and small arrays
-  gathered into one flat scratch buffer so many tiny parameters cost a few
-  whole-buffer operations instead of a dozen Python-level calls each.
+- **torch**: one of torch's fused kernels (``torch._fused_adam_`` /
+  ``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, the kernels of
+  ``torch.optim.<X>(fused=True)``; float16 and bfloat16 are computed in float32 inside
+  them) when the program *is* one of theirs (:mod:`agrad.optim.program.fused`), or
+  else a multi-tensor program of ``torch._foreach_*`` calls, in place
+  (:mod:`agrad.optim.program.torch_exec`), float32 and float64 only.
+- **NumPy**: a generated kernel of ufuncs with ``out=``
+  (:mod:`agrad.optim.program.numpy_exec`), run in place on cache-sized chunks of the
+  large arrays and on one gathered buffer holding the small ones (a few whole-buffer
+  operations instead of a dozen Python-level calls per array), bitwise the generic
+  path.
 
-Whatever the fast path does not recognise returns ``None`` before anything is
-written, and the caller runs the generic path, which computes every new value before
-its first write and raises the proper error messages. Set :data:`enabled` to
-``False`` to force the generic path. The public entry points are :func:`try_step`
-(what ``step`` calls) and the two kernels :func:`adam_step_inplace` and
-:func:`sgd_step_inplace`, usable on their own: they make the memory, layout and
-floating-point checks below themselves and return ``False``, touching nothing, where
-those fail (types, shapes, dtypes, the count and the hyperparameters are the
-caller's to check, as :func:`try_step` does).
+A program the executors cannot run (a reduction: LAMB's trust ratio, LARS; a
+branch on an array's value; half precision on NumPy) returns ``None`` before anything
+is written, and the caller runs the generic path, which computes every new value
+before its first write and raises the proper error messages. Set :data:`enabled` to
+``False`` to force the generic path.
 
 **All or nothing.** The step count lives in the returned state, so a step that
 raised after its first write would leave the arrays ahead of the count (the next step
-would apply the wrong bias correction). Each fast path therefore guarantees: *a step
+would apply the wrong bias correction). The fast route therefore guarantees: *a step
 either returns (every parameter and state array written, the new count returned) or
 raises or declines with nothing written*, for every failure except those listed last.
 It finds each failure it can before the first write, and makes the writes unable to
 fail:
 
 - *Declined before any write* (``None``; the generic path then runs, and raises its
-  own message where the input is bad), both libraries: a step count that is not a
-  Python ``int`` >= 0 (a float, a bool, a 0-d array, a negative number); a learning
-  rate (a schedule's value included) or other hyperparameter that is not a finite
-  real Python number in range (betas in [0, 1), eps, lr, weight decay, momentum
-  >= 0); mixed libraries, array subclasses, devices, dtypes or shapes; read-only
-  arrays; any memory shared between two written arrays (parameters and state) or
-  between a gradient and a written array (two views of one base, ``detach()``,
-  ``.data``, one buffer seen twice): address ranges are sorted and swept, O(n log n)
-  (NumPy arrays that own their memory, as most do, are told apart by identity, O(n)).
-- *NumPy*: float16 (the generic path computes it in float32); AMSGrad, ``maximize``,
-  coupled weight decay. Floating-point errors: when handling one could raise or call
-  out during the writes (a :func:`numpy.seterr` mode ``raise``, ``call``, ``print``
-  or ``log``, or ``warn`` while a warnings filter could turn ``RuntimeWarning`` into
-  an exception, as ``pytest -W error`` does), the whole step is first computed into
-  scratch with those kinds set to ``raise``; an error there declines, and the writes
-  then run with those kinds ignored (the same operations on the same values raise
-  nothing). All scratch (chunk buffers, the gathered copies of the small arrays,
-  whole-array buffers for large non-contiguous ones) is allocated, and every small
-  array's new value computed, before the first write: a ``MemoryError`` for scratch
-  is raised with nothing written.
+  own message where the input is bad), both libraries: a state number that is not a
+  Python ``int`` >= 0 or a finite ``float`` (a count that is a float, a bool, a 0-d
+  array, a negative number); a public hyperparameter that is not a finite real Python
+  number in range (betas in [0, 1), eps, lr, weight decay, momentum >= 0; an array);
+  a schedule whose value is bad; any input the generic path's checks refuse; mixed
+  libraries, array subclasses, devices, dtypes or shapes; read-only arrays; any
+  memory shared between two written arrays (parameters and state) or between a
+  gradient and a written array (two views of one base, ``detach()``, ``.data``, one
+  buffer seen twice): address ranges are sorted and swept, O(n log n) (NumPy arrays
+  that own their memory, as most do, are told apart by identity, O(n)).
+- *NumPy*: float16 (the generic path computes it in float32). Floating-point errors:
+  when handling one could raise or call out during the writes (a
+  :func:`numpy.seterr` mode ``raise``, ``call``, ``print`` or ``log``, or ``warn``
+  while a warnings filter could turn ``RuntimeWarning`` into an exception, as
+  ``pytest -W error`` does), the whole step is first computed into scratch with those
+  kinds set to ``raise``; an error there declines, and the writes then run with those
+  kinds ignored (the same operations on the same values raise nothing). All scratch
+  (chunk buffers, the gathered copies of the small arrays, whole-array buffers for
+  large non-contiguous ones) is allocated, and every small array's new value
+  computed, before the first write: a ``MemoryError`` for scratch is raised with
+  nothing written.
 - *torch*: sparse or other non-strided layouts; meta tensors; dtypes other than
-  float16, bfloat16, float32, float64 (float8 ...); a tensor that is not contiguous
-  unless every tensor of its parameter is dense with the same strides
+  float16, bfloat16, float32, float64 (float8 ...); half precision outside a fused
+  kernel (the ``_foreach`` ops would compute in half precision); a tensor that is not
+  contiguous unless every tensor of its parameter is dense with the same strides
   (``channels_last`` everywhere: the fused CPU kernels walk memory in order, and
   paired the wrong elements of a transposed parameter and a contiguous gradient);
   expanded or otherwise internally overlapping tensors; inference-mode tensors
-  among the written ones (the fused kernels would write them although torch refuses
-  in-place writes to them outside inference mode); non-leaf tensors that require
-  grad; float16/bfloat16 on a device without fused kernels (the ``_foreach`` ops would
-  compute in half precision). After the checks, every written tensor's version
-  counter is bumped once per step, before the kernels run, so an autograd graph that
-  saved a parameter or a state tensor before the step raises "modified by an inplace
-  operation" on backward, as with ``torch.optim``'s default (foreach) implementation.
-  float16/bfloat16 are computed in float32 inside the fused kernels and stored in the
-  parameter's dtype, bitwise as ``torch.optim``'s fused kernels.
+  among the written ones; non-leaf tensors that require grad. After the checks,
+  every written tensor's version counter is bumped once per step, before the kernels
+  run (which work on ``.data`` views), so an autograd graph that saved a parameter or
+  a state tensor before the step raises "modified by an inplace operation" on
+  backward, as with ``torch.optim``'s default (foreach) implementation.
 
 Not covered, as with any in-place optimizer (``torch.optim`` included): an
 asynchronous exception between two writes (``KeyboardInterrupt``, an exception from
-a signal handler), a ``MemoryError`` for the few small Python objects and ufunc
-buffers made while writing, a ``warnings.showwarning`` replaced by one that raises,
-and a device-side failure inside a torch kernel (CUDA out of memory): these can leave
-a step partly applied.
+a signal handler), a ``MemoryError`` for the few small Python objects and buffers
+made while writing (torch's ``_foreach`` temporaries included), a
+``warnings.showwarning`` replaced by one that raises, and a device-side failure
+inside a torch kernel (CUDA out of memory): these can leave a step partly applied.
 """
 
 from __future__ import annotations
@@ -88,11 +87,16 @@ from itertools import accumulate, chain, pairwise, repeat
 from operator import attrgetter, is_
 from typing import Any
 
-from agrad.optim.numerics import is_scalar, resolve
-from agrad.optim.program import kernel_route
-from agrad.pytree import flatten_leaves
+from agrad.optim._cache import LRUCache
+from agrad.optim.numerics import is_scalar
+from agrad.optim.program import fused as fused_kernels
+from agrad.optim.program import kernel_route, numpy_exec, torch_exec
+from agrad.optim.program.ir import evaluate_scalars, lane_groups
+from agrad.optim.program.plan import plan_lane
+from agrad.optim.program.recorder import NotRecordable, record
+from agrad.pytree import flatten_leaves, unflatten
 
-__all__ = ["adam_step_inplace", "sgd_step_inplace", "try_step", "enabled"]
+__all__ = ["try_step", "enabled"]
 
 #: Set to ``False`` to force the generic path everywhere (used by tests and the bench).
 enabled = True
@@ -162,154 +166,291 @@ _NDIM = attrgetter("ndim")
 _NBYTES = attrgetter("nbytes")
 
 
-def _numpy_lists_ok(lists: list[list[Any]], flat: list[Any], kinds: set[Any]) -> bool:
-    """32- or 64-bit float dtypes, writable parameters and state."""
-    if not all(d.kind == "f" and d.itemsize >= 4 for d in kinds):
-        return False
-    return all(all(map(_WRITEABLE, xs)) for j, xs in enumerate(lists) if j != 1)
-
-
-def _torch_lists_ok(lists: list[list[Any]], flat: list[Any], kinds: set[Any]) -> bool:
-    """One device, dtypes the kernels cover."""
-    import torch
-
-    if not kinds <= {torch.float32, torch.float64, torch.float16, torch.bfloat16}:
-        return False
-    device = flat[0].device
-    if device.type == "cpu":
-        return all(map(_IS_CPU, flat))
-    return device.type != "meta" and set(map(_DEVICE, flat)) == {device}
-
-
-def _gather(params: Any, grads: Any, buffers: list[Any]) -> tuple[str, list[list[Any]]] | None:
-    """``(library, [params, grads, *buffers])`` as lists of raw arrays, or ``None``.
-
-    Accepts only arrays of one library (and device), equal shapes across the lists,
-    one dtype per parameter across the lists, and writable parameters and buffers.
-    Memory (overlap, layout) is checked by the kernels.
-    """
-    got = _leaves(params)
-    if got is None:
-        return None
-    p, key = got
-    if not p:
-        return None
-    lib = _library(p[0])
-    if lib is None:
-        return None
-    lists = [p]
-    for tree in (grads, *buffers):
-        got = _leaves(tree)
-        if got is None or got[1] != key:
-            return None
-        lists.append(got[0])
-    flat = list(chain.from_iterable(lists))
-    if set(map(type, flat)) != {type(p[0])}:
-        return None  # one library, no subclasses (NumPy's matrix, nn.Parameter ...)
-    n, k = len(p), len(lists)
-    shapes = list(map(_SHAPE, flat))
-    if shapes != shapes[:n] * k:
-        return None
-    dtypes = list(map(_DTYPE, flat))
-    if dtypes != dtypes[:n] * k:
-        return None
-    ok = _numpy_lists_ok if lib == "numpy" else _torch_lists_ok
-    return (lib, lists) if ok(lists, flat, set(dtypes[:n])) else None
-
 
 def _real(x: Any) -> bool:
     """A finite real Python number (not a bool, not an array)."""
     return is_scalar(x) and math.isfinite(x)
 
 
-def _hyper_ok(name: str, hp: dict[str, Any]) -> bool:
-    """The constants the kernels take: finite real Python numbers in their ranges."""
-    wd = hp.get("weight_decay", 0.0)
-    if not (_real(wd) and wd >= 0):
-        return False
-    if name == "sgd":
-        m, d = hp.get("momentum", 0.0), hp.get("dampening", 0.0)
-        return _real(m) and m >= 0 and _real(d)
-    betas, eps = hp.get("betas"), hp.get("eps")
-    if type(betas) not in (tuple, list) or len(betas) != 2:
-        return False
-    return all(_real(b) and 0 <= b < 1 for b in betas) and _real(eps) and eps >= 0
+_NONNEGATIVE = ("eps", "weight_decay", "momentum", "lr_decay", "alpha")
+
+
+def _hyper_ok(hp: dict[str, Any]) -> bool:
+    """The public hyperparameters are finite real Python numbers in their ranges.
+
+    They were checked by the constructor; one changed since (``opt.hyperparams[k] =``)
+    or an array-valued one declines, whatever the optimizer.
+    """
+    for k, v in hp.items():
+        if k == "lr" and callable(v):
+            continue
+        if hasattr(v, "shape"):
+            return False
+        if k == "betas":
+            if type(v) not in (tuple, list) or not all(_real(b) and 0 <= b < 1 for b in v):
+                return False
+        elif type(v) in (int, float) and not math.isfinite(v):
+            return False
+        elif (k in _NONNEGATIVE or k == "lr") and type(v) in (int, float) and v < 0:
+            return False
+    return True
+
+
+class _Compiled:
+    """A recorded program with what its executor needs, made once per program."""
+
+    __slots__ = ("fused", "groups", "program", "runners")
+
+    def __init__(self, program: Any, groups: list[Any], runners: list[Any], fused: Any):
+        self.program = program
+        self.groups = groups
+        self.runners = runners
+        self.fused = fused
+
+
+_DECLINED = object()
+_VARIANTS = 8  # programs kept per key (one per combination of guard outcomes)
+
+
+def _programs(opt: Any) -> LRUCache:
+    cache = getattr(opt, "_programs", None)
+    if cache is None:
+        cache = LRUCache(16)
+        try:
+            opt._programs = cache
+        except AttributeError:
+            return cache
+    return cache
+
+
+def _state_key(leaves: list[Any], lib: str) -> tuple | None:
+    """Shapes and dtypes of the state's arrays, types of its numbers; ``None``: decline."""
+    out = []
+    for x in leaves:
+        t = type(x)
+        if t is int:
+            if x < 0:
+                return None
+            out.append(int)
+        elif t is float:
+            if not math.isfinite(x):
+                return None
+            out.append(float)
+        elif _library(x) == lib:
+            out.append((x.shape, x.dtype))
+        elif x is None or t in (str, bool):
+            out.append((t, x))
+        else:
+            return None
+    return tuple(out)
 
 
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
-    """Run ``opt.step(params, grads, state)`` in place on a fast path, or return ``None``.
+    """Run ``opt.step(params, grads, state)`` in place on the fast route, or return ``None``.
 
-    Handles ``adam``/``adamw`` (torch: every variant; NumPy: without AMSGrad and
-    ``maximize``) and ``sgd`` (torch: every variant; NumPy: without weight decay and
-    ``maximize``) on flat or nested pytrees of NumPy arrays or torch tensors of one
-    library. The returned state has ``count + 1`` and the same, updated, arrays.
-    ``None`` means nothing was written (see the module's notes for what declines).
+    Any optimizer (a :class:`~agrad.optim.GradientTransformation`) on flat or nested
+    pytrees of NumPy arrays or torch tensors of one library. The returned state has
+    the new Python numbers (step counts) and the same, updated, arrays. ``None`` means
+    nothing was written (see the module's notes for what declines).
     """
     if not enabled:
         return None
-    if kernel_route.routed(params):
-        return kernel_route.try_step(opt, params, grads, state)
-    name = opt.name
-    if name not in ("adam", "adamw", "sgd"):
+    got = _inputs(opt, params, grads, state)
+    if got is None:
+        return kernel_route.try_step(opt, params, grads, state)  # CuPy, Dask
+    lib, p, g, key, s_leaves, s_def = got
+    cache = _programs(opt)
+    variants = cache.get(key)
+    if variants is _DECLINED:
         return None
-    hp = opt.hyperparams
-    count = getattr(state, "count", None)
-    if type(count) is not int or count < 0:
-        return None
-    if not _hyper_ok(name, hp):
-        return None
-    try:
-        lr = resolve(hp.get("lr"), count)
-    except Exception:  # a schedule's bad value: the generic path raises its own message
-        return None
-    if not (_real(lr) and lr >= 0):
-        return None
-    t = count + 1
-    if name in ("adam", "adamw") and type(state).__name__ == "AdamState":
-        amsgrad = bool(hp["amsgrad"])
-        bufs = [state.exp_avg, state.exp_avg_sq] + ([state.max_exp_avg_sq] if amsgrad else [])
-        got = _gather(params, grads, bufs)
-        if got is None:
+    numbers = [x if type(x) in (int, float) else None for x in s_leaves]
+    chosen = scalars = None
+    for compiled in variants or ():
+        try:
+            values = evaluate_scalars(compiled.program.scalars, numbers)
+        except Exception:  # a schedule's bad value: the generic path raises its message
             return None
-        lib, lists = got
-        beta1, beta2 = hp["betas"]
-        done = adam_step_inplace(
-            lib,
-            *lists[:4],
-            lists[4] if amsgrad else None,
-            step=t,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=hp["eps"],
-            weight_decay=hp["weight_decay"],
-            decoupled=bool(hp["decoupled_weight_decay"]),
-            maximize=bool(hp["maximize"]),
-        )
-        return (params, state._replace(count=t)) if done else None
-    if name == "sgd" and type(state).__name__ == "SGDState":
-        momentum = hp["momentum"]
-        bufs = [state.momentum_buffer] if momentum != 0 else []
-        got = _gather(params, grads, bufs)
-        if got is None:
+        if all(values[i] == v for i, v in compiled.program.guards):
+            chosen, scalars = compiled, values
+            break
+    if chosen is None:
+        if variants is None and not _valid(opt, params, grads, state):
             return None
-        lib, lists = got
-        done = sgd_step_inplace(
-            lib,
-            lists[0],
-            lists[1],
-            lists[2] if momentum != 0 else None,
-            first_step=t == 1,
-            lr=lr,
-            momentum=momentum,
-            dampening=hp["dampening"],
-            nesterov=bool(hp["nesterov"]),
-            weight_decay=hp["weight_decay"],
-            maximize=bool(hp["maximize"]),
-        )
-        return (params, state._replace(count=t)) if done else None
-    return None
+        chosen = _compile(opt, lib, params, p, g, state)
+        if chosen is None:
+            if variants is None:
+                cache[key] = _DECLINED
+            return None
+        cache[key] = ([*(variants or ())][-(_VARIANTS - 1) :]) + [chosen]
+        try:
+            scalars = evaluate_scalars(chosen.program.scalars, numbers)
+        except Exception:
+            return None
+    run = _run_numpy if lib == "numpy" else _run_torch
+    if not run(chosen, p, g, s_leaves, scalars, state):
+        return None
+    new = []
+    for leaf, ref in zip(s_leaves, chosen.program.new_state):
+        if ref is None or ref[0] == "n":
+            new.append(leaf)
+        else:
+            new.append(scalars[ref[1]] if ref[0] == "s" else ref[1])
+    return params, unflatten(s_def, new)
 
+
+def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
+    """Leaves and cache key of one call, or ``None`` where the fast route cannot apply."""
+    got = _leaves(params)
+    if got is None:
+        return None
+    p, p_key = got
+    if not p:
+        return None
+    lib = _library(p[0])
+    if lib is None:
+        return None
+    got = _leaves(grads)
+    if got is None or got[1] != p_key:
+        return None
+    g = got[0]
+    cls = type(p[0])
+    if set(map(type, p)) != {cls} or set(map(type, g)) != {cls}:
+        return None  # one library, no subclasses (NumPy's matrix, nn.Parameter ...)
+    shapes, dtypes = list(map(_SHAPE, p)), list(map(_DTYPE, p))
+    if list(map(_SHAPE, g)) != shapes or list(map(_DTYPE, g)) != dtypes:
+        return None
+    if not _hyper_ok(opt.hyperparams):
+        return None
+    s_leaves, s_def = flatten_leaves(state)
+    s_key = _state_key(s_leaves, lib)
+    if s_key is None:
+        return None
+    arrays = [x for x in s_leaves if type(x) is cls]
+    if lib == "numpy":
+        kinds = set(dtypes)
+        if not all(d.kind == "f" and d.itemsize >= 4 for d in kinds):
+            return None
+        if not all(map(_WRITEABLE, chain(p, arrays))):
+            return None
+        device = None
+    else:
+        device = _torch_device(p, g, arrays, set(dtypes))
+        if device is None:
+            return None
+    key = (p_key, tuple(shapes), tuple(dtypes), s_def, s_key, device)
+    return lib, p, g, key, s_leaves, s_def
+
+
+def _torch_device(p: list, g: list, arrays: list, kinds: set) -> Any:
+    import torch
+
+    if not kinds <= {torch.float32, torch.float64, torch.float16, torch.bfloat16}:
+        return None
+    flat = list(chain(p, g, arrays))
+    device = flat[0].device
+    if device.type == "meta" or set(map(_DEVICE, flat)) != {device}:
+        return None
+    return device
+
+
+def _valid(opt: Any, params: Any, grads: Any, state: Any) -> bool:
+    """Whether the generic path's checks accept the call (made once per cache key)."""
+    try:
+        opt._check(f"{opt.name}.step", params, grads, state, None)
+    except Exception:
+        return False
+    return True
+
+
+def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> Any:
+    """Record the step and prepare its executor; ``None`` where it cannot run fast."""
+    xp = _namespace(lib)
+    treedef = flatten_leaves(params)[1]
+    try:
+        program = record(opt, xp, p, g, treedef, state)
+    except NotRecordable:
+        return None
+    groups = lane_groups(program)
+    if groups is None:
+        return None
+    fused = None
+    if lib == "torch":
+        fused = fused_kernels.recognise(program, opt, xp, p, g, treedef, state)
+    ops = numpy_exec.SUPPORTED if lib == "numpy" else torch_exec.SUPPORTED
+    compile_fn = numpy_exec.compile_lane if lib == "numpy" else torch_exec.compile_group
+    runners: list[Any] | None = []
+    for group in groups:
+        nodes = [program.nodes[i] for i in group.program.nodes]
+        if any(n.op not in ops and n.op != "input" for n in nodes) or any(
+            n.dtype != group.dtype for n in nodes
+        ):
+            runners = None
+            break
+        runner = compile_fn(plan_lane(program, group.program))
+        if runner is None:
+            runners = None
+            break
+        runners.append(runner)
+    if runners is None and fused is None:
+        return None
+    return _Compiled(program, groups, runners, fused)
+
+
+def _namespace(lib: str) -> Any:
+    import array_api_compat
+
+    if lib == "numpy":
+        import array_api_compat.numpy as xp
+    else:
+        import array_api_compat.torch as xp
+    del array_api_compat
+    return xp
+
+
+def _columns(group: Any, p: list, g: list, s_leaves: list) -> list[list[Any]]:
+    """The group's columns: per column position, the list of its leaves over the lanes."""
+    pick = {"param": p, "grad": g, "state": s_leaves}
+    return [
+        [pick[lane.columns[c][0]][lane.columns[c][1]] for lane in group.lanes]
+        for c in range(len(group.program.columns))
+    ]
+
+
+def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
+    jobs = []
+    for group, bind in zip(compiled.groups, compiled.runners):
+        cols = _columns(group, p, g, s_leaves)
+        n_temps = bind.n_temps
+        jobs.append((bind(scalars), cols, n_temps))
+    written = list(p) + [x for x in s_leaves if hasattr(x, "shape")]
+    return _numpy_run(jobs, written, g)
+
+
+def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
+    import torch
+
+    dtypes = set(map(_DTYPE, p))
+    half = bool(dtypes & {torch.float16, torch.bfloat16})
+    use_fused = compiled.fused is not None and p[0].device.type in _FUSED_DEVICES
+    if not use_fused and (half or compiled.runners is None):
+        return False
+    s_arrays = [x for x in s_leaves if isinstance(x, torch.Tensor)]
+    written = list(p) + s_arrays
+    lanes = []
+    for group in compiled.groups:
+        lanes += list(zip(*_columns(group, p, g, s_leaves)))
+    if not _torch_memory_ok(torch, lanes, written, list(g)):
+        return False
+    _increment_versions(torch, written)
+    with torch.no_grad():
+        if use_fused:
+            groups = [_columns(group, p, g, s_leaves) for group in compiled.groups]
+            compiled.fused([[[t.data for t in c] for c in cols] for cols in groups], state.count)
+            return True
+        for group, run in zip(compiled.groups, compiled.runners):
+            cols = _columns(group, p, g, s_leaves)
+            run([[t.data for t in col] for col in cols], scalars)
+    return True
 
 # -- memory: overlap between written arrays --------------------------------------------
 def _disjoint(starts: list[int], sizes: list[int], n_written: int, tile: int = 1) -> bool:
@@ -409,25 +550,28 @@ def _torch_dense(x: Any) -> bool:
     return True
 
 
-def _torch_memory_ok(torch: Any, lists: list[list[Any]], written: list[Any]) -> bool:
+def _torch_memory_ok(torch: Any, lanes: list[tuple], written: list[Any], grads: list[Any]) -> bool:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
-    ``lists`` holds the written lists (params, state buffers) first, then the
-    gradients; ``written`` is the written lists, concatenated. Every tensor must be
-    contiguous, or every tensor of its parameter dense with one set of strides;
-    written tensors must not be inference tensors or non-leaves that require grad; no
-    written tensor may share memory with another tensor of the step.
+    ``lanes`` holds, per parameter, the tuple of its tensors (parameter, gradient,
+    state); ``written`` the written tensors (parameters, state), ``grads`` the read
+    ones. Every tensor must be contiguous, or every tensor of its parameter dense with
+    one set of strides; written tensors must not be inference tensors or non-leaves
+    that require grad; no written tensor may share memory with another tensor of the
+    step.
     """
-    flat = written + lists[-1]
+    flat = written + grads
     tensor = torch.Tensor
     try:
         if not all(map(tensor.is_contiguous, flat)):
-            for ts in zip(*lists):
+            for ts in lanes:
                 if all(t.is_contiguous() for t in ts):
                     continue
                 stride = ts[0].stride()
                 if any(t.stride() != stride for t in ts) or not _torch_dense(ts[0]):
                     return False
+            if not all(_torch_dense(t) for t in flat):
+                return False
         if any(map(tensor.is_inference, written)):
             return False
         if any(map(_REQUIRES_GRAD, written)) and not all(map(_IS_LEAF, written)):
@@ -435,7 +579,7 @@ def _torch_memory_ok(torch: Any, lists: list[list[Any]], written: list[Any]) -> 
         starts = list(map(tensor.data_ptr, flat))
     except (RuntimeError, NotImplementedError, TypeError):
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
-    return _disjoint(starts, list(map(_NBYTES, lists[0])), len(written), tile=len(lists))
+    return _disjoint(starts, list(map(_NBYTES, flat)), len(written))
 
 
 def _increment_versions(torch: Any, tensors: list[Any]) -> None:
@@ -447,173 +591,11 @@ def _increment_versions(torch: Any, tensors: list[Any]) -> None:
             torch.autograd.graph.increment_version(t)
 
 
-# -- Adam ----------------------------------------------------------------------------
-def adam_step_inplace(
-    library: str,
-    params: list[Any],
-    grads: list[Any],
-    exp_avgs: list[Any],
-    exp_avg_sqs: list[Any],
-    max_exp_avg_sqs: list[Any] | None = None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
-    maximize: bool = False,
-) -> bool:
-    """One Adam step written into ``params``, ``exp_avgs``, ``exp_avg_sqs``; ``True`` if done.
-
-    .. math::
-        m \\leftarrow m + (1-\\beta_1)(g - m),\\quad
-        v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2,\\quad
-        \\theta \\leftarrow \\theta - \\frac{\\gamma}{1-\\beta_1^t}
-            \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^t} + \\epsilon}
-
-    with decoupled (``decoupled=True``: :math:`\\theta \\leftarrow \\theta(1-\\gamma\\lambda)`
-    first) or coupled (:math:`g \\leftarrow g + \\lambda\\theta`) weight decay. Inputs
-    are lists of arrays of one library (``"numpy"`` or ``"torch"``) with equal shapes
-    and one dtype per parameter (checked by the caller). Returns ``False``, touching
-    nothing, for a combination this library's kernel does not cover or for memory it
-    refuses (overlap, layout: see the module's notes).
-    """
-    if library == "torch":
-        return _torch_adam(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, beta1, beta2, eps,
-            weight_decay, decoupled, maximize,
-        )  # fmt: skip
-    if library == "numpy":
-        if max_exp_avg_sqs is not None or maximize or (weight_decay != 0 and not decoupled):
-            return False
-        return _numpy_adam(
-            params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay
-        )
-    return False
 
 
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
-def _torch_plan(torch: Any, params: list[Any], grads: list[Any], bufs: list[list[Any]]):
-    """``(fused, groups)`` where the step may run, ``None`` where it must not.
-
-    ``groups`` are lists of indices of one dtype (all of them when there is one
-    dtype). Every check is made here, before any write; the written tensors'
-    version counters are bumped last, when nothing can refuse any more.
-    """
-    fused = params[0].device.type in _FUSED_DEVICES
-    dtypes = list(map(_DTYPE, params))
-    kinds = set(dtypes)
-    if not fused and kinds & {torch.float16, torch.bfloat16}:
-        return None  # the foreach ops would compute in half precision
-    written = list(chain(params, *bufs))
-    if not _torch_memory_ok(torch, [params, *bufs, grads], written):
-        return None
-    if len(kinds) == 1:
-        groups = [None]
-    else:
-        by: dict[Any, list[int]] = {}
-        for i, d in enumerate(dtypes):
-            by.setdefault(d, []).append(i)
-        groups = list(by.values())
-    _increment_versions(torch, written)
-    return fused, groups
-
-
-def _pick(xs: list[Any] | None, idx: list[int] | None) -> list[Any]:
-    if xs is None:
-        return []
-    return xs if idx is None else [xs[i] for i in idx]
-
-
-def _torch_adam(params, grads, ms, vs, vmax, step, lr, b1, b2, eps, wd, decoupled, maximize):
-    import torch
-
-    bufs = [ms, vs] + ([vmax] if vmax is not None else [])
-    plan = _torch_plan(torch, params, grads, bufs)
-    if plan is None:
-        return False
-    fused, groups = plan
-    with torch.no_grad():
-        for idx in groups:
-            p, g, m, v, mx = (_pick(xs, idx) for xs in (params, grads, ms, vs, vmax))
-            if fused:
-                steps = [torch.tensor(float(step), device=p[0].device)] * len(p)
-                kernel = torch._fused_adamw_ if (decoupled and wd != 0) else torch._fused_adam_
-                kernel(
-                    p, g, m, v, mx, steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps,
-                    amsgrad=vmax is not None, maximize=maximize,
-                )  # fmt: skip
-            else:
-                _torch_adam_foreach(p, g, m, v, mx, step, lr, b1, b2, eps, wd, decoupled, maximize)
-    return True
-
-
-def _torch_adam_foreach(p, g, m, v, mx, step, lr, b1, b2, eps, wd, decoupled, maximize):
-    import torch
-
-    if maximize:
-        g = torch._foreach_neg(g)
-    if wd != 0:
-        if decoupled:
-            torch._foreach_mul_(p, 1 - lr * wd)
-        else:
-            g = torch._foreach_add(g, p, alpha=wd)
-    torch._foreach_lerp_(m, g, 1 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, g, g, 1 - b2)
-    if mx:
-        torch._foreach_maximum_(mx, v)
-    denom = torch._foreach_sqrt(mx if mx else v)
-    torch._foreach_div_(denom, math.sqrt(1 - b2**step))
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(p, m, denom, -lr / (1 - b1**step))
-
-
-def _numpy_adam(params, grads, ms, vs, step, lr, b1, b2, eps, wd) -> bool:
-    """Chunked, in-place NumPy Adam in exactly the generic path's order of operations."""
-    import numpy as np
-
-    bc2_sqrt = (1 - b2**step) ** 0.5
-    neg_step_size = -(lr / (1 - b1**step))
-    decay = 1 - lr * wd
-    if not all(map(_real, (bc2_sqrt, neg_step_size, decay))):
-        return False
-
-    def kernel(p, g, m, v, t1, t2):
-        np.subtract(g, m, out=t1)
-        if 1 - b1 < 0.5:
-            t1 *= 1 - b1
-            m += t1
-        else:  # torch.lerp's other branch: b - (b - a)(1 - w)
-            t1 *= 1.0 - (1 - b1)
-            np.subtract(g, t1, out=m)
-        v *= b2
-        np.multiply(g, 1 - b2, out=t1)
-        t1 *= g
-        v += t1
-        np.sqrt(v, out=t1)
-        t1 /= bc2_sqrt
-        t1 += eps
-        np.multiply(m, neg_step_size, out=t2)
-        np.divide(t2, t1, out=t1)
-        if wd != 0:
-            # the generic path's update is (p * decay + step) - p, then added to p: the
-            # same three roundings here keep the two paths bitwise equal
-            np.multiply(p, decay, out=t2)
-            t2 += t1
-            t2 -= p
-            p += t2
-        else:
-            p += t1
-
-    return _numpy_run(kernel, params, grads, [ms, vs])
-
-
-# -- the NumPy executor: check, allocate and compute into scratch, then write ---------
 def _risky_fp_kinds(np: Any) -> list[str]:
     """The floating-point error kinds whose handling could raise or call out.
 
@@ -654,43 +636,52 @@ def _warnings_raise() -> bool:
     return warnings.defaultaction == "error"
 
 
-def _numpy_run(kernel, params: list[Any], grads: list[Any], bufs: list[list[Any]]) -> bool:
-    """Apply ``kernel(p, g, *bufs, t1, t2)`` to every parameter, all or nothing.
 
+
+def _numpy_run(jobs: list[tuple[Any, list[list[Any]], int]], written: list, grads: list) -> bool:
+    """Apply each job's ``kernel(*columns, *temps)`` to its lanes, all or nothing.
+
+    A job is ``(kernel, columns, n_temps)``: ``columns[c]`` lists column ``c``'s
+    arrays over the job's lanes (column 1 holds the gradients, which are only read).
     Three phases. (1) Check: memory overlap, floating-point error handling. (2)
     Prepare, writing only scratch: allocate every buffer, gather the small arrays and
-    run the kernel on the gathered copies; where an error kind could raise (see
-    :func:`_risky_fp_kinds`), run it with that kind set to ``raise``, and dry-run the
+    run the kernels on the gathered copies; where an error kind could raise (see
+    :func:`_risky_fp_kinds`), run them with that kind set to ``raise``, and dry-run the
     large arrays on chunk copies the same way; a floating-point error declines
-    (``False``). (3) Write: copy the gathered results back and run the kernel in
+    (``False``). (3) Write: copy the gathered results back and run the kernels in
     place on the large arrays, with the risky kinds ignored (phase 2 showed that none
     occurs: the same operations on the same values).
     """
     import numpy as np
 
-    if not _numpy_disjoint(params + [x for b in bufs for x in b], grads):
+    if not _numpy_disjoint(written, grads):
         return False
     risky = _risky_fp_kinds(np)
     try:
         with np.errstate(**dict.fromkeys(risky, "raise")) if risky else nullcontext():
-            plans = _numpy_prepare(np, kernel, params, grads, bufs, risky)
+            plans = [
+                (kernel, k, plan)
+                for kernel, cols, k in jobs
+                for plan in _numpy_prepare(np, kernel, cols, k, risky)
+            ]
     except FloatingPointError:
         return False
     with np.errstate(**dict.fromkeys(risky, "ignore")) if risky else nullcontext():
-        for gathered, large in plans:
+        for kernel, k, (gathered, large) in plans:
             if gathered is not None:
                 _numpy_scatter(*gathered)
             for arrays, scratch in large:
                 if scratch is None:  # C-contiguous, over CHUNK elements
-                    _chunked(kernel, [a.reshape(-1) for a in arrays], *_scratch(arrays[0].dtype))
+                    temps = _scratch(arrays[0].dtype, k)
+                    _chunked(kernel, [a.reshape(-1) for a in arrays], temps)
                 else:
                     kernel(*arrays, *scratch)
     return True
 
 
-def _numpy_prepare(np, kernel, params, grads, bufs, risky):
-    """Phase 2 of :func:`_numpy_run`: ``[(gathered, large)]`` per dtype, only scratch written."""
-    cols = [params, grads, *bufs]
+def _numpy_prepare(np, kernel, cols, k, risky):
+    """Phase 2 of :func:`_numpy_run` for one job: ``[(gathered, large)]`` per dtype."""
+    params = cols[0]
     sizes = list(map(_SIZE, params))
     kinds = set(map(_DTYPE, params))
     if len(kinds) == 1:
@@ -701,7 +692,7 @@ def _numpy_prepare(np, kernel, params, grads, bufs, risky):
             by_dtype.setdefault(x.dtype, []).append(i)
     plans = []
     for dtype, idx in by_dtype.items():
-        t1, t2 = _scratch(dtype)
+        temps = _scratch(dtype, k)
         every = range(len(params)) if idx is None else idx
         small = [i for i in every if sizes[i] <= SMALL]
         gathered = None
@@ -709,10 +700,10 @@ def _numpy_prepare(np, kernel, params, grads, bufs, risky):
             large = [i for i in every if sizes[i] > SMALL]
             if len(small) == len(params):
                 small = None  # every index: the columns as they are
-            gathered = _numpy_gathered(np, kernel, small, cols, sizes, dtype, t1, t2)
+            gathered = _numpy_gathered(np, kernel, small, cols, sizes, dtype, temps)
         else:
             large = every
-        views: dict[tuple[int, ...], tuple[Any, Any]] = {}  # scratch views by shape
+        views: dict[tuple[int, ...], tuple[Any, ...]] = {}  # scratch views by shape
         todo = []
         for arrays in zip(*([col[i] for i in large] for col in cols)):
             n = arrays[0].size
@@ -720,22 +711,23 @@ def _numpy_prepare(np, kernel, params, grads, bufs, risky):
                 shape = arrays[0].shape
                 scratch = views.get(shape)
                 if scratch is None:
-                    scratch = views[shape] = (t1[:n].reshape(shape), t2[:n].reshape(shape))
+                    scratch = views[shape] = tuple(t[:n].reshape(shape) for t in temps)
             elif all(a.flags.c_contiguous for a in arrays):
                 scratch = None
             else:
-                scratch = (np.empty_like(arrays[0]), np.empty_like(arrays[0]))
+                scratch = tuple(np.empty_like(arrays[0]) for _ in range(k))
             todo.append((arrays, scratch))
         if risky and todo:
-            with np.errstate(**{k: "raise" if k in risky else "ignore" for k in np.geterr()}):
-                _numpy_dry_run(np, kernel, todo, dtype, t1, t2)
+            with np.errstate(**{e: "raise" if e in risky else "ignore" for e in np.geterr()}):
+                _numpy_dry_run(np, kernel, todo, dtype, temps)
         plans.append((gathered, todo))
     return plans
 
 
-def _numpy_dry_run(np, kernel, todo, dtype, t1, t2) -> None:
+def _numpy_dry_run(np, kernel, todo, dtype, temps) -> None:
     """Run ``kernel`` on copies of the written arrays (chunk by chunk where contiguous)."""
-    copies = _scratch(dtype, 2 + len(todo[0][0]) - 1)[2:] if todo else []
+    k = len(temps)
+    copies = _scratch(dtype, k + len(todo[0][0]) - 1)[k:] if todo else []
     for arrays, scratch in todo:
         p, g, *bufs = arrays
         n = p.size
@@ -751,19 +743,19 @@ def _numpy_dry_run(np, kernel, todo, dtype, t1, t2) -> None:
                 cs = [c[: e - s] for c in copies]
                 for c, a in zip(cs, (flats[0], *flats[2:])):
                     np.copyto(c, a[s:e])
-                kernel(cs[0], flats[1][s:e], *cs[1:], t1[: e - s], t2[: e - s])
+                kernel(cs[0], flats[1][s:e], *cs[1:], *(t[: e - s] for t in temps))
         else:
             kernel(np.copy(p), g, *map(np.copy, bufs), *scratch)
 
 
-def _chunked(kernel, flats: list[Any], t1: Any, t2: Any) -> None:
+def _chunked(kernel, flats: list[Any], temps: list[Any]) -> None:
     n = flats[0].size
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
-        kernel(*(a[s:e] for a in flats), t1[: e - s], t2[: e - s])
+        kernel(*(a[s:e] for a in flats), *(t[: e - s] for t in temps))
 
 
-def _numpy_gathered(np, kernel, idx, cols, sizes, dtype, t1, t2):
+def _numpy_gathered(np, kernel, idx, cols, sizes, dtype, temps):
     """Gather small arrays into flat buffers and run the kernel on them (scratch only).
 
     ``idx`` lists the arrays' indices (``None``: all of them). Returns what
@@ -775,7 +767,7 @@ def _numpy_gathered(np, kernel, idx, cols, sizes, dtype, t1, t2):
         flat = np.empty(offsets[-1], dtype)
         np.concatenate(col if idx is None else [col[i] for i in idx], axis=None, out=flat)
         flats.append(flat)
-    _chunked(kernel, flats, t1, t2)
+    _chunked(kernel, flats, temps)
     return idx, cols, flats, list(pairwise(offsets))
 
 
@@ -789,108 +781,3 @@ def _numpy_scatter(idx, cols, flats, pairs) -> None:
             vectors = all(map((1).__eq__, map(_NDIM, dsts)))
         for dst, (a, b) in zip(dsts, pairs):
             dst[...] = flat[a:b] if vectors else flat[a:b].reshape(dst.shape)
-
-
-# -- SGD -----------------------------------------------------------------------------
-def sgd_step_inplace(
-    library: str,
-    params: list[Any],
-    grads: list[Any],
-    momentum_buffers: list[Any] | None,
-    *,
-    first_step: bool,
-    lr: float,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    maximize: bool = False,
-) -> bool:
-    """One SGD step written into ``params`` (and ``momentum_buffers``); ``True`` if done.
-
-    .. math::
-        b \\leftarrow g \\text{ (first step) or } \\mu b + (1-\\tau) g,\\quad
-        d = g + \\mu b \\text{ (Nesterov) or } b,\\quad \\theta \\leftarrow \\theta - \\gamma d
-
-    (:math:`d = g` without momentum; coupled weight decay :math:`g \\leftarrow g +
-    \\lambda\\theta` on torch). Returns ``False``, touching nothing, for a combination
-    this library's kernel does not cover or for memory it refuses.
-    """
-    if library == "torch":
-        import torch
-
-        bufs = [momentum_buffers] if momentum_buffers is not None else []
-        plan = _torch_plan(torch, params, grads, bufs)
-        if plan is None:
-            return False
-        fused, groups = plan
-        with torch.no_grad():
-            for idx in groups:
-                p, g, b = (_pick(xs, idx) for xs in (params, grads, momentum_buffers))
-                if fused:
-                    torch._fused_sgd_(
-                        p, g, b, weight_decay=weight_decay, momentum=momentum, lr=lr,
-                        dampening=dampening, nesterov=nesterov, maximize=maximize,
-                        is_first_step=first_step,
-                    )  # fmt: skip
-                else:
-                    _torch_sgd_foreach(
-                        p, g, b, first_step, lr, momentum, dampening, nesterov, weight_decay,
-                        maximize,
-                    )  # fmt: skip
-        return True
-    if library == "numpy":
-        if weight_decay != 0 or maximize:
-            return False
-        return _numpy_sgd(
-            params, grads, momentum_buffers, first_step, lr, momentum, dampening, nesterov
-        )
-    return False
-
-
-def _torch_sgd_foreach(p, g, b, first, lr, momentum, dampening, nesterov, wd, maximize):
-    import torch
-
-    if maximize:
-        g = torch._foreach_neg(g)
-    if wd != 0:
-        g = torch._foreach_add(g, p, alpha=wd)
-    if momentum != 0:
-        if first:
-            torch._foreach_copy_(b, g)
-        else:
-            torch._foreach_mul_(b, momentum)
-            torch._foreach_add_(b, g, alpha=1 - dampening)
-        g = torch._foreach_add(g, b, alpha=momentum) if nesterov else b
-    torch._foreach_add_(p, g, alpha=-lr)
-
-
-def _numpy_sgd(params, grads, bufs, first, lr, momentum, dampening, nesterov) -> bool:
-    """In-place NumPy SGD in the generic path's order of operations."""
-    import numpy as np
-
-    def plain(p, g, t1, t2):
-        np.multiply(g, -lr, out=t1)
-        p += t1
-
-    def with_momentum(p, g, b, t1, t2):
-        if first:
-            np.copyto(b, g)
-        else:
-            b *= momentum
-            if dampening == 0:  # g * 1.0 is g: skip the multiply
-                b += g
-            else:
-                np.multiply(g, 1 - dampening, out=t1)
-                b += t1
-        if nesterov:
-            np.multiply(b, momentum, out=t1)
-            np.add(g, t1, out=t1)
-            t1 *= -lr
-        else:
-            np.multiply(b, -lr, out=t1)
-        p += t1
-
-    if momentum == 0:
-        return _numpy_run(plain, params, grads, [])
-    return _numpy_run(with_momentum, params, grads, [bufs])

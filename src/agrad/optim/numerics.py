@@ -56,6 +56,9 @@ def resolve(value: Any, count: int, fn: str = "agrad.optim", name: str = "lr") -
     """
     if not callable(value):
         return value
+    host = getattr(count, "apply", None)
+    if host is not None and callable(host):  # a recorded count: the schedule runs per step
+        return host(lambda c: resolve(value, c, fn, name))
     out = python_number(value(count))
     check_lr(fn, out, name, schedule_step=count)
     return out

@@ -204,7 +204,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     returned. Dask: new lazy arrays are returned. ``None``: nothing was written or
     made (see the module for what declines).
     """
-    if not enabled:
+    if not enabled or not routed(params):
         return None
     got = _key(opt, params, grads, state)
     if got is None:

@@ -319,7 +319,7 @@ class SymArray:
         return self._ns().subtract(self, o)
 
     def __rsub__(self, o):
-        return self._ns().subtract(o, self)
+        return self._ns()._elementwise("subtract", o, self, reflected=True)
 
     def __mul__(self, o):
         return self._ns().multiply(self, o)
@@ -330,14 +330,14 @@ class SymArray:
     def __truediv__(self, o):
         return self._ns().divide(self, o)
 
-    def __rtruediv__(self, o):
-        return self._ns().divide(o, self)
+    def __rtruediv__(self, o):  # torch computes ``o / x`` as ``x.reciprocal() * o``
+        return self._ns()._elementwise("divide", o, self, reflected=True)
 
     def __pow__(self, o):
         return self._ns().pow(self, o)
 
     def __rpow__(self, o):
-        return self._ns().pow(o, self)
+        return self._ns()._elementwise("pow", o, self, reflected=True)
 
     def __neg__(self):
         return self._ns().negative(self)

@@ -1,0 +1,262 @@
+"""A lane program as a torch multi-tensor program, or one of torch's fused kernels.
+
+:func:`compile_group` turns a :class:`~agrad.optim.program.plan.LanePlan` into a
+function of ``(columns, scalars)`` where each column is the list of one leaf kind
+(parameters, gradients, ``exp_avg`` ...) over a group of parameters: every instruction
+is one ``torch._foreach_*`` call over the lists, in place where the plan computes into
+a column or a dead value, and a few peephole fusions cut passes over memory:
+
+- ``add(x, multiply(a, b))`` -> ``_foreach_addcmul_(x, a, b)`` and
+  ``add(x, multiply(multiply(a, s), a))`` -> ``_foreach_addcmul_(x, a, a, s)``;
+- ``add(x, divide(a, b))`` -> ``_foreach_addcdiv_(x, a, b)``;
+- ``add(a, multiply(subtract(b, a), w))`` (|w| < 0.5) -> ``_foreach_lerp_(a, b, w)``.
+
+The first two compute the same roundings as the separate operations (torch's kernels
+evaluate ``x + (s*a)*b`` and ``x + 1*(a/b)``), so a program without ``lerp`` is
+bitwise the generic path's; ``lerp`` rounds as torch's ``lerp`` does (it may fuse a
+multiply-add), so the lerp-using optimizers agree to rounding.
+
+:func:`recognise_fused` finds programs that are exactly one of torch's fused
+optimizers (``_fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``, ``_fused_adagrad_``):
+it records the reference rule with the hyperparameters the optimizer states and
+compares the two programs node for node, so a program is recognised by what it
+computes, whatever its optimizer is called (an optimizer named ``adam`` whose program
+differs is not, a user rule that computes Adam's exact program is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agrad.optim.program.ir import Lane, Program
+from agrad.optim.program.plan import Instr, LanePlan
+
+__all__ = ["SUPPORTED", "compile_group"]
+
+_LIST_LIST = {
+    "add": "_foreach_add",
+    "subtract": "_foreach_sub",
+    "multiply": "_foreach_mul",
+    "divide": "_foreach_div",
+    "maximum": "_foreach_maximum",
+    "minimum": "_foreach_minimum",
+    "pow": "_foreach_pow",
+}
+_UNARY = {
+    "sqrt": "_foreach_sqrt",
+    "negative": "_foreach_neg",
+    "abs": "_foreach_abs",
+    "sign": "_foreach_sign",
+    "exp": "_foreach_exp",
+    "expm1": "_foreach_expm1",
+    "log": "_foreach_log",
+    "log1p": "_foreach_log1p",
+    "sin": "_foreach_sin",
+    "cos": "_foreach_cos",
+    "tanh": "_foreach_tanh",
+    "reciprocal": "_foreach_reciprocal",
+}
+_COMMUTATIVE = frozenset({"add", "multiply", "maximum", "minimum"})
+
+#: The ops this executor runs.
+SUPPORTED = frozenset(_LIST_LIST) | frozenset(_UNARY) | {"square", "full_like"}
+
+
+def _is_buf(a: tuple) -> bool:
+    return a[0] in ("in", "col", "tmp")
+
+
+def _fuse(plan: LanePlan) -> list[tuple]:
+    """The plan's instructions with the peephole fusions of the module docstring applied.
+
+    A fused-away instruction's value must be read by the fusing instruction only, and
+    the buffers it read must not be written between it and the fusing instruction.
+    """
+    instrs = list(plan.instrs)
+    latest: dict[tuple, int] = {}  # buffer -> instruction that last wrote it
+    args_from: list[tuple] = []  # per instruction: the producer of each buffer argument
+    uses = [0] * len(instrs)
+    for i, ins in enumerate(instrs):
+        srcs = tuple(latest.get(a) if _is_buf(a) else None for a in ins.args)
+        for k in srcs:
+            if k is not None:
+                uses[k] += 1
+        args_from.append(srcs)
+        latest[ins.out] = i
+    for _, src in plan.copies:
+        if src in latest:
+            uses[latest[src]] += 1
+    removed: set[int] = set()
+
+    def single(i: int, pos: int, op: str) -> int | None:
+        k = args_from[i][pos]
+        if k is None or uses[k] != 1 or instrs[k].op != op or k in removed:
+            return None
+        return k
+
+    def untouched(k: int, i: int) -> bool:
+        read = {a for a in instrs[k].args if _is_buf(a)}
+        return not any(instrs[j].out in read for j in range(k + 1, i))
+
+    fused: dict[int, tuple] = {}
+    for i, ins in enumerate(instrs):
+        if ins.op != "add" or not all(map(_is_buf, ins.args)) or ins.out != ins.args[0]:
+            continue
+        x = ins.args[0]
+        k = single(i, 1, "divide")
+        if k is not None and all(map(_is_buf, instrs[k].args)) and untouched(k, i):
+            a, b = instrs[k].args
+            fused[i] = ("addcdiv", x, a, b, ("c", 1.0))
+            removed.add(k)
+            continue
+        k = single(i, 1, "multiply")
+        if k is None or not untouched(k, i):
+            continue
+        a, b = instrs[k].args
+        if _is_buf(a) and _is_buf(b):
+            k2 = single(k, 0, "multiply")
+            inner = instrs[k2] if k2 is not None else None
+            if inner is not None and inner.args[0] == b and not _is_buf(inner.args[1]):
+                if untouched(k2, i):
+                    fused[i] = ("addcmul", x, b, b, inner.args[1])
+                    removed.update((k, k2))
+                    continue
+            fused[i] = ("addcmul", x, a, b, ("c", 1.0))
+            removed.add(k)
+            continue
+        if _is_buf(a) and b[0] == "c" and abs(b[1]) < 0.5:
+            k2 = single(k, 0, "subtract")
+            if k2 is not None and instrs[k2].args[1] == x and _is_buf(instrs[k2].args[0]):
+                if untouched(k2, i):
+                    fused[i] = ("lerp", x, instrs[k2].args[0], b)
+                    removed.update((k, k2))
+    return [fused.get(i, ("op", ins)) for i, ins in enumerate(instrs) if i not in removed]
+
+
+def _runnable(ins: Instr) -> bool:
+    """Whether :func:`_run_instr` runs ``ins`` (checked before any step runs)."""
+    if ins.op not in SUPPORTED:
+        return False
+    if ins.op in _LIST_LIST:
+        a, b = ins.args
+        if not _is_buf(a) and not _is_buf(b):
+            return False
+        if not _is_buf(a) and ins.op not in _COMMUTATIVE and ins.op != "subtract":
+            return ins.op == "divide" and ins.attr("reflected", False)
+    return True
+
+
+def compile_group(plan: LanePlan) -> Callable[[list[list[Any]], list[Any]], None] | None:
+    """``run(columns, scalars)``: the plan over lists of tensors (see the module docstring).
+
+    ``columns[c]`` is the list of column ``c``'s tensors (``.data`` views: version
+    counters are the caller's to bump); ``scalars`` the step's host-scalar values.
+    ``None`` where an instruction has no multi-tensor form (found here, so a step
+    never stops half-way).
+    """
+    import torch
+
+    if not all(map(_runnable, plan.instrs)):
+        return None
+    program = _fuse(plan)
+    n_cols = plan.n_columns
+
+    def run(columns: list[list[Any]], scalars: list[Any]) -> None:
+        bufs: dict[tuple, list[Any]] = {}
+
+        def get(a: tuple) -> Any:
+            if a[0] in ("in", "col"):
+                return columns[a[1]]
+            if a[0] == "tmp":
+                return bufs[a]
+            return scalars[a[1]] if a[0] == "s" else a[1]
+
+        for entry in program:
+            if entry[0] == "op":
+                _run_instr(torch, entry[1], get, bufs, columns)
+            elif entry[0] == "addcmul":
+                _, x, a, b, s = entry
+                torch._foreach_addcmul_(get(x), get(a), get(b), value=get(s))
+            elif entry[0] == "addcdiv":
+                _, x, a, b, s = entry
+                torch._foreach_addcdiv_(get(x), get(a), get(b), value=get(s))
+            else:  # lerp
+                _, x, b, w = entry
+                torch._foreach_lerp_(get(x), get(b), get(w))
+        for c, src in plan.copies:
+            torch._foreach_copy_(columns[c], get(src))
+
+    run.n_columns = n_cols  # type: ignore[attr-defined]
+    return run
+
+
+def _store(torch: Any, out: tuple, value: list[Any], bufs: dict, columns: list) -> None:
+    if out[0] == "tmp":
+        bufs[out] = value
+    else:
+        torch._foreach_copy_(columns[out[1]], value)
+
+
+def _run_instr(torch: Any, ins: Instr, get: Callable, bufs: dict, columns: list) -> None:
+    op, args, out = ins.op, ins.args, ins.out
+    if op == "full_like":
+        target = get(out) if out[0] != "tmp" else [torch.empty_like(t) for t in get(args[0])]
+        value = get(args[1])
+        for t in target:
+            t.fill_(value)
+        if out[0] == "tmp":
+            bufs[out] = target
+        return
+    if op in _UNARY or op == "square":
+        (a,) = args
+        if op == "square":
+            if a == out:
+                torch._foreach_mul_(get(a), get(a))
+            else:
+                _store(torch, out, torch._foreach_mul(get(a), get(a)), bufs, columns)
+            return
+        name = _UNARY[op]
+        if a == out:
+            getattr(torch, name + "_")(get(a))
+        else:
+            _store(torch, out, getattr(torch, name)(get(a)), bufs, columns)
+        return
+    a, b = args
+    name = _LIST_LIST[op]
+    if not _is_buf(a):  # a scalar on the left
+        if op in _COMMUTATIVE:
+            a, b = b, a
+        elif op == "divide":  # ``s / x`` on a tensor is ``x.reciprocal() * s``
+            value = get(b) if b == out else torch._foreach_reciprocal(get(b))
+            if b == out:
+                torch._foreach_reciprocal_(value)
+            torch._foreach_mul_(value, get(a))
+            if b != out:
+                _store(torch, out, value, bufs, columns)
+            return
+        elif op == "subtract":  # s - x == -(x - s), exactly
+            if b == out:
+                torch._foreach_sub_(get(b), get(a))
+                torch._foreach_neg_(get(b))
+            else:
+                value = torch._foreach_sub(get(b), get(a))
+                torch._foreach_neg_(value)
+                _store(torch, out, value, bufs, columns)
+            return
+        else:
+            raise NotImplementedError(f"{op} with a scalar first operand")
+    if a == out:
+        getattr(torch, name + "_")(get(a), get(b))
+    elif b == out and op in _COMMUTATIVE:
+        getattr(torch, name + "_")(get(b), get(a))
+    elif out[0] != "tmp" and out != b:
+        torch._foreach_copy_(get(out), get(a))
+        getattr(torch, name + "_")(get(out), get(b))
+    else:
+        _store(torch, out, getattr(torch, name)(get(a), get(b)), bufs, columns)
+
+
+def lane_supported(program: Program, lane: Lane, ops: frozenset) -> bool:
+    """Whether every node of ``lane`` is one of ``ops`` (inputs aside)."""
+    return all(program.nodes[i].op in ops or program.nodes[i].op == "input" for i in lane.nodes)
