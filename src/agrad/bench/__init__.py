@@ -28,8 +28,11 @@ from agrad.bench._harness import Row, Settings
 __all__ = ["Row", "Settings", "main", "run"]
 
 
-def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape")) -> list[Row]:
+def run(
+    settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "backends")
+) -> list[Row]:
     """Run the selected groups of rows and return them."""
+    from agrad.bench.backend_rows import backend_rows
     from agrad.bench.optimizer_rows import optimizer_rows
     from agrad.bench.tape_rows import tape_rows
 
@@ -38,6 +41,8 @@ def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape")) -> 
         rows += optimizer_rows(settings)
     if "tape" in groups:
         rows += tape_rows(settings)
+    if "backends" in groups:
+        rows += backend_rows(settings)
     return rows
 
 
@@ -127,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", metavar="TEXT", help="rows whose name contains TEXT")
     parser.add_argument(
-        "--groups", default="optimizer,tape", help="comma-separated: optimizer,tape"
+        "--groups",
+        default="optimizer,tape,backends",
+        help="comma-separated: optimizer,tape,backends (Dask; CuPy where it has a GPU)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per row")

@@ -11,14 +11,16 @@ NumPy and torch programs; one variant per outcome of the program's guards), then
   launch on one element) before the first write, so a kernel that does not compile
   declines with nothing written.
 - **Dask** (:class:`~agrad.optim.program.dask_exec.DaskExecutor`): one task per chunk
-  per block; Dask arrays are immutable, so the step returns new (lazy) arrays, as the
-  generic path does.
+  per block, lazily. As on the generic path (whose in-place write is Dask's
+  ``dst[...] = new``), the parameter and state arrays given are rebound to the new
+  graphs and returned; nothing is computed until the caller persists or computes.
 
 Declined (``None``, nothing written; the generic path then runs and raises its own
 messages): leaves of mixed types or of other libraries; gradients whose shapes or
 dtypes differ from the parameters'; dtypes other than float32 and float64; inputs the
 generic path's checks refuse (checked once per cache key); a rule that cannot be
-recorded; a schedule whose value fails; on CuPy, written arrays that are not
+recorded; a schedule whose value fails; one array object written twice (two
+state leaves that are the same array); on CuPy, written arrays that are not
 C-contiguous or share memory with each other or with a gradient (in-place kernels
 would read what they write), or that sit on different devices.
 """
@@ -200,16 +202,17 @@ def _valid(opt: Any, params: Any, grads: Any, state: Any) -> bool:
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
     """``opt.step(params, grads, state)`` on the CuPy or Dask executor, or ``None``.
 
-    CuPy: the new values are written into ``params`` and the state's arrays, which are
-    returned. Dask: new lazy arrays are returned. ``None``: nothing was written or
-    made (see the module for what declines).
+    The new values are written into ``params`` and the state's arrays (CuPy: by the
+    kernels; Dask: the arrays are rebound to the new lazy graphs), which are returned
+    with the state's new numbers. ``None``: nothing was written (see the module for
+    what declines).
     """
     if not enabled or not routed(params):
         return None
     got = _key(opt, params, grads, state)
     if got is None:
         return None
-    lib, p, g, treedef, s_leaves, s_def, key = got
+    lib, p, g, _, s_leaves, s_def, key = got
     cache = _cache(opt)
     variants = cache.get(key)
     if variants is _DECLINED:
@@ -245,9 +248,24 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         ex.run(program, p, g, s_leaves, scalars)
         new_p, new_s = p, list(s_leaves)
     else:
+        written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
+        if len({id(x) for x in written}) != len(written):
+            return None  # one array in two places: the generic path names them
         new_p, new_s = ex.evaluate(program, p, g, s_leaves, scalars)
+        for old, new in zip([*p, *s_leaves], [*new_p, *new_s]):
+            if new is not old:
+                _rebind(old, new)
+        new_s = list(s_leaves)
     for j, ref in enumerate(program.new_state):
         if ref is not None and ref[0] != "n":
             new_s[j] = scalars[ref[1]] if ref[0] == "s" else ref[1]
-    out_p = params if lib == "cupy" else unflatten(treedef, new_p)
-    return out_p, unflatten(s_def, new_s)
+    return params, unflatten(s_def, new_s)
+
+
+def _rebind(dst: Any, new: Any) -> None:
+    """Make Dask array ``dst`` stand for ``new``'s graph: what Dask's own ``dst[...] = new``
+    ends with (the generic path's in-place write), without its extra task per chunk."""
+    dst._meta = new._meta
+    dst.dask = new.dask
+    dst._name = new.name
+    dst._chunks = new.chunks
