@@ -13,14 +13,17 @@ norms, a global norm) are Dask's own functions between blocks.
 Inputs of a block are aligned by ``blockwise`` (a gradient chunked unlike its
 parameter is rechunked to match, as Dask does for ``p + g``); smaller operands
 broadcast by their trailing dimensions, 0-d ones and host scalars go whole to every
-task. Inside a task the block's nodes run in order with ``out=`` into buffers freed by
-dead values, so a chunk needs about as many temporaries as values live at once.
+task. Inside a task on a NumPy chunk the block runs tile by tile (``TILE`` elements),
+each ufunc writing with ``out=`` into its output's tile or a reused tile-sized scratch
+buffer; other chunks (CuPy) run one call of their namespace per node.
 """
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import string
+import sys
 from typing import Any
 
 from agrad.optim._cache import LRUCache
@@ -38,9 +41,13 @@ from agrad.optim.program.ir import Program
 __all__ = ["DaskExecutor", "BlockTask"]
 
 _PLANS_KEPT = 64
+#: Elements per tile of a NumPy chunk (256 KiB of float32: a few tiles fit in L2).
+TILE = 1 << 16
 _INPLACE_UFUNCS = frozenset(
     {"add", "subtract", "multiply", "divide", "maximum", "minimum", "sqrt", "negative", "abs"}
-    | {"square", "exp", "log", "sign"}
+    | {"square", "exp", "log", "sign", "pow", "reciprocal", "expm1", "log1p", "tanh"}
+    | {"greater", "greater_equal", "less", "less_equal", "equal", "not_equal"}
+    | {"logical_and", "logical_or", "logical_not"}
 )
 
 
@@ -77,62 +84,95 @@ class BlockTask:
         return f"BlockTask({len(self.block.nodes)} nodes -> {len(self.block.outputs)})"
 
     def __call__(self, *inputs: Any) -> Any:
-        import array_api_compat
+        arrays = [x for r, x in zip(self.block.inputs, inputs) if r[0] == "n"]
+        np = sys.modules.get("numpy")
+        if np is not None and self.block.shape and arrays:
+            if all(type(x) is np.ndarray for x in arrays):
+                shape = np.broadcast_shapes(*(x.shape for x in arrays))
+                if shape and all(
+                    x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
+                ):
+                    outs = self._tiled(np, inputs, shape)
+                    return outs[0] if len(outs) == 1 else tuple(outs)
+        outs = self._whole(inputs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
-        block = self.block
+    def _split(self, inputs: tuple) -> tuple[dict[int, Any], dict[int, Any]]:
         env: dict[int, Any] = {}
         scalars: dict[int, Any] = {}
-        arrays = []
-        for r, x in zip(block.inputs, inputs):
-            if r[0] == "n":
-                env[r[1]] = x
-                arrays.append(x)
-            else:
-                scalars[r[1]] = x
-        xp = array_api_compat.array_namespace(*arrays) if arrays else None
-        if xp is None:
-            import array_api_compat.numpy as xp
-        free: list[Any] = []
-        for i, dying in zip(block.nodes, self._dying):
-            env[i] = self._compute(xp, i, env, scalars, free)
-            for j in dying:
-                free.append(env.pop(j))
-        outs = tuple(env[o] for o in block.outputs)
-        return outs[0] if len(outs) == 1 else outs
+        for r, x in zip(self.block.inputs, inputs):
+            (env if r[0] == "n" else scalars)[r[1]] = x
+        return env, scalars
 
-    def _compute(
-        self, xp: Any, i: int, env: dict[int, Any], scalars: dict[int, Any], free: list[Any]
-    ) -> Any:
-        n = self.program.nodes[i]
-        if n.op in _INPLACE_UFUNCS and free and _numpy_like(xp):
-            for k, buf in enumerate(free):
-                if _is_ndarray(buf) and buf.shape == n.shape and buf.dtype == n.dtype:
+    def _whole(self, inputs: tuple) -> list[Any]:
+        """The block on whole chunks, one backend call per node (any chunk type)."""
+        import array_api_compat
+
+        env, scalars = self._split(inputs)
+        arrays = list(env.values())
+        if arrays:
+            xp = array_api_compat.array_namespace(*arrays)
+        else:
+            import array_api_compat.numpy as xp
+        for i, dying in zip(self.block.nodes, self._dying):
+            env[i] = run_node(xp, self.program, i, env, scalars)  # type: ignore[arg-type]
+            for j in dying:
+                del env[j]
+        return [env[o] for o in self.block.outputs]
+
+    def _tiled(self, np: Any, inputs: tuple, shape: tuple) -> list[Any]:
+        """The block on NumPy chunks, tile by tile (``TILE`` elements): each ufunc writes
+        with ``out=`` into a tile of the output it produces or into a tile-sized scratch
+        buffer freed when its value dies, so a chunk costs its outputs and a few tiles of
+        memory, and each tile stays in cache through the whole block. Same ufuncs on the
+        same operands as :meth:`_whole`: the same bits."""
+        import array_api_compat.numpy as xp
+
+        nodes = self.program.nodes
+        flat_in, scalars = self._split(inputs)
+        flat_in = {j: (v.reshape(-1) if v.ndim else v) for j, v in flat_in.items()}
+        outs = [np.empty(shape, dtype=nodes[o].dtype) for o in self.block.outputs]
+        flat_out = {o: a.reshape(-1) for o, a in zip(self.block.outputs, outs)}
+        size = outs[0].size if outs else 0
+        pool: dict[Any, list[Any]] = {}
+        for start in range(0, size, TILE):
+            stop = min(start + TILE, size)
+            env = {j: (v[start:stop] if v.ndim else v) for j, v in flat_in.items()}
+            held: dict[int, Any] = {}
+            for i, dying in zip(self.block.nodes, self._dying):
+                n = nodes[i]
+                fn = _ufunc(n.op) if n.op in _INPLACE_UFUNCS else None
+                if fn is not None:
+                    if i in flat_out:
+                        out = flat_out[i][start:stop]
+                    else:
+                        dtype = np.dtype(n.dtype)
+                        free = pool.get(dtype)
+                        held[i] = free.pop() if free else np.empty(TILE, dtype)
+                        out = held[i][: stop - start]
                     args = [
                         env[a[1]] if a[0] == "n" else (scalars[a[1]] if a[0] == "s" else a[1])
                         for a in n.args
                     ]
-                    fn = _ufunc(n.op)
-                    if fn is not None:
-                        del free[k]
-                        return fn(*args, out=buf)
-                    break
-        return run_node(xp, self.program, i, env, scalars)  # type: ignore[arg-type]
-
-
-def _is_ndarray(x: Any) -> bool:
-    import numpy as np
-
-    return isinstance(x, np.ndarray) and x.ndim > 0
-
-
-def _numpy_like(xp: Any) -> bool:
-    return "numpy" in getattr(xp, "__name__", "")
+                    env[i] = fn(*args, out=out)
+                else:
+                    env[i] = run_node(xp, self.program, i, env, scalars)  # type: ignore[arg-type]
+                    if i in flat_out:
+                        flat_out[i][start:stop] = env[i]
+                for j in dying:
+                    del env[j]
+                    buf = held.pop(j, None)
+                    if buf is not None:
+                        pool.setdefault(buf.dtype, []).append(buf)
+            for buf in held.values():
+                pool.setdefault(buf.dtype, []).append(buf)
+        return outs
 
 
 def _ufunc(op: str) -> Any:
     import numpy as np
 
-    return np.absolute if op == "abs" else getattr(np, op, None)
+    return {"abs": np.absolute, "pow": np.power}.get(op) or getattr(np, op, None)
 
 
 class DaskExecutor:
@@ -195,7 +235,6 @@ def _blockwise(
     """The block's outputs as Dask arrays: one ``task`` per chunk, a ``getitem`` per output."""
     import dask.array as da
     import numpy as np
-    from dask.base import tokenize
 
     ndim = len(block.shape)
     out_ind = string.ascii_letters[:ndim]
@@ -210,6 +249,7 @@ def _blockwise(
         args += [x, out_ind[ndim - x.ndim :] if x.ndim else None]
     nodes = program.nodes
     metas = [_meta(env, block, nodes[o]) for o in block.outputs]
+    token = _token(task, args)
     one = len(block.outputs) == 1
     out = da.blockwise(
         task,
@@ -217,13 +257,33 @@ def _blockwise(
         *args,
         dtype=metas[0].dtype if one else np.float64,
         meta=metas[0] if one else np.empty((0,) * ndim),
-        name=f"agrad-block-{tokenize(task.token, *args)}",
+        name=f"agrad-block-{token}",
     )
     if one:
         return [out]
     return [
-        da.map_blocks(operator.getitem, out, k, dtype=m.dtype, meta=m) for k, m in enumerate(metas)
+        da.blockwise(
+            operator.getitem,
+            out_ind,
+            out,
+            out_ind,
+            k,
+            None,
+            dtype=m.dtype,
+            meta=m,
+            name=f"agrad-out{k}-{token}",
+        )
+        for k, m in enumerate(metas)
     ]
+
+
+def _token(task: BlockTask, args: list[Any]) -> str:
+    """The name of one block's graph layer: the block's own token, its inputs' graph
+    names and the host scalars' exact values (cheaper than ``tokenize`` of the arrays)."""
+    parts = [task.token]
+    for x in args[::2]:
+        parts.append(getattr(x, "name", None) or repr(x))
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()
 
 
 def _meta(env: dict[int, Any], block: Block, node: Any) -> Any:
