@@ -1,12 +1,21 @@
-"""Optimizer-step comparisons: agrad against torch.optim and a hand-written NumPy loop.
+"""Optimizer-step comparisons: every agrad optimizer against its peers, on three sets.
 
-Three float32 parameter sets (4 x 4096x1024; 100 x 256x256 plus 100 biases; 1000 x
-64) and two rules (Adam, SGD with momentum 0.9). Rows:
+Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000 x
+64). Each row times ``opt.step(params, grads, state)`` (in place) against a peer:
 
-- ``torch``: ``agrad.optim.<rule>().step`` on torch tensors vs ``torch.optim.<Rule>(foreach=True)``;
-- ``numpy``: the same call on NumPy arrays vs an in-place NumPy loop doing the same arithmetic;
-- ``packed``: :func:`agrad.optim.pack` (one flat buffer) on torch vs torch foreach and fused;
-- ``generic`` (full runs only): the namespace-generic reference path, fast paths off.
+- ``torch``: every optimizer with a ``torch.optim`` counterpart against
+  ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0);
+- ``torch fused``: Adam, AdamW, SGD and Adagrad against ``torch.optim.<X>(fused=True)``
+  (target 1.1);
+- ``numpy``: Adam, SGD-momentum, RMSprop and NAdam against a hand-written in-place
+  NumPy loop carried here (target 1.0);
+- ``numpy vs generic``: every other optimizer against its own generic path (the
+  reference, fast route off; target 0.5: at least 2x faster);
+- ``torch vs generic``: the optimizers without a torch.optim counterpart (for
+  information);
+- ``user rule``: a user's AdaBelief, written as docs/custom-optimizer.md shows,
+  against the built-in Adam (target 1.3);
+- ``packed``: :func:`agrad.optim.pack` (one flat buffer) against torch foreach.
 """
 
 from __future__ import annotations
@@ -14,37 +23,68 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from agrad.bench._harness import Row, Settings, timed_row
 
-__all__ = ["optimizer_rows", "PARAM_SETS", "numpy_adam_loop", "numpy_sgd_loop"]
+__all__ = [
+    "NUMPY_LOOPS",
+    "OPTIMIZERS",
+    "PARAM_SETS",
+    "adabelief",
+    "numpy_adam_loop",
+    "numpy_nadam_loop",
+    "numpy_rmsprop_loop",
+    "numpy_sgd_loop",
+    "optimizer_rows",
+]
 
 LR = 1e-3
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 MOMENTUM = 0.9
+ALPHA = 0.99
+MOMENTUM_DECAY = 4e-3
 
 PARAM_SETS: dict[str, list[tuple[int, ...]]] = {
-    "4 x 4096x1024": [(4096, 1024)] * 4,
+    "4 x 2048x1024": [(2048, 1024)] * 4,
     "100 x 256x256 + 100 biases": [(256, 256), (256,)] * 100,
     "1000 x 64": [(64,)] * 1000,
 }
 TINY_SETS: dict[str, list[tuple[int, ...]]] = {
-    "4 x 4096x1024": [(64, 32)] * 2,
+    "4 x 2048x1024": [(64, 32)] * 2,
     "100 x 256x256 + 100 biases": [(16, 16), (16,)] * 3,
     "1000 x 64": [(8,)] * 20,
 }
 
+#: name -> (agrad options, torch.optim class name or None, torch options)
+OPTIMIZERS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "adam": ({"lr": LR, "betas": BETAS, "eps": EPS}, "Adam"),
+    "adamw": ({"lr": LR, "betas": BETAS, "eps": EPS, "weight_decay": 1e-2}, "AdamW"),
+    "sgd": ({"lr": LR, "momentum": MOMENTUM}, "SGD"),
+    "rmsprop": ({"lr": LR, "alpha": ALPHA, "eps": EPS}, "RMSprop"),
+    "nadam": ({"lr": LR, "betas": BETAS, "eps": EPS}, "NAdam"),
+    "radam": ({"lr": LR, "betas": BETAS, "eps": EPS}, "RAdam"),
+    "adagrad": ({"lr": LR}, "Adagrad"),
+    "adamax": ({"lr": LR}, "Adamax"),
+    "adadelta": ({"lr": 1.0}, "Adadelta"),
+    "lion": ({"lr": LR}, None),
+    "lamb": ({"lr": LR}, None),
+    "lars": ({"lr": LR}, None),
+    "adafactor": ({"lr": LR}, None),
+}
+FUSED = ("adam", "adamw", "sgd", "adagrad")
 
-def numpy_adam_loop(params, grads, ms, vs, t: int) -> None:
-    """The hand-written in-place NumPy Adam step the ``numpy`` rows compare against."""
+
+# -- the hand-written NumPy loops the ``numpy`` rows compare against -------------------
+def numpy_adam_loop(params, grads, bufs, t: int) -> None:
+    """In-place NumPy Adam: ``bufs = (exp_avg, exp_avg_sq)``."""
     b1, b2 = BETAS
     step_size = LR / (1 - b1**t)
     bc2_sqrt = math.sqrt(1 - b2**t)
-    for p, g, m, v in zip(params, grads, ms, vs):
+    for p, g, m, v in zip(params, grads, *bufs):
         m *= b1
         m += (1 - b1) * g
         v *= b2
@@ -56,8 +96,8 @@ def numpy_adam_loop(params, grads, ms, vs, t: int) -> None:
 
 
 def numpy_sgd_loop(params, grads, bufs, t: int) -> None:
-    """The hand-written in-place NumPy SGD-momentum step the ``numpy`` rows compare against."""
-    for p, g, b in zip(params, grads, bufs):
+    """In-place NumPy SGD with momentum: ``bufs = (momentum_buffer,)``."""
+    for p, g, b in zip(params, grads, *bufs):
         if t == 1:
             b[...] = g
         else:
@@ -66,58 +106,141 @@ def numpy_sgd_loop(params, grads, bufs, t: int) -> None:
         p -= LR * b
 
 
+def numpy_rmsprop_loop(params, grads, bufs, t: int) -> None:
+    """In-place NumPy RMSprop: ``bufs = (square_avg,)``."""
+    for p, g, v in zip(params, grads, *bufs):
+        v *= ALPHA
+        v += (1 - ALPHA) * g * g
+        avg = np.sqrt(v)
+        avg += EPS
+        p -= LR * g / avg
+
+
+def numpy_nadam_loop(params, grads, bufs, t: int, mu_product: list[float]) -> None:
+    """In-place NumPy NAdam: ``bufs = (exp_avg, exp_avg_sq)``; ``mu_product`` a 1-list."""
+    b1, b2 = BETAS
+    mu = b1 * (1.0 - 0.5 * 0.96 ** (t * MOMENTUM_DECAY))
+    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * MOMENTUM_DECAY))
+    mu_product[0] *= mu
+    s1 = LR * (1.0 - mu) / (1.0 - mu_product[0])
+    s2 = LR * mu_next / (1.0 - mu_product[0] * mu_next)
+    bc2 = 1 - b2**t
+    for p, g, m, v in zip(params, grads, *bufs):
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        denom = v / bc2
+        np.sqrt(denom, out=denom)
+        denom += EPS
+        p -= s1 * g / denom
+        p -= s2 * m / denom
+
+
+#: optimizer -> (loop, number of state buffers)
+NUMPY_LOOPS: dict[str, tuple[Callable[..., None], int]] = {
+    "adam": (numpy_adam_loop, 2),
+    "sgd": (numpy_sgd_loop, 1),
+    "rmsprop": (numpy_rmsprop_loop, 1),
+    "nadam": (numpy_nadam_loop, 2),
+}
+
+
+# -- a user's rule -----------------------------------------------------------------------
+class AdaBeliefState(NamedTuple):
+    count: int
+    m: Any
+    s: Any
+
+
+def adabelief(lr: float = LR, b1: float = BETAS[0], b2: float = BETAS[1], eps: float = EPS):
+    """AdaBelief (Zhuang et al., 2020) as a user writes it (docs/custom-optimizer.md).
+
+    .. math:: m_t = \\beta_1 m + (1-\\beta_1) g,\\quad
+              s_t = \\beta_2 s + (1-\\beta_2)(g - m_t)^2,\\quad
+              \\theta_t = \\theta - \\frac{\\gamma}{1-\\beta_1^t}
+                  \\frac{m_t}{\\sqrt{s_t/(1-\\beta_2^t)} + \\epsilon}
+    """
+    import agrad
+    from agrad.pytree import tree_map
+
+    def init(params):
+        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
+        return AdaBeliefState(0, tree_map(zeros, params), tree_map(zeros, params))
+
+    def update(grads, state, params=None):
+        t = state.count + 1
+        m = tree_map(lambda m, g: b1 * m + (1.0 - b1) * g, state.m, grads)
+        s = tree_map(lambda s, g, m: b2 * s + (1.0 - b2) * (g - m) * (g - m), state.s, grads, m)
+
+        def direction(m, s):
+            xp = agrad.array_namespace(m)
+            return (-lr / (1 - b1**t)) * m / (xp.sqrt(s / (1 - b2**t)) + eps)
+
+        return tree_map(direction, m, s), AdaBeliefState(t, m, s)
+
+    hyper = {"lr": lr, "b1": b1, "b2": b2, "eps": eps}
+    return agrad.optim.GradientTransformation("adabelief", init, update, hyper, needs_params=False)
+
+
+# -- contenders -----------------------------------------------------------------------
 def _arrays(shapes, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
-def _agrad_opt(rule: str):
+def _agrad_opt(name: str):
     import agrad
 
-    if rule == "adam":
-        return agrad.optim.adam(lr=LR, betas=BETAS, eps=EPS)
-    return agrad.optim.sgd(lr=LR, momentum=MOMENTUM)
+    if name == "adabelief":
+        return adabelief()
+    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0])
 
 
-def _agrad_step(rule: str, params: list[Any], grads: list[Any]) -> Callable[[], None]:
-    opt = _agrad_opt(rule)
+def _agrad_step(name: str, params: list[Any], grads: list[Any], fast: bool = True):
+    from agrad.optim import fastpath
+
+    params = [p.clone() if hasattr(p, "clone") else p.copy() for p in params]
+    opt = _agrad_opt(name)
     box = [opt.init(params)]
 
     def step() -> None:
-        _, box[0] = opt.step(params, grads, box[0])
+        fastpath.enabled = fast
+        try:
+            _, box[0] = opt.step(params, grads, box[0])
+        finally:
+            fastpath.enabled = True
 
     return step
 
 
-def _torch_step(rule: str, params, grads, **flags) -> Callable[[], Any]:
+def _torch_step(name: str, params, grads, **flags) -> Callable[[], Any]:
     import torch
 
+    kw, cls = OPTIMIZERS[name]
     ps = [torch.from_numpy(p.copy()).requires_grad_(True) for p in params]
     for p, g in zip(ps, grads):
         p.grad = torch.from_numpy(g.copy())
-    if rule == "adam":
-        opt = torch.optim.Adam(ps, lr=LR, betas=BETAS, eps=EPS, **flags)
-    else:
-        opt = torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM, **flags)
-    return opt.step
+    return getattr(torch.optim, cls)(ps, **kw, **flags).step
 
 
-def _numpy_loop(rule: str, params, grads) -> Callable[[], None]:
+def _numpy_loop(name: str, params, grads) -> Callable[[], None]:
+    loop, n_bufs = NUMPY_LOOPS[name]
     ps = [p.copy() for p in params]
-    bufs = [[np.zeros_like(p) for p in ps] for _ in range(2 if rule == "adam" else 1)]
-    count = [0]
+    bufs = [[np.zeros_like(p) for p in ps] for _ in range(n_bufs)]
+    count, mu_product = [0], [1.0]
 
     def step() -> None:
         count[0] += 1
-        if rule == "adam":
-            numpy_adam_loop(ps, grads, bufs[0], bufs[1], count[0])
+        if name == "nadam":
+            loop(ps, grads, bufs, count[0], mu_product)
         else:
-            numpy_sgd_loop(ps, grads, bufs[0], count[0])
+            loop(ps, grads, bufs, count[0])
 
     return step
 
 
-def _packed_step(rule: str, params, grads) -> Callable[[], None]:
+def _packed_step(name: str, params, grads) -> Callable[[], None]:
     import torch
 
     import agrad
@@ -127,7 +250,7 @@ def _packed_step(rule: str, params, grads) -> Callable[[], None]:
     for v, g in zip(views, grads):
         v.copy_(torch.from_numpy(g))
     flat = packed.flatten(views)
-    opt = _agrad_opt(rule)
+    opt = _agrad_opt(name)
     box = [opt.init(packed.buffers)]
 
     def step() -> None:
@@ -136,20 +259,40 @@ def _packed_step(rule: str, params, grads) -> Callable[[], None]:
     return step
 
 
-def _generic_step(rule: str, params, grads) -> Callable[[], None]:
-    """The namespace-generic reference path (fast paths off) on a copy of ``params``."""
-    from agrad.optim import fastpath
-
-    step = _agrad_step(rule, [p.copy() for p in params], grads)
-
-    def run() -> None:
-        fastpath.enabled = False
-        try:
-            step()
-        finally:
-            fastpath.enabled = True
-
-    return run
+def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) -> list:
+    """``(group, name, (label, make), (label, make), target)`` for one parameter set."""
+    specs = []
+    for name, (_, cls) in OPTIMIZERS.items():
+        mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, t_params, t_grads))
+        mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, params, grads))
+        if cls is not None:
+            foreach = (f"torch.optim.{cls} foreach", partial(_torch_step, name, params, grads))
+            specs.append(("torch", name, mine_t, foreach, 1.0))
+            if name in FUSED:
+                fused = partial(_torch_step, name, params, grads, fused=True)
+                specs.append(
+                    ("torch fused", name, mine_t, (f"torch.optim.{cls} fused", fused), 1.1)
+                )
+        else:
+            generic_t = partial(_agrad_step, name, t_params, t_grads, fast=False)
+            specs.append(
+                ("torch vs generic", name, mine_t, ("generic path (torch)", generic_t), None)
+            )
+        if name in NUMPY_LOOPS:
+            loop = ("numpy in-place loop", partial(_numpy_loop, name, params, grads))
+            specs.append(("numpy", name, mine_n, loop, 1.0))
+        else:
+            generic = partial(_agrad_step, name, params, grads, fast=False)
+            specs.append(("numpy vs generic", name, mine_n, ("generic path (numpy)", generic), 0.5))
+    for lib, ps, gs in (("numpy", params, grads), ("torch", t_params, t_grads)):
+        user = ("user AdaBelief", partial(_agrad_step, "adabelief", ps, gs))
+        adam = ("built-in adam", partial(_agrad_step, "adam", ps, gs))
+        specs.append((f"user rule ({lib})", "adabelief", user, adam, 1.3))
+    if not settings.quick:
+        packed = ("agrad packed (torch)", partial(_packed_step, "adam", params, grads))
+        foreach = ("torch.optim.Adam foreach", partial(_torch_step, "adam", params, grads))
+        specs.append(("packed", "adam", packed, foreach, None))
+    return specs
 
 
 def optimizer_rows(settings: Settings) -> list[Row]:
@@ -162,51 +305,61 @@ def optimizer_rows(settings: Settings) -> list[Row]:
         params, grads = _arrays(shapes, 0), _arrays(shapes, 1)
         t_params = [torch.from_numpy(p.copy()) for p in params]
         t_grads = [torch.from_numpy(g.copy()) for g in grads]
-        large, small = set_name.startswith("4 "), set_name.startswith("1000")
-        for rule, label in (("adam", "Adam"), ("sgd", "SGD-momentum")):
-            torch_peer = ("torch foreach", partial(_torch_step, rule, params, grads, foreach=True))
-            loop = ("numpy in-place loop", partial(_numpy_loop, rule, params, grads))
-            packed = ("agrad packed (torch)", partial(_packed_step, rule, params, grads))
-            specs = [
-                (
-                    "torch",
-                    (f"agrad.optim.{rule} (torch)", partial(_agrad_step, rule, t_params, t_grads)),
-                    torch_peer,
-                    1.0,
-                ),
-                (
-                    "numpy",
-                    (f"agrad.optim.{rule} (numpy)", partial(_agrad_step, rule, params, grads)),
-                    loop,
-                    1.1,
-                ),
-                ("packed", packed, torch_peer, 0.1 if small else None),
-                (
-                    "packed",
-                    packed,
-                    ("torch fused", partial(_torch_step, rule, params, grads, fused=True)),
-                    1.2 if large else None,
-                ),
-            ]
-            if not settings.quick:
-                generic = partial(_generic_step, rule, params, grads)
-                specs.append(
-                    ("generic", (f"agrad.optim.{rule} generic (numpy)", generic), loop, None)
+        for group, name, (a_label, a_make), (p_label, p_make), target in _specs(
+            set_name, params, grads, t_params, t_grads, settings
+        ):
+            row_name = f"{name} step, {set_name}"
+            if settings.filter and settings.filter not in f"optimizer/{group} {row_name}":
+                continue
+            a_fn, p_fn = a_make(), p_make()
+            rows.append(
+                timed_row(
+                    f"optimizer/{group}",
+                    row_name,
+                    (a_label, a_fn),
+                    (p_label, p_fn),
+                    target,
+                    settings,
                 )
-            for kind, (a_label, a_make), (p_label, p_make), target in specs:
-                name = f"{label} step, {set_name}"
-                if settings.filter and settings.filter not in f"{kind} {name}":
-                    continue
-                a_fn, p_fn = a_make(), p_make()
-                rows.append(
-                    timed_row(
-                        f"optimizer/{kind}",
-                        name,
-                        (a_label, a_fn),
-                        (p_label, p_fn),
-                        target,
-                        settings,
-                    )
-                )
-                del a_fn, p_fn
+            )
+            del a_fn, p_fn
+        rows += _memory_rows(set_name, params, grads, t_params, t_grads, settings)
+    return rows
+
+
+def _memory_rows(set_name, params, grads, t_params, t_grads, settings: Settings) -> list[Row]:
+    """Peak extra memory of one step (NumPy, tracemalloc) over the parameters' size."""
+    import tracemalloc
+
+    rows = []
+    param_mib = sum(p.nbytes for p in params) / 2**20
+    for name in ("adam", "rmsprop", "nadam", "lion"):
+        row_name = f"{name} step peak memory, {set_name}"
+        if settings.filter and settings.filter not in f"optimizer/memory {row_name}":
+            continue
+        step = _agrad_step(name, params, grads)
+        step()
+        step()  # recorded, scratch made
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            step()
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        note = f"growth {(current - base) / 2**20:.3f} MiB over the step"
+        rows.append(
+            Row(
+                "optimizer/memory",
+                row_name,
+                f"agrad.optim.{name} (numpy) peak extra",
+                "one parameter-sized buffer",
+                (peak - base) / 2**20,
+                param_mib,
+                1.0,
+                "MiB",
+                note,
+            )
+        )
     return rows

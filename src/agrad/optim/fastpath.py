@@ -82,9 +82,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import accumulate, chain, pairwise, repeat
-from operator import attrgetter, is_
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 from agrad.optim._cache import LRUCache
@@ -164,7 +165,8 @@ _REQUIRES_GRAD = attrgetter("requires_grad")
 _SIZE = attrgetter("size")
 _NDIM = attrgetter("ndim")
 _NBYTES = attrgetter("nbytes")
-
+_VERSION = attrgetter("_version")
+_PLUS_ONE = (1).__add__
 
 
 def _real(x: Any) -> bool:
@@ -189,9 +191,9 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
         if k == "betas":
             if type(v) not in (tuple, list) or not all(_real(b) and 0 <= b < 1 for b in v):
                 return False
-        elif type(v) in (int, float) and not math.isfinite(v):
-            return False
-        elif (k in _NONNEGATIVE or k == "lr") and type(v) in (int, float) and v < 0:
+        elif type(v) in (int, float) and (
+            not math.isfinite(v) or (v < 0 and (k in _NONNEGATIVE or k == "lr"))
+        ):
             return False
     return True
 
@@ -199,13 +201,14 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
 class _Compiled:
     """A recorded program with what its executor needs, made once per program."""
 
-    __slots__ = ("fused", "groups", "program", "runners")
+    __slots__ = ("fused", "getters", "groups", "program", "runners")
 
     def __init__(self, program: Any, groups: list[Any], runners: list[Any], fused: Any):
         self.program = program
         self.groups = groups
         self.runners = runners
         self.fused = fused
+        self.getters = [_column_getters(group, program.n_params) for group in groups]
 
 
 _DECLINED = object()
@@ -223,26 +226,26 @@ def _programs(opt: Any) -> LRUCache:
     return cache
 
 
-def _state_key(leaves: list[Any], lib: str) -> tuple | None:
-    """Shapes and dtypes of the state's arrays, types of its numbers; ``None``: decline."""
-    out = []
-    for x in leaves:
-        t = type(x)
+def _state_key(leaves: list[Any], cls: type) -> tuple | None:
+    """Shapes and dtypes of the state's arrays (of type ``cls``), kinds of its other
+    leaves; ``None`` (decline) for a negative or non-finite number or a foreign leaf."""
+    types = list(map(type, leaves))
+    arrays = [x for x, t in zip(leaves, types) if t is cls]
+    others = []
+    for x, t in zip(leaves, types):
+        if t is cls:
+            continue
         if t is int:
             if x < 0:
                 return None
-            out.append(int)
         elif t is float:
             if not math.isfinite(x):
                 return None
-            out.append(float)
-        elif _library(x) == lib:
-            out.append((x.shape, x.dtype))
         elif x is None or t in (str, bool):
-            out.append((t, x))
+            others.append(x)
         else:
             return None
-    return tuple(out)
+    return tuple(types), tuple(map(_SHAPE, arrays)), tuple(map(_DTYPE, arrays)), tuple(others)
 
 
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
@@ -263,11 +266,10 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     variants = cache.get(key)
     if variants is _DECLINED:
         return None
-    numbers = [x if type(x) in (int, float) else None for x in s_leaves]
     chosen = scalars = None
     for compiled in variants or ():
         try:
-            values = evaluate_scalars(compiled.program.scalars, numbers)
+            values = evaluate_scalars(compiled.program.scalars, s_leaves)
         except Exception:  # a schedule's bad value: the generic path raises its message
             return None
         if all(values[i] == v for i, v in compiled.program.guards):
@@ -281,9 +283,9 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             if variants is None:
                 cache[key] = _DECLINED
             return None
-        cache[key] = ([*(variants or ())][-(_VARIANTS - 1) :]) + [chosen]
+        cache[key] = [*list(variants or ())[-(_VARIANTS - 1) :], chosen]
         try:
-            scalars = evaluate_scalars(chosen.program.scalars, numbers)
+            scalars = evaluate_scalars(chosen.program.scalars, s_leaves)
         except Exception:
             return None
     run = _run_numpy if lib == "numpy" else _run_torch
@@ -322,7 +324,8 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
     if not _hyper_ok(opt.hyperparams):
         return None
     s_leaves, s_def = flatten_leaves(state)
-    s_key = _state_key(s_leaves, lib)
+    cls = type(p[0])
+    s_key = _state_key(s_leaves, cls)
     if s_key is None:
         return None
     arrays = [x for x in s_leaves if type(x) is cls]
@@ -407,19 +410,34 @@ def _namespace(lib: str) -> Any:
     return xp
 
 
-def _columns(group: Any, p: list, g: list, s_leaves: list) -> list[list[Any]]:
-    """The group's columns: per column position, the list of its leaves over the lanes."""
+def _column_getters(group: Any, n_params: int) -> list[tuple[str, Callable[[list], Any] | None]]:
+    """Per column of ``group``: which tree it reads and a getter of its lanes' leaves."""
+    out = []
+    every = list(range(n_params))
+    for c in range(len(group.program.columns)):
+        kind = group.program.columns[c][0]
+        idx = [lane.columns[c][1] for lane in group.lanes]
+        if kind != "state" and idx == every:
+            out.append((kind, None))  # the whole list, as it is
+        elif len(idx) == 1:
+            out.append((kind, lambda xs, i=idx[0]: [xs[i]]))
+        else:
+            out.append((kind, itemgetter(*idx)))
+    return out
+
+
+def _columns(compiled: _Compiled, k: int, p: list, g: list, s_leaves: list) -> list[list[Any]]:
+    """Group ``k``'s columns: per column position, the list of its leaves over the lanes."""
     pick = {"param": p, "grad": g, "state": s_leaves}
     return [
-        [pick[lane.columns[c][0]][lane.columns[c][1]] for lane in group.lanes]
-        for c in range(len(group.program.columns))
+        pick[kind] if get is None else list(get(pick[kind])) for kind, get in compiled.getters[k]
     ]
 
 
 def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
     jobs = []
-    for group, bind in zip(compiled.groups, compiled.runners):
-        cols = _columns(group, p, g, s_leaves)
+    for k, bind in enumerate(compiled.runners):
+        cols = _columns(compiled, k, p, g, s_leaves)
         n_temps = bind.n_temps
         jobs.append((bind(scalars), cols, n_temps))
     written = list(p) + [x for x in s_leaves if hasattr(x, "shape")]
@@ -434,23 +452,34 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, state) -> bool:
     use_fused = compiled.fused is not None and p[0].device.type in _FUSED_DEVICES
     if not use_fused and (half or compiled.runners is None):
         return False
-    s_arrays = [x for x in s_leaves if isinstance(x, torch.Tensor)]
-    written = list(p) + s_arrays
-    lanes = []
-    for group in compiled.groups:
-        lanes += list(zip(*_columns(group, p, g, s_leaves)))
+    written = list(p) + [x for x in s_leaves if isinstance(x, torch.Tensor)]
+    groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
+
+    def lanes() -> list[tuple]:
+        return [ts for cols in groups for ts in zip(*cols)]
+
     if not _torch_memory_ok(torch, lanes, written, list(g)):
         return False
-    _increment_versions(torch, written)
+    if use_fused:  # the fused kernels leave version counters alone: bumped once here
+        _increment_versions(torch, written)
+        with torch.no_grad():
+            compiled.fused(groups, state.count)
+        return True
+    versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
     with torch.no_grad():
-        if use_fused:
-            groups = [_columns(group, p, g, s_leaves) for group in compiled.groups]
-            compiled.fused([[[t.data for t in c] for c in cols] for cols in groups], state.count)
-            return True
-        for group, run in zip(compiled.groups, compiled.runners):
-            cols = _columns(group, p, g, s_leaves)
-            run([[t.data for t in col] for col in cols], scalars)
+        for cols, run in zip(groups, compiled.runners):
+            run(cols, scalars)
+    _set_versions(torch, written, versions)  # each in-place op bumped them: once per step
     return True
+
+
+def _set_versions(torch: Any, tensors: list[Any], versions: tuple[int, ...]) -> None:
+    """Set the tensors' autograd version counters (one bump per step, as torch.optim)."""
+    setter = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
+    if setter is None:  # an older torch: at least one bump per written tensor happened
+        return
+    setter(tuple(tensors), versions)
+
 
 # -- memory: overlap between written arrays --------------------------------------------
 def _disjoint(starts: list[int], sizes: list[int], n_written: int, tile: int = 1) -> bool:
@@ -550,11 +579,13 @@ def _torch_dense(x: Any) -> bool:
     return True
 
 
-def _torch_memory_ok(torch: Any, lanes: list[tuple], written: list[Any], grads: list[Any]) -> bool:
+def _torch_memory_ok(
+    torch: Any, lanes: Callable[[], list[tuple]], written: list[Any], grads: list[Any]
+) -> bool:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
-    ``lanes`` holds, per parameter, the tuple of its tensors (parameter, gradient,
-    state); ``written`` the written tensors (parameters, state), ``grads`` the read
+    ``lanes()`` gives, per parameter, the tuple of its tensors (parameter, gradient,
+    state: asked only where some tensor is not contiguous); ``written`` the written tensors (parameters, state), ``grads`` the read
     ones. Every tensor must be contiguous, or every tensor of its parameter dense with
     one set of strides; written tensors must not be inference tensors or non-leaves
     that require grad; no written tensor may share memory with another tensor of the
@@ -564,7 +595,7 @@ def _torch_memory_ok(torch: Any, lanes: list[tuple], written: list[Any], grads: 
     tensor = torch.Tensor
     try:
         if not all(map(tensor.is_contiguous, flat)):
-            for ts in lanes:
+            for ts in lanes():
                 if all(t.is_contiguous() for t in ts):
                     continue
                 stride = ts[0].stride()
@@ -589,8 +620,6 @@ def _increment_versions(torch: Any, tensors: list[Any]) -> None:
     except TypeError:  # torch < 2.5 takes one tensor at a time
         for t in tensors:
             torch.autograd.graph.increment_version(t)
-
-
 
 
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
@@ -634,8 +663,6 @@ def _warnings_raise() -> bool:
         if message is None and module is None and not lineno:
             return False
     return warnings.defaultaction == "error"
-
-
 
 
 def _numpy_run(jobs: list[tuple[Any, list[list[Any]], int]], written: list, grads: list) -> bool:

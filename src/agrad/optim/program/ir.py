@@ -159,8 +159,10 @@ class Program(NamedTuple):
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     name: getattr(operator, name)
-    for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne")
-    + ("lt", "le", "gt", "ge", "and_", "or_")
+    for name in (
+        *("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"),
+        *("eq", "ne", "lt", "le", "gt", "ge", "and_", "or_"),
+    )
 }
 _UNARY: dict[str, Callable[[Any], Any]] = {
     "neg": operator.neg,
@@ -259,8 +261,8 @@ def _lane_of(program: Program, k: int, state_lane: dict[int, int]) -> tuple[Lane
                 args.append(("c", type(a[1]), a[1]))
         sig.append((n.op, tuple(args), n.attrs, n.dtype))
     outputs = []
-    refs = [program.new_params[k]] + [program.new_state[j] for _, j in columns[2:]]
-    positions = [0] + list(range(2, len(columns)))
+    refs = [program.new_params[k], *(program.new_state[j] for _, j in columns[2:])]
+    positions = [0, *range(2, len(columns))]
     for pos, ref in zip(positions, refs):
         if ref is None:
             continue

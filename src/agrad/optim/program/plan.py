@@ -11,7 +11,7 @@ the nodes once and gives every node a buffer:
   ends;
 - ``("tmp", k)``: scratch buffer ``k``, reused as soon as its value is dead
   (liveness), so a program needs as many scratch buffers as values live at once;
-- ``("in", c)``: an input node, which lives in column ``c`` until that column is
+- an input node lives in its column, ``("col", c)``, until that column is
   overwritten.
 
 The plan ends with the copies of final values that could not be computed in place.
@@ -76,7 +76,7 @@ def plan_lane(program: Program, lane: Lane) -> LanePlan:
     for i, n in enumerate(nodes):
         if n.op == "input":
             c = col_pos[(n.attr("column"), n.attr("leaf"))]
-            where[i] = ("in", c)
+            where[i] = ("col", c)
             col_value[c] = i
             continue
         args = tuple(where[local_of[a[1]]] if a[0] == "n" else a for a in n.args)

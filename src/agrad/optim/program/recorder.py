@@ -49,7 +49,7 @@ class Recorder:
         self.scalars: list[Scalar] = []
         self._scalar_ids: dict[tuple, int] = {}
         self.guards: dict[int, Any] = {}
-        self.namespace = _namespace_for(xp)
+        self.namespace = _NAMESPACE
 
     # -- host scalars -------------------------------------------------------------
     def scalar(self, op: str, args: tuple, value: Any) -> SymScalar:
@@ -385,9 +385,12 @@ class RecordingNamespace:
     raises :class:`NotRecordable`.
     """
 
-    def __init__(self, xp: Any):
-        self._xp = xp
+    def __init__(self) -> None:
         self.__name__ = "agrad.optim.program.recording"
+
+    @property
+    def _xp(self) -> Any:
+        return self._recorder.xp
 
     @property
     def _recorder(self) -> Recorder:
@@ -483,7 +486,7 @@ class RecordingNamespace:
         shape = _broadcast([rec.operand_info(x)[0] for x in (c, a, b)])
         return rec.node("where", refs, (), shape, self._result_dtype((a, b)))
 
-    def clip(self, x, /, min=None, max=None):  # noqa: A002 (the standard's names)
+    def clip(self, x, /, min=None, max=None):
         if isinstance(min, SymArray) or isinstance(max, SymArray):
             raise NotRecordable("clip with array bounds")
         out = x
@@ -555,19 +558,10 @@ for _op in _REDUCTIONS:
 
 _PASSTHROUGH = frozenset({"isdtype", "finfo", "iinfo", "result_type", "can_cast"})
 
-# One recording namespace per backend namespace (array_namespace caches namespaces by
-# array type, so the namespace must not belong to one recording); the recording in
-# progress is per thread.
-_NAMESPACES: dict[int, tuple[Any, RecordingNamespace]] = {}
+# One recording namespace for every backend (array_namespace caches namespaces by array
+# type): it works for the recording in progress in this thread, whose backend it knows.
 _active = threading.local()
-_active.recorder = None
-
-
-def _namespace_for(xp: Any) -> RecordingNamespace:
-    got = _NAMESPACES.get(id(xp))
-    if got is None or got[0] is not xp:
-        got = _NAMESPACES[id(xp)] = (xp, RecordingNamespace(xp))
-    return got[1]
+_NAMESPACE = RecordingNamespace()
 
 
 def record(

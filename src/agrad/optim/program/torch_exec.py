@@ -150,8 +150,8 @@ def _runnable(ins: Instr) -> bool:
 def compile_group(plan: LanePlan) -> Callable[[list[list[Any]], list[Any]], None] | None:
     """``run(columns, scalars)``: the plan over lists of tensors (see the module docstring).
 
-    ``columns[c]`` is the list of column ``c``'s tensors (``.data`` views: version
-    counters are the caller's to bump); ``scalars`` the step's host-scalar values.
+    ``columns[c]`` is the list of column ``c``'s tensors (run under ``no_grad``;
+    version counters are the caller's to set); ``scalars`` the step's host-scalar values.
     ``None`` where an instruction has no multi-tensor form (found here, so a step
     never stops half-way).
     """
