@@ -15,6 +15,9 @@ NumPy and torch programs; one variant per outcome of the program's guards), then
   ``dst[...] = new``), the parameter and state arrays given are rebound to the new
   graphs and returned; nothing is computed until the caller persists or computes.
 
+Parameters may be :class:`agrad.Variable` s holding such arrays (the demo trains
+that way): their value arrays are written, as the generic path writes them.
+
 Declined (``None``, nothing written; the generic path then runs and raises its own
 messages): leaves of mixed types or of other libraries; gradients whose shapes or
 dtypes differ from the parameters'; dtypes other than float32 and float64; inputs the
@@ -31,6 +34,7 @@ import math
 import sys
 from typing import Any
 
+from agrad.autograd.variable import Variable
 from agrad.optim._cache import LRUCache
 from agrad.optim.program.cupy_exec import CupyExecutor
 from agrad.optim.program.dask_exec import DaskExecutor
@@ -50,7 +54,10 @@ _executors: dict[str, Any] = {}
 
 
 def library(x: Any) -> str | None:
-    """``"cupy"`` for a ``cupy.ndarray``, ``"dask"`` for a ``dask.array.Array``, else None."""
+    """``"cupy"`` for a ``cupy.ndarray``, ``"dask"`` for a ``dask.array.Array`` (or an
+    :class:`agrad.Variable` holding one), else None."""
+    if type(x) is Variable:
+        x = x.value
     t = type(x)
     cp = sys.modules.get("cupy")
     if cp is not None and t is cp.ndarray:
@@ -131,6 +138,11 @@ def _key(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
     g, g_def = flatten_leaves(grads)
     if not p or g_def != treedef:
         return None
+    boxed = [type(x) is Variable for x in p]
+    if any(boxed):
+        if not all(boxed):
+            return None
+        p = [x.value for x in p]  # written through the Variable: its value array, in place
     lib = library(p[0])
     if lib is None:
         return None
