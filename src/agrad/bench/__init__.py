@@ -29,9 +29,11 @@ __all__ = ["Row", "Settings", "main", "run"]
 
 
 def run(
-    settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "transformations", "jax")
+    settings: Settings,
+    groups: tuple[str, ...] = ("optimizer", "tape", "transformations", "jax", "backends"),
 ) -> list[Row]:
     """Run the selected groups of rows and return them."""
+    from agrad.bench.backend_rows import backend_rows
     from agrad.bench.jax_rows import jax_rows
     from agrad.bench.optimizer_rows import optimizer_rows
     from agrad.bench.tape_rows import tape_rows
@@ -46,6 +48,8 @@ def run(
         rows += transformation_rows(settings)
     if "jax" in groups:
         rows += jax_rows(settings)
+    if "backends" in groups:
+        rows += backend_rows(settings)
     return rows
 
 
@@ -136,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", metavar="TEXT", help="rows whose name contains TEXT")
     parser.add_argument(
         "--groups",
-        default="optimizer,tape,transformations,jax",
-        help="comma-separated: optimizer,tape,transformations,jax",
+        default="optimizer,tape,transformations,jax,backends",
+        help="comma-separated: optimizer,tape,transformations,jax,backends (Dask; CuPy with a GPU)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per row")

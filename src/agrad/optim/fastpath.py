@@ -91,7 +91,7 @@ from typing import Any
 from agrad.optim._cache import LRUCache
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
-from agrad.optim.program import numpy_exec, torch_exec
+from agrad.optim.program import kernel_route, numpy_exec, torch_exec
 from agrad.optim.program.eager import as_number, run_nodes
 from agrad.optim.program.ir import evaluate_scalars, lane_groups, pre_nodes
 from agrad.optim.program.plan import plan_lane
@@ -273,7 +273,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         return None
     got = _inputs(opt, params, grads, state)
     if got is None:
-        return None
+        return kernel_route.try_step(opt, params, grads, state)  # CuPy, Dask
     lib, p, g, key, s_leaves, s_def = got
     cache = _programs(opt)
     variants = cache.get(key)

@@ -1,0 +1,319 @@
+"""C text for one fused elementwise block: the body CuPy compiles, and host C around it.
+
+A block is a straight-line list of elementwise statements over same-shaped values
+(:class:`CBlock`): named inputs (arrays, or scalars passed by value), statements
+``target = op(args)``, and the values it writes out. :func:`kernel_body` turns it
+into C statements that read the inputs by name and assign the outputs by name, one
+element at a time; that text is the ``operation`` of a ``cupy.ElementwiseKernel``
+and, unchanged, the loop body of :func:`host_source` (a C function the host compiler
+builds, for testing the very same text without a GPU) and of :func:`cuda_source`
+(a complete ``__global__`` kernel ``nvcc`` compiles).
+
+Every intermediate has the C type of its dtype (``float`` for float32, ``double`` for
+float64), so float32 stays float32 at every operation, as in NumPy. Literals are
+written as C99 hexadecimal floats rounded to the value's type, so a Python float
+hyperparameter means in C exactly what it means to a NumPy float32 array (NumPy
+casts it to float32 first). Built with contraction off (``-ffp-contract=off``,
+``--fmad=false``), ``+ - * /`` and ``sqrt`` are IEEE correctly rounded in C and
+CUDA, so such blocks agree with NumPy bit for bit; ``exp``, ``log``, ``pow`` and
+``tanh`` come from each platform's math library and agree to an ulp or two.
+NaN propagation follows NumPy: ``maximum``/``minimum`` return NaN if either side is
+NaN, ``sign(nan)`` is NaN and ``sign(-0.0)`` is ``0.0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "C_TYPES",
+    "CBlock",
+    "CInput",
+    "CStatement",
+    "UnsupportedOp",
+    "cuda_source",
+    "host_source",
+    "kernel_body",
+    "literal",
+    "supported_ops",
+]
+
+C_TYPES: dict[str, str] = {
+    "float32": "float",
+    "float64": "double",
+    "bool": "bool",
+    "int32": "int",
+    "int64": "long long",
+}
+
+FLOAT_TYPES = ("float32", "float64")
+
+
+class UnsupportedOp(NotImplementedError):
+    """An operation that has no C form here; the executor runs its block another way."""
+
+
+@dataclass(frozen=True)
+class CInput:
+    """An input of a block: ``name`` of dtype ``dtype`` (a dtype name: ``"float32"``...),
+    an array read element by element, or (``scalar=True``) one value passed by value."""
+
+    name: str
+    dtype: str
+    scalar: bool = False
+
+
+@dataclass(frozen=True)
+class CStatement:
+    """``target = op(*args)`` of dtype ``dtype``; an arg is a value's name or a Python number."""
+
+    target: str
+    op: str
+    args: tuple[Any, ...]
+    dtype: str
+
+
+@dataclass
+class CBlock:
+    """A fused elementwise block: inputs, statements in order, and the values written out.
+
+    ``outputs`` pairs an output parameter's name with the value it receives (an input's
+    or a statement's name).
+    """
+
+    inputs: list[CInput]
+    statements: list[CStatement]
+    outputs: list[tuple[str, str]]
+    dtypes: dict[str, str] = field(default_factory=dict)
+    scalars: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for x in self.inputs:
+            self.dtypes[x.name] = x.dtype
+        self.scalars = frozenset(x.name for x in self.inputs if x.scalar)
+        for s in self.statements:
+            self.dtypes[s.target] = s.dtype
+
+    def output_dtype(self, value: str) -> str:
+        """The dtype of the value named ``value``."""
+        return self.dtypes[value]
+
+
+def _fn(name: str) -> Callable[[str, list[str]], str]:
+    """A libm function: ``sqrtf`` for float, ``sqrt`` for double."""
+
+    def emit(ctype: str, a: list[str]) -> str:
+        suffix = "f" if ctype == "float" else ""
+        return f"{name}{suffix}({', '.join(a)})"
+
+    return emit
+
+
+def _binary(op: str) -> Callable[[str, list[str]], str]:
+    return lambda ctype, a: f"({a[0]} {op} {a[1]})"
+
+
+_C_OPS: dict[str, Callable[[str, list[str]], str]] = {
+    "add": _binary("+"),
+    "subtract": _binary("-"),
+    "multiply": _binary("*"),
+    "divide": _binary("/"),
+    "greater": _binary(">"),
+    "greater_equal": _binary(">="),
+    "less": _binary("<"),
+    "less_equal": _binary("<="),
+    "equal": _binary("=="),
+    "not_equal": _binary("!="),
+    "logical_and": _binary("&&"),
+    "logical_or": _binary("||"),
+    "logical_not": lambda ctype, a: f"(!{a[0]})",
+    "negative": lambda ctype, a: f"(-{a[0]})",
+    "positive": lambda ctype, a: a[0],
+    "square": lambda ctype, a: f"({a[0]} * {a[0]})",
+    "sqrt": _fn("sqrt"),
+    "abs": _fn("fabs"),
+    "exp": _fn("exp"),
+    "expm1": _fn("expm1"),
+    "log": _fn("log"),
+    "log1p": _fn("log1p"),
+    "tanh": _fn("tanh"),
+    "sin": _fn("sin"),
+    "cos": _fn("cos"),
+    "pow": _fn("pow"),
+    "reciprocal": lambda ctype, a: f"(({ctype})1 / {a[0]})",
+    "isfinite": lambda ctype, a: f"((bool)isfinite({a[0]}))",
+    "isnan": lambda ctype, a: f"((bool)isnan({a[0]}))",
+    "maximum": lambda ctype, a: f"(({a[0]} > {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
+    "minimum": lambda ctype, a: f"(({a[0]} < {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
+    "clip": lambda ctype, a: f"({a[0]} < {a[1]} ? {a[1]} : ({a[0]} > {a[2]} ? {a[2]} : {a[0]}))",
+    "sign": lambda ctype, a: (
+        f"({a[0]} > 0 ? ({ctype})1 : ({a[0]} < 0 ? ({ctype})-1 : "
+        f"({a[0]} == 0 ? ({ctype})0 : {a[0]})))"
+    ),
+    "where": lambda ctype, a: f"({a[0]} ? {a[1]} : {a[2]})",
+    "copy": lambda ctype, a: a[0],
+}
+
+# NumPy's power with a scalar exponent takes these as the exact functions they equal.
+_POW_SPECIAL = {2.0: "square", 0.5: "sqrt", -1.0: "reciprocal", 1.0: "copy"}
+
+
+def supported_ops() -> frozenset[str]:
+    """The operation names :func:`kernel_body` can write in C."""
+    return frozenset(_C_OPS)
+
+
+def literal(value: Any, dtype: str) -> str:
+    """``value`` as a C literal of ``dtype``, exact: a hexadecimal float rounded to the type.
+
+    ``literal(0.1, "float32")`` is ``0x1.99999ap-4f``, float32's nearest value to 0.1,
+    which is what NumPy multiplies a float32 array by for ``x * 0.1``.
+    """
+    if dtype == "bool":
+        return "true" if value else "false"
+    if dtype not in FLOAT_TYPES:
+        return f"(({C_TYPES[dtype]}){int(value)})"
+    import numpy as np
+
+    v = float(np.float32(value)) if dtype == "float32" else float(value)
+    suffix = "f" if dtype == "float32" else ""
+    if v != v:
+        return f"(({C_TYPES[dtype]})NAN)"
+    if v in (float("inf"), float("-inf")):
+        return f"(({C_TYPES[dtype]}){'-' if v < 0 else ''}INFINITY)"
+    return f"{v.hex()}{suffix}"
+
+
+def _operand(arg: Any, block: CBlock, dtype: str) -> str:
+    """``arg`` as C text of ``dtype``: a literal, or a name (cast if its dtype differs)."""
+    if not isinstance(arg, str):
+        return literal(arg, dtype)
+    have = block.dtypes.get(arg)
+    if have is None:
+        raise ValueError(f"C block: value {arg!r} is used before it is defined")
+    if have != dtype and have != "bool" and dtype in FLOAT_TYPES:
+        return f"(({C_TYPES[dtype]}){arg})"
+    return arg
+
+
+def _operand_dtype(stmt: CStatement, block: CBlock) -> str:
+    """The dtype operands of ``stmt`` are taken in: its first named array operand's float
+    dtype (NumPy: a Python number takes the array's dtype), else the statement's own."""
+    for a in stmt.args:
+        if isinstance(a, str) and block.dtypes.get(a) in FLOAT_TYPES and a not in block.scalars:
+            return block.dtypes[a]
+    return stmt.dtype if stmt.dtype in FLOAT_TYPES else "float64"
+
+
+def _expression(s: CStatement, block: CBlock) -> str:
+    arg_dtype = _operand_dtype(s, block)
+    ctype = C_TYPES[arg_dtype]
+    if s.op == "astype":
+        return f"(({C_TYPES[s.dtype]}){_operand(s.args[0], block, s.dtype)})"
+    if s.op == "full_like":
+        return _operand(s.args[-1], block, s.dtype)
+    args = [_operand(a, block, arg_dtype) for a in s.args]
+    if s.op == "pow":
+        exp = s.args[1]
+        if not isinstance(exp, str):
+            special = _POW_SPECIAL.get(float(exp))
+            if special is not None:
+                return _C_OPS[special](ctype, args[:1])
+        elif exp in block.scalars:
+            e, x = args[1], args[0]
+            cases = [
+                f"{e} == {literal(v, arg_dtype)} ? {_C_OPS[op](ctype, [x])}"
+                for v, op in _POW_SPECIAL.items()
+            ]
+            return f"({' : '.join(cases)} : {_C_OPS['pow'](ctype, args)})"
+    emit = _C_OPS.get(s.op)
+    if emit is None:
+        raise UnsupportedOp(f"no C form for the elementwise operation {s.op!r}")
+    return emit(ctype, args)
+
+
+def kernel_body(block: CBlock) -> str:
+    """The C statements of ``block``, one element: temporaries declared, outputs assigned.
+
+    Inputs are read by name and outputs assigned by name, as ``cupy.ElementwiseKernel``
+    binds them; raises :class:`UnsupportedOp` for an operation with no C form.
+    """
+    lines = []
+    for s in block.statements:
+        lines.append(f"const {C_TYPES[s.dtype]} {s.target} = {_expression(s, block)};")
+    for out, value in block.outputs:
+        if value not in block.dtypes:
+            raise ValueError(f"C block: output {out!r} takes undefined value {value!r}")
+        lines.append(f"{out} = {value};")
+    return "\n".join(lines)
+
+
+def _params(block: CBlock, array_ptr: Callable[[str, str, bool], str]) -> list[str]:
+    params = []
+    for x in block.inputs:
+        ctype = C_TYPES[x.dtype]
+        params.append(f"const {ctype} {x.name}" if x.scalar else array_ptr(ctype, x.name, True))
+    for out, value in block.outputs:
+        params.append(array_ptr(C_TYPES[block.output_dtype(value)], out, False))
+    return params
+
+
+def _loads(block: CBlock) -> tuple[list[str], list[str], list[str]]:
+    """Per-element reads of the inputs, declarations of the outputs, and their stores."""
+    reads = [
+        f"const {C_TYPES[x.dtype]} {x.name} = {x.name}_p[i];" for x in block.inputs if not x.scalar
+    ]
+    decls = [f"{C_TYPES[block.output_dtype(v)]} {out};" for out, v in block.outputs]
+    stores = [f"{out}_p[i] = {out};" for out, _ in block.outputs]
+    return reads, decls, stores
+
+
+def _indent(lines: Sequence[str], n: int) -> str:
+    return "\n".join(" " * n + ln for ln in "\n".join(lines).splitlines())
+
+
+def host_source(name: str, block: CBlock) -> str:
+    """A C99 function ``void name(long long n, inputs..., outputs...)`` looping the body.
+
+    Array inputs and outputs are pointers to ``n`` contiguous elements (suffix ``_p``),
+    scalar inputs are values: the host-CPU twin of the CuPy kernel, same body text.
+    """
+
+    def ptr(ctype: str, nm: str, const: bool) -> str:
+        return f"{'const ' if const else ''}{ctype} *restrict {nm}_p"
+
+    reads, decls, stores = _loads(block)
+    params = ", ".join(["long long n", *_params(block, ptr)])
+    body = [*reads, *decls, kernel_body(block), *stores]
+    return (
+        "#include <math.h>\n#include <stdbool.h>\n\n"
+        f"void {name}({params}) {{\n"
+        "    for (long long i = 0; i < n; ++i) {\n"
+        f"{_indent(body, 8)}\n"
+        "    }\n}\n"
+    )
+
+
+def cuda_source(name: str, block: CBlock) -> str:
+    """A complete CUDA translation unit: ``extern "C" __global__ void name(n, ...)``.
+
+    A grid-stride loop around the same body CuPy's ``ElementwiseKernel`` gets, with the
+    same parameter types; what ``nvcc`` compiles in the tests where it exists.
+    """
+
+    def ptr(ctype: str, nm: str, const: bool) -> str:
+        return f"{'const ' if const else ''}{ctype} *__restrict__ {nm}_p"
+
+    reads, decls, stores = _loads(block)
+    params = ", ".join(["long long n", *_params(block, ptr)])
+    body = [*reads, *decls, kernel_body(block), *stores]
+    return (
+        "#include <math.h>\n\n"
+        f'extern "C" __global__ void {name}({params}) {{\n'
+        "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
+        "         i += (long long)blockDim.x * gridDim.x) {\n"
+        f"{_indent(body, 8)}\n"
+        "    }\n}\n"
+    )
