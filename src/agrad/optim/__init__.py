@@ -10,6 +10,7 @@ states save and load across frameworks (:func:`save`, :func:`load`).
 
 from agrad.optim import schedules
 from agrad.optim.base import ChainState, GradientTransformation, Optimizer, apply_updates, chain
+from agrad.optim.lbfgs import LBFGS, LBFGSState, lbfgs
 from agrad.optim.optax_family import (
     adafactor,
     clip_by_block_rms,
@@ -22,7 +23,6 @@ from agrad.optim.optax_family import (
     scale_by_param_block_rms,
     scale_by_trust_ratio,
 )
-from agrad.optim.lbfgs import LBFGS, LBFGSState, lbfgs
 from agrad.optim.optax_more import (
     LookaheadState,
     ScheduleFreeState,
