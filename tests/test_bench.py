@@ -27,6 +27,7 @@ def test_bench_tiny_json_and_plot(tmp_path, capsys):
         "optimizer/packed",
         "tape",
         "tape/memory",
+        "jax",
     } <= groups
     assert len([r for r in rows if r["target"] is not None]) >= 20
     for r in rows:

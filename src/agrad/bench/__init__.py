@@ -28,8 +28,9 @@ from agrad.bench._harness import Row, Settings
 __all__ = ["Row", "Settings", "main", "run"]
 
 
-def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape")) -> list[Row]:
+def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape", "jax")) -> list[Row]:
     """Run the selected groups of rows and return them."""
+    from agrad.bench.jax_rows import jax_rows
     from agrad.bench.optimizer_rows import optimizer_rows
     from agrad.bench.tape_rows import tape_rows
 
@@ -38,6 +39,8 @@ def run(settings: Settings, groups: tuple[str, ...] = ("optimizer", "tape")) -> 
         rows += optimizer_rows(settings)
     if "tape" in groups:
         rows += tape_rows(settings)
+    if "jax" in groups:
+        rows += jax_rows(settings)
     return rows
 
 
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", metavar="TEXT", help="rows whose name contains TEXT")
     parser.add_argument(
-        "--groups", default="optimizer,tape", help="comma-separated: optimizer,tape"
+        "--groups", default="optimizer,tape,jax", help="comma-separated: optimizer,tape,jax"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per row")

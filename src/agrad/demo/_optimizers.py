@@ -32,11 +32,16 @@ _DEFAULT_LR = {
 
 @dataclass(frozen=True)
 class DemoOptimizer:
-    """An optimizer for the demo's loop: a name, ``init`` and ``step``."""
+    """An optimizer for the demo's loop: a name, ``init`` and ``step``.
+
+    ``jittable``: ``step`` traces under ``jax.jit`` (every ``agrad.optim`` optimizer;
+    the seed's updates keep a Python step count and run eagerly).
+    """
 
     name: str
     init: Callable[[Any], Any]
     step: Callable[[Any, Any, Any], tuple[Any, Any]]
+    jittable: bool = False
 
 
 def _optim_factories() -> dict[str, Callable[..., Any]]:
@@ -102,7 +107,7 @@ def make_optimizer(name: str, lr: float | None = None) -> DemoOptimizer:
     factories = _optim_factories()
     if name in factories:
         opt = factories[name](lr=lr)
-        return DemoOptimizer(f"agrad.optim.{name}", opt.init, opt.step)
+        return DemoOptimizer(f"agrad.optim.{name}", opt.init, opt.step, jittable=True)
     if name in ("adam_update", "adam"):
         return _seed_adam(lr)
     if name in ("gradient_descent_update", "sgd"):

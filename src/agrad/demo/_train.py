@@ -4,7 +4,9 @@
 (copies, float64), wraps the parameters with ``agrad.variable`` and runs ``steps``
 optimizer steps on fixed mini-batches. The only backend-aware line is :func:`settle`:
 Dask builds graphs lazily, so each step's results are persisted before the next one,
-or the graph (and the time per step) would grow with every step.
+or the graph (and the time per step) would grow with every step. On JAX an
+``agrad.optim`` optimizer runs as one jitted step (gradient and update compiled
+together, :func:`jax_step`), as a JAX user would write it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from agrad.demo._model import accuracy, cross_entropy, mlp_logits
 from agrad.demo._optimizers import DemoOptimizer
 from agrad.pytree import flatten, unflatten
 
-__all__ = ["RunResult", "batch_slices", "settle", "train"]
+__all__ = ["RunResult", "batch_slices", "jax_step", "settle", "train"]
 
 
 @dataclass
@@ -65,6 +67,18 @@ def settle(*trees: Any) -> tuple[Any, ...]:
     return unflatten(treedef, leaves)
 
 
+def jax_step(optimizer: DemoOptimizer) -> Callable[..., Any]:
+    """One ``jax.jit``-compiled training step: ``(params, state, x, onehot) -> (params, state, loss)``."""
+    import jax
+
+    def step(params: Any, state: Any, x: Any, onehot: Any) -> tuple[Any, Any, Any]:
+        loss, grads = jax.value_and_grad(batch_loss)(params, x, onehot)
+        params, state = optimizer.step(params, grads, state)
+        return params, state, loss
+
+    return jax.jit(step)
+
+
 def batch_loss(params: dict[str, Any], x: Any, onehot: Any) -> Any:
     """The training objective: cross-entropy of the MLP's logits."""
     return cross_entropy(mlp_logits(params, x), onehot)
@@ -90,12 +104,18 @@ def train(
     params = {k: agrad.variable(v) for k, v in plain.items()}
     loss_and_grads = agrad.value_and_grad(batch_loss)
 
+    jitted = jax_step(optimizer) if backend == "jax" and optimizer.jittable else None
+    if jitted is not None:
+        params = plain
     result = RunResult(backend)
     start = time.perf_counter()
     for step, rows in enumerate(batch_slices(data.x_train.shape[0], batch_size, steps), 1):
-        loss, grads = loss_and_grads(params, x_train[rows, :], t_train[rows, :])
-        params, state = optimizer.step(params, grads, state)
-        params, state, loss = settle(params, state, loss)
+        if jitted is not None:
+            params, state, loss = jitted(params, state, x_train[rows, :], t_train[rows, :])
+        else:
+            loss, grads = loss_and_grads(params, x_train[rows, :], t_train[rows, :])
+            params, state = optimizer.step(params, grads, state)
+            params, state, loss = settle(params, state, loss)
         result.losses.append(float(loss))
         if on_step is not None:
             on_step(step, result.losses[-1])

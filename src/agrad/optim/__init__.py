@@ -9,8 +9,17 @@ states save and load across frameworks (:func:`save`, :func:`load`).
 """
 
 from agrad.optim import schedules
-from agrad.optim.base import ChainState, GradientTransformation, Optimizer, apply_updates, chain
+from agrad.optim.base import (
+    ChainState,
+    GradientTransformation,
+    Hyperparams,
+    Optimizer,
+    apply_updates,
+    chain,
+)
+from agrad.optim.inject import InjectHyperparamsState, inject_hyperparams
 from agrad.optim.lbfgs import LBFGS, LBFGSState, lbfgs
+from agrad.optim.optax_bridge import from_optax, to_optax
 from agrad.optim.optax_family import (
     adafactor,
     clip_by_block_rms,
@@ -93,6 +102,8 @@ __all__ = [
     "ChainState",
     "EmaParamsState",
     "GradientTransformation",
+    "Hyperparams",
+    "InjectHyperparamsState",
     "LBFGS",
     "LBFGSState",
     "LookaheadState",
@@ -123,7 +134,9 @@ __all__ = [
     "ema_params",
     "exponential_lr",
     "find_state",
+    "from_optax",
     "global_norm",
+    "inject_hyperparams",
     "join",
     "lamb",
     "lars",
@@ -169,6 +182,7 @@ __all__ = [
     "signum",
     "sparse_adam",
     "step_lr",
+    "to_optax",
     "trace",
     "warmup_cosine",
     "yogi",

@@ -43,6 +43,7 @@ from agrad.pytree import (
 
 __all__ = [
     "GradientTransformation",
+    "Hyperparams",
     "Optimizer",
     "apply_updates",
     "chain",
@@ -266,6 +267,37 @@ def check_call(
     return _Checked(xp, treedef, lazy_paths, p_leaves, raw_p, raw_g, s_leaves)
 
 
+class Hyperparams(dict):
+    """A transformation's hyperparameters: read them like a dict; writing raises.
+
+    They are fixed when the transformation is built (its rule has already read
+    them), so ``opt.hyperparams["lr"] = 0.01`` would change nothing; it raises a
+    ``TypeError`` saying what to do instead.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Any, values: dict[str, Any]):
+        super().__init__(values)
+        self._owner = owner.name
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        msg = (
+            f"agrad.optim: the hyperparameters of {self._owner} are fixed when it is built "
+            "(setting one here would be ignored). To change one at run time, build the "
+            f"optimizer with agrad.optim.inject_hyperparams(agrad.optim.{self._owner})(lr=...) "
+            "and set it in the state (state = state.with_hyperparams(lr=...)), or pass a "
+            "schedule as lr, or build a new optimizer and keep using the state"
+        )
+        raise TypeError(msg)
+
+    __setitem__ = __delitem__ = _refuse
+    update = setdefault = pop = popitem = clear = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
 class GradientTransformation:
     """A named pair of pure functions ``init`` and ``update``, with validation and ``step``.
 
@@ -308,7 +340,7 @@ class GradientTransformation:
         self.name = name
         self.inner_init = init
         self.inner_update = update
-        self.hyperparams = dict(hyperparams or {})
+        self.hyperparams = Hyperparams(self, hyperparams or {})
         self.needs_params = needs_params
         self.complex_params = complex_params
         # state templates per (structure, shapes, dtypes): bounded, a model has few
@@ -836,12 +868,15 @@ def chain(
 
     .. math:: u = T_n(\\dots T_2(T_1(g)))
 
-    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``. An optimizer built as
+    Example: ``chain(clip_by_global_norm(1.0), adam(lr=1e-3))``. An optax
+    transformation may be a link too (wrapped by :func:`~agrad.optim.from_optax`; JAX
+    arrays only). An optimizer built as
     a chain gives its own ``name`` and public ``hyperparams`` (``lion`` shows
     ``lr``, ``b1`` ...; a plain chain shows its ``transforms``). Array-valued
     hyperparameters of the parts are kept too, so they take part in choosing the
     namespace.
     """
+    transforms = tuple(_as_transformation(t) for t in transforms)
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
             msg = f"agrad.optim.chain: argument {i} is a {type(t).__name__}, not a transformation"
@@ -864,6 +899,13 @@ def chain(
                 hyper.setdefault(k, v)
     needs = any(t.needs_params for t in transforms)
     return GradientTransformation(name, init, update, hyper, needs_params=needs)
+
+
+def _as_transformation(t: Any) -> Any:
+    """An optax transformation wrapped by :func:`~agrad.optim.from_optax`; others as they are."""
+    from agrad.optim.optax_bridge import from_optax, is_optax_transformation
+
+    return from_optax(t) if is_optax_transformation(t) else t
 
 
 def namespace_of(*trees: Any, extra: tuple = ()) -> ModuleType:
