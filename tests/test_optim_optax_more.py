@@ -92,6 +92,11 @@ CASES = {
 }
 
 
+# optax's warmup schedule divides the int32 count in float32 even with x64 (so does
+# agrad's on JAX): on NumPy, in float64 throughout, the two are 3e-8 apart
+F64_TOL = {"schedule_free_warmup": 1e-7}
+
+
 def _optax_run(name, p0, c, targets, dtype, steps, jit=False):
     """optax's result: eager (float32: jitted XLA rounds otherwise) or, in float64, with
     ``update`` jitted (rounding differences near 1e-16; eager optax is most of the time)."""
@@ -163,9 +168,10 @@ def test_matches_optax_float64_numpy(name):
     p0, c, targets = _problem()
     ref, ref_slow = _optax_float64(name, STEPS)
     got, slow = _agrad_run(npx, name, p0, c, targets, np.float64, STEPS)
-    assert _rel_err(got, ref) < 1e-10
+    tol = F64_TOL.get(name, 1e-10)
+    assert _rel_err(got, ref) < tol
     if ref_slow is not None:
-        assert _rel_err(slow, ref_slow) < 1e-10
+        assert _rel_err(slow, ref_slow) < tol
 
 
 @pytest.mark.parametrize("name", ["adan_options", "novograd_options", "schedule_free_adamw_options", "lookahead_reset"])  # fmt: skip
