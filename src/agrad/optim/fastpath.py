@@ -243,13 +243,17 @@ def _same_library(count: Any, params: Any) -> bool:
 
 
 def _bumped(count: Any, t: int) -> Any:
-    """The new count: an int stays an int; a 0-d array gets a new 0-d array holding ``t``."""
+    """The new count: an int stays an int; a 0-d array is written in place (as the
+    generic path writes every state array), or replaced where it is read-only."""
     if type(count) is int:
         return t
-    return count + 1 if type(count).__module__.startswith("torch") else _np_count(count, t)
-
-
-def _np_count(count: Any, t: int) -> Any:
+    if type(count).__module__.startswith("torch"):
+        if count.is_inference() or count._is_view():
+            return count + 1
+        return count.fill_(t)
+    if getattr(count, "flags", None) is not None and count.flags.writeable:
+        count[...] = t
+        return count
     import numpy as np
 
     return np.asarray(t, dtype=count.dtype)
