@@ -102,6 +102,9 @@ def _cases():
         "apply_if_finite": lambda: o.apply_if_finite(o.sgd(0.05, momentum=0.9), 2),
         "masked": lambda: o.masked(o.adam(0.01), MASK),
         "partition": lambda: o.partition({"a": o.adam(0.01), "b": o.sgd(0.1)}, LABELS),
+        "inject_hyperparams": lambda: o.inject_hyperparams(
+            o.nadam, static_args=("momentum_decay",)
+        )(lr=0.01, momentum_decay=0.01),
     }
 
 
@@ -275,9 +278,8 @@ def test_every_optimizer_is_covered():
         "lbfgs",  # closure-driven, decides on the host each evaluation: not jittable
         "sparse_adam",  # refused
         "schedule_free_eval_params",  # not a constructor
-        "from_optax",  # bridges and wrappers, tested in their own files
-        "to_optax",
-        "inject_hyperparams",
+        "to_optax",  # the optax bridge runs on JAX only: tests/test_optim_optax_bridge.py
+        "from_optax",
     }
     for name in optim.__all__:
         obj = getattr(optim, name)
