@@ -239,7 +239,11 @@ class LBFGS:
         return c.xp, c.raw_params, c.treedef
 
     def step(
-        self, params: Any, closure: Callable[[Any], tuple[Any, Any]], state: LBFGSState, inplace: bool = True
+        self,
+        params: Any,
+        closure: Callable[[Any], tuple[Any, Any]],
+        state: LBFGSState,
+        inplace: bool = True,
     ) -> tuple[Any, LBFGSState, Any]:
         """One step of up to ``max_iter`` iterations: ``(new_params, new_state, first_loss)``.
 
@@ -324,10 +328,8 @@ class LBFGS:
                 d = r
             prev_flat_grad = flat_grad
             prev_loss = loss
-            if state_n_iter == 1:
-                t = min(1.0, 1.0 / float(xp.sum(xp.abs(flat_grad)))) * lr
-            else:
-                t = lr
+            first = state_n_iter == 1
+            t = min(1.0, 1.0 / float(xp.sum(xp.abs(flat_grad)))) * lr if first else lr
             gtd = flat.dot(flat_grad, d)
             if gtd > -tolerance_change:
                 break
@@ -425,5 +427,11 @@ def lbfgs(
         msg = f"{fn}: line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}"
         raise ValueError(msg)
     return LBFGS(
-        float(lr), max_iter, max_eval, tolerance_grad, tolerance_change, history_size, line_search_fn
+        float(lr),
+        max_iter,
+        max_eval,
+        tolerance_grad,
+        tolerance_change,
+        history_size,
+        line_search_fn,
     )

@@ -184,9 +184,7 @@ def scale_by_belief(
 
         def one(g: Any, m: Any, s: Any) -> Any:
             if nesterov:
-                m_hat = xp.add(
-                    _debias(xp, m, b1, t + 1) * b1, _debias(xp, g, b1, t) * (1 - b1)
-                )
+                m_hat = xp.add(_debias(xp, m, b1, t + 1) * b1, _debias(xp, g, b1, t) * (1 - b1))
             else:
                 m_hat = _debias(xp, m, b1, t)
             return xp.divide(m_hat, xp.sqrt(_debias(xp, s, b2, t)) + eps)
@@ -452,7 +450,9 @@ def novograd(
         scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
         scale_by_learning_rate(lr),
         name="novograd",
-        hyperparams=dict(lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay),
+        hyperparams=dict(
+            lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+        ),
     )
 
 
@@ -528,13 +528,17 @@ def lookahead(
     if not isinstance(fast_optimizer, GradientTransformation):
         msg = f"{fn}: fast_optimizer must be an agrad transformation, got {type(fast_optimizer).__name__}"
         raise TypeError(msg)
-    if not (isinstance(sync_period, int) and not isinstance(sync_period, bool) and sync_period >= 1):
+    if not (
+        isinstance(sync_period, int) and not isinstance(sync_period, bool) and sync_period >= 1
+    ):
         raise ValueError(f"{fn}: sync_period must be an integer >= 1, got {sync_period!r}")
     check_unit_interval(fn, closed=True, slow_step_size=slow_step_size)
 
     def init(params: Any) -> LookaheadState:
         return LookaheadState(
-            fast_optimizer.inner_init(params), _new_count(params), tree_map(lambda p: p * 1.0, params)
+            fast_optimizer.inner_init(params),
+            _new_count(params),
+            tree_map(lambda p: p * 1.0, params),
         )
 
     def update(updates: Any, state: LookaheadState, params: Any):
@@ -623,7 +627,13 @@ def schedule_free(
     def update(updates: Any, state: ScheduleFreeState, params: Any):
         xp = namespace_of(updates, params)
         lr_t = lr(state.step_count) if callable(lr) else lr
-        lr_a = lr_t if is_array(lr_t) else xp.asarray(lr_t, dtype=state.max_lr.dtype, device=array_api_compat.device(state.max_lr))
+        lr_a = (
+            lr_t
+            if is_array(lr_t)
+            else xp.asarray(
+                lr_t, dtype=state.max_lr.dtype, device=array_api_compat.device(state.max_lr)
+            )
+        )
         lr_a = xp.astype(lr_a, state.max_lr.dtype)
         max_lr = xp.maximum(state.max_lr, lr_a)
         weight = max_lr**weight_lr_power
@@ -692,7 +702,9 @@ def schedule_free_adamw(
     check_unit_interval(fn, b1=b1, b2=b2)
     check_nonnegative(fn, eps=eps, weight_decay=weight_decay)
     if warmup_steps is not None and not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-        raise ValueError(f"{fn}: warmup_steps must be None or an integer >= 0, got {warmup_steps!r}")
+        raise ValueError(
+            f"{fn}: warmup_steps must be None or an integer >= 0, got {warmup_steps!r}"
+        )
     rate: Any = lr if warmup_steps is None else _warmup_constant(lr, warmup_steps)
     base = chain(
         scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True),
@@ -757,10 +769,8 @@ def scale_by_rms(
 
         def one(g: Any, v: Any) -> Any:
             v_hat = _debias(xp, v, decay, t) if bias_correction else v
-            if eps_in_sqrt:
-                scaling = 1.0 / xp.sqrt(v_hat + eps)
-            else:
-                scaling = 1.0 / (xp.sqrt(v_hat) + eps)
+            root = xp.sqrt(v_hat + eps) if eps_in_sqrt else xp.sqrt(v_hat) + eps
+            scaling = 1.0 / root
             return xp.multiply(scaling, g)
 
         count = next_count(xp, state.count, like)

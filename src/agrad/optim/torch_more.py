@@ -19,8 +19,6 @@ from agrad.optim.base import GradientTransformation, is_array
 from agrad.optim.numerics import (
     check_lr,
     check_nonnegative,
-    check_positive,
-    check_unit_interval,
     is_scalar,
     leaf_scalar,
     lerp,
@@ -283,9 +281,7 @@ def adafactor_torch(
             col_mean = _norm(xp, g, axis=-2, keepdims=True) ** 2 / g.shape[-2]
             col_var = _lerp(xp, col_var, col_mean, w)
             row_avg = xp.mean(row_var, axis=-2, keepdims=True)
-            estimate = xp.divide(
-                xp.multiply(row_var, col_var), xp.clip(row_avg, min=e1, max=None)
-            )
+            estimate = xp.divide(xp.multiply(row_var, col_var), xp.clip(row_avg, min=e1, max=None))
         else:
             var = _lerp(xp, var, xp.multiply(g, g), w)
             estimate = var
