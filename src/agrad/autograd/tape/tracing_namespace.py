@@ -35,6 +35,7 @@ import array_api_compat
 
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
+from agrad.autograd.tape.signatures import apply_signatures
 from agrad.autograd.tape.standard import (
     FFT_FUNCTIONS,
     FUNCTIONS,
@@ -311,6 +312,7 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
     bind_operators(traced_cls, module_globals)
+    apply_signatures(module_globals, traced_cls)  # after the operators: they stay unwrapped
     module_globals["_raw_ns"] = _raw_namespace(ns)
 
 
