@@ -38,7 +38,20 @@ MODES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 #: Test node ids (relative to the suite's root) deselected from agrad's runs: the reason.
-SKIPS: dict[str, str] = {}
+SKIPS: dict[str, str] = {
+    "array_api_tests/test_special_cases.py::test_unary[expm1((real(x_i) is +0 or real(x_i) == -0)"
+    " and imag(x_i) is +0) -> 0 + 0j]": (
+        "flaky, and wrong for -0: the test draws its one input with hypothesis's .example(),"
+        " which --derandomize does not fix; for real(x) = -0 it expects +0 where expm1(-0 + 0j)"
+        " is -0 + 0j (array_api_strict fails it the same way when it draws -0)"
+    ),
+    "array_api_tests/test_special_cases.py::test_unary[tanh(real(x_i) is +infinity and"
+    " isfinite(imag(x_i)) and imag(x_i) > 0) -> 1 + 0j]": (
+        "flaky: its one input comes from hypothesis's .example(), which --derandomize does not"
+        " fix; the sign of the zero imaginary part is that of sin(2 imag(x)), so the check"
+        " passes or fails with the draw (array_api_strict too)"
+    ),
+}
 
 
 class Run:

@@ -37,6 +37,7 @@ from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
 from agrad.autograd.tape.signatures import apply_signatures
 from agrad.autograd.tape.standard import (
+    CONSTANTS,
     FFT_FUNCTIONS,
     FUNCTIONS,
     LINALG_ALIASES,
@@ -301,6 +302,9 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         if name in ("linalg", "fft") or name in front_ends:
             continue
         obj = getattr(base, name, None)
+        if name in CONSTANTS:  # values, ``newaxis`` (None) included
+            module_globals[name] = obj
+            continue
         module_globals[name] = _wrap(name, f"{ns.__name__}.{name}", obj, ns)
     if hasattr(base, "__array_api_version__"):
         module_globals["__array_api_version__"] = base.__array_api_version__
