@@ -15,7 +15,7 @@ import pytest
 
 import agrad
 from agrad.autograd.tape import standard
-from agrad.autograd.tape.traced import TracedArray
+from agrad.autograd.tape.traced import CONSTANT, TracedArray
 from agrad.testing import to_numpy
 from references import torch_grads
 
@@ -252,7 +252,8 @@ def test_unique_values_is_differentiable(pair):
     np.testing.assert_allclose(got, [21.0, 11.0, 21.0, 31.0, 11.0, 21.0])
 
 
-def test_nondifferentiable_functions_return_untraced_results(pair):
+def test_nondifferentiable_functions_return_constants_of_the_trace(pair):
+    """Inside a trace their results are traced arrays of it that carry no gradient."""
     ns, base = pair
     seen = []
 
@@ -265,16 +266,20 @@ def test_nondifferentiable_functions_return_untraced_results(pair):
             xp.sign(x),
             xp.equal(x, x),
             x > 0.0,
+            ~(x > 0.0),
+            (x > 0.0) & (x < 1.0),
             xp.astype(x, xp.int64),
             xp.isnan(x),
             xp.round(x),
             xp.nonzero(x > 0.0)[0],
+            xp.asarray(np.array([1.0, 2.0, 3.0])) if ns is agrad.numpy else xp.asarray([1.0]),
+            xp.zeros((2,), dtype=x.dtype),
         ):
-            seen.append(isinstance(r, TracedArray))
+            seen.append((type(r), r._node is CONSTANT, r._trace is x._trace))
         return xp.sum(x)
 
     agrad.execute_with_gradients(f, [base.asarray(np.array([1.5, -2.0, 0.3]))])
-    assert seen and not any(seen)
+    assert seen == [(ns._Traced, True, True)] * len(seen)
 
 
 def test_function_without_rule_raises_naming_it():

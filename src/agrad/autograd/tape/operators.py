@@ -4,7 +4,8 @@
 operator (``add`` for ``+``) and the namespace function it calls. Each gives
 ``__op__``, the reflected ``__rop__`` and the in-place ``__iop__``, which is functional:
 ``x += y`` rebinds ``x`` to a new traced array. Comparisons, bitwise operators and
-``//`` give results that carry no gradient, so they apply to the raw values.
+``//`` give results that carry no gradient, so they apply to the raw values (the result
+is a constant of the live trace).
 
 The namespace computes the functions of ``OPERATORS`` with the operators themselves
 (:func:`computed_by_operator`), so a Python scalar operand works on every api_version
@@ -17,7 +18,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from agrad.autograd.tape.traced import TracedArray, strip
+from agrad.autograd.tape.traced import TracedArray, box_constants, strip
 
 __all__ = ["OPERATORS", "bind_operators", "computed_by_operator"]
 
@@ -68,13 +69,13 @@ def _untraced(method: str) -> Callable[[Any, Any], Any]:
     """A binary operator whose result carries no gradient: applied to the raw values."""
 
     def op(self: Any, other: Any) -> Any:
-        return getattr(strip(self), method)(strip(other))
+        return box_constants(self._ns, getattr(strip(self), method)(strip(other)))
 
     return op
 
 
 def _invert(self: Any) -> Any:
-    return ~strip(self)
+    return box_constants(self._ns, ~strip(self))
 
 
 def bind_operators(cls: type, functions: dict[str, Any]) -> None:

@@ -14,11 +14,14 @@ appended to the trace's tape (:func:`primitive`; the rules come from the tables 
 backward pass of an inner trace is recorded on the outer one: that is all
 higher-order differentiation needs.
 
-Arrays that the tracing namespace *creates* inside a gradient computation (``zeros``,
-``full`` ...) are boxed as constants of the innermost live trace (:func:`constant`), so
-that code which asks ``array_api_compat.array_namespace`` about a fresh array and a
-traced one together, or writes a traced value into a fresh array, keeps working. A
-constant is never a parent on the tape, and one that outlives its trace is unboxed.
+Every array the tracing namespace returns inside a gradient computation is traced: the
+arrays it *creates* (``zeros``, ``asarray`` ...), the results of non-differentiable
+functions (comparisons, ``argmax`` ...) and of functions given only constants are
+boxed as constants of the innermost live trace (:func:`constant`,
+:func:`box_constants`), so that code which asks ``array_api_compat.array_namespace``
+about a mix of them, or mixes them with operators (array-api-strict's refuse foreign
+operands), keeps working. A constant is never a parent on the tape, and one that
+outlives its trace is unboxed.
 
 The only mutable state is the id counter, a per-thread stack of live traces, and each
 live trace's tape.
@@ -32,6 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agrad.autograd.tape.method_hints import missing_attribute
 from agrad.autograd.tape.vjp import VJP, Rule, vjp
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "Trace",
     "TracedArray",
     "TupleCotangent",
+    "box_constants",
     "constant",
     "current_trace",
     "outer_trace_active",
@@ -179,6 +184,35 @@ def constant(ns: Any, value: Any) -> Any:
     return value if trace is None else ns._Traced(value, CONSTANT, trace)
 
 
+def box_constants(ns: Any, out: Any) -> Any:
+    """``out`` with every raw array in it boxed as a constant of the innermost live trace.
+
+    ``out`` is an array, or a tuple or list of them (a named tuple keeps its type);
+    anything else (a dtype, ``finfo``, a Python scalar) and arrays already traced are
+    left as they are. Outside traces ``out`` itself.
+    """
+    trace = current_trace()
+    return out if trace is None else _box_tree(ns._Traced, out, trace)
+
+
+def _is_raw_array(x: Any) -> bool:
+    return hasattr(x, "dtype") and hasattr(x, "shape") and hasattr(x, "ndim")
+
+
+def _box_tree(cls: type[TracedArray], out: Any, trace: Trace) -> Any:
+    """``out`` with its raw arrays boxed as constants of ``trace`` (see :func:`box_constants`)."""
+    if isinstance(out, TracedArray):
+        return out
+    if isinstance(out, (tuple, list)):
+        items = [_box_tree(cls, o, trace) for o in out]
+        if hasattr(out, "_fields"):
+            return type(out)(*items)
+        return items if isinstance(out, list) else tuple(items)
+    if _is_raw_array(out) and not isinstance(out, type):
+        return cls(out, CONSTANT, trace)
+    return out
+
+
 def _refresh(x: Any) -> Any:
     while isinstance(x, TracedArray) and x._node is CONSTANT and not x._trace.active:
         x = x._value
@@ -214,6 +248,10 @@ class TracedArray:
 
     def __array_namespace__(self, *, api_version: str | None = None) -> Any:
         return self._ns
+
+    def __getattr__(self, name: str) -> Any:
+        """Only for names the class lacks: NumPy-style methods name the standard's function."""
+        raise missing_attribute(type(self).__name__, name)
 
     # -- attributes -------------------------------------------------------------
     @property
@@ -357,7 +395,7 @@ def primitive(
                     ans = plain(*vals, **kwargs)
                     node = x._node
                     if rule0 is None or node is CONSTANT:
-                        return ans
+                        return _box_tree(Traced, ans, trace)
                     node = RuleNode(trace, (node,), first_only, ans, vals, kwargs or None)
                     return box(ans, node, trace)
         trace = None
@@ -393,11 +431,13 @@ def primitive(
                 if rule is not None:
                     parents.append(node)
                     chosen.append(rule)
-        if trace is None:
-            return raw(*args, **kwargs)
+        if trace is None:  # nothing traced: inside a trace, a constant of it
+            live = current_trace()
+            ans = raw(*args, **kwargs)
+            return ans if live is None else _box_tree(Traced, ans, live)
         ans = fn(*vals, **kwargs) if nested else plain(*vals, **kwargs)
         if not parents:
-            return ans
+            return _box_tree(Traced, ans, trace)
         node = RuleNode(trace, tuple(parents), tuple(chosen), ans, tuple(vals), kwargs or None)
         return box(ans, node, trace)
 

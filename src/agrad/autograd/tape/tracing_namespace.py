@@ -10,12 +10,14 @@ order of precedence:
   and ``asarray`` are front ends to their primitives (``_front_ends``);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
-- *non-differentiable*: run on the raw values, result untraced (comparisons, argmax ...);
-  creation from a shape (``zeros``, ``full`` ...) gives a constant of the live trace;
+- *non-differentiable*: run on the raw values (comparisons, argmax ...); the result is
+  a constant of the live trace, as is any array created (``zeros``, ``asarray`` ...);
 - *unsupported*: a pass-through that raises ``NotImplementedError`` naming itself when
   given a traced array (the base's non-standard extras), never a wrong gradient.
 
-With no active trace the namespace is a plain pass-through of its base (except where
+Inside a trace every array a function returns is traced (a constant of the trace when it
+carries no gradient: :func:`~agrad.autograd.tape.traced.box_constants`). With no
+active trace the namespace is a plain pass-through of its base (except where
 the base disagrees with the standard: ``_BASE_FIXES``). Integer-array and mask indexing
 transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
 one-hot product written against the standard).
@@ -43,7 +45,13 @@ from agrad.autograd.tape.standard import (
     LINALG_ALIASES,
     LINALG_FUNCTIONS,
 )
-from agrad.autograd.tape.traced import TracedArray, constant, primitive, strip, strip_key
+from agrad.autograd.tape.traced import (
+    TracedArray,
+    box_constants,
+    primitive,
+    strip,
+    strip_key,
+)
 from agrad.autograd.tape.vjp import VJP
 
 __all__ = ["BASE_MODULES", "CREATION", "DERIVED", "NONDIFFERENTIABLE", "RULES", "populate"]
@@ -87,14 +95,16 @@ def _any_traced(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return any(isinstance(v, TracedArray) for v in kwargs.values()) if kwargs else False
 
 
-def _nondifferentiable(name: str, raw: Callable[..., Any]) -> Callable[..., Any]:
+def _nondifferentiable(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
-        return raw(
-            *(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()}
-        )
+        out = raw(*(_strip_deep(a) for a in args), **{k: _strip_deep(v) for k, v in kwargs.items()})
+        return box_constants(ns, out)
 
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f"``{name}`` of the base namespace; its result carries no gradient."
+    fn.__doc__ = (
+        f"``{name}`` of the base namespace; its result carries no gradient (inside a "
+        "gradient computation, a constant of the current trace)."
+    )
     fn._agrad_raw = raw  # type: ignore[attr-defined]  # for raw arrays: the base's own
     return fn
 
@@ -107,7 +117,7 @@ CREATION = frozenset(["zeros", "ones", "empty", "full", "eye", "arange", "linspa
 def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         out = raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
-        return constant(ns, out)
+        return box_constants(ns, out)
 
     def raw_fn(*args: Any, **kwargs: Any) -> Any:
         return raw(*(strip(a) for a in args), **{k: strip(v) for k, v in kwargs.items()})
@@ -121,7 +131,7 @@ def _creation(name: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]
     return fn
 
 
-def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
+def _unsupported(qualname: str, raw: Callable[..., Any], ns: Any) -> Callable[..., Any]:
     def fn(*args: Any, **kwargs: Any) -> Any:
         if _contains_traced(args) or _contains_traced(kwargs):
             msg = (
@@ -130,7 +140,7 @@ def _unsupported(qualname: str, raw: Callable[..., Any]) -> Callable[..., Any]:
                 "agrad.stop_gradient(x)"
             )
             raise NotImplementedError(msg)
-        return raw(*args, **kwargs)
+        return box_constants(ns, raw(*args, **kwargs))
 
     fn.__name__ = fn.__qualname__ = qualname.rsplit(".", 1)[-1]
     fn.__doc__ = f"``{qualname}`` passes through to the base namespace; not differentiable."
@@ -158,7 +168,7 @@ def _derived(name: str, raw: Callable[..., Any] | None, impl: Callable[..., Any]
         def fn(*args: Any, **kwargs: Any) -> Any:
             if _any_traced(args, kwargs):
                 return impl(ns, *args, **kwargs)
-            return raw(*args, **kwargs)
+            return box_constants(ns, raw(*args, **kwargs))
 
         fn._agrad_raw = raw  # type: ignore[attr-defined]
     fn._agrad_derived = impl  # type: ignore[attr-defined]
@@ -247,8 +257,8 @@ def _wrap(key: str, qualname: str, obj: Any, ns: Any) -> Any:
     if key in CREATION:
         return _creation(name, obj, ns)
     if key in NONDIFFERENTIABLE:
-        return _nondifferentiable(name, obj)
-    return _unsupported(qualname, obj)
+        return _nondifferentiable(name, obj, ns)
+    return _unsupported(qualname, obj, ns)
 
 
 def _sequence_primitive(key: str, obj: Callable[..., Any], spec: VJP, ns: Any):
@@ -371,7 +381,7 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     def astype(x: Any, dtype: Any, /, *, copy: bool = True, **kwargs: Any) -> Any:
         """Cast ``x``; differentiable to floating and complex dtypes, untraced otherwise."""
         if dtype not in differentiable_dtypes:
-            return base.astype(strip(x), dtype, copy=copy, **kwargs)
+            return box_constants(ns, base.astype(strip(x), dtype, copy=copy, **kwargs))
         return astype_p(x, dtype, copy=copy, **kwargs)
 
     def asarray(
@@ -386,8 +396,12 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
             return obj
         if isinstance(obj, (list, tuple)) and _contains_traced(obj):
             return ns.stack([asarray(o, dtype=dtype, device=device) for o in obj])
-        return base.asarray(obj, dtype=dtype, device=device, copy=copy)
+        return box_constants(ns, base.asarray(obj, dtype=dtype, device=device, copy=copy))
 
+    # the raw namespace (first-order backward passes) calls the base's own
+    clip._agrad_raw = base.clip  # type: ignore[attr-defined]
+    astype._agrad_raw = base.astype  # type: ignore[attr-defined]
+    asarray._agrad_raw = base.asarray  # type: ignore[attr-defined]
     return {"clip": clip, "astype": astype, "asarray": asarray}
 
 
@@ -427,6 +441,10 @@ def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
 
     def _setitem(x: Any, key: Any, value: Any) -> Any:
         return setitem_p(x, strip_key(key), value)
+
+    # the raw namespace (first-order backward passes) indexes raw arrays directly
+    _getitem._agrad_raw = lambda x, key: x[strip_key(key)]  # type: ignore[attr-defined]
+    _setitem._agrad_raw = lambda x, key, value: _setitem_raw(x, strip_key(key), value)  # type: ignore[attr-defined]
 
     take_along = _generic_take_along_axis(base)
     return {
