@@ -295,3 +295,30 @@ def test_traced_array_dlpack_takes_the_standard_keywords():
 
     agrad.grad(f)(np.arange(3.0))
     np.testing.assert_array_equal(seen["dlpack"], [0.0, 2.0, 4.0])
+
+
+def test_traced_strict_boxes_floating_arrays_as_leaves_while_its_trace_is_open():
+    """The suite's traced mode: leaves from creation functions, nodes recorded, tape emptied."""
+    _strict()
+    import agrad.testing.traced_strict as txp
+    from agrad.autograd.tape.traced import CONSTANT, TracedArray, current_trace
+
+    assert txp.run_trace() is None
+    assert not isinstance(txp.asarray([1.0]), TracedArray)  # no trace: the namespace's own
+    txp.pytest_configure(None)
+    try:
+        trace = txp.run_trace()
+        assert current_trace() is trace
+        x = txp.linspace(0.0, 1.0, 3)
+        n = txp.arange(3)
+        assert isinstance(x, TracedArray) and x._node is not CONSTANT and x._trace is trace
+        assert n.dtype == txp.int64 and not (isinstance(n, TracedArray) and n._node is not CONSTANT)
+        y = txp.sum(txp.sin(x) * x)
+        assert isinstance(y, TracedArray) and len(trace.tape) == 3
+        assert inspect.signature(txp.linspace) == standard_signature("linspace")
+        assert inspect.signature(txp.fft.fftfreq) == standard_signature("fft.fftfreq")
+        txp.pytest_runtest_teardown(None)
+        assert trace.tape == []
+    finally:
+        txp.pytest_unconfigure(None)
+    assert txp.run_trace() is None and current_trace() is None

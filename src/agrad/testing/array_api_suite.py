@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MODES", "SKIPS", "Run", "compare", "main", "outcomes", "pytest_command"]
+__all__ = ["MODES", "SKIPS", "Run", "compare", "main", "outcomes", "pytest_command", "run_all"]
 
 #: Mode -> (ARRAY_API_TESTS_MODULE, extra pytest arguments).
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {
