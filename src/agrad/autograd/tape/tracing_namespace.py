@@ -391,6 +391,8 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
         if isinstance(obj, TracedArray):
             if dtype is not None and dtype != obj.dtype:
                 obj = ns.astype(obj, dtype)
+            elif copy:  # a new array object: assigning into one leaves the other as it was
+                obj = type(obj)(obj._value, obj._node, obj._trace)
             if device is not None and device != obj.device:
                 obj = ns._to_device(obj, device)
             return obj
