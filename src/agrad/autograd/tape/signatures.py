@@ -9,7 +9,7 @@ less the functions it does not have and the ``dtype`` keyword of ``fft.fftfreq``
 signatures accept every call 2023.12's do, so the tracing namespaces use them.
 
 :func:`with_signature` wraps a function in one made from the standard's parameter list
-(compiled once, when the namespace is built), so that Python itself binds the
+(compiled once per process, all together), so that Python itself binds the
 arguments: a wrong keyword, a keyword for a positional-only parameter or one argument
 too many raises ``TypeError`` exactly as the standard's function would, and
 ``inspect.signature`` shows the standard's names, kinds and defaults. The wrapper hands
@@ -21,6 +21,7 @@ path expects).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -280,74 +281,105 @@ def parameters(name: str, version: str = "2024.12") -> str:
 
 def standard_signature(name: str, version: str = "2024.12") -> inspect.Signature:
     """The standard's :class:`inspect.Signature` of ``name`` in ``version`` (no annotations)."""
-    return inspect.signature(_compile(name, parameters(name, version), None, {}))
+    parameters(name, version)  # the error for an unknown name or version
+    return _signatures(version)[name]
 
 
-def _compile(
-    name: str, params: str, function: Callable[..., Any] | None, extra: dict[str, Any]
-) -> Callable[..., Any]:
-    """``def name(params)`` forwarding to ``function`` what was given, compiled with ``exec``.
+def _names(version: str) -> list[str]:
+    return [n for n in SIGNATURES if not (version == "2023.12" and n in _NOT_IN_2023_12)]
 
-    Every default is bound to a name of its own (``_d_axis``), so "left at its default"
-    is one identity test.
+
+@functools.cache
+def _signatures(version: str) -> dict[str, inspect.Signature]:
+    """Every signature of ``version``, from the standard's text (one ``compile`` for all)."""
+    names = _names(version)
+    source = "\n".join(f"def _{i}({parameters(n, version)}): pass" for i, n in enumerate(names))
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<the standard's signatures>", "exec"), scope)
+    return {n: inspect.signature(scope[f"_{i}"]) for i, n in enumerate(names)}
+
+
+@functools.cache
+def _factories(version: str) -> dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """For each name, ``make(function)``: the wrapper of :func:`with_signature` around it.
+
+    The wrappers' source is generated from the signatures and compiled once per process,
+    all together; making a wrapper is then one call. Every default is a global of its own
+    (``_d3_axis``), so "left at its default" is one identity test.
     """
-    probe: dict[str, Any] = {}
-    exec(f"def _probe({params}): pass", probe)  # the standard's own text: names and defaults
-    sig = inspect.signature(probe["_probe"])
-    scope: dict[str, Any] = {"_f": function, **extra}
+    scope: dict[str, Any] = {}
+    chunks = [
+        _factory_source(i, name, sig, scope)
+        for i, (name, sig) in enumerate(_signatures(version).items())
+    ]
+    exec(compile("\n".join(chunks), "<agrad's standard signatures>", "exec"), scope)
+    return {name: scope[f"_make_{i}"] for i, name in enumerate(_signatures(version))}
+
+
+def _factory_source(i: int, name: str, sig: inspect.Signature, scope: dict[str, Any]) -> str:
+    """``def _make_i(_f)`` returning ``def name(<the signature>)`` that calls ``_f``."""
     head: list[str] = []
     required: list[str] = []  # positional, no default: passed positionally
     optional: list[str] = []  # positional with a default: passed while needed
-    star = ""
+    star: list[str] = []
     keywords: list[str] = []
     kind_seen = None
+    P = inspect.Parameter
     for p in sig.parameters.values():
-        if kind_seen is p.POSITIONAL_ONLY and p.kind is not p.POSITIONAL_ONLY:
+        if kind_seen is P.POSITIONAL_ONLY and p.kind is not P.POSITIONAL_ONLY:
             head.append("/")
-        if p.kind is p.KEYWORD_ONLY and kind_seen not in (p.KEYWORD_ONLY, p.VAR_POSITIONAL):
+        if p.kind is P.KEYWORD_ONLY and kind_seen not in (P.KEYWORD_ONLY, P.VAR_POSITIONAL):
             head.append("*")
         kind_seen = p.kind
         text = p.name
-        if p.default is not p.empty:
-            scope[f"_d_{p.name}"] = p.default
-            text = f"{p.name}=_d_{p.name}"
-        if p.kind is p.VAR_POSITIONAL:
-            text = star = f"*{p.name}"
-        elif p.kind is p.VAR_KEYWORD:
+        if p.default is not P.empty:
+            scope[f"_d{i}_{p.name}"] = p.default
+            text = f"{p.name}=_d{i}_{p.name}"
+        if p.kind is P.VAR_POSITIONAL:
+            text = f"*{p.name}"
+            star.append(text)
+        elif p.kind is P.VAR_KEYWORD:
             text = f"**{p.name}"
-        elif p.kind is p.KEYWORD_ONLY:
+        elif p.kind is P.KEYWORD_ONLY:
             keywords.append(p.name)
-        elif p.default is p.empty:
+        elif p.default is P.empty:
             required.append(p.name)
         else:
             optional.append(p.name)
         head.append(text)
-    if kind_seen is inspect.Parameter.POSITIONAL_ONLY:
+    if kind_seen is P.POSITIONAL_ONLY:
         head.append("/")
 
-    def calls(kw: str, indent: str) -> list[str]:
+    def calls(kw: list[str], indent: str) -> list[str]:
         """Return statements: the optional positionals passed up to the last one given."""
         out = []
-        for i in range(len(optional), 0, -1):
-            args = ", ".join([*required, *optional[:i], *([star] if star else []), *kw])
-            out.append(f"{indent}if {optional[i - 1]} is not _d_{optional[i - 1]}:")
+        for k in range(len(optional), 0, -1):
+            args = ", ".join([*required, *optional[:k], *star, *kw])
+            out.append(f"{indent}if {optional[k - 1]} is not _d{i}_{optional[k - 1]}:")
             out.append(f"{indent}    return _f({args})")
-        out.append(f"{indent}return _f({', '.join([*required, *([star] if star else []), *kw])})")
+        out.append(f"{indent}return _f({', '.join([*required, *star, *kw])})")
         return out
 
     body: list[str] = []
     if keywords:
-        defaults = " and ".join(f"{k} is _d_{k}" for k in keywords)
-        body.append(f"    if {defaults}:")
-        body.extend(calls([], "        "))
-        body.append("    kw = {}")
-        body.extend(f"    if {k} is not _d_{k}:\n        kw[{k!r}] = {k}" for k in keywords)
-        body.extend(calls(["**kw"], "    "))
+        body.append("        if " + " and ".join(f"{k} is _d{i}_{k}" for k in keywords) + ":")
+        body.extend(calls([], "            "))
+        body.append("        kw = {}")
+        for k in keywords:
+            body.append(f"        if {k} is not _d{i}_{k}:")
+            body.append(f"            kw[{k!r}] = {k}")
+        body.extend(calls(["**kw"], "        "))
     else:
-        body.extend(calls([], "    "))
-    source = f"def {_identifier(name)}({', '.join(head)}):\n" + "\n".join(body) + "\n"
-    exec(compile(source, f"<agrad signature of {name}>", "exec"), scope)
-    return scope[_identifier(name)]
+        body.extend(calls([], "        "))
+    ident = _identifier(name)
+    return "\n".join(
+        [
+            f"def _make_{i}(_f):",
+            f"    def {ident}({', '.join(head)}):",
+            *body,
+            f"    return {ident}",
+        ]
+    )
 
 
 def _identifier(name: str) -> str:
@@ -362,7 +394,8 @@ def with_signature(
     The wrapper keeps ``function``'s docstring and the private attributes the tracing
     namespace reads (``_agrad_raw``, ``_agrad_derived``); ``_agrad_exact`` is ``function``.
     """
-    wrapper = _compile(name, parameters(name, version), function, {})
+    parameters(name, version)  # the error for an unknown name or version
+    wrapper = _factories(version)[name](function)
     wrapper.__qualname__ = _identifier(name)
     wrapper.__module__ = getattr(function, "__module__", None) or __name__
     wrapper.__doc__ = function.__doc__
@@ -375,6 +408,9 @@ def with_signature(
 
 def _matches(obj: Any, name: str) -> bool:
     """Whether ``obj``'s signature is already the standard's (names, kinds and defaults)."""
+    code = getattr(obj, "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_VARKEYWORDS:
+        return False  # ``**kwargs``: no function of the standard has them (the quick answer)
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
