@@ -16,7 +16,14 @@ too many raises ``TypeError`` exactly as the standard's function would, and
 on only what the caller gave: keyword-only arguments left at their default are not
 passed, so the function behind it sees the call it would have seen without the
 wrapper (a call with no keywords stays a call with no keywords, which the tape's fast
-path expects).
+path expects); positional parameters go on positionally, optional ones up to the last
+one given.
+
+:func:`apply_signatures` does this to a tracing namespace as it is built: every standard
+function (``linalg`` and ``fft`` included) and every standard method of its traced array
+class. The ``info.*`` entries describe the inspection namespace, which is the base
+library's own object. The cost on the tape's benchmarks is within their noise
+(docs/testing.md).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from typing import Any
 
 __all__ = [
     "SIGNATURES",
-    "apply_signatures",
     "VERSIONS",
+    "apply_signatures",
     "parameters",
     "standard_signature",
     "with_signature",
