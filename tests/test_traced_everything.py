@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import agrad
+import agrad.array_api_strict
+import agrad.numpy
 from agrad.autograd.tape.traced import TracedArray
 from agrad.demo._model import cross_entropy, mlp_logits
 from agrad.testing import to_numpy
@@ -160,9 +162,76 @@ def test_numpy_style_methods_name_the_standard_function(tape_xp, call, standard)
 
 def test_unknown_attributes_keep_the_plain_error_and_hasattr_works():
     def f(x):
-        assert not hasattr(x, "sum") and not hasattr(x, "__array__")
+        assert not hasattr(x, "sum") and not hasattr(x, "__array_interface__")
         with pytest.raises(AttributeError, match=r"^'TracedArray' object has no attribute 'foo'$"):
             x.foo  # noqa: B018
         return agrad.numpy.sum(x)
 
     agrad.grad(f)(np.ones(3))
+
+
+@pytest.mark.parametrize("name", ["var", "std"])
+def test_complex_var_and_std_match_torch(name):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal(5), rng.standard_normal(5)
+
+    def f(a, b):
+        xp = agrad.array_namespace(a)
+        z = xp.astype(a, xp.complex128) + xp.astype(b, xp.complex128) * 1j
+        return getattr(xp, name)(z * z, correction=1)
+
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    z = torch.complex(ta, tb)
+    want = getattr(torch, name)(z * z, correction=1)
+    tg = torch.autograd.grad(want, (ta, tb))
+    value, grads = agrad.execute_with_gradients(lambda xs: f(*xs), [a, b])
+    np.testing.assert_allclose(value, want.item(), rtol=1e-12)
+    for g, t in zip(grads, tg):
+        np.testing.assert_allclose(g, t.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("order", [1, 3, 4, float("inf")])
+def test_complex_vector_norm_second_derivative_matches_torch(order):
+    rng = np.random.default_rng(3)
+    a, b, v = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4)
+
+    def f(a):
+        xp = agrad.array_namespace(a)
+        z = xp.astype(a, xp.complex128) + xp.asarray(b * 1j)
+        return xp.linalg.vector_norm(z * z, ord=order)
+
+    got = agrad.grad(lambda a: agrad.numpy.sum(agrad.grad(f)(a) * v))(a)
+    ta = torch.tensor(a, requires_grad=True)
+    y = torch.linalg.vector_norm(torch.complex(ta, torch.tensor(b)) ** 2, ord=order)
+    (g,) = torch.autograd.grad(y, ta, create_graph=True)
+    (h,) = torch.autograd.grad(torch.sum(g * torch.tensor(v)), ta)
+    np.testing.assert_allclose(got, h.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_creation_functions_differentiate_traced_scalars():
+    """The issue's examples: 7.5 (not 0) for linspace, 3 for full."""
+    xp = agrad.numpy
+    lin = agrad.grad(lambda x: xp.sum(xp.linspace(x, 2 * x, 5)))(np.asarray(1.5))
+    full = agrad.grad(lambda x: xp.sum(xp.full((3,), x)))(np.asarray(1.5))
+    assert (float(lin), float(full)) == (7.5, 3.0)
+    f32 = agrad.grad(lambda x: xp.sum(xp.linspace(x, 2.0, 3)))(np.asarray(1.5, np.float32))
+    assert f32.dtype == np.float32
+
+
+def test_a_keyword_argument_with_a_gradient_is_refused_by_name():
+    xp = agrad.numpy
+    with pytest.raises(TypeError, match=r"linalg\.vector_norm: the keyword argument ord="):
+        agrad.grad(lambda x: xp.linalg.vector_norm(x, ord=x[0]))(np.array([3.0, 1.0]))
+
+
+def test_numpy_conversion_of_a_traced_array_with_a_gradient_is_refused():
+    """np.asarray would compute on the value and drop the gradient silently."""
+
+    def f(x):
+        xp = agrad.array_namespace(x)
+        np.testing.assert_array_equal(np.asarray(xp.asarray(np.ones(2))), np.ones(2))
+        with pytest.raises(TypeError, match="carries a gradient"):
+            np.asarray(x * 2.0)
+        return xp.sum(x)
+
+    agrad.grad(f)(np.ones(2))

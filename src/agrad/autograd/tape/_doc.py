@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agrad.autograd.tape import standard
+from agrad.autograd.tape import special, standard, ufuncs
+from agrad.autograd.tape.creation import DIFFERENTIABLE_CREATION
 from agrad.autograd.tape.tracing_namespace import CREATION, DERIVED, NONDIFFERENTIABLE, RULES
 
 __all__ = ["PAGE", "differentiability_page", "status"]
@@ -18,7 +19,20 @@ __all__ = ["PAGE", "differentiability_page", "status"]
 PAGE = Path("docs") / "differentiability.md"
 
 _NOT_FUNCTIONS = {"__array_namespace_info__"}
-_OWN_WRAPPERS = {"asarray": "traced arrays pass through (cast or moved if asked)"}
+_OWN_WRAPPERS = {
+    "asarray": "traced arrays pass through (cast or moved if asked); anything else is a "
+    "constant of the trace"
+}
+_FREQUENCIES = ("fft.fftfreq", "fft.rfftfreq")
+_CREATION_HOW = {
+    "linspace": "VJP rule in a traced `start` and `stop` (`y = start + (stop - start) t`)",
+    "arange": "VJP rule in a traced `start` and `step` (`y_i = start + i step`; `stop` "
+    "only sets the length)",
+    "full": "VJP rule in a traced `fill_value` (the sum of the cotangent)",
+    "full_like": "VJP rule in a traced `fill_value` (the sum of the cotangent)",
+    "fft.fftfreq": "VJP rule in a traced `d` (`f_k = k / (n d)`)",
+    "fft.rfftfreq": "VJP rule in a traced `d` (`f_k = k / (n d)`)",
+}
 
 
 def status(key: str) -> tuple[str, str]:
@@ -27,6 +41,8 @@ def status(key: str) -> tuple[str, str]:
     if key.startswith("linalg.") and name in standard.LINALG_ALIASES:
         st, how = status(name)
         return st, f"the main namespace's `{name}`: {how}"
+    if key in DIFFERENTIABLE_CREATION or key in _FREQUENCIES:
+        return "differentiable", _CREATION_HOW[key]
     if key in RULES:
         outputs = RULES[key].outputs
         if outputs is None:
@@ -36,9 +52,9 @@ def status(key: str) -> tuple[str, str]:
         doc = (DERIVED[key].__doc__ or "").strip().splitlines()[0]
         return "differentiable", f"composition of primitives: {doc}"
     if key in CREATION:
-        return "no gradient", "a constant (inside a trace, boxed as a constant of the trace)"
+        return "no gradient", "a constant of the trace (its arguments are shapes and integers)"
     if key in NONDIFFERENTIABLE:
-        return "no gradient", "result is untraced (integer, boolean or piecewise constant)"
+        return "no gradient", "a constant of the trace (integer, boolean or piecewise constant)"
     if key in _OWN_WRAPPERS:
         return "differentiable", _OWN_WRAPPERS[key]
     if key in _NOT_FUNCTIONS:
@@ -103,9 +119,16 @@ def differentiability_page() -> str:
         "  gets a gradient (NumPy, Dask: the last, as JAX's `.at[].set`); CuPy, which keeps an",
         "  unspecified one, refuses such a gradient. On torch, torch.autograd itself gives every",
         "  repeated write a gradient (torch documents the kept one as undefined).",
-        "- Comparisons, bitwise operators, `__floordiv__`: results carry no gradient.",
+        "- Comparisons, bitwise operators, `__floordiv__`: results are constants of the",
+        "  trace (traced arrays that carry no gradient).",
+        "- NumPy-style methods that are not in the standard (`x.sum()`, `x.reshape()`,",
+        "  `x.astype()`, `x.tolist()` ...) raise `AttributeError` naming the standard",
+        "  function to call instead.",
         "- `__bool__`, `__int__`, `__float__`, `__complex__`, `__index__`, `__dlpack__`:",
         "  read the value, which ends differentiability.",
+        "- `__array__` (`np.asarray(x)`): the value of a constant; a traced array that",
+        "  carries a gradient raises `TypeError`, since code converting implicitly would",
+        "  drop the gradient silently.",
         "",
         "## Limits",
         "",
@@ -118,19 +141,79 @@ def differentiability_page() -> str:
         "- Piecewise functions take torch's conventions at their kinks: ties in `max`,",
         "  `min`, `maximum`, `minimum` share the gradient evenly; `abs`, `copysign`,",
         "  `vector_norm` give 0 at 0; `clip` passes the gradient on its boundaries.",
-        "- array-api-strict's operators raise on a traced operand: write",
-        "  `xp.multiply(c, x)` (or lift `c` with `xp.asarray`) rather than `c * x` when",
-        "  `c` is a raw strict array and `x` is traced.",
-        "- Arrays made by the tracing namespace inside a gradient computation are",
-        "  constants of the trace, so third-party code can mix them with traced arrays",
-        "  (array-api-extra's `at(...).set`). Raw arrays made by the base library itself",
-        "  and mixed with traced ones in `array_api_compat.array_namespace(raw, traced)`",
-        "  still get a `TypeError` (two namespaces).",
+        "- Inside a gradient computation every array the tracing namespace returns is",
+        "  traced: arrays it creates (`asarray`, `zeros` ...) and results without a",
+        "  gradient are constants of the trace, so operators and",
+        "  `array_api_compat.array_namespace` mix them with traced arrays freely. Raw",
+        "  arrays made by the base library itself are constants too, but",
+        "  array-api-strict's own operators raise on a traced operand (`c * x` with a raw",
+        "  strict `c`): lift `c` with `xp.asarray(c)` first, and",
+        "  `array_namespace(raw, traced)` sees two namespaces.",
+        "- Functions are differentiated in their positional array arguments. A keyword",
+        "  argument that is a traced array with a gradient (`vector_norm(x, ord=p)` with",
+        "  `p` computed from a parameter) raises `TypeError` naming it; a traced",
+        "  constant there is read as its value.",
         "- Dask: `linalg.cholesky` returns the standard's lower factor (Dask's own",
         "  returns the upper one); masks on Dask transpose through `__setitem__`.",
         "",
     ]
+    lines += _ufunc_section()
     return "\n".join(lines)
+
+
+def _ufunc_section() -> list[str]:
+    """NumPy and scipy.special ufuncs: the ones with a rule, and why the rest have none."""
+    std = sorted(ufuncs.STANDARD.items())
+    refused = special.NOT_DIFFERENTIABLE_IN
+    lines = [
+        "## NumPy ufuncs and `scipy.special`",
+        "",
+        "A NumPy ufunc applied to a traced NumPy or array-api-strict array",
+        "(`np.exp(x)`, `raw + x`, `scipy.special.erf(x)`) goes through the traced",
+        "array's `__array_ufunc__`. `agrad.numpy` and `agrad.array_api_strict` also have",
+        "a `special` module (`agrad.numpy.special.erf` ...) with the same functions, made",
+        "on first use (importing agrad does not import scipy), and scipy's Array API",
+        "code (`SCIPY_ARRAY_API=1`) calls it itself: scipy looks for `xp.special.<name>`",
+        "on the array's namespace. Their VJP rules are written with the tracing",
+        "namespace, so they differentiate to any order.",
+        "",
+        f"NumPy ufuncs that are functions of the standard ({len(std)}) call it: "
+        + ", ".join(f"`{n}`" + (f" (`{t}`)" if n != t else "") for n, t in std)
+        + ".",
+        "",
+        "NumPy ufuncs outside the standard with a VJP rule: "
+        + ", ".join(f"`{n}`" for n in sorted(special.NUMPY_UFUNCS))
+        + ".",
+        "",
+        "| `scipy.special` function | differentiable in |",
+        "|---|---|",
+    ]
+    for name, (nargs, _) in sorted(special.RULES.items()):
+        args = [i for i in range(nargs) if i not in refused.get(name, {})]
+        where = "its argument" if nargs == 1 else ", ".join(f"argument {i}" for i in args)
+        why = "; ".join(f"not argument {i}, {r}" for i, r in refused.get(name, {}).items())
+        lines.append(f"| `{name}` | {where}{' (' + why + ')' if why else ''} |")
+    lines += [
+        "",
+        "Every other ufunc, and any ufunc method other than a plain call (`reduce`,",
+        "`accumulate`, `at`, `outer`) or a call with `out=`, `where=` or `dtype=`, raises",
+        "`NotImplementedError` naming it when it meets a traced array: agrad has no rule",
+        "for it (the Bessel, elliptic and distribution functions of `scipy.special`; NumPy's",
+        "`heaviside`, `spacing`, `frexp` ... are piecewise constant or not real-valued",
+        "maps), and running it on the values would drop the gradient silently.",
+        "",
+        "With `SCIPY_ARRAY_API=1`, gradients through `scipy.stats` (`variation`,",
+        "`entropy`, `zscore`, `skew`, `kurtosis`, `moment`, `gmean`, `hmean`, `pmean`,",
+        "`sem`, `tvar`, `tstd`, `gstd`, `differential_entropy`), `scipy.special`",
+        "(`logsumexp`, `softmax`, `log_softmax` and the table above) and array-api-extra",
+        "are checked against finite differences on NumPy and array-api-strict",
+        "(`tests/test_scipy_gradients.py`). scipy's distributions (`scipy.stats.norm`",
+        "...) and `pearsonr`'s p-value are not written against the standard there: they",
+        "convert their inputs with `np.asarray`, which a traced array that carries a",
+        "gradient refuses with a `TypeError` rather than lose the gradient.",
+        "",
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

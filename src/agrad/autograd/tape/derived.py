@@ -17,6 +17,7 @@ from agrad.autograd.tape.helpers import (
     conj,
     dual_norm,
     fft_axes,
+    is_complex,
     normalize_axes,
     reduced_count,
 )
@@ -29,10 +30,14 @@ __all__ = ["DERIVED"]
 
 
 def var(ns, x, /, *, axis=None, correction=0.0, keepdims=False):
-    """``sum((x - mean(x))^2) / (N - correction)`` over ``axis``."""
+    """``sum(conj(d) * d) / (N - correction)`` over ``axis``, ``d = x - mean(x)`` (real)."""
     n = reduced_count(tuple(x.shape), normalize_axes(axis, x.ndim))
     d = ns.subtract(x, ns.mean(x, axis=axis, keepdims=True))
-    return ns.sum(ns.multiply(d, d), axis=axis, keepdims=keepdims) / (n - correction)
+    if is_complex(ns, d):
+        squares = ns.add(ns.square(ns.real(d)), ns.square(ns.imag(d)))
+    else:
+        squares = ns.multiply(d, d)
+    return ns.sum(squares, axis=axis, keepdims=keepdims) / (n - correction)
 
 
 def std(ns, x, /, *, axis=None, correction=0.0, keepdims=False):

@@ -104,6 +104,15 @@ def _svdvals(ns, g, ans, x):
     return ns.matmul(ns.multiply(u, ns.expand_dims(g, axis=-2)), vh)
 
 
+def _phase(ns, x):
+    """``sign(x)``; for complex ``x`` the differentiable ``x / |x|`` (0 where ``x`` is 0)."""
+    if not is_complex(ns, x):
+        return ns.sign(x)
+    ax = ns.abs(x)
+    zero = strip(ax) == 0
+    return ns.divide(x, ns.astype(ns.where(zero, ns.ones_like(ax), ax), x.dtype))
+
+
 def _vector_norm(ns, g, ans, x, axis=None, keepdims=False, ord=2):
     gk = restore_reduced(ns, g, x, axis, keepdims)
     nk = restore_reduced(ns, ans, x, axis, keepdims)
@@ -114,16 +123,16 @@ def _vector_norm(ns, g, ans, x, axis=None, keepdims=False, ord=2):
         mask = ns.astype(ax == strip(nk), ax.dtype)
         axes = tuple(range(x.ndim)) if axis is None else axis
         count = ns.sum(mask, axis=axes, keepdims=True)
-        return ns.multiply(gk, ns.divide(ns.multiply(ns.sign(x), mask), count))
+        return ns.multiply(gk, ns.divide(ns.multiply(_phase(ns, x), mask), count))
     if ord == 1:
-        return ns.multiply(gk, ns.sign(x))
+        return ns.multiply(gk, _phase(ns, x))
     zero = strip(nk) == 0
     safe = ns.where(zero, ns.ones_like(nk), nk)
     if ord == 2:
         d = ns.divide(x, safe)
     else:
         ratio = ns.divide(ns.abs(x), safe)
-        d = ns.multiply(ns.sign(x), ns.pow(ratio, ord - 1.0))
+        d = ns.multiply(_phase(ns, x), ns.pow(ratio, ord - 1.0))
     return ns.multiply(ns.where(zero, ns.zeros_like(gk), gk), d)
 
 

@@ -338,6 +338,29 @@ class TracedArray:
         """DLPack export of the value (reading it ends differentiability)."""
         return strip(self).__dlpack__(*args, **kwargs)
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """NumPy's conversion: the value of a constant; refused where it would drop a gradient.
+
+        Code that converts its inputs with ``np.asarray`` (scipy's fallback for functions
+        without Array API support) would otherwise compute on the values and hand back
+        a result without the gradient, silently.
+        """
+        value = self
+        while isinstance(value, TracedArray):
+            if value._node is not CONSTANT:
+                msg = (
+                    "np.asarray (or another NumPy conversion) was given a traced array "
+                    "that carries a gradient; computing on its value would drop the "
+                    "gradient silently. Use the array's namespace (xp = "
+                    "array_namespace(x)) instead, or convert agrad.stop_gradient(x)"
+                )
+                raise TypeError(msg)
+            value = value._value
+        import numpy as np
+
+        out = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+        return out.copy() if copy else out
+
     def __dlpack_device__(self) -> Any:
         return strip(self).__dlpack_device__()
 
@@ -385,6 +408,11 @@ def primitive(
     Traced = ns._Traced
 
     def fn(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            for v in kwargs.values():
+                if isinstance(v, TracedArray):
+                    kwargs = _constant_keywords(name, kwargs)
+                    break
         n = len(args)
         if n == 1 or (n == 2 and not isinstance(args[1], TracedArray)):
             x = args[0]
@@ -444,6 +472,30 @@ def primitive(
     fn.__name__ = fn.__qualname__ = name
     fn._agrad_raw = plain  # type: ignore[attr-defined]
     return fn
+
+
+def _constant_keywords(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with its traced constants unboxed; one that carries a gradient raises.
+
+    Primitives differentiate only their positional arguments, so a keyword argument
+    with a gradient (``ord`` of ``vector_norm`` computed from a parameter) would
+    silently lose it.
+    """
+    out = dict(kwargs)
+    for key, v in kwargs.items():
+        level = v
+        while isinstance(level, TracedArray):
+            if level._node is not CONSTANT:
+                msg = (
+                    f"{name}: the keyword argument {key}= is a traced array that carries a "
+                    f"gradient, and agrad differentiates {name} only in its array "
+                    f"arguments; pass a constant ({key}=float(...) or "
+                    "agrad.stop_gradient(...))"
+                )
+                raise TypeError(msg)
+            level = level._value
+        out[key] = level
+    return out
 
 
 def _tuple_boxer(

@@ -6,8 +6,10 @@ order of precedence:
 
 - a *primitive* with a VJP rule (``RULES``, the rule modules' tables merged); one
   whose entry says ``sequence`` (``concat``, ``stack``) takes its arrays as one
-  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``
-  and ``asarray`` are front ends to their primitives (``_front_ends``);
+  sequence, each of them a positional argument of the primitive; ``clip``, ``astype``,
+  ``asarray`` and the creation functions with scalar arguments (``linspace``,
+  ``arange``, ``full``, ``full_like``) are front ends to their primitives
+  (``_front_ends``);
 - *derived*: the base's own function when nothing is traced, else a composition of
   primitives (:mod:`agrad.autograd.tape.derived`);
 - *non-differentiable*: run on the raw values (comparisons, argmax ...); the result is
@@ -18,9 +20,14 @@ order of precedence:
 Inside a trace every array a function returns is traced (a constant of the trace when it
 carries no gradient: :func:`~agrad.autograd.tape.traced.box_constants`). With no
 active trace the namespace is a plain pass-through of its base (except where
-the base disagrees with the standard: ``_BASE_FIXES``). Integer-array and mask indexing
-transpose through ``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a
-one-hot product written against the standard).
+the base disagrees with the standard: ``_BASE_FIXES``). ``agrad.numpy`` and
+``agrad.array_api_strict`` also have a ``special`` module of differentiable
+``scipy.special`` functions, made on first use (scipy's own wrappers call it under
+``SCIPY_ARRAY_API=1``), and their traced arrays take NumPy ufuncs through
+``__array_ufunc__`` (:mod:`~agrad.autograd.tape.special`,
+:mod:`~agrad.autograd.tape.ufuncs`). Integer-array and mask indexing transpose through
+``_index_add``, a scatter-add (NumPy/CuPy ``add.at``; elsewhere a one-hot product
+written against the standard).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from typing import Any
 import array_api_compat
 
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
+from agrad.autograd.tape.creation import creation_functions, frequency_functions
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
 from agrad.autograd.tape.signatures import apply_signatures
+from agrad.autograd.tape.special import special_module
 from agrad.autograd.tape.standard import (
     CONSTANTS,
     FFT_FUNCTIONS,
@@ -293,6 +302,9 @@ def _populate_extension(ns: Any, base: Any, ext: str, names: tuple[str, ...]) ->
         if name not in names and not _is_function(obj):
             continue  # the base module's imports (numpy, typing names ...)
         setattr(mod, name, _wrap(f"{ext}.{name}", f"{mod.__name__}.{name}", obj, ns))
+    if ext == "fft" and base_ext is not None:
+        for name, fn in frequency_functions(ns, base_ext).items():
+            setattr(mod, name, fn)
     mod.__all__ = sorted(n for n in vars(mod) if not n.startswith("_"))
     sys.modules[mod.__name__] = mod
     return mod
@@ -322,12 +334,41 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
     module_globals.update(_private_primitives(ns, base, base_name))
     for ext, ext_names in (("linalg", LINALG_FUNCTIONS), ("fft", FFT_FUNCTIONS)):
         module_globals[ext] = _populate_extension(ns, base, ext, ext_names)
+    if base_name in ("numpy", "array_api_strict"):  # both are NumPy arrays underneath
+        from agrad.autograd.tape.ufuncs import array_ufunc_for
+
+        traced_cls.__array_ufunc__ = array_ufunc_for(ns)
     module_globals["__all__"] = sorted(
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
     bind_operators(traced_cls, module_globals)
     apply_signatures(module_globals, traced_cls)  # after the operators: they stay unwrapped
     module_globals["_raw_ns"] = _raw_namespace(ns)
+    module_globals["__getattr__"] = _lazy_special(ns, base_name, module_globals)
+
+
+def _lazy_special(ns: Any, base_name: str, module_globals: dict[str, Any]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` that makes ``ns.special`` on first use.
+
+    Building it imports scipy, which reads ``SCIPY_ARRAY_API`` once, at import: importing
+    a tracing namespace must not do that before the user has set it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        # NumPy and array-api-strict only: scipy.special computes on NumPy arrays
+        if name == "special" and base_name in ("numpy", "array_api_strict"):
+            mod = special_module(ns, base_name)
+            if mod is not None:
+                module_globals["special"] = mod
+                raw = types.SimpleNamespace(
+                    **{k: getattr(v, "_agrad_raw", v) for k, v in vars(mod).items()}
+                )
+                module_globals["_raw_ns"].special = raw
+                return mod
+        msg = f"module {ns.__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    return __getattr__
 
 
 def _raw_namespace(ns: Any) -> types.SimpleNamespace:
@@ -366,7 +407,8 @@ def _raw_namespace(ns: Any) -> types.SimpleNamespace:
 def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     """Functions whose standard signature is not their primitive's.
 
-    ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
+    ``linspace``, ``arange``, ``full`` and ``full_like`` are differentiable in traced
+    scalar arguments (:mod:`~agrad.autograd.tape.creation`); ``clip`` takes its differentiable bounds as keywords too, ``astype`` is
     differentiable only to floating and complex dtypes, ``asarray`` returns a traced
     array as it is.
     """
@@ -404,7 +446,12 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
     clip._agrad_raw = base.clip  # type: ignore[attr-defined]
     astype._agrad_raw = base.astype  # type: ignore[attr-defined]
     asarray._agrad_raw = base.asarray  # type: ignore[attr-defined]
-    return {"clip": clip, "astype": astype, "asarray": asarray}
+    return {
+        "clip": clip,
+        "astype": astype,
+        "asarray": asarray,
+        **creation_functions(ns, base),
+    }
 
 
 def _private_primitives(ns: Any, base: Any, base_name: str) -> dict[str, Any]:
