@@ -77,3 +77,22 @@ def test_asarray_copy_of_a_traced_array_is_a_new_array():
 
     g = agrad.grad(f)(strict.asarray([1.0, 2.0, 3.0]))
     np.testing.assert_array_equal(to_numpy(g), [2.0, 5.0, 7.0])  # d/dx of sum(x^2) + x[1:]
+
+
+def test_vecdot_of_integer_arrays_keeps_their_dtype_inside_a_trace():
+    seen = {}
+    ints = {
+        dt: strict.asarray([[1, 2], [3, 4]], dtype=getattr(strict, dt)) for dt in ("uint8", "int16")
+    }
+
+    def f(x):
+        xp = agrad.array_namespace(x)
+        for name, a in ints.items():
+            seen[name] = xp.vecdot(xp.asarray(a), xp.asarray(a))  # constants of the trace
+        return xp.sum(x)
+
+    agrad.grad(f)(strict.asarray([1.0]))
+    for name, a in ints.items():
+        want = strict.vecdot(a, a)
+        assert seen[name].dtype == want.dtype == a.dtype
+        np.testing.assert_array_equal(to_numpy(seen[name]), to_numpy(want))

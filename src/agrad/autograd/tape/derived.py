@@ -46,7 +46,7 @@ def std(ns, x, /, *, axis=None, correction=0.0, keepdims=False):
 
 
 def vecdot(ns, x1, x2, /, *, axis=-1):
-    """``sum(conj(x1) * x2, axis)``; the two sizes along ``axis`` must be equal (no broadcast)."""
+    """``sum(conj(x1) * x2, axis)`` in the inputs' dtype; sizes along ``axis`` must be equal."""
     n1, n2 = _axis_size(x1, axis), _axis_size(x2, axis)
     if n1 != n2:
         msg = (
@@ -55,7 +55,10 @@ def vecdot(ns, x1, x2, /, *, axis=-1):
             f"{tuple(x1.shape)} and {tuple(x2.shape)})"
         )
         raise ValueError(msg)
-    return ns.sum(ns.multiply(conj(ns, x1), x2), axis=axis)
+    product = ns.multiply(conj(ns, x1), x2)
+    if ns.isdtype(product.dtype, "integral"):  # sum would widen uint8 to uint64
+        return ns.sum(product, axis=axis, dtype=product.dtype)
+    return ns.sum(product, axis=axis)
 
 
 def _axis_size(x: Any, axis: int) -> int | None:
