@@ -11,6 +11,11 @@ pytest subprocesses, in parallel:
 
 Each with the same settings (``ARRAY_API_TESTS_VERSION``, ``--max-examples``,
 ``--derandomize``, ``--disable-deadline``). Outcomes are read from each run's JUnit XML.
+Every run also loads this module as a pytest plugin: before each test it seeds Python's
+global ``random`` (:func:`pytest_runtest_setup`), which the suite's special-case tests
+reach through hypothesis's ``.example()`` (it shuffles its draws with ``random``, so
+the one input they test otherwise depends on what ran before in that process, and the
+reference and agrad would test different inputs).
 A *regression* is a test the reference passes and an agrad mode does not; the exit
 status is 1 when any mode has one, else 0. ``SKIPS`` lists the tests deselected from
 the agrad runs, each with the reason (the suite itself is wrong or flaky there).
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -28,7 +34,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MODES", "SKIPS", "Run", "compare", "main", "outcomes", "pytest_command", "run_all"]
+__all__ = [
+    "MODES",
+    "SKIPS",
+    "Run",
+    "compare",
+    "main",
+    "outcomes",
+    "suite_command",
+    "pytest_runtest_setup",
+    "run_all",
+]
 
 #: Mode -> (ARRAY_API_TESTS_MODULE, extra pytest arguments).
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -37,28 +53,11 @@ MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "traced": ("agrad.testing.traced_strict", ("-p", "agrad.testing.traced_strict")),
 }
 
-_DRAWN_ONCE = (
-    "its one input is drawn with hypothesis's .example(), which --derandomize does not fix, so"
-    " it passes or fails with the draw: array_api_strict itself passes it in some runs and"
-    " fails it in others (and with --hypothesis-seed 1 to 6 the failing set of these cases"
-    " changes from seed to seed)"
-)
-
 #: Test node ids (relative to the suite's root) deselected from agrad's runs: the reason.
-SKIPS: dict[str, str] = {
-    "array_api_tests/test_special_cases.py::test_unary[expm1((real(x_i) is +0 or real(x_i) == -0)"
-    " and imag(x_i) is +0) -> 0 + 0j]": (
-        f"{_DRAWN_ONCE}; for real(x) = -0 it expects +0 where expm1(-0 + 0j) is -0 + 0j"
-    ),
-    "array_api_tests/test_special_cases.py::test_unary[tanh(real(x_i) is +infinity and"
-    " isfinite(imag(x_i)) and imag(x_i) > 0) -> 1 + 0j]": (
-        f"{_DRAWN_ONCE}; the sign of the zero imaginary part is that of sin(2 imag(x))"
-    ),
-    "array_api_tests/test_special_cases.py::test_unary[sign((real(x_i) is -0 or real(x_i) == +0)"
-    " and (imag(x_i) is -0 or imag(x_i) == +0)) -> 0 + 0j]": (
-        f"{_DRAWN_ONCE}; the sign of the zero result follows the drawn zero's"
-    ),
-}
+#: Empty: the special-case tests that drew their input differently in each process (and
+#: so passed or failed with the draw, array_api_strict too) are made the same in every
+#: run by :func:`pytest_runtest_setup`.
+SKIPS: dict[str, str] = {}
 
 
 class Run:
@@ -75,7 +74,7 @@ class Run:
         return sum(1 for o in self.outcomes.values() if o == outcome)
 
 
-def pytest_command(
+def suite_command(
     suite: Path, junit: Path, *, max_examples: int, extra: Sequence[str], deselect: Sequence[str]
 ) -> list[str]:
     """The pytest command line for one run of the suite at ``suite``."""
@@ -91,11 +90,18 @@ def pytest_command(
         "--derandomize",
         "--disable-deadline",
         f"--junitxml={junit}",
+        "-p",
+        "agrad.testing.array_api_suite",  # pytest_runtest_setup, also under -m
         *extra,
     ]
     for nodeid in deselect:
         cmd.append(f"--deselect={nodeid}")  # node ids are relative to the suite root
     return cmd
+
+
+def pytest_runtest_setup(item: object) -> None:
+    """Pytest hook (this module is a plugin of every run): the same ``random`` state per test."""
+    random.seed(0)
 
 
 def outcomes(junit: Path) -> dict[str, str]:
@@ -154,7 +160,7 @@ def run_all(
             module, extra = MODES[mode]
             junit = workdir / f"{mode}.xml"
             deselect = list(SKIPS) if mode != "reference" else []
-            cmd = pytest_command(
+            cmd = suite_command(
                 suite, junit, max_examples=max_examples, extra=extra, deselect=deselect
             )
             with open(workdir / f"{mode}.log", "wb") as log:
