@@ -46,8 +46,25 @@ def std(ns, x, /, *, axis=None, correction=0.0, keepdims=False):
 
 
 def vecdot(ns, x1, x2, /, *, axis=-1):
-    """``sum(conj(x1) * x2, axis)``."""
-    return ns.sum(ns.multiply(conj(ns, x1), x2), axis=axis)
+    """``sum(conj(x1) * x2, axis)`` in the inputs' dtype; sizes along ``axis`` must be equal."""
+    n1, n2 = _axis_size(x1, axis), _axis_size(x2, axis)
+    if n1 != n2:
+        msg = (
+            f"vecdot: x1 has {n1} elements along axis {axis} and x2 has {n2}; the "
+            "standard contracts equal sizes only (shapes "
+            f"{tuple(x1.shape)} and {tuple(x2.shape)})"
+        )
+        raise ValueError(msg)
+    product = ns.multiply(conj(ns, x1), x2)
+    if ns.isdtype(product.dtype, "integral"):  # sum would widen uint8 to uint64
+        return ns.sum(product, axis=axis, dtype=product.dtype)
+    return ns.sum(product, axis=axis)
+
+
+def _axis_size(x: Any, axis: int) -> int | None:
+    """The size of ``x`` along ``axis`` (negative: from the end; ``None`` if too short)."""
+    shape = tuple(x.shape)
+    return shape[axis] if -len(shape) <= axis < len(shape) else None
 
 
 # ---- manipulation ------------------------------------------------------------------
@@ -194,12 +211,18 @@ def matrix_norm(ns, x, /, *, keepdims=False, ord="fro"):
 
 
 def pinv(ns, x, /, *, rtol=None):
-    """Moore-Penrose inverse from the SVD: ``V diag(1/s) U^H`` for ``s > rtol * max(s)``."""
+    """Moore-Penrose inverse from the SVD: ``V diag(1/s) U^H`` for ``s > rtol * max(s)``.
+
+    An array ``rtol`` has one tolerance per matrix (it broadcasts against ``x.shape[:-2]``).
+    """
     u, s, vh = ns.linalg.svd(x, full_matrices=False)
     if rtol is None:
         rtol = max(x.shape[-2:]) * ns.finfo(x.dtype).eps
     s_raw = strip(s)
-    cutoff = ns._base.max(s_raw, axis=-1, keepdims=True) * strip(rtol)
+    rtol = strip(rtol)
+    if getattr(rtol, "ndim", None) is not None:  # an array of the batch shape: one per matrix
+        rtol = ns._base.expand_dims(rtol, axis=-1)
+    cutoff = ns._base.max(s_raw, axis=-1, keepdims=True) * rtol
     keep = s_raw > cutoff
     s_inv = ns.where(keep, ns.divide(1.0, ns.where(keep, s, ns.ones_like(s))), ns.zeros_like(s))
     uh = ns.matrix_transpose(conj(ns, u))

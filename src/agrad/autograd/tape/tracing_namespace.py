@@ -45,8 +45,10 @@ import array_api_compat
 from agrad.autograd.tape import derived, rules, rules_fft, rules_linalg
 from agrad.autograd.tape.creation import creation_functions, frequency_functions
 from agrad.autograd.tape.operators import bind_operators, computed_by_operator
+from agrad.autograd.tape.signatures import apply_signatures
 from agrad.autograd.tape.special import special_module
 from agrad.autograd.tape.standard import (
+    CONSTANTS,
     FFT_FUNCTIONS,
     FUNCTIONS,
     LINALG_ALIASES,
@@ -322,6 +324,9 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         if name in ("linalg", "fft") or name in front_ends:
             continue
         obj = getattr(base, name, None)
+        if name in CONSTANTS:  # values, ``newaxis`` (None) included
+            module_globals[name] = obj
+            continue
         module_globals[name] = _wrap(name, f"{ns.__name__}.{name}", obj, ns)
     if hasattr(base, "__array_api_version__"):
         module_globals["__array_api_version__"] = base.__array_api_version__
@@ -337,6 +342,7 @@ def populate(module_globals: dict[str, Any], base_name: str) -> None:
         n for n in module_globals if not n.startswith("_") and n not in ("annotations", "populate")
     )
     bind_operators(traced_cls, module_globals)
+    apply_signatures(module_globals, traced_cls)  # after the operators: they stay unwrapped
     module_globals["_raw_ns"] = _raw_namespace(ns)
     module_globals["__getattr__"] = _lazy_special(ns, base_name, module_globals)
 
@@ -427,6 +433,8 @@ def _front_ends(ns: Any, base: Any) -> dict[str, Any]:
         if isinstance(obj, TracedArray):
             if dtype is not None and dtype != obj.dtype:
                 obj = ns.astype(obj, dtype)
+            elif copy:  # a new array object: assigning into one leaves the other as it was
+                obj = type(obj)(obj._value, obj._node, obj._trace)
             if device is not None and device != obj.device:
                 obj = ns._to_device(obj, device)
             return obj
