@@ -234,7 +234,8 @@ def test_numpy_memory_error_for_scratch_writes_nothing(monkeypatch, strict, name
 
 
 # -- tampered state and hyperparameters -------------------------------------------------
-COUNTS = [2.0, True, np.int64(3), np.asarray(3), -1, -2, None, "3"]
+# a count is an int >= 0 or a 0-d integer array holding one (np.int64(3) is one)
+COUNTS = [2.0, True, -1, -2, None, "3", np.asarray(-1), np.ones(2, int), np.asarray(3.0)]
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
@@ -271,7 +272,9 @@ def test_hyperparameter_out_of_range_declines(library, name, key, value):
     params = [np.ones(BIG)] if library == "numpy" else [torch.ones(BIG)]
     opt = getattr(optim, name)(lr=0.1, **({"momentum": 0.9} if name == "sgd" else {}))
     state = opt.init(params)
-    dict.__setitem__(opt.hyperparams, key, value)  # tampered (the mapping refuses writes)
+    with pytest.raises(TypeError, match="fixed when it is built"):
+        opt.hyperparams[key] = value
+    dict.__setitem__(opt.hyperparams, key, value)  # forced past the guard, as a user could
     before = snapshot(params, state)
     grads = [np.ones(BIG)] if library == "numpy" else [torch.ones(BIG)]
     assert fastpath.try_step(opt, params, grads, state) is None

@@ -231,8 +231,11 @@ def sgd(
     def rule(xp, t, lr_t, _, g, p, *bufs):
         if momentum != 0:
             (buf,) = bufs
-            # the first step takes the gradient itself (torch's clone): selected, not branched
-            buf = xp.where(t == 1.0, g, xp.add(buf * momentum, g * (1 - dampening)))
+            if dampening == 0:
+                # the first step's buffer is 0, so 0 * momentum + g is torch's clone of g
+                buf = xp.add(buf * momentum, g * 1.0)
+            else:  # the first step takes the gradient itself: selected, not branched
+                buf = xp.where(t == 1.0, g, xp.add(buf * momentum, g * (1 - dampening)))
             g = xp.add(g, buf * momentum) if nesterov else buf
             bufs = (buf,)
         return scale(xp, g, _neg(xp, lr_t)), bufs
