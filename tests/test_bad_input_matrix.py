@@ -700,7 +700,7 @@ def _function_without_rule(ns: Any) -> str:
     """
     from agrad.autograd.tape import tracing_namespace
 
-    refusing = tracing_namespace._unsupported("probe", None).__code__
+    refusing = tracing_namespace._unsupported("probe", None, None).__code__
     candidates = ["linalg.eig", "cumprod", "linalg.norm"]
     candidates += [f"{ext}.{n}" for ext in ("linalg", "fft") for n in dir(getattr(ns, ext))]
     candidates += dir(ns)

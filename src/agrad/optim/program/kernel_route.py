@@ -42,10 +42,14 @@ from agrad.optim.program.ir import Program, evaluate_scalars
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves, unflatten
 
-__all__ = ["enabled", "executor_for", "library", "routed", "try_step"]
+__all__ = ["dask_enabled", "enabled", "executor_for", "library", "routed", "try_step"]
 
 #: Set to ``False`` to send CuPy and Dask steps down the generic path.
 enabled = True
+#: The Dask executor is opt-in for now: with step counts as 0-d Dask arrays, a rule
+#: whose state feeds a ``where`` (``apply_if_finite``) builds graphs that grow
+#: exponentially with the steps on this route (issue 12, open); the generic path does not.
+dask_enabled = False
 
 _FLOATS = ("float32", "float64")
 _VARIANTS = 8
@@ -225,6 +229,8 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     if got is None:
         return None
     lib, p, g, _, s_leaves, s_def, key = got
+    if lib == "dask" and not dask_enabled:
+        return None
     cache = _cache(opt)
     variants = cache.get(key)
     if variants is _DECLINED:
