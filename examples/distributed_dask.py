@@ -121,7 +121,7 @@ def train(steps: int = 30, lr: float = 0.05, workers: int = 2) -> dict[str, Any]
             "b": float(params["b"].value.compute()),
             "exp_avg": state.exp_avg["w"].compute().tolist(),
             "exp_avg_sq": state.exp_avg_sq["w"].compute().tolist(),
-            "count": state.count,
+            "count": int(state.count),
             "losses": losses,
             "startup_seconds": startup,
             "train_seconds": seconds,

@@ -93,7 +93,7 @@ def _worker(rank: int, port: int, steps: int, lr: float, out_path: str) -> None:
             result = {
                 "params": {k: p.detach().tolist() for k, p in params.items()},
                 "exp_avg": {k: v.tolist() for k, v in state.exp_avg.items()},
-                "count": state.count,
+                "count": int(state.count),
                 "replicas_differ": replicas_differ,
                 "train_seconds": seconds,
                 "world_size": dist.get_world_size(),

@@ -274,6 +274,7 @@ def test_every_optimizer_is_covered():
         "global_norm",
         "load",
         "save",
+        "state_types",  # the record classes for torch.load(weights_only=True)
         "pack",
         "lbfgs",  # closure-driven, decides on the host each evaluation: not jittable
         "sparse_adam",  # refused

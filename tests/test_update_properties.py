@@ -60,7 +60,9 @@ SHAPES = [(), (1,), (3,), (2, 3), (3, 2), (2, 2, 2)]
 #: (torch's ``p.add_(g, alpha=-lr)`` is one operation; the generic path rounds ``lr * g``
 #: first), so the two may differ in the last bit: compared to 1e-13 there, exactly elsewhere.
 FAST_PATH = {
-    *(("torch", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad", "adamw")),
+    # every optimizer takes the recorded route in place; on torch its foreach program
+    # fuses multiply-adds (addcmul, addcdiv, lerp), which round once: equal to rounding
+    *(("torch", n) for n in OPTIMIZERS),
     # the seed updates are agrad.optim.sgd / adam, so they take the same fused kernels
     *(("torch", n) for n in ("gradient_descent_update", "adam_update")),
     *(("numpy", n) for n in ("sgd", "sgd-nesterov", "adam", "adam-amsgrad")),

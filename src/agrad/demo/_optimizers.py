@@ -52,8 +52,10 @@ def _optim_factories() -> dict[str, Callable[..., Any]]:
         return {}
     found = {}
     for name in getattr(optim, "__all__", ()):
+        if name in _NOT_OPTIMIZERS or not name.islower():  # TorchOptimizer: not loaded
+            continue
         obj = getattr(optim, name, None)
-        if name in _NOT_OPTIMIZERS or not name.islower() or not inspect.isfunction(obj):
+        if not inspect.isfunction(obj):
             continue
         signature = inspect.signature(obj)
         returns = str(signature.return_annotation)

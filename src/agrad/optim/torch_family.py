@@ -522,7 +522,7 @@ def nadam(
     def scalars(t: Any, state: NAdamState) -> tuple[Any, dict[str, Any]]:
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))
         mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
-        mu_product = state.mu_product * mu
+        mu_product = mu * state.mu_product  # a traced mu on the left: strict refuses raw * traced
         return (mu, mu_next, mu_product), {"mu_product": mu_product}
 
     def rule(xp, t, lr_t, extra, g, p, m, v):
