@@ -142,7 +142,10 @@ def test_inplace_equals_functional(name: str, backend: str, problem) -> None:
     p_i, s_i = run(name, xp, inplace_in, [[_arr(xp, g) for g in gs] for gs in grads], True)
     for a, b in zip(_numpy_tree((p_i, s_i)), _numpy_tree((p_f, s_f))):
         if (backend, name) in FAST_PATH:
-            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+            # fused multiply-adds round ``g + wd * p`` once; where that sum cancels (g=0.3,
+            # p=-3, wd=0.1), Adam's normalisation m/sqrt(v) magnifies the last bit to ~1e-11
+            atol = 1e-10 if backend == "torch" else 1e-15
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=atol)
         else:
             np.testing.assert_array_equal(a, b)
     for original, returned in zip(inplace_in, flatten(p_i)[0]):
