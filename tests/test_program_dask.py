@@ -154,21 +154,9 @@ def _dask_leaves(tree):
     return [x for x in flatten_leaves(tree)[0] if hasattr(x, "dask")]
 
 
-_SPLIT = pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, open: since step counts are 0-d arrays, the count's block splits the "
-    "step into two fused blocks per chunk (9 compute tasks on 4 chunks, not 4)",
-)
-
-
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param("adam", marks=_SPLIT),
-        pytest.param("nadam", marks=_SPLIT),
-        pytest.param("rmsprop-centered", marks=_SPLIT),
-        "user-adabelief",
-    ],
+    ["adam", "nadam", "rmsprop-centered", "user-adabelief"],
 )
 def test_one_task_per_chunk_per_step(case):
     """A step on a 4-chunk parameter: 4 tasks that compute (one per chunk) and one

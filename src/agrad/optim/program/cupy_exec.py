@@ -6,7 +6,10 @@ gives the fused blocks and the eager nodes between them. Each block becomes one
 :func:`~agrad.optim.program.c_codegen.kernel_body` of the block (built once per
 program and per types of the host scalars it reads, then cached by CuPy on disk as
 well); eager nodes (reductions, reshapes, 0-d arithmetic) run as the CuPy functions
-of the same name. A step is then one kernel launch per block: Adam on one parameter
+of the same name. The per-step values (a step count, bias corrections: the nodes of
+no lane) are computed first, as the generic path computes them
+(:func:`~agrad.optim.program.eager.run_nodes`), and reach the kernels as 0-d array
+arguments (no copy to the host). A step is then one kernel launch per block: Adam on one parameter
 is one launch that reads ``p, g, m, v`` once and writes ``p, m, v`` once, where the
 generic path launches one kernel and allocates one temporary per operation.
 
@@ -37,11 +40,13 @@ from agrad.optim.program.fusion import (
     dtype_name,
     final_destinations,
     input_nodes,
+    is_pre,
     last_reads,
     partition,
     run_node,
 )
-from agrad.optim.program.ir import Program
+from agrad.optim.program.eager import run_nodes
+from agrad.optim.program.ir import Program, pre_nodes
 
 __all__ = ["CupyExecutor", "KERNEL_OPTIONS", "kernel_params"]
 
@@ -62,7 +67,7 @@ def kernel_params(program: Program, block: Block, types: tuple[str, ...]) -> tup
 class _Plan:
     """What a program needs at every step: its steps, write targets and kernels."""
 
-    __slots__ = ("destinations", "in_place", "inputs", "kernels", "steps")
+    __slots__ = ("destinations", "eager", "in_place", "inputs", "kernels", "pre", "steps")
 
     def __init__(self, program: Program):
         self.steps: list[Step] = partition(program)
@@ -72,7 +77,7 @@ class _Plan:
         # (step index, node) -> destination written by the kernel itself
         self.in_place: dict[tuple[int, int], tuple[str, int]] = {}
         for s, step in enumerate(self.steps):
-            if not isinstance(step, Block):
+            if not isinstance(step, Block) or is_pre(program, step):
                 continue
             for o in step.outputs:
                 for dest in self.destinations.get(o, ()):
@@ -81,6 +86,10 @@ class _Plan:
                         self.in_place[(s, o)] = dest
                         break
         self.kernels: dict[tuple[int, tuple[str, ...]], Any] = {}
+        #: step index -> whether it runs as CuPy functions (the per-step values: a few
+        #: 0-d operations, cheaper than a kernel and no device-to-host copy)
+        self.eager = [isinstance(st, Eager) or is_pre(program, st) for st in self.steps]
+        self.pre = pre_nodes(program)
 
 
 class CupyExecutor:
@@ -151,7 +160,7 @@ class CupyExecutor:
         write: False then, and that block runs as CuPy functions from then on."""
         plan = self.plan(program)
         for s, step in enumerate(plan.steps):
-            if not isinstance(step, Block):
+            if plan.eager[s]:
                 continue
             types = scalar_types(step, scalars)
             if (s, types) in plan.kernels:
@@ -190,11 +199,16 @@ class CupyExecutor:
         plan = self.plan(program)
         columns = {"param": params, "grad": grads, "state": state_leaves}
         env: dict[int, Any] = {i: columns[c][k] for (c, k), i in plan.inputs.items()}
+        # the per-step values (a count, bias corrections) as the generic path computes
+        # them, 0-d CuPy arrays passed to the kernels: no device-to-host copy
+        env.update(run_nodes(program, plan.pre, self.xp, state_leaves, scalars))
         written: set[int] = set()
         for s, step in enumerate(plan.steps):
             if isinstance(step, Eager):
                 env[step.node] = run_node(self.xp, program, step.node, env, scalars)
                 continue
+            if plan.eager[s]:
+                continue  # a per-step value, computed above
             kernel = self.kernel(program, plan, s, scalar_types(step, scalars))
             if kernel is None:
                 for i in step.nodes:

@@ -246,7 +246,9 @@ def _blockwise(
         x = env[r[1]]
         if not isinstance(x, da.Array):
             x = da.asarray(x)
-        args += [x, out_ind[ndim - x.ndim :] if x.ndim else None]
+        # a 0-d array is indexed by "" (its one block), never by None: blockwise would
+        # embed it as a literal, copying its whole graph under new keys at every step
+        args += [x, out_ind[ndim - x.ndim :]]
     nodes = program.nodes
     metas = [_meta(env, block, nodes[o]) for o in block.outputs]
     token = _token(task, args)

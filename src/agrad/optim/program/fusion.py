@@ -15,6 +15,13 @@ stages, plus one across an eager node or a block of another key; blocks are keye
 ``(lane, shape, stage)``. :func:`partition` returns the steps in an order that runs
 every value after its arguments: per stage, the eager nodes, then the blocks.
 
+The *per-step values* (nodes of no lane: a step count, ``t = count + 1``, bias
+corrections, a schedule's value; :func:`~agrad.optim.program.ir.pre_nodes`) come
+first, in steps of their own (:func:`is_pre`), and do not cut the lanes' blocks: a
+lane's node reads them as it reads an input, so Adam's step is one block per
+parameter after the pre steps (an executor passes them to each block as 0-d
+arguments, or runs them eagerly: the CuPy executor does, so that Adam is one kernel).
+
 A block reads its *inputs* (refs to nodes outside it, host scalars) and writes its
 *outputs*: the nodes read outside it or that are a final value of the step
 (``new_params``, ``new_state``).
@@ -25,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from agrad.optim.program.ir import ELEMENTWISE, Program
+from agrad.optim.program.ir import ELEMENTWISE, NO_LANE, Program
 
 __all__ = [
     "FUSED_OPS",
@@ -34,6 +41,7 @@ __all__ = [
     "dtype_name",
     "final_destinations",
     "input_nodes",
+    "is_pre",
     "last_reads",
     "node_args",
     "partition",
@@ -88,6 +96,13 @@ def _fusable(program: Program, i: int) -> bool:
     return n.op in FUSED_OPS
 
 
+def is_pre(program: Program, step: Step) -> bool:
+    """Whether ``step`` computes per-step values of no parameter (a step count, bias
+    corrections, a schedule's value): the steps :func:`partition` puts first."""
+    i = step.node if isinstance(step, Eager) else step.nodes[0]
+    return program.nodes[i].lane == NO_LANE
+
+
 def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
     nodes = program.nodes
     stage = [0] * len(nodes)
@@ -96,13 +111,14 @@ def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
         if n.op == "input":
             continue
         fusable = _fusable(program, i)
+        pre = n.lane == NO_LANE
         s = 0
         for a in n.args:
             if a[0] != "n":
                 continue
             j = a[1]
-            if nodes[j].op == "input":
-                continue
+            if nodes[j].op == "input" or (nodes[j].lane == NO_LANE and not pre):
+                continue  # a per-step value, computed before every lane: like an input
             crossing = not fusable or key[j] is None or key[j][:2] != (n.lane, n.shape)
             s = max(s, stage[j] + (1 if crossing else 0))
         stage[i] = s
@@ -146,7 +162,10 @@ def partition(program: Program) -> list[Step]:
     for s in sorted(set(eager) | set(blocks)):
         steps += [Eager(i) for i in eager.get(s, [])]
         steps += sorted(blocks.get(s, []), key=lambda b: b.nodes[0])
-    return steps
+    # the per-step values first: every other step reads them as it reads an input
+    return [s for s in steps if is_pre(program, s)] + [
+        s for s in steps if not is_pre(program, s)
+    ]
 
 
 def node_args(program: Program, i: int, env: dict[int, Any], scalars: list[Any]) -> Iterator[Any]:
