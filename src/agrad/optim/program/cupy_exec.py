@@ -33,6 +33,7 @@ from typing import Any
 from agrad.optim._cache import LRUCache
 from agrad.optim.program.c_codegen import UnsupportedOp, kernel_body
 from agrad.optim.program.cblock import c_block, scalar_types
+from agrad.optim.program.eager import run_nodes
 from agrad.optim.program.fusion import (
     Block,
     Eager,
@@ -45,7 +46,6 @@ from agrad.optim.program.fusion import (
     partition,
     run_node,
 )
-from agrad.optim.program.eager import run_nodes
 from agrad.optim.program.ir import Program, pre_nodes
 
 __all__ = ["CupyExecutor", "KERNEL_OPTIONS", "kernel_params"]

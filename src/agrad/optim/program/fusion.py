@@ -163,9 +163,7 @@ def partition(program: Program) -> list[Step]:
         steps += [Eager(i) for i in eager.get(s, [])]
         steps += sorted(blocks.get(s, []), key=lambda b: b.nodes[0])
     # the per-step values first: every other step reads them as it reads an input
-    return [s for s in steps if is_pre(program, s)] + [
-        s for s in steps if not is_pre(program, s)
-    ]
+    return [s for s in steps if is_pre(program, s)] + [s for s in steps if not is_pre(program, s)]
 
 
 def node_args(program: Program, i: int, env: dict[int, Any], scalars: list[Any]) -> Iterator[Any]:
