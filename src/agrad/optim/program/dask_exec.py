@@ -21,10 +21,11 @@ buffer; other chunks (CuPy) run one call of their namespace per node.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import operator
 import string
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from agrad.optim._cache import LRUCache
 from agrad.optim.program.fusion import (
@@ -175,6 +176,64 @@ def _ufunc(op: str) -> Any:
     return {"abs": np.absolute, "pow": np.power}.get(op) or getattr(np, op, None)
 
 
+class _Out(NamedTuple):
+    """Output ``k`` of a block whose chunk tasks are ``(name, *index)`` (``single``: the
+    task's result is that output itself, not a tuple): not yet a Dask array."""
+
+    name: str
+    k: int
+    single: bool
+    chunks: tuple
+    meta: Any
+
+    @property
+    def ndim(self) -> int:
+        return len(self.chunks)
+
+
+class _Graph:
+    """The task graph of one step: the layers of its Dask inputs, one layer per block
+    (its chunk tasks) and one per output handed out as an array (``getitem`` tasks)."""
+
+    __slots__ = ("deps", "layers")
+
+    def __init__(self) -> None:
+        self.layers: dict[str, Any] = {}
+        self.deps: dict[str, Any] = {}
+
+    def absorb(self, x: Any) -> str | None:
+        """Add Dask array ``x``'s graph; the name of its layer (None: no such layer)."""
+        graph = x.dask
+        if x.name not in self.layers:
+            layers = getattr(graph, "layers", None)
+            if layers is None:  # a plain dict graph
+                return None
+            for name, layer in layers.items():
+                if name not in self.layers:
+                    self.layers[name] = layer
+                    self.deps[name] = graph.dependencies.get(name, set())
+        return x.name if x.name in self.layers else None
+
+    def add(self, name: str, tasks: dict, deps: set[str]) -> None:
+        from dask.highlevelgraph import MaterializedLayer
+
+        self.layers[name] = MaterializedLayer(tasks)
+        self.deps[name] = deps
+
+    def graph_of(self, name: str) -> Any:
+        """The ``HighLevelGraph`` of layer ``name`` and the layers it needs."""
+        from dask.highlevelgraph import HighLevelGraph
+
+        seen = {name}
+        todo = [name]
+        while todo:
+            for d in self.deps[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return HighLevelGraph({n: self.layers[n] for n in seen}, {n: self.deps[n] for n in seen})
+
+
 class DaskExecutor:
     """Runs programs on Dask arrays, one task per chunk per fused block (see the module)."""
 
@@ -201,6 +260,36 @@ class DaskExecutor:
             self._plans[id(program)] = got
         return got[1]
 
+    def _values(
+        self,
+        program: Program,
+        params: list[Any],
+        grads: list[Any],
+        state_leaves: list[Any],
+        scalars: list[Any],
+    ) -> tuple[dict[int, Any], dict, _Graph]:
+        steps, inputs, destinations, tasks = self._plan(program)
+        columns = {"param": params, "grad": grads, "state": state_leaves}
+        env: dict[int, Any] = {i: columns[c][k] for (c, k), i in inputs.items()}
+        graph = _Graph()
+        for step, task in zip(steps, tasks):
+            if isinstance(step, Eager):
+                args = {
+                    a[1]: _array(env[a[1]], graph)
+                    for a in program.nodes[step.node].args
+                    if a[0] == "n"
+                }
+                env[step.node] = run_node(self.xp, program, step.node, args, scalars)
+                continue
+            outs = _direct(program, step, task, env, scalars, graph)
+            if outs is None:
+                for r in step.inputs:
+                    if r[0] == "n":
+                        env[r[1]] = _array(env[r[1]], graph)
+                outs = _blockwise(program, step, task, env, scalars)
+            env.update(zip(step.outputs, outs))
+        return env, destinations, graph
+
     def evaluate(
         self,
         program: Program,
@@ -214,19 +303,167 @@ class DaskExecutor:
         A state leaf the step leaves unchanged, or that is not an array, comes back as it
         was given; nothing is computed (``dask.persist`` the results to run the step).
         """
-        steps, inputs, destinations, tasks = self._plan(program)
-        columns = {"param": params, "grad": grads, "state": state_leaves}
-        env: dict[int, Any] = {i: columns[c][k] for (c, k), i in inputs.items()}
-        for step, task in zip(steps, tasks):
-            if isinstance(step, Eager):
-                env[step.node] = run_node(self.xp, program, step.node, env, scalars)
-            else:
-                env.update(zip(step.outputs, _blockwise(program, step, task, env, scalars)))
+        env, destinations, graph = self._values(program, params, grads, state_leaves, scalars)
         new = {"param": list(params), "state": list(state_leaves)}
         for node, dests in destinations.items():
             for column, leaf in dests:
-                new[column][leaf] = env[node]
+                new[column][leaf] = _array(env[node], graph)
         return new["param"], new["state"]
+
+    def run(
+        self,
+        program: Program,
+        params: list[Any],
+        grads: list[Any],
+        state_leaves: list[Any],
+        scalars: list[Any],
+    ) -> None:
+        """One step, lazily: each parameter and state array written by the step is
+        rebound to its new graph (what Dask's own ``dst[...] = new`` ends with, without
+        its extra task per chunk); nothing is computed."""
+        env, destinations, graph = self._values(program, params, grads, state_leaves, scalars)
+        columns = {"param": params, "state": state_leaves}
+        for node, dests in destinations.items():
+            value = env[node]
+            for column, leaf in dests:
+                _rebind(columns[column][leaf], value, graph)
+
+
+def _rebind(dst: Any, value: Any, graph: _Graph) -> None:
+    """Make Dask array ``dst`` stand for ``value`` (an array or a block's output)."""
+    if not isinstance(value, _Out):
+        dst._meta = value._meta
+        dst.dask = value.dask
+        dst._name = value.name
+        dst._chunks = value.chunks
+        return
+    name = _out_layer(value, graph)
+    dst._meta = value.meta
+    dst.dask = graph.graph_of(name)
+    dst._name = name
+    dst._chunks = value.chunks
+
+
+def _out_layer(value: _Out, graph: _Graph) -> str:
+    """The name of the layer whose chunks are ``value`` (``getitem`` tasks, made once)."""
+    if value.single:
+        return value.name
+    name = f"agrad-out{value.k}-{value.name[len('agrad-block-') :]}"
+    if name not in graph.layers:
+        from dask._task_spec import Task, TaskRef
+
+        tasks = {}
+        for idx in _indices(value.chunks):
+            key = (name, *idx)
+            tasks[key] = Task(key, operator.getitem, TaskRef((value.name, *idx)), value.k)
+        graph.add(name, tasks, {value.name})
+    return name
+
+
+def _array(value: Any, graph: _Graph) -> Any:
+    """``value`` as a Dask array (a block's output made one; anything else as it is)."""
+    if not isinstance(value, _Out):
+        return value
+    import dask.array as da
+
+    name = _out_layer(value, graph)
+    return da.Array(graph.graph_of(name), name, value.chunks, meta=value.meta)
+
+
+def _indices(chunks: tuple) -> Any:
+    return itertools.product(*(range(len(c)) for c in chunks))
+
+
+def _direct(
+    program: Program,
+    block: Block,
+    task: Any,
+    env: dict[int, Any],
+    scalars: list[Any],
+    graph: _Graph,
+) -> list[_Out] | None:
+    """The block's chunk tasks written straight into ``graph`` (no ``blockwise``): where
+    every array input is 0-d or chunked exactly as the block's result. ``None`` where
+    not (inputs to align or broadcast: :func:`_blockwise` does that)."""
+    import dask.array as da
+    from dask._task_spec import Task, TaskRef
+
+    ndim = len(block.shape)
+    chunks = None
+    refs: list[Any] = []  # per input: ("a", name, 0-d) | ("o", _Out) | ("s", value)
+    deps: set[str] = set()
+    parts = [task.token]
+    meta_like = None
+    for r in block.inputs:
+        if r[0] == "s":
+            refs.append(("s", scalars[r[1]]))
+            parts.append(repr(scalars[r[1]]))
+            continue
+        x = env[r[1]]
+        if isinstance(x, _Out):
+            refs.append(("o", x))
+            deps.add(x.name)
+            parts.append(f"{x.name}/{x.k}")
+            meta_like = meta_like if meta_like is not None else x.meta
+        elif isinstance(x, da.Array):
+            layer = graph.absorb(x)
+            if layer is None:
+                return None
+            refs.append(("a", x.name, x.ndim == 0))
+            deps.add(layer)
+            parts.append(x.name)
+            meta_like = meta_like if meta_like is not None else x._meta
+        else:
+            return None
+        if x.ndim == 0:
+            continue
+        if x.ndim != ndim:
+            return None
+        c = x.chunks
+        if chunks is None:
+            chunks = c
+        elif c != chunks:
+            return None
+    if chunks is None:
+        if ndim:
+            return None
+        chunks = ()
+    token = hashlib.sha1("|".join(parts).encode()).hexdigest()
+    name = f"agrad-block-{token}"
+    if name not in graph.layers:
+        tasks = {}
+        for idx in _indices(chunks):
+            args = []
+            for ref in refs:
+                if ref[0] == "s":
+                    args.append(ref[1])
+                elif ref[0] == "a":
+                    args.append(TaskRef((ref[1],) if ref[2] else (ref[1], *idx)))
+                else:
+                    out = ref[1]
+                    src = TaskRef((out.name,) if out.ndim == 0 else (out.name, *idx))
+                    args.append(src if out.single else Task(None, operator.getitem, src, out.k))
+            key = (name, *idx)
+            tasks[key] = Task(key, task, *args)
+        graph.add(name, tasks, deps)
+    single = len(block.outputs) == 1
+    nodes = program.nodes
+    return [
+        _Out(name, k, single, chunks, _meta_of(meta_like, ndim, nodes[o].dtype))
+        for k, o in enumerate(block.outputs)
+    ]
+
+
+def _meta_of(like: Any, ndim: int, dtype: Any) -> Any:
+    """An empty array of ``dtype``, of the kind of ``like`` (a chunk's meta) or NumPy."""
+    import numpy as np
+
+    if like is None or type(like) is np.ndarray:
+        return np.empty((0,) * ndim, dtype=dtype)
+    try:
+        return like.__array_namespace__().empty((0,) * ndim, dtype=dtype)
+    except Exception:
+        return np.empty((0,) * ndim, dtype=dtype)
 
 
 def _blockwise(

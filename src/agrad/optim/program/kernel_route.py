@@ -269,21 +269,9 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
         if len({id(x) for x in written}) != len(written):
             return None  # one array in two places: the generic path names them
-        new_p, new_s = ex.evaluate(program, p, g, s_leaves, scalars)
-        for old, new in zip([*p, *s_leaves], [*new_p, *new_s]):
-            if new is not old:
-                _rebind(old, new)
-        new_s = list(s_leaves)
+        ex.run(program, p, g, s_leaves, scalars)  # rebinds the written arrays
+        new_p, new_s = p, list(s_leaves)
     for j, ref in enumerate(program.new_state):
         if ref is not None and ref[0] != "n":
             new_s[j] = scalars[ref[1]] if ref[0] == "s" else ref[1]
     return params, unflatten(s_def, new_s)
-
-
-def _rebind(dst: Any, new: Any) -> None:
-    """Make Dask array ``dst`` stand for ``new``'s graph: what Dask's own ``dst[...] = new``
-    ends with (the generic path's in-place write), without its extra task per chunk."""
-    dst._meta = new._meta
-    dst.dask = new.dask
-    dst._name = new.name
-    dst._chunks = new.chunks
