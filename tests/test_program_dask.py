@@ -13,15 +13,10 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+import agrad.optim as ao
 from agrad.optim.program import kernel_route
 from agrad.pytree import flatten_leaves, tree_map, unflatten
 from program_cases import CASES, leaves
-
-
-@pytest.fixture(autouse=True)
-def _dask_route_on(monkeypatch):
-    """The Dask executor is opt-in (``kernel_route.dask_enabled``); these tests are its."""
-    monkeypatch.setattr(kernel_route, "dask_enabled", True)
 
 
 da = pytest.importorskip("dask.array")
@@ -228,3 +223,39 @@ def test_variables_holding_dask_arrays_take_the_route():
         ref_p, ref_s = ref.step(ref_p, dict(zip("wb", g)), ref_s, inplace=False)
     for k in "wb":
         np.testing.assert_array_equal(np.asarray(boxes[k].value), ref_p[k])
+
+
+_GRAPH_CASES = {
+    "apply_if_finite": lambda: ao.apply_if_finite(ao.adam(lr=1e-2), 3),
+    "multi_steps": lambda: ao.multi_steps(ao.adam(lr=1e-2), 3),
+    "schedule": lambda: ao.adam(lr=ao.warmup_cosine(1e-2, 3, 10)),
+    "lamb": CASES["lamb"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_GRAPH_CASES))
+@pytest.mark.parametrize("persist", [True, False], ids=["persisted", "lazy"])
+def test_graph_per_step_does_not_grow(case, persist):
+    """Ten steps on the route: persisted after each step, every step's graph has the same
+    size; never persisted, each step adds the same number of tasks (linear growth, as on
+    the generic path; a 0-d input embedded as a literal once copied its whole graph under
+    new keys at every step: exponential)."""
+    opt = _GRAPH_CASES[case]()
+    rng = np.random.default_rng(0)
+    p = [da.from_array(rng.standard_normal((8, 8)), chunks=4).persist()]
+    g = [da.from_array(rng.standard_normal((8, 8)), chunks=4).persist()]
+    s = opt.init(p)
+    sizes = []
+    for _ in range(10):
+        p, s = opt.step(p, g, s)
+        assert any(n.startswith("agrad-block") for n in _step_layers(p)), case
+        state, treedef = flatten_leaves(s)
+        sizes.append(len(_keys([*p, *(x for x in state if hasattr(x, "dask"))])))
+        if persist:
+            p = [_persist_each(x) for x in p]
+            s = unflatten(treedef, [_persist_each(x) for x in state])
+    if persist:  # the first step also holds init's unpersisted 0-d arrays
+        assert len(set(sizes[1:])) == 1, sizes
+    else:
+        growth = [b - a for a, b in zip(sizes, sizes[1:])]
+        assert len(set(growth[1:])) == 1, sizes

@@ -46,10 +46,8 @@ __all__ = ["dask_enabled", "enabled", "executor_for", "library", "routed", "try_
 
 #: Set to ``False`` to send CuPy and Dask steps down the generic path.
 enabled = True
-#: The Dask executor is opt-in for now: with step counts as 0-d Dask arrays, a rule
-#: whose state feeds a ``where`` (``apply_if_finite``) builds graphs that grow
-#: exponentially with the steps on this route (issue 12, open); the generic path does not.
-dask_enabled = False
+#: Set to ``False`` to send Dask steps (only) down the generic path.
+dask_enabled = True
 
 _FLOATS = ("float32", "float64")
 _VARIANTS = 8
@@ -259,18 +257,14 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         except Exception:
             return None
     ex = executor_for(lib)
+    written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
     if lib == "cupy":
-        written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
         if not _cupy_memory_ok(written, g) or not ex.prepare(program, scalars):
             return None
-        ex.run(program, p, g, s_leaves, scalars)
-        new_p, new_s = p, list(s_leaves)
-    else:
-        written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
-        if len({id(x) for x in written}) != len(written):
-            return None  # one array in two places: the generic path names them
-        ex.run(program, p, g, s_leaves, scalars)  # rebinds the written arrays
-        new_p, new_s = p, list(s_leaves)
+    elif len({id(x) for x in written}) != len(written):
+        return None  # one array in two places: the generic path names them
+    ex.run(program, p, g, s_leaves, scalars)  # CuPy: written in place; Dask: rebound
+    new_s = list(s_leaves)
     for j, ref in enumerate(program.new_state):
         if ref is not None and ref[0] != "n":
             new_s[j] = scalars[ref[1]] if ref[0] == "s" else ref[1]
