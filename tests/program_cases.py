@@ -1,4 +1,5 @@
-"""The optimizers the kernel-generating executors (CuPy, Dask) are tested with.
+"""The optimizers the kernel-generating executors (CuPy, Dask) are tested with, and the
+reference they are compared with.
 
 Every torch-family optimizer (several option sets), lion, lamb, lars and adafactor,
 transforms composed by ``chain``, and two rules a user writes as in
@@ -14,7 +15,7 @@ import numpy as np
 
 import agrad
 import agrad.optim as ao
-from agrad.pytree import tree_map
+from agrad.pytree import flatten_leaves, tree_map
 
 #: Operations computed by a platform's math library; everything else is IEEE
 #: correctly rounded, and a program without these agrees with NumPy bit for bit.
@@ -109,3 +110,28 @@ def leaves(shapes: list[tuple[int, ...]], dtype: Any, seed: int) -> tuple[list, 
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
     return params, grads
+
+
+def reference(factory: Any, params: list, grads: list) -> list[tuple[list, Any]]:
+    """The reference both executors are compared with: generic steps on array-api-strict,
+    one per gradient list in ``grads``; the parameters (NumPy) and state after each."""
+    import array_api_strict as strict
+
+    opt = factory()
+    p = [strict.asarray(x) for x in params]
+    s = opt.init(p)
+    out = []
+    for g in grads:
+        p, s = opt.step(p, [strict.asarray(x) for x in g], s, inplace=False)
+        out.append(([np.asarray(x) for x in p], s))
+    return out
+
+
+def state_arrays(state: Any) -> list:
+    """The state's array leaves, as NumPy arrays, in flat order."""
+    return [np.asarray(x) for x in flatten_leaves(state)[0] if hasattr(x, "shape")]
+
+
+def state_numbers(state: Any) -> list:
+    """The state's leaves that are Python numbers, in flat order."""
+    return [x for x in flatten_leaves(state)[0] if not hasattr(x, "shape")]

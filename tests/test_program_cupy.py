@@ -16,7 +16,6 @@ import types
 from typing import ClassVar
 
 import array_api_compat.numpy as np_xp
-import array_api_strict as strict
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +37,7 @@ from agrad.optim.program.ir import evaluate_scalars
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves
 from agrad.testing import load_backend
-from program_cases import CASES, leaves
+from program_cases import CASES, leaves, reference, state_arrays, state_numbers
 
 pytestmark = pytest.mark.skipif(find_c_compiler() is None, reason="no host C compiler")
 
@@ -81,26 +80,6 @@ def host_cupy(monkeypatch):
     return executor
 
 
-def _reference(opt_factory, params, grads):
-    """Three generic steps on array-api-strict: the parameters and state after each."""
-    opt = opt_factory()
-    p = [strict.asarray(x) for x in params]
-    s = opt.init(p)
-    out = []
-    for g in grads:
-        p, s = opt.step(p, [strict.asarray(x) for x in g], s, inplace=False)
-        out.append(([np.asarray(x) for x in p], s))
-    return out
-
-
-def _arrays(state):
-    return [np.asarray(x) for x in flatten_leaves(state)[0] if hasattr(x, "shape")]
-
-
-def _numbers(state):
-    return [x for x in flatten_leaves(state)[0] if not hasattr(x, "shape")]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 @settings(
     max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -108,7 +87,7 @@ def _numbers(state):
 @given(shapes=SHAPES, dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
 def test_host_kernels_match_generic_path(host_cupy, case, shapes, dtype, seed):
     params, grads = leaves(shapes, dtype, seed)
-    expected = _reference(CASES[case], params, grads)
+    expected = reference(CASES[case], params, grads)
     opt = CASES[case]()
     p = [x.copy() for x in params]
     s = opt.init(p)
@@ -125,9 +104,9 @@ def test_host_kernels_match_generic_path(host_cupy, case, shapes, dtype, seed):
         for x, y in zip(p, want_p):
             assert x.dtype == y.dtype and x.shape == y.shape
             np.testing.assert_array_equal(x, y, err_msg=f"{case} step {k + 1}")
-        for x, y in zip(_arrays(s), _arrays(want_s)):
+        for x, y in zip(state_arrays(s), state_arrays(want_s)):
             np.testing.assert_array_equal(x, y, err_msg=f"{case} state, step {k + 1}")
-        assert _numbers(s) == _numbers(want_s)
+        assert state_numbers(s) == state_numbers(want_s)
     assert RecordingKernel.made, "no kernel was launched"
     assert all(k.options == KERNEL_OPTIONS for k in RecordingKernel.made)
 

@@ -7,7 +7,8 @@ their parameters included) and dtypes; and the task graph of a step, counted.
 
 from __future__ import annotations
 
-import array_api_strict as strict
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
@@ -16,8 +17,7 @@ from hypothesis import strategies as st
 import agrad.optim as ao
 from agrad.optim.program import kernel_route
 from agrad.pytree import flatten_leaves, tree_map, unflatten
-from program_cases import CASES, leaves
-
+from program_cases import CASES, leaves, reference, state_arrays
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -40,21 +40,6 @@ def _chunkings(shapes, rng):
 
 def _dask(arrays, chunkings):
     return [da.from_array(x, chunks=c) for x, c in zip(arrays, chunkings)]
-
-
-def _reference(factory, params, grads):
-    opt = factory()
-    p = [strict.asarray(x) for x in params]
-    s = opt.init(p)
-    out = []
-    for g in grads:
-        p, s = opt.step(p, [strict.asarray(x) for x in g], s, inplace=False)
-        out.append(([np.asarray(x) for x in p], s))
-    return out
-
-
-def _arrays(state):
-    return [np.asarray(x) for x in flatten_leaves(state)[0] if hasattr(x, "shape")]
 
 
 def _step_layers(arrays):
@@ -96,7 +81,7 @@ def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
     summed over other chunks: ``REDUCING``); to rounding array-api-strict (a norm summed
     by chunks adds in another order than a whole-array sum)."""
     params, grads = leaves(shapes, dtype, seed)
-    expected = _reference(CASES[case], params, grads)
+    expected = reference(CASES[case], params, grads)
     rng = np.random.default_rng(seed)
     p_chunks, g_chunks = _chunkings(shapes, rng), _chunkings(shapes, rng)
     gs = [_dask(g, g_chunks) for g in grads]
@@ -117,7 +102,7 @@ def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
             assert x.dtype == y.dtype and x.shape == y.shape
             _same(np.asarray(x), z, case, f"{case} step {k + 1}", rtol)
             np.testing.assert_allclose(np.asarray(x), y, rtol=rtol, atol=rtol)
-        for x, y, z in zip(_arrays(s), _arrays(want_s), same[k][1]):
+        for x, y, z in zip(state_arrays(s), state_arrays(want_s), same[k][1]):
             _same(x, z, case, f"{case} state, step {k + 1}", rtol)
             np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
 
@@ -200,7 +185,7 @@ def test_lamb_norms_run_as_dask_reductions_between_blocks():
     p, s = opt.step(p, [da.from_array(grads[0][0], chunks=(2, 4))], s)
     layers = _step_layers(p)
     assert sum(n.startswith("agrad-block") for n in layers) >= 2  # before and after the norms
-    want = _reference(CASES["lamb"], params, grads[:1])[0][0]
+    want = reference(CASES["lamb"], params, grads[:1])[0][0]
     np.testing.assert_array_equal(np.asarray(p[0]), want[0])
 
 
@@ -257,5 +242,5 @@ def test_graph_per_step_does_not_grow(case, persist):
     if persist:  # the first step also holds init's unpersisted 0-d arrays
         assert len(set(sizes[1:])) == 1, sizes
     else:
-        growth = [b - a for a, b in zip(sizes, sizes[1:])]
+        growth = [b - a for a, b in itertools.pairwise(sizes)]
         assert len(set(growth[1:])) == 1, sizes
