@@ -244,3 +244,32 @@ def test_graph_per_step_does_not_grow(case, persist):
     else:
         growth = [b - a for a, b in itertools.pairwise(sizes)]
         assert len(set(growth[1:])) == 1, sizes
+
+
+def test_chunk_buffers_are_reused_only_once_nothing_holds_them():
+    """The block tasks' output buffers come back once only the recycler holds them: a
+    view, or an earlier step's persisted array, keeps its buffer from being overwritten."""
+    from agrad.optim.program.dask_exec import _Recycler
+
+    pool = _Recycler()
+    a = pool.empty(np, (4, 3), np.float32)
+    first = id(a)
+    del a
+    b = pool.empty(np, (4, 3), np.float32)
+    assert id(b) == first  # nothing held it: reused
+    view = b[1:]
+    del b
+    assert id(pool.empty(np, (4, 3), np.float32)) != first  # a view keeps it
+    del view
+
+    opt, ref = CASES["adam"](), CASES["adam"]
+    params, grads = leaves([(8, 8)], np.float32, 3)
+    p = [da.from_array(params[0], chunks=4)]
+    s = opt.init(p)
+    kept = []
+    for g in grads:
+        p, s = opt.step(p, [da.from_array(g[0], chunks=4)], s)
+        p, s = [_persist_each(p[0])], tree_map(_persist_each, s)
+        kept.append(da.Array(p[0].dask, p[0].name, p[0].chunks, meta=p[0]._meta))
+    for x, (want, _) in zip(kept, reference(ref, params, grads)):
+        np.testing.assert_allclose(np.asarray(x), want[0], rtol=1e-6, atol=1e-6)

@@ -88,7 +88,8 @@ class BlockTask:
         arrays = [x for r, x in zip(self.block.inputs, inputs) if r[0] == "n"]
         np = sys.modules.get("numpy")
         if np is not None and self.block.shape and arrays:
-            if all(type(x) is np.ndarray for x in arrays):
+            # NumPy chunks, and 0-d values NumPy may hand out as scalars (np.float32)
+            if all(type(x) is np.ndarray or isinstance(x, np.generic) for x in arrays):
                 shape = np.broadcast_shapes(*(x.shape for x in arrays))
                 if shape and all(
                     x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
@@ -119,7 +120,11 @@ class BlockTask:
             env[i] = run_node(xp, self.program, i, env, scalars)  # type: ignore[arg-type]
             for j in dying:
                 del env[j]
-        return [env[o] for o in self.block.outputs]
+        np = sys.modules.get("numpy")
+        outs = [env[o] for o in self.block.outputs]
+        if np is not None:  # a chunk is an array: NumPy's 0-d results may be scalars
+            outs = [np.asarray(x) if isinstance(x, np.generic) else x for x in outs]
+        return outs
 
     def _tiled(self, np: Any, inputs: tuple, shape: tuple) -> list[Any]:
         """The block on NumPy chunks, tile by tile (``TILE`` elements): each ufunc writes
@@ -132,7 +137,7 @@ class BlockTask:
         nodes = self.program.nodes
         flat_in, scalars = self._split(inputs)
         flat_in = {j: (v.reshape(-1) if v.ndim else v) for j, v in flat_in.items()}
-        outs = [np.empty(shape, dtype=nodes[o].dtype) for o in self.block.outputs]
+        outs = [_BUFFERS.empty(np, shape, nodes[o].dtype) for o in self.block.outputs]
         flat_out = {o: a.reshape(-1) for o, a in zip(self.block.outputs, outs)}
         size = outs[0].size if outs else 0
         pool: dict[Any, list[Any]] = {}
@@ -168,6 +173,45 @@ class BlockTask:
             for buf in held.values():
                 pool.setdefault(buf.dtype, []).append(buf)
         return outs
+
+
+class _Recycler:
+    """Chunk buffers made by block tasks, handed out again once nothing else holds them.
+
+    A step's outputs are new chunks (Dask arrays are immutable), and the previous step's
+    chunks die as the arrays are rebound: fresh multi-megabyte buffers would page-fault
+    on every write (several milliseconds a step). A buffer whose only reference is this
+    pool's (``sys.getrefcount``: no array, view, graph or memoryview holds it) is
+    reused; at most ``KEEP`` are kept per shape and dtype.
+    """
+
+    KEEP = 64
+    _FREE_REFS = 2  # the pool's list and getrefcount's argument
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._pools: dict[tuple, list[Any]] = {}
+
+    def empty(self, np: Any, shape: tuple, dtype: Any) -> Any:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        key = (shape, np.dtype(dtype))
+        with self._lock:
+            pool = self._pools.setdefault(key, [])
+            for i in range(len(pool)):
+                if sys.getrefcount(pool[i]) <= self._FREE_REFS:
+                    buf = pool.pop(i)
+                    pool.append(buf)  # the most recently handed out last
+                    return buf
+            buf = np.empty(shape, dtype=dtype)
+            pool.append(buf)
+            if len(pool) > self.KEEP:
+                del pool[0]
+            return buf
+
+
+_BUFFERS = _Recycler()
 
 
 def _ufunc(op: str) -> Any:
