@@ -63,7 +63,9 @@ class BlockTask:
     def __init__(self, program: Program, block: Block):
         from dask.base import tokenize
 
-        self.program = program
+        # the nodes only: a program's host scalars may hold a schedule's function,
+        # which the task need not carry to a worker (nor pickle)
+        self.program = program._replace(scalars=(), guards=())
         self.block = block
         self.token = tokenize(block, [program.nodes[i] for i in block.nodes])
         last: dict[int, int] = {}
