@@ -25,6 +25,7 @@ import itertools
 import operator
 import string
 import sys
+import threading
 from typing import Any, NamedTuple
 
 from agrad.optim._cache import LRUCache
@@ -82,6 +83,23 @@ class BlockTask:
             )
             for pos, i in enumerate(block.nodes)
         ]
+
+    @property
+    def _ufuncs(self) -> list[Any]:
+        """Per node of the block: the NumPy ufunc that writes it with ``out=`` (or None)."""
+        got = self.__dict__.get("_ufunc_list")
+        if got is None:
+            got = [
+                _ufunc(self.program.nodes[i].op)
+                if self.program.nodes[i].op in _INPLACE_UFUNCS
+                else None
+                for i in self.block.nodes
+            ]
+            self.__dict__["_ufunc_list"] = got
+        return got
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_ufunc_list"}
 
     def __repr__(self) -> str:
         return f"BlockTask({len(self.block.nodes)} nodes -> {len(self.block.outputs)})"
@@ -142,20 +160,19 @@ class BlockTask:
         outs = [_BUFFERS.empty(np, shape, nodes[o].dtype) for o in self.block.outputs]
         flat_out = {o: a.reshape(-1) for o, a in zip(self.block.outputs, outs)}
         size = outs[0].size if outs else 0
-        pool: dict[Any, list[Any]] = {}
+        pool = _scratch()  # this thread's tiles, kept from call to call (no page faults)
         for start in range(0, size, TILE):
             stop = min(start + TILE, size)
             env = {j: (v[start:stop] if v.ndim else v) for j, v in flat_in.items()}
             held: dict[int, Any] = {}
-            for i, dying in zip(self.block.nodes, self._dying):
+            for i, dying, fn in zip(self.block.nodes, self._dying, self._ufuncs):
                 n = nodes[i]
-                fn = _ufunc(n.op) if n.op in _INPLACE_UFUNCS else None
                 if fn is not None:
                     if i in flat_out:
                         out = flat_out[i][start:stop]
                     else:
                         dtype = np.dtype(n.dtype)
-                        free = pool.get(dtype)
+                        free = pool.get((dtype, TILE))
                         held[i] = free.pop() if free else np.empty(TILE, dtype)
                         out = held[i][: stop - start]
                     args = [
@@ -171,10 +188,21 @@ class BlockTask:
                     del env[j]
                     buf = held.pop(j, None)
                     if buf is not None:
-                        pool.setdefault(buf.dtype, []).append(buf)
+                        pool.setdefault((buf.dtype, buf.size), []).append(buf)
             for buf in held.values():
-                pool.setdefault(buf.dtype, []).append(buf)
+                pool.setdefault((buf.dtype, buf.size), []).append(buf)
         return outs
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch() -> dict[Any, list[Any]]:
+    """This thread's free scratch buffers, by ``(dtype, size)``."""
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    return pool
 
 
 class _Recycler:
@@ -191,8 +219,6 @@ class _Recycler:
     _FREE_REFS = 2  # the pool's list and getrefcount's argument
 
     def __init__(self) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._pools: dict[tuple, list[Any]] = {}
 
