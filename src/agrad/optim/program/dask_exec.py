@@ -212,10 +212,12 @@ class _Recycler:
     chunks die as the arrays are rebound: fresh multi-megabyte buffers would page-fault
     on every write (several milliseconds a step). A buffer whose only reference is this
     pool's (``sys.getrefcount``: no array, view, graph or memoryview holds it) is
-    reused; at most ``KEEP`` are kept per shape and dtype.
+    reused; at most ``KEEP`` are kept per shape and dtype, and no more than
+    ``KEEP_BYTES`` of them (buffers nothing else holds are memory kept for reuse).
     """
 
     KEEP = 64
+    KEEP_BYTES = 256 << 20
     _FREE_REFS = 2  # the pool's list and getrefcount's argument
 
     def __init__(self) -> None:
@@ -234,7 +236,7 @@ class _Recycler:
                     return buf
             buf = np.empty(shape, dtype=dtype)
             pool.append(buf)
-            if len(pool) > self.KEEP:
+            if len(pool) > max(1, min(self.KEEP, self.KEEP_BYTES // max(buf.nbytes, 1))):
                 del pool[0]
             return buf
 
