@@ -45,6 +45,7 @@ import torch
 
 from agrad.optim._cache import LRUCache
 from agrad.optim.base import GradientTransformation, is_array
+from agrad.optim.torch_state import group_to_torch, state_from_torch, state_to_torch
 from agrad.pytree import flatten, flatten_leaves, unflatten
 
 __all__ = ["TorchOptimizer"]
@@ -275,11 +276,43 @@ class TorchOptimizer(torch.optim.Optimizer):
                 raise TypeError(msg)
             options = {**options, **defaults}
         self._factory = factory
+        self._torch_name = _agrad_name(factory if factory is not None else self._fixed)
         # the options, kept apart from self.defaults (torch adds "differentiable" there)
         self._options: dict[str, Any] = options if factory is not None else {}
         self._built = LRUCache(_BUILT_KEPT)
         self._layouts = LRUCache(_LAYOUTS_KEPT)
         super().__init__(params, dict(self._options))
+
+    # -- state dicts ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``; for an optimizer torch also has, exactly that optimizer's format.
+
+        Same state keys, tensor or number, ``step`` dtype and group options as
+        ``torch.optim.<Name>.state_dict()``, so that ``torch.optim.<Name>.load_state_dict``
+        accepts it (see :mod:`agrad.optim.torch_state`).
+        """
+        sd = super().state_dict()
+        name = self._torch_name
+        if name is None:
+            return sd
+        params = [p for g in self.param_groups for p in g["params"]]
+        state = {}
+        for i, entries in sd["state"].items():
+            out = state_to_torch(name, entries, params[i]) if isinstance(i, int) else entries
+            if out:
+                state[i] = out
+        return {
+            "state": state,
+            "param_groups": [group_to_torch(name, g) for g in sd["param_groups"]],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this wrapper or of the ``torch.optim`` optimizer of the same name."""
+        name = self._torch_name
+        if name is not None and isinstance(state_dict, dict) and "state" in state_dict:
+            state = {k: state_from_torch(name, v) for k, v in state_dict["state"].items()}
+            state_dict = {**state_dict, "state": state}
+        super().load_state_dict(state_dict)
 
     # -- groups and options -----------------------------------------------------------
     def __repr__(self) -> str:
@@ -581,6 +614,19 @@ def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any], name: str) 
     if is_array(spec):
         return torch.as_tensor(value, dtype=spec.dtype, device=p.device)
     return value
+
+
+def _agrad_name(x: Any) -> str | None:
+    """The name of the agrad constructor ``x`` is, or that built ``x`` (``None`` for others)."""
+    import agrad.optim
+
+    if x is None:
+        return None
+    if _is_optimizer(x):
+        name = getattr(x, "name", None)
+        return name if isinstance(name, str) and _factory_of(x)[0] is not None else None
+    name = getattr(x, "__name__", None)
+    return name if isinstance(name, str) and getattr(agrad.optim, name, None) is x else None
 
 
 def _name(factory: Any) -> str:
