@@ -229,10 +229,15 @@ class TorchOptimizer(torch.optim.Optimizer):
     ):
         cls = type(self).__name__
         self._fixed: GradientTransformation | None = None
+        self._injected: tuple[str, ...] = ()  # options kept in the state (inject_hyperparams)
         if _is_optimizer(optimizer):
             factory, options = _factory_of(optimizer)
             if factory is None:
-                if defaults:
+                factory, options = _chain_factory(optimizer, cls)
+            if factory is None:
+                options = _injected_options(optimizer)
+                self._injected = tuple(options)
+                if defaults and not options:
                     msg = (
                         f"{cls}: {optimizer!r} has no constructor that rebuilds it, so it "
                         f"takes no options ({', '.join(defaults)}); pass a function that "
@@ -266,7 +271,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"one (e.g. agrad.optim.adam), got {type(optimizer).__name__}"
             )
             raise TypeError(msg)
-        if factory is not None:
+        if factory is not None or self._injected:
             unknown = [k for k in defaults if k not in options]
             if unknown:
                 msg = (
@@ -278,7 +283,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._factory = factory
         self._torch_name = _agrad_name(factory if factory is not None else self._fixed)
         # the options, kept apart from self.defaults (torch adds "differentiable" there)
-        self._options: dict[str, Any] = options if factory is not None else {}
+        self._options: dict[str, Any] = options if factory is not None or self._injected else {}
         self._built = LRUCache(_BUILT_KEPT)
         self._layouts = LRUCache(_LAYOUTS_KEPT)
         super().__init__(params, dict(self._options))
@@ -346,10 +351,18 @@ class TorchOptimizer(torch.optim.Optimizer):
                 msg = f"{cls}: a parameter of dtype {p.dtype} cannot be optimized (floating point only)"
                 raise TypeError(msg)
         try:
-            self._optimizer_for(group)  # invalid options fail now, as torch's do
+            opt = self._optimizer_for(group)  # invalid options fail now, as torch's do
         except Exception:
             self.param_groups.pop()
             raise
+        if _closure_driven(opt) and len(self.param_groups) > 1:
+            self.param_groups.pop()
+            msg = (
+                f"{cls}: {self._label()} doesn't support per-parameter options (parameter "
+                "groups), as torch.optim.LBFGS: give it one group, all the parameters with "
+                "one set of options"
+            )
+            raise ValueError(msg)
 
     def _label(self) -> str:
         return repr(self._fixed) if self._factory is None else _name(self._factory)
@@ -386,9 +399,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         if any(_closure_driven(opt) for opt in opts):
             return self._step_closure_driven(closure)
         plans = [self._plan(i, g, opt) for i, (g, opt) in enumerate(zip(self.param_groups, opts))]
-        for opt, params in plans:
+        for group, (opt, params) in zip(self.param_groups, plans):
             if params:
-                self._run(opt, params)
+                self._run(opt, params, group)
         return loss
 
     def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
@@ -491,11 +504,13 @@ class TorchOptimizer(torch.optim.Optimizer):
         for p, entries in zip(params, fresh):
             self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
 
-    def _run(self, opt: GradientTransformation, params: list[Any]) -> None:
+    def _run(self, opt: GradientTransformation, params: list[Any], group: dict[str, Any]) -> None:
         """``opt.step`` on ``params``, one call per set of parameters sharing a step count."""
         new = [p for p in params if not self.state.get(p)]
         if new:
             self._initialize(opt, new)
+        for k in self._injected:  # the group's value into the state, where the rule reads it
+            _inject(self.state, params, _entry_name(f".hyperparams[{k!r}]"), _plain(group[k]))
         buckets: dict[Any, list[Any]] = {}
         probe = self._layout(opt, {"0": params[0]})
         states = [self.state[p] for p in params]
@@ -553,6 +568,77 @@ class TorchOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _inject(state: Any, params: list[Any], name: str, value: Any) -> None:
+    """Write an injected hyperparameter's value into each parameter's copy of it."""
+    for p in params:
+        old = state[p].get(name)
+        if isinstance(old, torch.Tensor) and old.ndim == 0:
+            old.fill_(value)
+        else:
+            state[p][name] = value
+
+
+def _injected_options(opt: Any) -> dict[str, Any]:
+    """The hyperparameters an ``inject_hyperparams`` optimizer keeps in its state, with
+    their values (``{}`` for any other optimizer)."""
+    if not (isinstance(opt, GradientTransformation) and opt.name.startswith("inject_hyperparams(")):
+        return {}
+    try:
+        state = opt.init({"0": torch.zeros(2, 2)})
+    except Exception:
+        return {}
+    hp = getattr(state, "hyperparams", None)
+    return {k: _plain(v) for k, v in hp.items()} if isinstance(hp, dict) else {}
+
+
+def _chain_factory(opt: Any, cls: str) -> tuple[Factory | None, dict[str, Any]]:
+    """A plain ``chain``'s options and a function that rebuilds it with new ones.
+
+    The options are those of the links a public constructor rebuilds
+    (``clip_by_global_norm``'s ``max_norm``, ``adam``'s ``lr``...); one that several
+    links take is left out (each link keeps its value), except ``lr``: two links with
+    a learning rate make ``group["lr"]`` ambiguous, a ``ValueError`` that names them.
+    ``(None, {})`` for anything else.
+    """
+    from agrad.optim.base import chain
+
+    links = (
+        dict(opt.hyperparams).get("transforms") if getattr(opt, "name", None) == "chain" else None
+    )
+    if not (isinstance(links, tuple) and links):
+        return None, {}
+    parts = [_factory_of(t) for t in links]
+    owners: dict[str, list[int]] = {}
+    for i, (_, options) in enumerate(parts):
+        for k in options:
+            owners.setdefault(k, []).append(i)
+    if len(owners.get("lr", ())) > 1:
+        which = ", ".join(f"{i} ({links[i].name})" for i in owners["lr"])
+        msg = (
+            f"{cls}: group['lr'] of this chain is ambiguous: links {which} each have an lr; "
+            "pass a function that builds the chain and says which lr is the group's, e.g. "
+            f"{cls}(params, lambda lr: agrad.optim.chain(..., agrad.optim.adam(lr=lr)), lr=1e-3)"
+        )
+        raise ValueError(msg)
+    own = {k: idx[0] for k, idx in owners.items() if len(idx) == 1}
+    if not own:
+        return None, {}
+    options = {k: parts[i][1][k] for k, i in own.items()}
+
+    def build(**values: Any) -> GradientTransformation:
+        new = []
+        for i, (link, (factory, link_options)) in enumerate(zip(links, parts)):
+            if factory is None:
+                new.append(link)
+                continue
+            mine = {k: v for k, v in values.items() if own.get(k) == i}
+            new.append(factory(**{**link_options, **mine}))
+        return chain(*new)
+
+    build.__name__ = build.__qualname__ = f"chain({', '.join(t.name for t in links)})"
+    return build, options
 
 
 def _values_of(values: list[Any]) -> list[Any]:
