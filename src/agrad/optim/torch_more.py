@@ -327,6 +327,40 @@ def _newton_schulz(
     return xp.matrix_transpose(x) if tall else x
 
 
+_NARROW = ("bfloat16", "float16")  # ns_dtypes torch rounds to, computing in float32
+
+
+def _newton_schulz_rounded(
+    xp: Any, g: Any, coefficients: tuple[float, float, float], steps: int, eps: float, low: Any
+) -> Any:
+    """:func:`_newton_schulz` with torch's roundings to a narrow dtype ``low`` (bfloat16).
+
+    torch's Muon casts to bfloat16 and runs ``X @ X.T`` and two fused ``addmm``: each
+    accumulates in float32 and rounds its result to bfloat16 once, ``bA + cA^2`` and
+    ``aX + BX`` included. Here every operation runs in float32 on bfloat16 values and
+    rounds where torch rounds: ``round(G)``, ``round(|X|)``, ``round(X/|X|)``, then per
+    step ``A = round(XX^T)``, ``B = round(bA + cA^2)``, ``X = round(aX + BX)``. The result
+    holds ``low``'s values in float32. Equal to torch bit for bit where both sum a
+    product in the same order (on the CPU, small matrices); a different float32
+    summation order (another gemm blocking) flips a bfloat16 rounding now and then.
+    """
+    f32 = xp.float32
+
+    def rounded(v: Any) -> Any:
+        return xp.astype(xp.astype(v, low), f32)
+
+    a, b, c = coefficients
+    tall = g.shape[0] > g.shape[1]
+    x = rounded(xp.matrix_transpose(g) if tall else g)
+    norm = rounded(_norm(xp, x))
+    x = rounded(xp.divide(x, xp.maximum(norm, xp.full_like(norm, eps))))
+    for _ in range(steps):
+        gram = rounded(xp.matmul(x, xp.matrix_transpose(x)))
+        update = rounded(xp.add(gram * b, xp.matmul(gram, gram) * c))
+        x = rounded(xp.add(x * a, xp.matmul(update, x)))
+    return xp.matrix_transpose(x) if tall else x
+
+
 @python_numbers
 def muon(
     lr: Any = 1e-3,
@@ -387,8 +421,17 @@ def muon(
             if not hasattr(xp, ns_dtype):
                 msg = f"{fn}: ns_dtype={ns_dtype!r} is not a dtype of {xp.__name__}"
                 raise ValueError(msg)
-            u = xp.astype(u, getattr(xp, ns_dtype))
-        o = xp.astype(_newton_schulz(xp, u, coefficients, ns_steps, eps), g.dtype)
+            if ns_dtype in _NARROW:  # torch's roundings, computing in float32
+                o = _newton_schulz_rounded(
+                    xp, u, coefficients, ns_steps, eps, getattr(xp, ns_dtype)
+                )
+            else:
+                o = _newton_schulz(
+                    xp, xp.astype(u, getattr(xp, ns_dtype)), coefficients, ns_steps, eps
+                )
+        else:
+            o = _newton_schulz(xp, u, coefficients, ns_steps, eps)
+        o = xp.astype(o, g.dtype)
         rows, cols = g.shape
         if adjust_lr_fn == "match_rms_adamw":
             ratio = 0.2 * math.sqrt(max(rows, cols))
