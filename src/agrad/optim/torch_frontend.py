@@ -45,7 +45,7 @@ import torch
 
 from agrad.optim._cache import LRUCache
 from agrad.optim.base import GradientTransformation, is_array
-from agrad.optim.torch_state import group_to_torch, state_from_torch, state_to_torch
+from agrad.optim._torch_state import group_to_torch, state_from_torch, state_to_torch
 from agrad.pytree import flatten, flatten_leaves, unflatten
 
 __all__ = ["TorchOptimizer"]
@@ -294,7 +294,7 @@ class TorchOptimizer(torch.optim.Optimizer):
 
         Same state keys, tensor or number, ``step`` dtype and group options as
         ``torch.optim.<Name>.state_dict()``, so that ``torch.optim.<Name>.load_state_dict``
-        accepts it (see :mod:`agrad.optim.torch_state`).
+        accepts it (see :mod:`agrad.optim._torch_state`).
         """
         sd = super().state_dict()
         name = self._torch_name
