@@ -24,15 +24,16 @@ How it works:
   count, so a parameter that was frozen for a while keeps its own count, as in torch)
   and runs ``opt.step`` on them in place. ``state_dict()`` is therefore torch's format:
   tensors, Python numbers, tuples, dicts and lists only, so ``torch.load(...,
-  weights_only=True)`` reads it, and a ``torch.optim.Adam`` (``SGD``, ``AdamW``...)
-  state dict loads into the wrapper and back.
+  weights_only=True)`` reads it; for the 14 optimizers torch also has it is exactly
+  that ``torch.optim`` optimizer's (:mod:`agrad.optim._torch_state`), so state dicts
+  load both ways.
 - Checks. Every gradient of every group is checked (dense, its parameter's shape,
   dtype and device; a complex parameter only where the optimizer takes one) before
   any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
   torch does.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
-  to it, as ``torch.optim.LBFGS`` does.
+  to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from typing import Any
 import torch
 
 from agrad.optim._cache import LRUCache
-from agrad.optim.base import GradientTransformation, is_array
 from agrad.optim._torch_state import group_to_torch, state_from_torch, state_to_torch
+from agrad.optim.base import GradientTransformation, is_array
 from agrad.pytree import flatten, flatten_leaves, unflatten
 
 __all__ = ["TorchOptimizer"]
@@ -204,8 +205,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             keyword arguments are the options and which returns a
             ``GradientTransformation``), or an optimizer it built
             (``agrad.optim.adam(lr=1e-3)``; its hyperparameters become the defaults).
-            An optimizer no public constructor rebuilds (a plain ``chain``) is used
-            as it is, without per-group options.
+            A plain ``chain`` takes its links' options (``lr`` of the link that has
+            one; two links with an ``lr`` are refused, naming them); an
+            ``inject_hyperparams`` optimizer takes its injected hyperparameters as
+            options, written into its state before each step. Any other optimizer
+            no public constructor rebuilds is used as it is, without options.
         **defaults: options for every group that does not set its own (``lr=1e-3``).
 
     Each step builds the group's optimizer from ``group``'s options, so schedulers and
