@@ -395,7 +395,7 @@ def check_nonnegative(fn: str, **values: Any) -> None:
     for name, v in values.items():
         x = _check_number(fn, name, v)
         if x is not None and not (math.isfinite(x) and x >= 0.0):
-            _fail(fn, name, v, "a finite number >= 0")
+            _fail(fn, name, x, "a finite number >= 0")
 
 
 def check_positive(fn: str, **values: Any) -> None:
@@ -403,7 +403,7 @@ def check_positive(fn: str, **values: Any) -> None:
     for name, v in values.items():
         x = _check_number(fn, name, v)
         if x is not None and not (math.isfinite(x) and x > 0.0):
-            _fail(fn, name, v, "a finite number > 0")
+            _fail(fn, name, x, "a finite number > 0")
 
 
 def check_unit_interval(fn: str, *, closed: bool = False, **values: Any) -> None:
@@ -414,7 +414,7 @@ def check_unit_interval(fn: str, *, closed: bool = False, **values: Any) -> None
             continue
         ok = 0.0 <= x <= 1.0 if closed else 0.0 <= x < 1.0
         if not ok:
-            _fail(fn, name, v, "a number in [0, 1]" if closed else "a number in [0, 1)")
+            _fail(fn, name, x, "a number in [0, 1]" if closed else "a number in [0, 1)")
 
 
 def hyper_float(v: Any) -> Any:

@@ -717,8 +717,7 @@ def rmsprop(
         avg = add_scalar(xp, xp.sqrt(fused_multiply_add(xp, xp.negative(ga), ga, sq)), eps)
         if _nonzero(momentum):
             buf = xp.add(scale(xp, rest[0], momentum), xp.divide(g, avg))
-            neg_lr = _neg(xp, lr_t)
-            neg_lr = xp.full_like(p, neg_lr) if is_scalar(neg_lr) else neg_lr
+            neg_lr = _full(xp, p, _neg(xp, lr_t))  # an array lr: rounded to p's dtype
             return fused_multiply_add(xp, buf, neg_lr, p), (sq, ga, buf)
         return xp.add(p, xp.divide(scale(xp, g, _neg(xp, lr_t)), avg)), (sq, ga)
 
