@@ -35,7 +35,6 @@ from agrad.optim.numerics import (
     full_scalar,
     hyper_float,
     is_hyper_array,
-    is_scalar,
     leaf_scalar,
     lerp,
     next_count,
