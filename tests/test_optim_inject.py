@@ -535,3 +535,58 @@ def test_injected_value_is_checked_by_value_and_shape():
         o.adam(0.1, eps=xp.asarray([1e-8, 1e-8]))
     with pytest.raises(KeyError, match="'eps' is not an injected hyperparameter"):
         state.with_hyperparams(eps=1e-3)
+
+
+# -- the compiled route (NumPy and torch in place): injected values are inputs --------
+
+
+def _route_compiled(opt, params, state, steps=2):
+    """Whether the compiled route ran ``opt`` (one program compiled, none declined)."""
+    from agrad.optim import fastpath
+
+    for _ in range(steps):
+        grads = {k: v * 1.5 - 0.5 for k, v in params.items()}
+        params, state = opt.step(params, grads, state)
+    programs = fastpath._programs(opt).values()
+    return len(programs) == 1 and programs[0] is not fastpath._DECLINED and len(programs[0]) == 1
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_compiled_route_takes_injected_values_as_inputs(monkeypatch, lib, name):
+    """In place with the compiled route on == the generic path (route off), values
+    changed at step 3; the route runs the injected optimizer wherever it runs the
+    plain one, with one program (no value baked in: a change does not recompile)."""
+    from agrad.optim import fastpath
+
+    factory, static, inj, change, shapes = _case(name)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    data = {k: rng.standard_normal(s) for k, s in shapes.items()}
+
+    def fresh():
+        return {k: (v.copy() if lib == "numpy" else torch.tensor(v)) for k, v in data.items()}
+
+    outs = []
+    for fast in (True, False):
+        monkeypatch.setattr(fastpath, "enabled", fast)
+        params = fresh()
+        opt = o.inject_hyperparams(factory, static_args=tuple(static))(**static, **inj)
+        state = opt.init(params)
+        for i in range(STEPS):
+            if i == AT:
+                state = state.with_hyperparams(**change)
+            grads = {k: v * 1.5 - 0.5 for k, v in params.items()}
+            params, state = opt.step(params, grads, state)
+        outs.append({k: to_numpy(v) for k, v in params.items()})
+        if fast:
+            programs = fastpath._programs(opt).values()
+            taken = len(programs) == 1 and programs[0] is not fastpath._DECLINED
+            taken = taken and len(programs[0]) == 1
+    for k in outs[0]:
+        np.testing.assert_allclose(outs[0][k], outs[1][k], rtol=1e-12, atol=1e-14, err_msg=k)
+    monkeypatch.setattr(fastpath, "enabled", True)
+    plain = factory(**static, **inj)
+    params = fresh()
+    assert taken == _route_compiled(plain, params, plain.init(params))
