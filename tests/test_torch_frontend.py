@@ -383,19 +383,18 @@ def test_a_chain_takes_the_lr_of_its_link_and_follows_schedulers(sched):
 
 @pytest.mark.parametrize("sched", list(CHAIN_SCHEDULERS))
 def test_injected_hyperparameters_are_group_options(sched):
-    """inject_hyperparams(adam)(lr=...): the injected lr is group["lr"], written into the
-    state before each step, so schedulers drive it as torch.optim.Adam's."""
+    """inject_hyperparams(adam)(lr=..., betas=..., weight_decay=...): the injected values
+    are group options, written into the state before each step, so schedulers drive them
+    (OneCycleLR cycles betas[0] too) as torch.optim.Adam's."""
     make = CHAIN_SCHEDULERS[sched]
-    if sched == "onecycle":  # only lr is injected (betas is a tuple): no momentum to cycle
-        make = lambda o: torch.optim.lr_scheduler.OneCycleLR(  # noqa: E731
-            o, max_lr=0.05, total_steps=30, cycle_momentum=False
-        )
-    opt_ = agrad.optim.inject_hyperparams(agrad.optim.adam)(lr=1e-2)
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=1e-2)
+    opt_ = agrad.optim.inject_hyperparams(agrad.optim.adam)(**kw)
     got, opt = _run_clipped(lambda ps: TorchOptimizer(ps, opt_), make)
-    ref, ref_opt = _run_clipped(lambda ps: torch.optim.Adam(ps, lr=1e-2), make)
+    ref, ref_opt = _run_clipped(lambda ps: torch.optim.Adam(ps, **kw), make)
     _close(got, ref)
     assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
-    assert set(opt.param_groups[0]) - {"params", "initial_lr", "max_lr", "min_lr"} == {"lr"}
+    assert opt.param_groups[0]["betas"] == ref_opt.param_groups[0]["betas"]
+    assert {"lr", "betas", "weight_decay"} <= set(opt.param_groups[0])
     sd = _roundtrip(opt.state_dict())  # a save/resume keeps the group's lr
     again = TorchOptimizer(_model().parameters(), opt_)
     again.load_state_dict(sd)

@@ -514,7 +514,13 @@ class TorchOptimizer(torch.optim.Optimizer):
         if new:
             self._initialize(opt, new)
         for k in self._injected:  # the group's value into the state, where the rule reads it
-            _inject(self.state, params, _entry_name(f".hyperparams[{k!r}]"), _plain(group[k]))
+            value = _plain(group[k])
+            if isinstance(value, tuple):  # betas: one entry per element (None stays None)
+                for i, v in enumerate(value):
+                    if v is not None:
+                        _inject(self.state, params, _entry_name(f".hyperparams[{k!r}][{i}]"), v)
+            else:
+                _inject(self.state, params, _entry_name(f".hyperparams[{k!r}]"), value)
         buckets: dict[Any, list[Any]] = {}
         probe = self._layout(opt, {"0": params[0]})
         states = [self.state[p] for p in params]
@@ -594,7 +600,12 @@ def _injected_options(opt: Any) -> dict[str, Any]:
     except Exception:
         return {}
     hp = getattr(state, "hyperparams", None)
-    return {k: _plain(v) for k, v in hp.items()} if isinstance(hp, dict) else {}
+    if not isinstance(hp, dict):
+        return {}
+    return {
+        k: tuple(None if x is None else _plain(x) for x in v) if isinstance(v, tuple) else _plain(v)
+        for k, v in hp.items()
+    }
 
 
 def _chain_factory(opt: Any, cls: str) -> tuple[Factory | None, dict[str, Any]]:
