@@ -446,6 +446,11 @@ def test_a_chain_with_two_learning_rates_is_refused_naming_the_links():
     assert opt.param_groups[0]["lr"] == 0.1 and "momentum" in opt.param_groups[0]
     with pytest.raises(TypeError, match="no constructor that rebuilds it"):
         TorchOptimizer(ps, agrad.optim.chain(custom), lr=1e-3)
+    injected = agrad.optim.inject_hyperparams(agrad.optim.adam)(lr=1e-3)
+    with pytest.raises(
+        TypeError, match=r"inject_hyperparams\(adam\)\(.*takes no option 'eps'; its options are lr"
+    ):
+        TorchOptimizer(ps, injected, eps=1e-6)
 
 
 def test_sparse_gradient_refused_before_anything_is_written():

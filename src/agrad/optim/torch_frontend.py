@@ -279,7 +279,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             unknown = [k for k in defaults if k not in options]
             if unknown:
                 msg = (
-                    f"{cls}: {_name(factory)} takes no option {', '.join(map(repr, unknown))}; "
+                    f"{cls}: {_name(factory) if factory is not None else repr(optimizer)} "
+                    f"takes no option {', '.join(map(repr, unknown))}; "
                     f"its options are {', '.join(options)}"
                 )
                 raise TypeError(msg)
