@@ -205,10 +205,13 @@ def test_inject_hyperparams_under_jit_saves_and_loads(tmp_path):
 
 
 def test_inject_hyperparams_refuses_a_structural_hyperparameter():
+    """sync_period decides when lookahead syncs: static, and the error says so."""
     with pytest.raises(
-        TypeError, match=r"momentum cannot be injected .*static_args=\('momentum',\)"
+        TypeError, match=r"sync_period cannot be injected .*static_args=\('sync_period',\)"
     ):
-        optim.inject_hyperparams(optim.sgd)(lr=0.1, momentum=0.9)
+        optim.inject_hyperparams(optim.lookahead)(
+            fast_optimizer=optim.sgd(0.1), sync_period=2, slow_step_size=0.5
+        )
 
 
 def test_setting_hyperparams_raises_and_says_what_to_do():

@@ -81,13 +81,25 @@ FULL = {
 }
 
 
+# options whose other value changes a number, not which code runs: tried only in the
+# combination of the last values (every other value alone too: each switches a branch)
+NUMERIC_ONLY = {
+    "rprop": {"lr"},
+    "asgd": {"lambd", "alpha"},
+    "adafactor_torch": {"lr", "beta2_decay", "d"},
+    "muon": {"momentum"},
+}
+
+
 def _combos(name):
-    """The first values; each other value alone; the last values together (not every
-    product: 150 steps each, the suite's time is shared)."""
+    """The first values; each other value alone (but those in ``NUMERIC_ONLY``); the last
+    values together (not every product: 150 steps each, the suite's time is shared)."""
     options = OPTIONS[name]
     base = {k: v[0] for k, v in options.items()}
     yield base
     for k, values in options.items():
+        if k in NUMERIC_ONLY[name]:
+            continue
         for v in values[1:]:
             yield dict(base, **{k: v})
     yield {k: v[-1] for k, v in options.items()}
@@ -173,7 +185,8 @@ def test_matches_torch_every_option_numpy(name, kw):
 def test_matches_torch_on_every_backend(xp, name):
     kw = FULL[name]
     # eager JAX dispatches op by op and Dask graphs grow: few steps there
-    steps = 6 if "dask" in xp.__name__ or "jax" in xp.__name__ else 40
+    # (150 steps of every option are on NumPy above: here the backend's plumbing)
+    steps = 6 if "dask" in xp.__name__ or "jax" in xp.__name__ else 15
     problem = Problem(steps, sign=_sign(kw))
     ref = torch_reference(name, kw, problem, steps)
     got, _ = run_agrad(xp, name, kw, problem, steps)
@@ -208,8 +221,16 @@ def test_adafactor_torch_on_a_3d_parameter_and_float32():
 
 
 def test_muon_ns_dtype_and_torch_bfloat16_muon():
-    """``ns_dtype`` runs the iteration in another dtype; torch's own (bfloat16) Muon is
-    within bfloat16's rounding of the float64 iteration."""
+    """``ns_dtype="float32"`` runs the iteration in float32; ``ns_dtype="bfloat16"``
+    reproduces torch's own bfloat16 Muon: float32 sums of bfloat16 values, rounded to
+    bfloat16 where torch's ``mm`` and fused ``addmm`` round (``bA + cA^2`` once).
+
+    Measured on an AVX2 CPU (5 steps, a 3x4 matrix): bfloat16 route vs
+    torch.optim.Muon 0 (bit for bit), the float64 iteration 6.5e-3 of the distance
+    moved. On a 64-wide layer a few bfloat16 roundings flip with the gemm's float32
+    summation order (2e-5 of the distance moved after 15 steps, vs 9e-3 for float64). Another CPU's bfloat16 gemm (AVX512-BF16
+    dot products) may sum in another order, so the bound asserted is 1% of the float64
+    iteration's difference, not rounding."""
     import array_api_compat.numpy as npx
     import array_api_compat.torch as txp
 
@@ -225,10 +246,13 @@ def test_muon_ns_dtype_and_torch_bfloat16_muon():
             tp["w"].grad = problem.grads(txp, tp, t)["w"]
             opt.step()
     moved = np.max(np.abs(tp["w"].numpy() - problem.p0["w"]))
-    for ns_dtype in (None, "bfloat16"):  # bfloat16: not torch's rounding (no fused addmm)
+    diff = {}
+    for ns_dtype in (None, "bfloat16"):
         got, _ = run_agrad(txp, "muon", {}, problem, 5, optim.muon(lr=0.02, ns_dtype=ns_dtype))
         assert got["w"].dtype == torch.float64
-        assert np.max(np.abs(got["w"].numpy() - tp["w"].numpy())) < 0.05 * moved
+        diff[ns_dtype] = np.max(np.abs(got["w"].numpy() - tp["w"].numpy()))
+    assert diff[None] < 0.05 * moved
+    assert diff["bfloat16"] <= 0.01 * diff[None], diff
 
 
 def test_muon_refuses_other_than_matrices_and_unknown_dtype():

@@ -19,7 +19,14 @@ import array_api_compat
 from agrad._arrays import device_or_none
 
 __all__ = [
+    "add_scalar",
+    "div_scalar",
+    "full_scalar",
     "check_betas",
+    "check_hyper",
+    "hyper_float",
+    "is_hyper_array",
+    "static_int",
     "check_nonnegative",
     "check_positive",
     "check_unit_interval",
@@ -58,8 +65,43 @@ def scale(xp: ModuleType, x: Any, s: Any) -> Any:
     return xp.multiply(x, leaf_scalar(xp, s, x))
 
 
-def lerp(xp: ModuleType, a: Any, b: Any, w: float) -> Any:
-    """``torch.lerp(a, b, w)`` exactly: ``a + w (b - a)`` for ``w < 0.5``, else ``b - (b - a)(1 - w)``."""
+def add_scalar(xp: ModuleType, x: Any, s: Any) -> Any:
+    """``x + s`` for a Python number or a 0-d array ``s`` (rounded to ``x``'s dtype first)."""
+    if type(s) in (int, float):
+        return x + s
+    return xp.add(x, leaf_scalar(xp, s, x))
+
+
+def div_scalar(xp: ModuleType, x: Any, s: Any) -> Any:
+    """``x / s`` for a Python number or a 0-d array ``s`` (rounded to ``x``'s dtype first)."""
+    if type(s) in (int, float):
+        return x / s
+    return xp.divide(x, leaf_scalar(xp, s, x))
+
+
+def full_scalar(xp: ModuleType, like: Any, v: Any) -> Any:
+    """``full_like(like, v)`` for a Python number or a 0-d array ``v`` (in ``like``'s dtype)."""
+    if is_hyper_array(v):
+        return xp.add(xp.zeros_like(like), leaf_scalar(xp, v, like))
+    return xp.full_like(like, v)
+
+
+def is_hyper_array(x: Any) -> bool:
+    """Whether a hyperparameter is an array (an injected, possibly traced, 0-d value)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def lerp(xp: ModuleType, a: Any, b: Any, w: Any) -> Any:
+    """``torch.lerp(a, b, w)`` exactly: ``a + w (b - a)`` for ``|w| < 0.5``, else ``b - (b - a)(1 - w)``.
+
+    ``w`` is a Python number or a 0-d array (an injected hyperparameter); for an array
+    both forms are computed and one is selected, so it traces under ``jax.jit``.
+    """
+    if is_hyper_array(w):
+        diff = xp.subtract(b, a)
+        low = xp.add(a, scale(xp, diff, w))
+        high = xp.subtract(b, scale(xp, diff, 1.0 - w))
+        return xp.where(xp.abs(leaf_scalar(xp, w, a)) < 0.5, low, high)
     if abs(w) < 0.5:
         return xp.add(a, xp.subtract(b, a) * w)
     return xp.subtract(b, xp.subtract(b, a) * (1.0 - w))
@@ -303,43 +345,100 @@ def concrete_value(x: Any) -> float | None:
     return value
 
 
-def _check_number(fn: str, name: str, value: Any) -> None:
-    if not is_scalar(value):
-        msg = f"{fn}: {name} must be a Python number, got {type(value).__name__}"
-        raise TypeError(msg)
+def _check_number(fn: str, name: str, value: Any) -> float | None:
+    """A hyperparameter's value to check: a Python number, or a 0-d real floating array.
+
+    An array (an injected hyperparameter, :func:`agrad.optim.inject_hyperparams`) is
+    checked by shape and dtype; its value is returned where it is known (not a JAX
+    tracer), else ``None`` (nothing more to check).
+    """
+    if is_scalar(value):
+        return value
+    if is_hyper_array(value):
+        if tuple(value.shape) != ():
+            msg = (
+                f"{fn}: invalid {name}: an array of shape {tuple(value.shape)} "
+                "(expected a number or a 0-d array)"
+            )
+            raise ValueError(msg)
+        if "float" not in str(value.dtype):
+            msg = f"{fn}: {name} must be a number or a 0-d real floating array, got dtype {value.dtype}"
+            raise TypeError(msg)
+        return concrete_value(value)
+    msg = f"{fn}: {name} must be a Python number or a 0-d array, got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def check_hyper(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    closed_low: bool = True,
+    closed_high: bool = True,
+) -> None:
+    """``value`` (a number or a 0-d array) lies in the interval from ``low`` to ``high``."""
+    v = _check_number(fn, name, value)
+    if v is None:
+        return
+    ok = math.isfinite(v) or (high == math.inf and v == math.inf)
+    ok = ok and (v >= low if closed_low else v > low) and (v <= high if closed_high else v < high)
+    if not ok:
+        lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
+        _fail(fn, name, v, f"a number in {lo}{low}, {high}{hi}")
 
 
 def check_nonnegative(fn: str, **values: Any) -> None:
-    """Each value is a finite number >= 0."""
+    """Each value is a finite number >= 0 (a 0-d array: by value where known)."""
     for name, v in values.items():
-        _check_number(fn, name, v)
-        if not (math.isfinite(v) and v >= 0.0):
-            _fail(fn, name, v, "a finite number >= 0")
+        x = _check_number(fn, name, v)
+        if x is not None and not (math.isfinite(x) and x >= 0.0):
+            _fail(fn, name, x, "a finite number >= 0")
 
 
 def check_positive(fn: str, **values: Any) -> None:
-    """Each value is a finite number > 0."""
+    """Each value is a finite number > 0 (a 0-d array: by value where known)."""
     for name, v in values.items():
-        _check_number(fn, name, v)
-        if not (math.isfinite(v) and v > 0.0):
-            _fail(fn, name, v, "a finite number > 0")
+        x = _check_number(fn, name, v)
+        if x is not None and not (math.isfinite(x) and x > 0.0):
+            _fail(fn, name, x, "a finite number > 0")
 
 
 def check_unit_interval(fn: str, *, closed: bool = False, **values: Any) -> None:
-    """Each value is in ``[0, 1)`` (``[0, 1]`` with ``closed``)."""
+    """Each value is in ``[0, 1)`` (``[0, 1]`` with ``closed``; a 0-d array: by value where known)."""
     for name, v in values.items():
-        _check_number(fn, name, v)
-        ok = 0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0
+        x = _check_number(fn, name, v)
+        if x is None:
+            continue
+        ok = 0.0 <= x <= 1.0 if closed else 0.0 <= x < 1.0
         if not ok:
-            _fail(fn, name, v, "a number in [0, 1]" if closed else "a number in [0, 1)")
+            _fail(fn, name, x, "a number in [0, 1]" if closed else "a number in [0, 1)")
 
 
-def check_betas(fn: str, betas: Any) -> tuple[float, float]:
-    """``betas`` is a pair of numbers in ``[0, 1)``."""
+def hyper_float(v: Any) -> Any:
+    """A hyperparameter as the rules use it: a Python ``float``, or the 0-d array itself."""
+    return v if is_hyper_array(v) else float(v)
+
+
+def static_int(fn: str, name: str, value: Any) -> None:
+    """Refuse an array for a hyperparameter that decides the program's structure."""
+    if is_hyper_array(value):
+        msg = (
+            f"{fn}: {name} must be a Python value, not an array: it decides the structure "
+            "of the state or of the computation, so it cannot be injected (keep it in "
+            "static_args of inject_hyperparams)"
+        )
+        raise TypeError(msg)
+
+
+def check_betas(fn: str, betas: Any) -> tuple[Any, Any]:
+    """``betas`` is a pair of numbers (or 0-d arrays) in ``[0, 1)``; returned as floats (arrays kept)."""
     try:
         b1, b2 = betas
     except (TypeError, ValueError):
         msg = f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}"
         raise ValueError(msg) from None
     check_unit_interval(fn, **{"betas[0]": b1, "betas[1]": b2})
-    return float(b1), float(b2)
+    return hyper_float(b1), hyper_float(b2)

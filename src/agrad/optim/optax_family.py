@@ -13,14 +13,20 @@ import array_api_compat
 
 from agrad.optim.base import GradientTransformation, chain, namespace_of
 from agrad.optim.numerics import (
+    add_scalar,
     as_count,
     check_lr,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    div_scalar,
+    full_scalar,
+    is_hyper_array,
     leaf_scalar,
     next_count,
     python_numbers,
+    scale,
+    static_int,
     step_number,
 )
 from agrad.optim.torch_family import adam_direction, adam_moments
@@ -123,8 +129,14 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> GradientTransformation:
 
     def update(updates: Any, state: ScaleByLionState, params: Any):
         xp = namespace_of(updates)
-        out = tree_map(lambda g, m: xp.sign(xp.add(g * (1.0 - b1), m * b1)), updates, state.mu)
-        mu = tree_map(lambda g, m: xp.add(g * (1 - b2), m * b2), updates, state.mu)
+        out = tree_map(
+            lambda g, m: xp.sign(xp.add(scale(xp, g, 1.0 - b1), scale(xp, m, b1))),
+            updates,
+            state.mu,
+        )
+        mu = tree_map(
+            lambda g, m: xp.add(scale(xp, g, 1 - b2), scale(xp, m, b2)), updates, state.mu
+        )
         count = next_count(xp, state.count, _first_leaf(updates))
         return out, ScaleByLionState(count, mu)
 
@@ -154,12 +166,12 @@ def scale_by_trust_ratio(
         def one(u: Any, p: Any) -> Any:
             p_norm = _norm(xp, p)
             u_norm = _norm(xp, u)
-            p_norm = xp.maximum(p_norm, xp.full_like(p_norm, min_norm))
-            u_norm = xp.maximum(u_norm, xp.full_like(u_norm, min_norm))
+            p_norm = xp.maximum(p_norm, full_scalar(xp, p_norm, min_norm))
+            u_norm = xp.maximum(u_norm, full_scalar(xp, u_norm, min_norm))
             zero = xp.logical_or(p_norm == 0.0, u_norm == 0.0)
             # a zero norm selects 1: divide by 1 there instead of by 0
-            denom = xp.where(zero, xp.ones_like(u_norm), u_norm + eps)
-            ratio = xp.divide(p_norm * trust_coefficient, denom)
+            denom = xp.where(zero, xp.ones_like(u_norm), add_scalar(xp, u_norm, eps))
+            ratio = xp.divide(scale(xp, p_norm, trust_coefficient), denom)
             return xp.multiply(u, xp.where(zero, xp.ones_like(ratio), ratio))
 
         return tree_map(one, updates, params), state
@@ -186,7 +198,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
         xp = namespace_of(updates)
 
         def one(u: Any) -> Any:
-            denom = xp.maximum(xp.ones_like(_rms(xp, u)), _rms(xp, u) / threshold)
+            denom = xp.maximum(xp.ones_like(_rms(xp, u)), div_scalar(xp, _rms(xp, u), threshold))
             return xp.divide(u, denom)
 
         return tree_map(one, updates), state
@@ -207,8 +219,8 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
 
         def one(u: Any, p: Any) -> Any:
             rms = _rms(xp, p)
-            small = rms <= min_scale
-            return xp.multiply(u, xp.where(small, xp.full_like(rms, min_scale), rms))
+            floor = full_scalar(xp, rms, min_scale)
+            return xp.multiply(u, xp.where(rms <= floor, floor, rms))
 
         return tree_map(one, updates, params), state
 
@@ -222,6 +234,8 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
 def _decay_rate_pow(xp: Any, count: Any, offset: int, exponent: float, like: Any) -> Any:
     """:math:`1 - (c - o + 1)^{-e}` as a 0-d float32 array, computed as optax does."""
     t = xp.astype(as_count(xp, count, like) - offset + 1, xp.float32)
+    if is_hyper_array(exponent):  # injected: in float32, as optax computes it
+        return 1.0 - t ** xp.negative(xp.astype(exponent, xp.float32))
     return 1.0 - t ** (-exponent)
 
 
@@ -251,6 +265,9 @@ def scale_by_factored_rms(
     :math:`v_t = \\hat\\beta_t v_{t-1} + (1-\\hat\\beta_t) G`, :math:`u = g\\, v_t^{-1/2}`.
     Reference: Shazeer & Stern, "Adafactor", ICML 2018.
     """
+    fn = "agrad.optim.scale_by_factored_rms"
+    static_int(fn, "step_offset", step_offset)
+    static_int(fn, "min_dim_size_to_factor", min_dim_size_to_factor)
 
     def init(params: Any) -> FactoredState:
         xp = namespace_of(params)
@@ -286,7 +303,7 @@ def scale_by_factored_rms(
             beta = leaf_scalar(xp, beta32, g)
             one_minus = leaf_scalar(xp, one_minus32, g)
             dims = _factored_dims(tuple(g.shape), factored, min_dim_size_to_factor)
-            g_sq = xp.multiply(g, g) + epsilon
+            g_sq = add_scalar(xp, xp.multiply(g, g), epsilon)
             if dims is not None:
                 d1, d0 = dims
                 r = xp.add(r * beta, xp.mean(g_sq, axis=d0) * one_minus)
@@ -447,6 +464,8 @@ def adafactor(
     "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018.
     """
     fn = "agrad.optim.adafactor"
+    static_int(fn, "min_dim_size_to_factor", min_dim_size_to_factor)
+    static_int(fn, "decay_offset", decay_offset)
     if lr is not None:
         check_lr(fn, lr)
     check_positive(fn, eps=eps)
@@ -479,7 +498,9 @@ def _ema_updates(decay: float) -> GradientTransformation:
 
     def update(updates: Any, state: TraceState, params: Any):
         xp = namespace_of(updates)
-        ema = tree_map(lambda u, e: xp.add(u * (1 - decay), e * decay), updates, state.trace)
+        ema = tree_map(
+            lambda u, e: xp.add(scale(xp, u, 1 - decay), scale(xp, e, decay)), updates, state.trace
+        )
         return ema, TraceState(ema)
 
     return GradientTransformation("ema", init, update, {"decay": decay}, needs_params=False)

@@ -18,14 +18,20 @@ import array_api_compat
 
 from agrad.optim.base import GradientTransformation, chain, is_array, namespace_of
 from agrad.optim.numerics import (
+    add_scalar,
     as_count,
     check_lr,
     check_nonnegative,
     check_unit_interval,
+    div_scalar,
+    full_scalar,
+    is_hyper_array,
     is_scalar,
     leaf_scalar,
     next_count,
     python_numbers,
+    scale,
+    static_int,
     step_number,
 )
 from agrad.optim.optax_family import _ema_updates
@@ -128,12 +134,12 @@ def _select(xp: Any, cond: Any, a: Any, b: Any) -> Any:
 
 def _moment(xp: Any, g: Any, m: Any, decay: float) -> Any:
     """optax's ``update_moment`` of order 1: :math:`(1-\\beta) g + \\beta m`."""
-    return xp.add(g * (1 - decay), m * decay)
+    return xp.add(scale(xp, g, 1 - decay), scale(xp, m, decay))
 
 
 def _moment2(xp: Any, g: Any, m: Any, decay: float) -> Any:
     """optax's ``update_moment_per_elem_norm`` of order 2: :math:`(1-\\beta) g^2 + \\beta m`."""
-    return xp.add(xp.multiply(g, g) * (1 - decay), m * decay)
+    return xp.add(scale(xp, xp.multiply(g, g), 1 - decay), scale(xp, m, decay))
 
 
 def _debias(xp: Any, x: Any, decay: float, t: Any) -> Any:
@@ -176,7 +182,7 @@ def scale_by_belief(
         t = step_number(xp, state.count, like)
         mu = tree_map(lambda g, m: _moment(xp, g, m, b1), updates, state.mu)
         nu = tree_map(
-            lambda g, m, s: _moment2(xp, xp.subtract(g, m), s, b2) + eps_root,
+            lambda g, m, s: add_scalar(xp, _moment2(xp, xp.subtract(g, m), s, b2), eps_root),
             updates,
             mu,
             state.nu,
@@ -184,10 +190,13 @@ def scale_by_belief(
 
         def one(g: Any, m: Any, s: Any) -> Any:
             if nesterov:
-                m_hat = xp.add(_debias(xp, m, b1, t + 1) * b1, _debias(xp, g, b1, t) * (1 - b1))
+                m_hat = xp.add(
+                    scale(xp, _debias(xp, m, b1, t + 1), b1),
+                    scale(xp, _debias(xp, g, b1, t), 1 - b1),
+                )
             else:
                 m_hat = _debias(xp, m, b1, t)
-            return xp.divide(m_hat, xp.sqrt(_debias(xp, s, b2, t)) + eps)
+            return xp.divide(m_hat, add_scalar(xp, xp.sqrt(_debias(xp, s, b2, t)), eps))
 
         count = next_count(xp, state.count, like)
         return tree_map(one, updates, mu, nu), ScaleByBeliefState(count, mu, nu)
@@ -259,10 +268,11 @@ def scale_by_adan(
             diff = _select(xp, first, xp.zeros_like(g), xp.subtract(g, g_prev))
             m = _moment(xp, g, m, b1)
             v = _moment(xp, diff, v, b2)
-            sq = xp.add(g, diff * (1 - b2))
+            sq = xp.add(g, scale(xp, diff, 1 - b2))
             n = _moment2(xp, sq, n, b3)
-            u = xp.add(_debias(xp, m, b1, t), _debias(xp, v, b2, t) * (1 - b2))
-            out.append(xp.divide(u, xp.sqrt(_debias(xp, n, b3, t) + eps_root) + eps))
+            u = xp.add(_debias(xp, m, b1, t), scale(xp, _debias(xp, v, b2, t), 1 - b2))
+            root = xp.sqrt(add_scalar(xp, _debias(xp, n, b3, t), eps_root))
+            out.append(xp.divide(u, add_scalar(xp, root, eps)))
             ms.append(m)
             vs.append(v)
             ns.append(n)
@@ -326,7 +336,7 @@ def scale_by_yogi(
 
     def init(params: Any) -> ScaleByYogiState:
         xp = namespace_of(params)
-        full = tree_map(lambda p: xp.full_like(p, initial_accumulator_value), params)
+        full = tree_map(lambda p: full_scalar(xp, p, initial_accumulator_value), params)
         return ScaleByYogiState(_new_count(params), full, tree_map(lambda p: p * 1.0, full))
 
     def update(updates: Any, state: ScaleByYogiState, params: Any):
@@ -337,12 +347,13 @@ def scale_by_yogi(
 
         def second(g: Any, v: Any) -> Any:
             g2 = xp.multiply(g, g)
-            return xp.subtract(v, xp.multiply(xp.sign(xp.subtract(v, g2)) * (1 - b2), g2))
+            return xp.subtract(v, xp.multiply(scale(xp, xp.sign(xp.subtract(v, g2)), 1 - b2), g2))
 
         nu = tree_map(second, updates, state.nu)
         out = tree_map(
             lambda m, v: xp.divide(
-                _debias(xp, m, b1, t), xp.sqrt(_debias(xp, v, b2, t) + eps_root) + eps
+                _debias(xp, m, b1, t),
+                add_scalar(xp, xp.sqrt(add_scalar(xp, _debias(xp, v, b2, t), eps_root)), eps),
             ),
             mu,
             nu,
@@ -406,17 +417,23 @@ def scale_by_novograd(
         xp = namespace_of(updates, params)
         leaves, treedef = flatten_leaves(updates)
         first = as_count(xp, state.count, leaves[0]) == 0
-        p_leaves = leaves_like(params, updates) if weight_decay != 0 else [None] * len(leaves)
+        decay = is_hyper_array(weight_decay) or weight_decay != 0
+        p_leaves = leaves_like(params, updates) if decay else [None] * len(leaves)
         mus, nus = [], []
         for g, p, m, v in zip(
             leaves, p_leaves, leaves_like(state.mu, updates), leaves_like(state.nu, updates)
         ):
             sq = _sq_norm(xp, g)
-            v = _select(xp, first, xp.astype(sq, v.dtype), xp.add(sq * (1 - b2), v * b2))
-            a = xp.divide(g, xp.sqrt(v + eps_root) + eps)
-            if weight_decay != 0:
-                a = xp.add(a, p * weight_decay)
-            m = _select(xp, first, a, xp.add(m * b1, a))
+            v = _select(
+                xp,
+                first,
+                xp.astype(sq, v.dtype),
+                xp.add(scale(xp, sq, 1 - b2), scale(xp, v, b2)),
+            )
+            a = xp.divide(g, add_scalar(xp, xp.sqrt(add_scalar(xp, v, eps_root)), eps))
+            if decay:
+                a = xp.add(a, scale(xp, p, weight_decay))
+            m = _select(xp, first, a, xp.add(scale(xp, m, b1), a))
             mus.append(m)
             nus.append(v)
         mu, nu = unflatten(treedef, mus), unflatten(treedef, nus)
@@ -424,7 +441,11 @@ def scale_by_novograd(
 
     hyper = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay}
     return GradientTransformation(
-        "scale_by_novograd", init, update, hyper, needs_params=weight_decay != 0
+        "scale_by_novograd",
+        init,
+        update,
+        hyper,
+        needs_params=is_hyper_array(weight_decay) or weight_decay != 0,
     )
 
 
@@ -528,6 +549,7 @@ def lookahead(
     if not isinstance(fast_optimizer, GradientTransformation):
         msg = f"{fn}: fast_optimizer must be an agrad transformation, got {type(fast_optimizer).__name__}"
         raise TypeError(msg)
+    static_int(fn, "sync_period", sync_period)
     if not (
         isinstance(sync_period, int) and not isinstance(sync_period, bool) and sync_period >= 1
     ):
@@ -550,11 +572,11 @@ def lookahead(
 
         def fast(p: Any, u: Any, s: Any) -> Any:
             diff = xp.subtract(xp.add(p, u), s)
-            return _select(xp, sync, xp.subtract(u, diff * (1 - slow_step_size)), u)
+            return _select(xp, sync, xp.subtract(u, scale(xp, diff, 1 - slow_step_size)), u)
 
         def slow(p: Any, u: Any, s: Any) -> Any:
             diff = xp.subtract(xp.add(p, u), s)
-            return _select(xp, sync, xp.add(s, diff * slow_step_size), s)
+            return _select(xp, sync, xp.add(s, scale(xp, diff, slow_step_size)), s)
 
         out = tree_map(fast, params, fast_updates, state.slow)
         new_slow = tree_map(slow, params, fast_updates, state.slow)
@@ -636,7 +658,7 @@ def schedule_free(
         )
         lr_a = xp.astype(lr_a, state.max_lr.dtype)
         max_lr = xp.maximum(state.max_lr, lr_a)
-        weight = max_lr**weight_lr_power
+        weight = max_lr ** leaf_scalar(xp, weight_lr_power, max_lr)
         total = xp.add(state.weight_sum, weight)
         safe = xp.where(total == 0.0, xp.ones_like(total), total)
         ck = xp.where(total == 0.0, xp.zeros_like(total), xp.divide(weight, safe))
@@ -648,10 +670,10 @@ def schedule_free(
         z = tree_map(lambda zi, ui: xp.astype(xp.add(zi, ui), zi.dtype), state.z, base_updates)
 
         def one(y: Any, z_old: Any, z_new: Any) -> Any:
-            prev_x = xp.subtract(y, z_old * (1.0 - b1)) / b1
+            prev_x = div_scalar(xp, xp.subtract(y, scale(xp, z_old, 1.0 - b1)), b1)
             c = xp.astype(ck, y.dtype)
             x = xp.add(xp.multiply(prev_x, 1.0 - c), xp.multiply(c, z_new))
-            new = xp.add(x * b1, z_new * (1.0 - b1))
+            new = xp.add(scale(xp, x, b1), scale(xp, z_new, 1.0 - b1))
             return xp.subtract(new, y)
 
         out = tree_map(one, params, state.z, z)
@@ -696,9 +718,11 @@ def schedule_free_adamw(
     al., "The Road Less Scheduled", 2024.
     """
     fn = "agrad.optim.schedule_free_adamw"
-    if not is_scalar(lr):
-        raise TypeError(f"{fn}: lr must be a Python number, got {type(lr).__name__}")
+    if callable(lr):
+        raise TypeError(f"{fn}: lr must be a number or a 0-d array, got {type(lr).__name__}")
     check_lr(fn, lr)
+    if warmup_steps is not None:
+        static_int(fn, "warmup_steps", warmup_steps)
     check_unit_interval(fn, b1=b1, b2=b2)
     check_nonnegative(fn, eps=eps, weight_decay=weight_decay)
     if warmup_steps is not None and not (isinstance(warmup_steps, int) and warmup_steps >= 0):
@@ -755,10 +779,11 @@ def scale_by_rms(
         u_t = g_t/\\sqrt{\\hat v_t + \\epsilon} \\text{ or } g_t/(\\sqrt{\\hat v_t} + \\epsilon)
     """
     check_nonnegative("agrad.optim.scale_by_rms", eps=eps, initial_scale=initial_scale)
+    check_unit_interval("agrad.optim.scale_by_rms", closed=True, decay=decay)
 
     def init(params: Any) -> ScaleByRmsWithCountState:
         xp = namespace_of(params)
-        nu = tree_map(lambda p: xp.full_like(p, initial_scale), params)
+        nu = tree_map(lambda p: full_scalar(xp, p, initial_scale), params)
         return ScaleByRmsWithCountState(_new_count(params), nu)
 
     def update(updates: Any, state: ScaleByRmsWithCountState, params: Any):
@@ -769,7 +794,10 @@ def scale_by_rms(
 
         def one(g: Any, v: Any) -> Any:
             v_hat = _debias(xp, v, decay, t) if bias_correction else v
-            root = xp.sqrt(v_hat + eps) if eps_in_sqrt else xp.sqrt(v_hat) + eps
+            if eps_in_sqrt:
+                root = xp.sqrt(add_scalar(xp, v_hat, eps))
+            else:
+                root = add_scalar(xp, xp.sqrt(v_hat), eps)
             scaling = 1.0 / root
             return xp.multiply(scaling, g)
 

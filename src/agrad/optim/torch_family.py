@@ -24,13 +24,17 @@ from typing import Any, NamedTuple
 
 from agrad.optim.base import GradientTransformation, namespace_of
 from agrad.optim.numerics import (
+    add_scalar,
     check_betas,
     check_lr,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    concrete_value,
     count_like,
-    is_scalar,
+    full_scalar,
+    hyper_float,
+    is_hyper_array,
     leaf_scalar,
     lerp,
     next_count,
@@ -117,6 +121,23 @@ def _zeros(xp: Any, p: Any) -> Any:
     return xp.zeros_like(p)
 
 
+def _nonzero(v: Any) -> bool:
+    """Whether a hyperparameter is (structurally) in use: a nonzero number, or any 0-d array.
+
+    An injected (array) value may change at run time, so the state and the program
+    keep the part it drives; a value of 0 then computes what 0 computes.
+    """
+    return is_hyper_array(v) or v != 0
+
+
+_full = full_scalar
+
+
+def _known(v: Any) -> float | None:
+    """A hyperparameter's value where it is known (a number, a concrete 0-d array), else ``None``."""
+    return concrete_value(v) if is_hyper_array(v) else float(v)
+
+
 # rule(xp, t, lr, extra, g, p, *buffers) -> (update or new param, buffers)
 Rule = Callable[..., tuple[Any, tuple[Any, ...]]]
 
@@ -176,8 +197,8 @@ def _torch_optimizer(
         t = step_number(xp, state.count, like)  # 1-based, a 0-d float array
         extra, new_scalars = scalars(t, state) if scalars is not None else (None, {})
         bufs = [leaves_like(getattr(state, f), grads) for f in active]
-        decays = [weight_decay != 0] * len(g_leaves)
-        if weight_decay != 0 and mask is not None:
+        decays = [_nonzero(weight_decay)] * len(g_leaves)
+        if _nonzero(weight_decay) and mask is not None:
             decays = _mask_leaves(f"agrad.optim.{name}", mask, params)
         updates, new_bufs = [], [[] for _ in active]
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
@@ -188,7 +209,7 @@ def _torch_optimizer(
                 if decoupled:
                     p_in = scale(xp, p, 1 - lr_t * weight_decay)
                 else:
-                    g = xp.add(g, p * weight_decay)
+                    g = xp.add(g, scale(xp, p, weight_decay))
             out, bs = rule(xp, t, lr_t, extra, g, p_in, *(b[i] for b in bufs))
             if returns_param:
                 out = xp.subtract(out, p)
@@ -207,7 +228,7 @@ def _torch_optimizer(
         init,
         update,
         hyper,
-        needs_params=hyper.get("weight_decay", 0.0) != 0 or returns_param,
+        needs_params=_nonzero(hyper.get("weight_decay", 0.0)) or returns_param,
         complex_params=complex_params,
     )
 
@@ -236,19 +257,24 @@ def sgd(
     fn = "agrad.optim.sgd"
     check_lr(fn, lr)
     check_nonnegative(fn, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
-    if nesterov and (momentum <= 0 or dampening != 0):
+    m_val, d_val = _known(momentum), _known(dampening)
+    if nesterov and ((m_val is not None and m_val <= 0) or (d_val is not None and d_val != 0)):
         raise ValueError(f"{fn}: nesterov momentum requires momentum > 0 and zero dampening")
 
     def rule(xp, t, lr_t, _, g, p, *bufs):
-        if momentum != 0:
-            (buf,) = bufs
-            if dampening == 0:
+        if _nonzero(momentum):
+            (old,) = bufs
+            if not is_hyper_array(dampening) and dampening == 0:
                 # the first step's buffer is 0, so 0 * momentum + g is torch's clone of g
-                buf = xp.add(buf * momentum, g * 1.0)
+                buf = xp.add(scale(xp, old, momentum), g * 1.0)
             else:  # the first step takes the gradient itself: selected, not branched
-                buf = xp.where(t == 1.0, g, xp.add(buf * momentum, g * (1 - dampening)))
-            g = xp.add(g, buf * momentum) if nesterov else buf
-            bufs = (buf,)
+                later = xp.add(scale(xp, old, momentum), scale(xp, g, 1 - dampening))
+                buf = xp.where(t == 1.0, g, later)
+            d = xp.add(g, scale(xp, buf, momentum)) if nesterov else buf
+            if is_hyper_array(momentum):  # an injected 0: torch's plain step, buffer untouched
+                off = leaf_scalar(xp, momentum, g) == 0.0
+                d, buf = xp.where(off, g, d), xp.where(off, old, buf)
+            g, bufs = d, (buf,)
         return scale(xp, g, _neg(xp, lr_t)), bufs
 
     hyper = dict(
@@ -262,7 +288,7 @@ def sgd(
     return _torch_optimizer(
         "sgd",
         SGDState,
-        {"momentum_buffer": _zeros if momentum != 0 else None},
+        {"momentum_buffer": _zeros if _nonzero(momentum) else None},
         rule,
         hyper,
         complex_params=True,
@@ -281,7 +307,7 @@ def _check_adam_family(
 
 def _second_moment(xp: Any, v: Any, g: Any, beta: float) -> Any:
     """:math:`\\beta v + (1-\\beta) g^2`, evaluated as torch's ``v.mul_(b).addcmul_(g, g, 1-b)``."""
-    return xp.add(v * beta, xp.multiply(g * (1 - beta), g))
+    return xp.add(scale(xp, v, beta), xp.multiply(scale(xp, g, 1 - beta), g))
 
 
 def _split_factor(xp: Any, dtype: Any) -> float:
@@ -319,8 +345,12 @@ def fused_multiply_add(xp: Any, x: Any, y: Any, z: Any) -> Any:
     return xp.add(s, xp.add(r, e))
 
 
-def _fused_lerp(xp: Any, a: Any, b: Any, w: float) -> Any:
+def _fused_lerp(xp: Any, a: Any, b: Any, w: Any) -> Any:
     """``torch.lerp(a, b, w)`` as torch's CPU kernel rounds it: one FMA per branch."""
+    if is_hyper_array(w):  # injected: both branches, one selected
+        low = fused_multiply_add(xp, _full(xp, a, w), xp.subtract(b, a), a)
+        high = fused_multiply_add(xp, _full(xp, a, -(1.0 - w)), xp.subtract(b, a), b)
+        return xp.where(xp.abs(leaf_scalar(xp, w, a)) < 0.5, low, high)
     if abs(w) < 0.5:
         return fused_multiply_add(xp, xp.full_like(a, w), xp.subtract(b, a), a)
     return fused_multiply_add(xp, xp.full_like(a, -(1.0 - w)), xp.subtract(b, a), b)
@@ -347,8 +377,8 @@ def adam_moments(
     (``(1-b) g + b m``, ``(1-b) g^2 + b v``).
     """
     if order == "optax":
-        return xp.add(g * (1 - beta1), m * beta1), xp.add(
-            xp.multiply(g, g) * (1 - beta2), v * beta2
+        return xp.add(scale(xp, g, 1 - beta1), scale(xp, m, beta1)), xp.add(
+            scale(xp, xp.multiply(g, g), 1 - beta2), scale(xp, v, beta2)
         )
     return lerp(xp, m, g, 1 - beta1), _second_moment(xp, v, g, beta2)
 
@@ -382,9 +412,9 @@ def adam_direction(
     bias_correction2 = 1 - beta2**t
     if order == "optax":
         bc1, bc2 = leaf_scalar(xp, bias_correction1, m), leaf_scalar(xp, bias_correction2, v)
-        u = xp.divide(m / bc1, xp.sqrt(v / bc2 + eps_root) + eps)
+        u = xp.divide(m / bc1, add_scalar(xp, xp.sqrt(add_scalar(xp, v / bc2, eps_root)), eps))
         return u if _is_minus_one(lr) else scale(xp, u, _neg(xp, lr))
-    denom = xp.sqrt(v) / leaf_scalar(xp, bias_correction2**0.5, v) + eps
+    denom = add_scalar(xp, xp.sqrt(v) / leaf_scalar(xp, bias_correction2**0.5, v), eps)
     return xp.divide(scale(xp, m, _neg(xp, lr / bias_correction1)), denom)
 
 
@@ -530,7 +560,7 @@ def nadam(
         bias_correction2 = 1 - beta2**t
         m = lerp(xp, m, g, 1 - beta1)
         v = _second_moment(xp, v, g, beta2)
-        denom = xp.sqrt(v / leaf_scalar(xp, bias_correction2, v)) + eps
+        denom = add_scalar(xp, xp.sqrt(v / leaf_scalar(xp, bias_correction2, v)), eps)
         mu_product_next = mu_product * mu_next
         s1 = _neg(xp, lr_t) * (1.0 - mu) / (1.0 - mu_product)
         s2 = _neg(xp, lr_t) * mu_next / (1.0 - mu_product_next)
@@ -609,7 +639,9 @@ def radam(
             safe = rho_t
         rect = ((safe - 4) * (safe - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe)) ** 0.5
         # torch's (sqrt(bc2) / d) is d.reciprocal() * sqrt(bc2): the same order here
-        adaptive = xp.multiply(1.0 / (xp.sqrt(v) + eps), leaf_scalar(xp, bias_correction2**0.5, v))
+        adaptive = xp.multiply(
+            1.0 / add_scalar(xp, xp.sqrt(v), eps), leaf_scalar(xp, bias_correction2**0.5, v)
+        )
         full = scale(xp, xp.multiply(step, adaptive), rect)
         if hasattr(rho_t, "shape"):
             full = xp.where(rectified, full, step)
@@ -666,9 +698,9 @@ def rmsprop(
     def rule(xp, t, lr_t, _, g, p, sq, *rest):
         rest = list(rest)
         sq = _second_moment(xp, sq, g, alpha)
-        avg = xp.sqrt(sq) + eps
-        if momentum > 0:
-            buf = xp.add(rest[-1] * momentum, xp.divide(g, avg))
+        avg = add_scalar(xp, xp.sqrt(sq), eps)
+        if _nonzero(momentum):
+            buf = xp.add(scale(xp, rest[-1], momentum), xp.divide(g, avg))
             rest[-1] = buf
             return scale(xp, buf, _neg(xp, lr_t)), (sq, *rest)
         return xp.divide(scale(xp, g, _neg(xp, lr_t)), avg), (sq, *rest)
@@ -677,15 +709,14 @@ def rmsprop(
         # v - g_avg^2 cancels, so a one-bit difference anywhere in the loop (the weight
         # decay feeds the parameter back into g) grows: every operation torch's CPU
         # kernels fuse (add with alpha, addcmul, lerp) is rounded once here too
-        if weight_decay != 0:
-            g = fused_multiply_add(xp, p, xp.full_like(p, weight_decay), g)
-        sq = fused_multiply_add(xp, g * (1 - alpha), g, sq * alpha)
+        if _nonzero(weight_decay):
+            g = fused_multiply_add(xp, p, _full(xp, p, weight_decay), g)
+        sq = fused_multiply_add(xp, scale(xp, g, 1 - alpha), g, scale(xp, sq, alpha))
         ga = _fused_lerp(xp, ga, g, 1 - alpha)
-        avg = xp.sqrt(fused_multiply_add(xp, xp.negative(ga), ga, sq)) + eps
-        if momentum > 0:
-            buf = xp.add(rest[0] * momentum, xp.divide(g, avg))
-            neg_lr = _neg(xp, lr_t)
-            neg_lr = xp.full_like(p, neg_lr) if is_scalar(neg_lr) else neg_lr
+        avg = add_scalar(xp, xp.sqrt(fused_multiply_add(xp, xp.negative(ga), ga, sq)), eps)
+        if _nonzero(momentum):
+            buf = xp.add(scale(xp, rest[0], momentum), xp.divide(g, avg))
+            neg_lr = _full(xp, p, _neg(xp, lr_t))  # an array lr: rounded to p's dtype
             return fused_multiply_add(xp, buf, neg_lr, p), (sq, ga, buf)
         return xp.add(p, xp.divide(scale(xp, g, _neg(xp, lr_t)), avg)), (sq, ga)
 
@@ -704,7 +735,7 @@ def rmsprop(
         {
             "square_avg": _zeros,
             "grad_avg": _zeros if centered else None,
-            "momentum_buffer": _zeros if momentum > 0 else None,
+            "momentum_buffer": _zeros if _nonzero(momentum) else None,
         },
         rule_centered if centered else rule,
         hyper,
@@ -745,12 +776,12 @@ def adagrad(
     )
 
     def init_sum(xp: Any, p: Any) -> Any:
-        return xp.full_like(p, float(initial_accumulator_value))
+        return _full(xp, p, hyper_float(initial_accumulator_value))
 
     def rule(xp, t, lr_t, _, g, p, s):
         clr = lr_t / (1 + (t - 1) * lr_decay)
         s = xp.add(s, xp.multiply(g, g))
-        std = xp.sqrt(s) + eps
+        std = add_scalar(xp, xp.sqrt(s), eps)
         return xp.divide(scale(xp, g, _neg(xp, clr)), std), (s,)
 
     hyper = dict(
@@ -797,8 +828,8 @@ def adadelta(
 
     def rule(xp, t, lr_t, _, g, p, sq, acc):
         sq = _second_moment(xp, sq, g, rho)
-        std = xp.sqrt(sq + eps)
-        delta = xp.multiply(xp.divide(xp.sqrt(acc + eps), std), g)
+        std = xp.sqrt(add_scalar(xp, sq, eps))
+        delta = xp.multiply(xp.divide(xp.sqrt(add_scalar(xp, acc, eps)), std), g)
         acc = _second_moment(xp, acc, delta, rho)
         return scale(xp, delta, _neg(xp, lr_t)), (sq, acc)
 
@@ -835,7 +866,7 @@ def adamax(
 
     def rule(xp, t, lr_t, _, g, p, m, u):
         m = lerp(xp, m, g, 1 - beta1)
-        u = xp.maximum(u * beta2, xp.abs(g) + eps)
+        u = xp.maximum(scale(xp, u, beta2), add_scalar(xp, xp.abs(g), eps))
         clr = lr_t / (1 - beta1**t)
         return xp.divide(scale(xp, m, _neg(xp, clr)), u), (m, u)
 

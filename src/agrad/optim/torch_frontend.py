@@ -24,15 +24,16 @@ How it works:
   count, so a parameter that was frozen for a while keeps its own count, as in torch)
   and runs ``opt.step`` on them in place. ``state_dict()`` is therefore torch's format:
   tensors, Python numbers, tuples, dicts and lists only, so ``torch.load(...,
-  weights_only=True)`` reads it, and a ``torch.optim.Adam`` (``SGD``, ``AdamW``...)
-  state dict loads into the wrapper and back.
+  weights_only=True)`` reads it; for the 14 optimizers torch also has it is exactly
+  that ``torch.optim`` optimizer's (:mod:`agrad.optim._torch_state`), so state dicts
+  load both ways.
 - Checks. Every gradient of every group is checked (dense, its parameter's shape,
   dtype and device; a complex parameter only where the optimizer takes one) before
   any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
   torch does.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
-  to it, as ``torch.optim.LBFGS`` does.
+  to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 
 from agrad.optim._cache import LRUCache
+from agrad.optim._torch_state import group_to_torch, state_from_torch, state_to_torch
 from agrad.optim.base import GradientTransformation, is_array
 from agrad.pytree import flatten, flatten_leaves, unflatten
 
@@ -203,8 +205,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             keyword arguments are the options and which returns a
             ``GradientTransformation``), or an optimizer it built
             (``agrad.optim.adam(lr=1e-3)``; its hyperparameters become the defaults).
-            An optimizer no public constructor rebuilds (a plain ``chain``) is used
-            as it is, without per-group options.
+            A plain ``chain`` takes its links' options (``lr`` of the link that has
+            one; two links with an ``lr`` are refused, naming them); an
+            ``inject_hyperparams`` optimizer takes its injected hyperparameters as
+            options, written into its state before each step. Any other optimizer
+            no public constructor rebuilds is used as it is, without options.
         **defaults: options for every group that does not set its own (``lr=1e-3``).
 
     Each step builds the group's optimizer from ``group``'s options, so schedulers and
@@ -228,10 +233,15 @@ class TorchOptimizer(torch.optim.Optimizer):
     ):
         cls = type(self).__name__
         self._fixed: GradientTransformation | None = None
+        self._injected: tuple[str, ...] = ()  # options kept in the state (inject_hyperparams)
         if _is_optimizer(optimizer):
             factory, options = _factory_of(optimizer)
             if factory is None:
-                if defaults:
+                factory, options = _chain_factory(optimizer, cls)
+            if factory is None:
+                options = _injected_options(optimizer)
+                self._injected = tuple(options)
+                if defaults and not options:
                     msg = (
                         f"{cls}: {optimizer!r} has no constructor that rebuilds it, so it "
                         f"takes no options ({', '.join(defaults)}); pass a function that "
@@ -265,21 +275,54 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"one (e.g. agrad.optim.adam), got {type(optimizer).__name__}"
             )
             raise TypeError(msg)
-        if factory is not None:
+        if factory is not None or self._injected:
             unknown = [k for k in defaults if k not in options]
             if unknown:
                 msg = (
-                    f"{cls}: {_name(factory)} takes no option {', '.join(map(repr, unknown))}; "
+                    f"{cls}: {_name(factory) if factory is not None else repr(optimizer)} "
+                    f"takes no option {', '.join(map(repr, unknown))}; "
                     f"its options are {', '.join(options)}"
                 )
                 raise TypeError(msg)
             options = {**options, **defaults}
         self._factory = factory
+        self._torch_name = _agrad_name(factory if factory is not None else self._fixed)
         # the options, kept apart from self.defaults (torch adds "differentiable" there)
-        self._options: dict[str, Any] = options if factory is not None else {}
+        self._options: dict[str, Any] = options if factory is not None or self._injected else {}
         self._built = LRUCache(_BUILT_KEPT)
         self._layouts = LRUCache(_LAYOUTS_KEPT)
         super().__init__(params, dict(self._options))
+
+    # -- state dicts ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``; for an optimizer torch also has, exactly that optimizer's format.
+
+        Same state keys, tensor or number, ``step`` dtype and group options as
+        ``torch.optim.<Name>.state_dict()``, so that ``torch.optim.<Name>.load_state_dict``
+        accepts it (see :mod:`agrad.optim._torch_state`).
+        """
+        sd = super().state_dict()
+        name = self._torch_name
+        if name is None:
+            return sd
+        params = [p for g in self.param_groups for p in g["params"]]
+        state = {}
+        for i, entries in sd["state"].items():
+            out = state_to_torch(name, entries, params[i]) if isinstance(i, int) else entries
+            if out:
+                state[i] = out
+        return {
+            "state": state,
+            "param_groups": [group_to_torch(name, g) for g in sd["param_groups"]],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this wrapper or of the ``torch.optim`` optimizer of the same name."""
+        name = self._torch_name
+        if name is not None and isinstance(state_dict, dict) and "state" in state_dict:
+            state = {k: state_from_torch(name, v) for k, v in state_dict["state"].items()}
+            state_dict = {**state_dict, "state": state}
+        super().load_state_dict(state_dict)
 
     # -- groups and options -----------------------------------------------------------
     def __repr__(self) -> str:
@@ -313,10 +356,18 @@ class TorchOptimizer(torch.optim.Optimizer):
                 msg = f"{cls}: a parameter of dtype {p.dtype} cannot be optimized (floating point only)"
                 raise TypeError(msg)
         try:
-            self._optimizer_for(group)  # invalid options fail now, as torch's do
+            opt = self._optimizer_for(group)  # invalid options fail now, as torch's do
         except Exception:
             self.param_groups.pop()
             raise
+        if _closure_driven(opt) and len(self.param_groups) > 1:
+            self.param_groups.pop()
+            msg = (
+                f"{cls}: {self._label()} doesn't support per-parameter options (parameter "
+                "groups), as torch.optim.LBFGS: give it one group, all the parameters with "
+                "one set of options"
+            )
+            raise ValueError(msg)
 
     def _label(self) -> str:
         return repr(self._fixed) if self._factory is None else _name(self._factory)
@@ -353,9 +404,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         if any(_closure_driven(opt) for opt in opts):
             return self._step_closure_driven(closure)
         plans = [self._plan(i, g, opt) for i, (g, opt) in enumerate(zip(self.param_groups, opts))]
-        for opt, params in plans:
+        for group, (opt, params) in zip(self.param_groups, plans):
             if params:
-                self._run(opt, params)
+                self._run(opt, params, group)
         return loss
 
     def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
@@ -458,11 +509,19 @@ class TorchOptimizer(torch.optim.Optimizer):
         for p, entries in zip(params, fresh):
             self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
 
-    def _run(self, opt: GradientTransformation, params: list[Any]) -> None:
+    def _run(self, opt: GradientTransformation, params: list[Any], group: dict[str, Any]) -> None:
         """``opt.step`` on ``params``, one call per set of parameters sharing a step count."""
         new = [p for p in params if not self.state.get(p)]
         if new:
             self._initialize(opt, new)
+        for k in self._injected:  # the group's value into the state, where the rule reads it
+            value = _plain(group[k])
+            if isinstance(value, tuple):  # betas: one entry per element (None stays None)
+                for i, v in enumerate(value):
+                    if v is not None:
+                        _inject(self.state, params, _entry_name(f".hyperparams[{k!r}][{i}]"), v)
+            else:
+                _inject(self.state, params, _entry_name(f".hyperparams[{k!r}]"), value)
         buckets: dict[Any, list[Any]] = {}
         probe = self._layout(opt, {"0": params[0]})
         states = [self.state[p] for p in params]
@@ -520,6 +579,82 @@ class TorchOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _inject(state: Any, params: list[Any], name: str, value: Any) -> None:
+    """Write an injected hyperparameter's value into each parameter's copy of it."""
+    for p in params:
+        old = state[p].get(name)
+        if isinstance(old, torch.Tensor) and old.ndim == 0:
+            old.fill_(value)
+        else:
+            state[p][name] = value
+
+
+def _injected_options(opt: Any) -> dict[str, Any]:
+    """The hyperparameters an ``inject_hyperparams`` optimizer keeps in its state, with
+    their values (``{}`` for any other optimizer)."""
+    if not (isinstance(opt, GradientTransformation) and opt.name.startswith("inject_hyperparams(")):
+        return {}
+    try:
+        state = opt.init({"0": torch.zeros(2, 2)})
+    except Exception:
+        return {}
+    hp = getattr(state, "hyperparams", None)
+    if not isinstance(hp, dict):
+        return {}
+    return {
+        k: tuple(None if x is None else _plain(x) for x in v) if isinstance(v, tuple) else _plain(v)
+        for k, v in hp.items()
+    }
+
+
+def _chain_factory(opt: Any, cls: str) -> tuple[Factory | None, dict[str, Any]]:
+    """A plain ``chain``'s options and a function that rebuilds it with new ones.
+
+    The options are those of the links a public constructor rebuilds
+    (``clip_by_global_norm``'s ``max_norm``, ``adam``'s ``lr``...); one that several
+    links take is left out (each link keeps its value), except ``lr``: two links with
+    a learning rate make ``group["lr"]`` ambiguous, a ``ValueError`` that names them.
+    ``(None, {})`` for anything else.
+    """
+    from agrad.optim.base import chain
+
+    links = (
+        dict(opt.hyperparams).get("transforms") if getattr(opt, "name", None) == "chain" else None
+    )
+    if not (isinstance(links, tuple) and links):
+        return None, {}
+    parts = [_factory_of(t) for t in links]
+    owners: dict[str, list[int]] = {}
+    for i, (_, options) in enumerate(parts):
+        for k in options:
+            owners.setdefault(k, []).append(i)
+    if len(owners.get("lr", ())) > 1:
+        which = ", ".join(f"{i} ({links[i].name})" for i in owners["lr"])
+        msg = (
+            f"{cls}: group['lr'] of this chain is ambiguous: links {which} each have an lr; "
+            "pass a function that builds the chain and says which lr is the group's, e.g. "
+            f"{cls}(params, lambda lr: agrad.optim.chain(..., agrad.optim.adam(lr=lr)), lr=1e-3)"
+        )
+        raise ValueError(msg)
+    own = {k: idx[0] for k, idx in owners.items() if len(idx) == 1}
+    if not own:
+        return None, {}
+    options = {k: parts[i][1][k] for k, i in own.items()}
+
+    def build(**values: Any) -> GradientTransformation:
+        new = []
+        for i, (link, (factory, link_options)) in enumerate(zip(links, parts)):
+            if factory is None:
+                new.append(link)
+                continue
+            mine = {k: v for k, v in values.items() if own.get(k) == i}
+            new.append(factory(**{**link_options, **mine}))
+        return chain(*new)
+
+    build.__name__ = build.__qualname__ = f"chain({', '.join(t.name for t in links)})"
+    return build, options
 
 
 def _values_of(values: list[Any]) -> list[Any]:
@@ -581,6 +716,19 @@ def _as_leaf(value: Any, spec: Any, p: Any, entries: dict[str, Any], name: str) 
     if is_array(spec):
         return torch.as_tensor(value, dtype=spec.dtype, device=p.device)
     return value
+
+
+def _agrad_name(x: Any) -> str | None:
+    """The name of the agrad constructor ``x`` is, or that built ``x`` (``None`` for others)."""
+    import agrad.optim
+
+    if x is None:
+        return None
+    if _is_optimizer(x):
+        name = getattr(x, "name", None)
+        return name if isinstance(name, str) and _factory_of(x)[0] is not None else None
+    name = getattr(x, "__name__", None)
+    return name if isinstance(name, str) and getattr(agrad.optim, name, None) is x else None
 
 
 def _name(factory: Any) -> str:

@@ -19,13 +19,18 @@ from agrad.optim.base import GradientTransformation, is_array
 from agrad.optim.numerics import (
     check_lr,
     check_nonnegative,
+    div_scalar,
+    full_scalar,
+    hyper_float,
+    is_hyper_array,
     is_scalar,
     leaf_scalar,
     lerp,
     python_numbers,
     scale,
+    static_int,
 )
-from agrad.optim.torch_family import _neg, _torch_optimizer, _zeros
+from agrad.optim.torch_family import _known, _neg, _nonzero, _torch_optimizer, _zeros
 
 __all__ = [
     "ASGDState",
@@ -74,8 +79,8 @@ def _scalar(xp: Any, value: Any, like: Any) -> Any:
 
 def _lerp(xp: Any, a: Any, b: Any, w: Any) -> Any:
     """``torch.lerp(a, b, w)`` for a Python or a 0-d array weight (both branches, picked by ``xp.where``)."""
-    if is_scalar(w):
-        return lerp(xp, a, b, float(w))
+    if is_scalar(w) or (is_hyper_array(w) and w.dtype != a.dtype):
+        return lerp(xp, a, b, w if is_hyper_array(w) else float(w))
     low = xp.add(a, xp.multiply(xp.subtract(b, a), w))
     high = xp.subtract(b, xp.multiply(xp.subtract(b, a), 1.0 - w))
     return xp.where(xp.abs(w) < 0.5, low, high)
@@ -109,29 +114,38 @@ def rprop(
     Algorithm", ICNN 1993.
     """
     fn = "agrad.optim.rprop"
-    if not is_scalar(lr):
-        msg = f"{fn}: lr must be a Python number (Rprop reads it once, as the initial step size), got {type(lr).__name__}"
+    if not (is_scalar(lr) or is_hyper_array(lr)):
+        msg = f"{fn}: lr must be a number or a 0-d array (Rprop reads it once, as the initial step size), got {type(lr).__name__}"
         raise TypeError(msg)
     check_lr(fn, lr)
     try:
-        etaminus, etaplus = (float(e) for e in etas)
-        step_min, step_max = (float(s) for s in step_sizes)
+        etaminus, etaplus = (hyper_float(e) for e in etas)
+        step_min, step_max = (hyper_float(s) for s in step_sizes)
     except (TypeError, ValueError):
         msg = f"{fn}: etas and step_sizes must be pairs of numbers, got {etas!r} and {step_sizes!r}"
         raise ValueError(msg) from None
-    if not 0.0 < etaminus < 1.0 < etaplus:
+    check_nonnegative(fn, **{"etas[0]": etaminus, "etas[1]": etaplus})
+    e_minus, e_plus = _known(etaminus), _known(etaplus)
+    if e_minus is not None and e_plus is not None and not 0.0 < e_minus < 1.0 < e_plus:
         msg = f"{fn}: invalid etas {etas!r} (expected 0 < etaminus < 1 < etaplus)"
         raise ValueError(msg)
     check_nonnegative(fn, **{"step_sizes[0]": step_min, "step_sizes[1]": step_max})
 
     def init_step_size(xp: Any, p: Any) -> Any:
-        return xp.full_like(p, float(lr))
+        return full_scalar(xp, p, hyper_float(lr))
 
     def rule(xp, t, lr_t, _, g, p, prev, step_size):
         sign = xp.sign(xp.multiply(g, prev))
-        factor = xp.where(sign > 0, xp.full_like(g, etaplus), xp.ones_like(g))
-        factor = xp.where(sign < 0, xp.full_like(g, etaminus), factor)
-        step_size = xp.clip(xp.multiply(step_size, factor), min=step_min, max=step_max)
+        factor = xp.where(sign > 0, full_scalar(xp, g, etaplus), xp.ones_like(g))
+        factor = xp.where(sign < 0, full_scalar(xp, g, etaminus), factor)
+        step_size = xp.multiply(step_size, factor)
+        if is_hyper_array(step_min) or is_hyper_array(step_max):
+            step_size = xp.minimum(
+                xp.maximum(step_size, full_scalar(xp, step_size, step_min)),
+                full_scalar(xp, step_size, step_max),
+            )
+        else:
+            step_size = xp.clip(step_size, min=step_min, max=step_max)
         g = xp.where(sign < 0, xp.zeros_like(g), g)
         return xp.negative(xp.multiply(xp.sign(g), step_size)), (g, step_size)
 
@@ -171,7 +185,8 @@ def asgd(
     fn = "agrad.optim.asgd"
     check_lr(fn, lr)
     check_nonnegative(fn, lambd=lambd, alpha=alpha, weight_decay=weight_decay)
-    if not (is_scalar(t0) and math.isfinite(t0)):
+    t0_value = _known(t0) if (is_scalar(t0) or is_hyper_array(t0)) else math.nan
+    if t0_value is not None and not math.isfinite(t0_value):
         raise ValueError(f"{fn}: invalid t0: {t0!r} (expected a finite number)")
     lr0 = lr(0) if callable(lr) else lr
 
@@ -182,7 +197,10 @@ def asgd(
         return _scalar(xp, 1.0, p)
 
     def rule(xp, t, lr_t, _, g, p, eta, mu, ax):
-        p = xp.multiply(p, 1.0 - lambd * eta)
+        if is_hyper_array(lambd):  # injected: torch's 1 - lambd * eta.item() in the step's dtype
+            p = scale(xp, p, 1.0 - xp.multiply(xp.astype(lambd, t.dtype), xp.astype(eta, t.dtype)))
+        else:
+            p = xp.multiply(p, 1.0 - lambd * eta)
         p = xp.add(p, xp.multiply(g, xp.negative(eta)))
         averaged = xp.add(ax, xp.multiply(xp.subtract(p, ax), mu))
         ax = xp.where(mu == 1.0, p, averaged)
@@ -239,7 +257,10 @@ def adafactor_torch(
     """
     fn = "agrad.optim.adafactor_torch"
     check_lr(fn, lr)
-    if not (is_scalar(beta2_decay) and beta2_decay <= 0.0):
+    decay_value = (
+        _known(beta2_decay) if (is_scalar(beta2_decay) or is_hyper_array(beta2_decay)) else 1.0
+    )
+    if decay_value is not None and not decay_value <= 0.0:
         raise ValueError(f"{fn}: invalid beta2_decay: {beta2_decay!r} (expected a number <= 0)")
     try:
         eps1, eps2 = eps
@@ -248,7 +269,8 @@ def adafactor_torch(
     if eps1 is not None:
         check_nonnegative(fn, **{"eps[0]": eps1})
     check_nonnegative(fn, **{"eps[1]": eps2}, weight_decay=weight_decay)
-    if not (is_scalar(d) and d >= 1.0):
+    d_value = _known(d) if (is_scalar(d) or is_hyper_array(d)) else 0.0
+    if d_value is not None and not d_value >= 1.0:
         raise ValueError(f"{fn}: invalid d: {d!r} (expected a number >= 1)")
 
     # a leaf's unused statistics are 0-d zeros (torch leaves them out)
@@ -267,13 +289,14 @@ def adafactor_torch(
 
     def rule(xp, t, lr_t, _, g, p, row_var, col_var, var):
         e1 = float(xp.finfo(p.dtype).eps) if eps1 is None else eps1
+        e1_floor = full_scalar(xp, p[(0,) * p.ndim], e1)  # a 0-d array, or a number
         w = leaf_scalar(xp, t**beta2_decay, p)
         inv_sqrt_t = 1 / (t**0.5)
         lr_s = xp.astype(lr_t, t.dtype) if is_array(lr_t) else xp.full_like(t, lr_t)
         rho = leaf_scalar(xp, xp.minimum(lr_s, inv_sqrt_t), p)
         rms_p = _norm(xp, p) / (math.prod(p.shape) ** 0.5)
-        alpha = xp.multiply(xp.maximum(rms_p, xp.full_like(rms_p, eps2)), rho)
-        if weight_decay != 0:
+        alpha = xp.multiply(xp.maximum(rms_p, full_scalar(xp, rms_p, eps2)), rho)
+        if _nonzero(weight_decay):
             p = scale(xp, p, 1 - lr_t * weight_decay)
         if g.ndim > 1:
             row_mean = _norm(xp, g, axis=-1, keepdims=True) ** 2 / g.shape[-1]
@@ -281,12 +304,17 @@ def adafactor_torch(
             col_mean = _norm(xp, g, axis=-2, keepdims=True) ** 2 / g.shape[-2]
             col_var = _lerp(xp, col_var, col_mean, w)
             row_avg = xp.mean(row_var, axis=-2, keepdims=True)
-            estimate = xp.divide(xp.multiply(row_var, col_var), xp.clip(row_avg, min=e1, max=None))
+            estimate = xp.divide(xp.multiply(row_var, col_var), xp.maximum(row_avg, e1_floor))
         else:
             var = _lerp(xp, var, xp.multiply(g, g), w)
             estimate = var
-        u = xp.multiply(1.0 / xp.sqrt(xp.clip(estimate, min=e1 * e1, max=None)), g)
-        rms_u = _norm(xp, u) / ((math.prod(u.shape) ** 0.5) * d)
+        e1_sq = (
+            xp.multiply(e1_floor, e1_floor)
+            if is_hyper_array(e1)
+            else full_scalar(xp, p[(0,) * p.ndim], e1 * e1)
+        )
+        u = xp.multiply(1.0 / xp.sqrt(xp.maximum(estimate, e1_sq)), g)
+        rms_u = div_scalar(xp, _norm(xp, u) / (math.prod(u.shape) ** 0.5), d)
         denom = xp.maximum(rms_u, xp.ones_like(rms_u))
         p = xp.add(p, xp.multiply(u, xp.negative(alpha) / denom))
         return p, (row_var, col_var, var)
@@ -319,11 +347,45 @@ def _newton_schulz(
     tall = g.shape[0] > g.shape[1]
     x = xp.matrix_transpose(g) if tall else g
     norm = _norm(xp, x)
-    x = xp.divide(x, xp.maximum(norm, xp.full_like(norm, eps)))
+    x = xp.divide(x, xp.maximum(norm, full_scalar(xp, norm, eps)))
     for _ in range(steps):
         gram = xp.matmul(x, xp.matrix_transpose(x))
-        update = xp.add(gram * b, xp.matmul(gram, gram) * c)
-        x = xp.add(x * a, xp.matmul(update, x))
+        update = xp.add(scale(xp, gram, b), scale(xp, xp.matmul(gram, gram), c))
+        x = xp.add(scale(xp, x, a), xp.matmul(update, x))
+    return xp.matrix_transpose(x) if tall else x
+
+
+_NARROW = ("bfloat16", "float16")  # ns_dtypes torch rounds to, computing in float32
+
+
+def _newton_schulz_rounded(
+    xp: Any, g: Any, coefficients: tuple[float, float, float], steps: int, eps: float, low: Any
+) -> Any:
+    """:func:`_newton_schulz` with torch's roundings to a narrow dtype ``low`` (bfloat16).
+
+    torch's Muon casts to bfloat16 and runs ``X @ X.T`` and two fused ``addmm``: each
+    accumulates in float32 and rounds its result to bfloat16 once, ``bA + cA^2`` and
+    ``aX + BX`` included. Here every operation runs in float32 on bfloat16 values and
+    rounds where torch rounds: ``round(G)``, ``round(|X|)``, ``round(X/|X|)``, then per
+    step ``A = round(XX^T)``, ``B = round(bA + cA^2)``, ``X = round(aX + BX)``. The result
+    holds ``low``'s values in float32. Equal to torch bit for bit where both sum a
+    product in the same order (on the CPU, small matrices); a different float32
+    summation order (another gemm blocking) flips a bfloat16 rounding now and then.
+    """
+    f32 = xp.float32
+
+    def rounded(v: Any) -> Any:
+        return xp.astype(xp.astype(v, low), f32)
+
+    a, b, c = coefficients
+    tall = g.shape[0] > g.shape[1]
+    x = rounded(xp.matrix_transpose(g) if tall else g)
+    norm = rounded(_norm(xp, x))
+    x = rounded(xp.divide(x, xp.maximum(norm, xp.full_like(norm, eps))))
+    for _ in range(steps):
+        gram = rounded(xp.matmul(x, xp.matrix_transpose(x)))
+        update = rounded(xp.add(gram * b, xp.matmul(gram, gram) * c))
+        x = rounded(xp.add(x * a, xp.matmul(update, x)))
     return xp.matrix_transpose(x) if tall else x
 
 
@@ -365,10 +427,11 @@ def muon(
     if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
         msg = f"{fn}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}"
         raise ValueError(msg)
+    static_int(fn, "ns_steps", ns_steps)
     if not (isinstance(ns_steps, int) and 0 <= ns_steps < 100):
         raise ValueError(f"{fn}: ns_steps must be an integer in [0, 100), got {ns_steps!r}")
     try:
-        coefficients = tuple(float(c) for c in ns_coefficients)
+        coefficients = tuple(hyper_float(c) for c in ns_coefficients)
     except TypeError:
         coefficients = ()
     if len(coefficients) != 3:
@@ -387,8 +450,17 @@ def muon(
             if not hasattr(xp, ns_dtype):
                 msg = f"{fn}: ns_dtype={ns_dtype!r} is not a dtype of {xp.__name__}"
                 raise ValueError(msg)
-            u = xp.astype(u, getattr(xp, ns_dtype))
-        o = xp.astype(_newton_schulz(xp, u, coefficients, ns_steps, eps), g.dtype)
+            if ns_dtype in _NARROW:  # torch's roundings, computing in float32
+                o = _newton_schulz_rounded(
+                    xp, u, coefficients, ns_steps, eps, getattr(xp, ns_dtype)
+                )
+            else:
+                o = _newton_schulz(
+                    xp, xp.astype(u, getattr(xp, ns_dtype)), coefficients, ns_steps, eps
+                )
+        else:
+            o = _newton_schulz(xp, u, coefficients, ns_steps, eps)
+        o = xp.astype(o, g.dtype)
         rows, cols = g.shape
         if adjust_lr_fn == "match_rms_adamw":
             ratio = 0.2 * math.sqrt(max(rows, cols))

@@ -24,11 +24,14 @@ from agrad.optim.numerics import (
     check_positive,
     count_like,
     count_value,
+    is_hyper_array,
+    leaf_scalar,
     lerp,
     next_count,
     python_numbers,
     resolve,
     scale,
+    static_int,
 )
 from agrad.pytree import flatten, flatten_leaves, keystr, leaves_like, tree_map, unflatten
 
@@ -174,10 +177,12 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     def fn(updates: Any, params: Any) -> Any:
         xp = namespace_of(updates)
         norm = global_norm(updates)
-        trigger = norm < max_norm
+        trigger = norm < leaf_scalar(xp, max_norm, norm)
         # where the clipped branch is not taken (a zero norm included), divide by 1 instead
         safe_norm = xp.where(trigger, xp.ones_like(norm), norm)
-        return tree_map(lambda u: xp.where(trigger, u, xp.divide(u, safe_norm) * max_norm), updates)
+        return tree_map(
+            lambda u: xp.where(trigger, u, scale(xp, xp.divide(u, safe_norm), max_norm)), updates
+        )
 
     return _stateless("clip_by_global_norm", fn, {"max_norm": max_norm}, False)
 
@@ -192,6 +197,13 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def fn(updates: Any, params: Any) -> Any:
         xp = namespace_of(updates)
+        if is_hyper_array(max_delta):  # injected: a 0-d bound in each leaf's dtype
+            return tree_map(
+                lambda u: xp.minimum(
+                    xp.maximum(u, -leaf_scalar(xp, max_delta, u)), leaf_scalar(xp, max_delta, u)
+                ),
+                updates,
+            )
         return tree_map(lambda u: xp.clip(u, min=-float(max_delta), max=float(max_delta)), updates)
 
     return _stateless("clip", fn, {"max_delta": max_delta}, False)
@@ -232,7 +244,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
     check_nonnegative(fn_name, weight_decay=weight_decay)
 
     def fn(updates: Any, params: Any) -> Any:
-        if weight_decay == 0:
+        if not is_hyper_array(weight_decay) and weight_decay == 0:
             return updates
         use = (
             [True] * len(flatten_leaves(params)[0])
@@ -242,7 +254,10 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
         xp = namespace_of(updates)
         u_leaves, treedef = flatten_leaves(updates)
         p_leaves = leaves_like(params, updates)
-        out = [xp.add(u, p * weight_decay) if m else u for u, p, m in zip(u_leaves, p_leaves, use)]
+        out = [
+            xp.add(u, scale(xp, p, weight_decay)) if m else u
+            for u, p, m in zip(u_leaves, p_leaves, use)
+        ]
         return unflatten(treedef, out)
 
     return _stateless("add_decayed_weights", fn, {"weight_decay": weight_decay, "mask": mask}, True)
@@ -305,9 +320,9 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
 
     def update(updates: Any, state: TraceState, params: Any) -> tuple[Any, TraceState]:
         xp = namespace_of(updates)
-        new_trace = tree_map(lambda g, t: xp.add(g, t * decay), updates, state.trace)
+        new_trace = tree_map(lambda g, t: xp.add(g, scale(xp, t, decay)), updates, state.trace)
         if nesterov:
-            updates = tree_map(lambda g, t: xp.add(g, t * decay), updates, new_trace)
+            updates = tree_map(lambda g, t: xp.add(g, scale(xp, t, decay)), updates, new_trace)
         else:
             updates = new_trace
         return updates, TraceState(new_trace)
@@ -375,6 +390,7 @@ def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransfor
         u_t = 0 \\text{ for the first } k-1 \\text{ calls},\\quad
         u_t = \\mathrm{inner}\\Big(\\tfrac1k \\sum_{i=1}^{k} g_i\\Big) \\text{ on the } k\\text{-th}
     """
+    static_int("agrad.optim.multi_steps", "every_k", every_k)
     if not (isinstance(every_k, int) and every_k >= 1):
         raise ValueError(
             f"agrad.optim.multi_steps: every_k must be an integer >= 1, got {every_k!r}"
@@ -424,6 +440,7 @@ def apply_if_finite(
     ``inner``'s state, unless more than ``max_consecutive_errors`` such steps came in
     a row (then it is applied). The state counts consecutive and total skips.
     """
+    static_int("agrad.optim.apply_if_finite", "max_consecutive_errors", max_consecutive_errors)
 
     def init(params: Any) -> ApplyIfFiniteState:
         like = _first_leaf(params)
