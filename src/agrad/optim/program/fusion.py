@@ -55,7 +55,8 @@ class Block(NamedTuple):
 
     ``inputs``: the refs it reads from outside (``("n", i)`` nodes, ``("s", i)`` host
     scalars), in first-use order; ``outputs``: its nodes read outside it or written
-    by the step, in program order.
+    by the step, in program order; ``stage``: the blocks of one stage read nothing the
+    others write, so an executor may run them in any order (or together).
     """
 
     nodes: tuple[int, ...]
@@ -63,6 +64,7 @@ class Block(NamedTuple):
     lane: int
     inputs: tuple[tuple, ...]
     outputs: tuple[int, ...]
+    stage: int = 0
 
 
 Step = Eager | Block
@@ -88,12 +90,14 @@ def _fusable(program: Program, i: int) -> bool:
     return n.op in FUSED_OPS
 
 
-def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
+def _stages(
+    program: Program, given: frozenset[int] = frozenset()
+) -> tuple[list[int], list[tuple | None]]:
     nodes = program.nodes
     stage = [0] * len(nodes)
     key: list[tuple | None] = [None] * len(nodes)
     for i, n in enumerate(nodes):
-        if n.op == "input":
+        if n.op == "input" or i in given:
             continue
         fusable = _fusable(program, i)
         s = 0
@@ -101,7 +105,7 @@ def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
             if a[0] != "n":
                 continue
             j = a[1]
-            if nodes[j].op == "input":
+            if nodes[j].op == "input" or j in given:
                 continue
             crossing = not fusable or key[j] is None or key[j][:2] != (n.lane, n.shape)
             s = max(s, stage[j] + (1 if crossing else 0))
@@ -111,14 +115,19 @@ def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
     return stage, key
 
 
-def partition(program: Program) -> list[Step]:
-    """The steps of ``program``: :class:`Eager` nodes and fused :class:`Block` s, in run order."""
+def partition(program: Program, given: frozenset[int] = frozenset()) -> list[Step]:
+    """The steps of ``program``: :class:`Eager` nodes and fused :class:`Block` s, in run order.
+
+    ``given``: nodes whose values the executor has before the step starts (the laneless
+    per-step scalars of :func:`~agrad.optim.program.ir.pre_nodes`); they are read like
+    inputs, so reading one cuts no block, and they are in no step.
+    """
     nodes = program.nodes
-    stage, key = _stages(program)
+    stage, key = _stages(program, frozenset(given))
     members: dict[tuple, list[int]] = {}
     eager: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
-        if n.op == "input":
+        if n.op == "input" or i in given:
             continue
         if key[i] is None:
             eager.setdefault(stage[i], []).append(i)
@@ -140,7 +149,7 @@ def partition(program: Program) -> list[Step]:
                     if a not in inputs:
                         inputs.append(a)
         outputs = tuple(i for i in idx if i in final or readers.get(i, set()) - {k})
-        block = Block(tuple(idx), k[1], k[0], tuple(inputs), outputs)
+        block = Block(tuple(idx), k[1], k[0], tuple(inputs), outputs, k[2])
         blocks.setdefault(k[2], []).append(block)
     steps: list[Step] = []
     for s in sorted(set(eager) | set(blocks)):

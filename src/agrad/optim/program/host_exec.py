@@ -1,0 +1,445 @@
+"""The host-kernel executor: a NumPy or torch CPU step as compiled C loops over all leaves.
+
+Optional: it needs a C compiler at run time (:mod:`agrad.optim.program.host_c`), and
+where there is none, compilation fails, ``AGRAD_HOST_KERNELS=0`` is set or
+:data:`enabled` is ``False``, :mod:`agrad.optim.fastpath` runs its other executors
+exactly as without it.
+
+**Plan** (:func:`build`, once per recorded program and kinds of its host scalars).
+:func:`~agrad.optim.program.fusion.partition` splits the program into fused
+elementwise blocks and eager nodes (reductions), the laneless per-step scalars (step
+count, bias corrections: :func:`~agrad.optim.program.ir.pre_nodes`, computed by the
+fast path before anything is written) being given values. Within one stage, blocks
+whose C text is the same (the same work on parameters of any shape) form a *batch*:
+one C function (:func:`~agrad.optim.program.c_codegen.host_batch_source`) that loops
+over the batch's blocks, each a loop over its elements, reading each element's inputs
+once and writing its outputs once. Adam on 1000 parameters is one call and one pass
+over ``p, g, m, v``; LAMB is two batches with the norms (NumPy's or torch's own
+reductions, so they are bitwise theirs) and a batch of 0-d trust-ratio arithmetic
+between them. Every batch of a program is in one translation unit, compiled once
+(disk cache).
+
+**Buffers.** A block output that is the step's new value of a parameter or state
+array is written straight into it when no later stage (nor another block of the same
+stage) reads that array's old value; other outputs read later go to scratch arrays
+made once per plan and kept. A 0-d value (a norm, a trust ratio, a bias correction,
+a 0-d parameter) is passed to the kernels by value. Blocks with no C form (an
+operation ``c_codegen`` lacks, an input broadcast from another shape: Adafactor's
+factored moments) run node by node with the backend's functions, as the generic path
+does. New values not written in place are copied in at the end.
+
+**Per step** the pointer tables (one row of data pointers per block) are rebuilt only
+when other array objects come (NumPy: by identity; torch: by data pointers, which
+``.data =`` can change); scalar values are packed into one ``double`` array per
+batch (shared by its blocks where they read the same scalars).
+
+**Numerics.** Each block's statements are the generic path's operations, in its
+order and dtypes (float32 stays float32; hyperparameters as exact literals), built
+without contraction or fast math: ``+ - * / sqrt`` and comparisons are bitwise the
+generic path's (NumPy's and torch's CPU kernels round them the same way);
+``exp``, ``log``, ``pow``, ``tanh`` come from the C library and agree to an ulp or two.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import sys
+from operator import is_
+from typing import Any
+
+from agrad.optim.program import host_c
+from agrad.optim.program.c_codegen import CBlock, CInput, UnsupportedOp, host_batch_source
+from agrad.optim.program.cblock import c_block, scalar_dtype
+from agrad.optim.program.fusion import (
+    Block,
+    Eager,
+    dtype_name,
+    final_destinations,
+    input_nodes,
+    partition,
+    run_node,
+)
+from agrad.optim.program.ir import Program, pre_nodes
+
+__all__ = [
+    "HostPlan",
+    "available",
+    "build",
+    "compile_plan",
+    "enabled",
+    "prefer_fused",
+    "run",
+    "runs",
+]
+
+#: Set to ``False`` (or the environment variable ``AGRAD_HOST_KERNELS=0``) to run
+#: NumPy and torch steps on the executors that need no compiler.
+enabled = os.environ.get("AGRAD_HOST_KERNELS", "1").strip() not in ("0", "false", "no", "off")
+#: On torch, run a program torch has a fused kernel for (Adam, AdamW, SGD, Adagrad) with
+#: that kernel rather than the host kernels (measured faster: docs/benchmarks.md).
+prefer_fused = True
+#: Steps this process ran on host kernels (what the tests check the route with).
+runs = 0
+
+_KINDS = ("float32", "float64", "bool")
+#: Eager operations the plan accepts: each returns a new array (no view of a buffer
+#: that a kernel later writes in place).
+_EAGER = frozenset({"sum", "mean", "max", "min", "prod", "all", "any", "asarray"})
+_ARGTYPES = [
+    ctypes.c_longlong,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_longlong,
+]
+
+
+def available() -> bool:
+    """Whether the route is switched on and a host C compiler is found."""
+    return enabled and host_c.find_c_compiler() is not None
+
+
+class _Batch:
+    """Blocks of one stage with one C text: one call of function ``name`` per step."""
+
+    __slots__ = (
+        "blocks",
+        "fn",
+        "n",
+        "name",
+        "ptrs",
+        "scalar_refs",
+        "shared",
+        "slot_locs",
+        "table",
+        "table_key",
+        "text",
+    )
+
+    def __init__(self, name: str, text: str):
+        self.name = name
+        self.text = text
+        self.blocks: list[Block] = []
+        self.slot_locs: list[list[tuple]] = []  # per block: the location of each buffer
+        self.scalar_refs: list[tuple] = []  # per block: refs of its scalar inputs
+        self.fn: Any = None
+        self.n: Any = None
+        self.shared = True
+        self.table: Any = None
+        self.table_key: Any = None
+        self.ptrs = 0
+
+
+class HostPlan:
+    """The compiled form of one program (see the module): steps, buffers, kernels."""
+
+    __slots__ = (
+        "destinations",
+        "final_copies",
+        "lib",
+        "library",
+        "program",
+        "scratch",
+        "steps",
+        "where",
+    )
+
+    def __init__(self, program: Program, lib: str):
+        self.program = program
+        self.lib = lib
+        self.steps: list[tuple[str, Any]] = []  # ("eager", node) | ("py", block) | ("c", batch)
+        self.scratch: dict[int, Any] | None = None  # node -> scratch array (made on first run)
+        self.final_copies: list[tuple[int, tuple[str, int]]] = []
+        self.destinations = final_destinations(program)
+        self.where: dict[
+            int, tuple
+        ] = {}  # node -> ("leaf", column, k) | ("scratch", i) | ("env", i)
+        self.library: Any = None
+
+
+def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
+    """The plan of ``program`` for ``lib`` (``"numpy"`` or ``"torch"``) and the kinds of
+    these host scalars, or ``None`` where the route does not apply (an eager operation
+    outside :data:`_EAGER`, a dtype other than float32/float64/bool). Nothing is
+    compiled here (see :func:`compile_plan`)."""
+    nodes = program.nodes
+    pre = frozenset(pre_nodes(program))
+    for i, n in enumerate(nodes):
+        if n.op == "input" or i in pre:
+            continue
+        if dtype_name(n.dtype) not in _KINDS:
+            return None
+    steps = partition(program, pre)
+    for step in steps:
+        if isinstance(step, Eager) and nodes[step.node].op not in _EAGER:
+            return None
+    stage_by_step = _stages_of(program, steps)
+    # node -> (stage, step) of every step reading it; a final value is read at the end
+    readers: dict[int, list[tuple[int, int]]] = {}
+    for s, step in enumerate(steps):
+        members = (step.node,) if isinstance(step, Eager) else step.nodes
+        for i in members:
+            for a in nodes[i].args:
+                if a[0] == "n":
+                    readers.setdefault(a[1], []).append((stage_by_step[s], s))
+    plan = HostPlan(program, lib)
+    for node in plan.destinations:
+        readers.setdefault(node, []).append((1 << 30, -1))
+    inputs = input_nodes(program)
+    where = plan.where
+    for (column, leaf), i in inputs.items():
+        where[i] = ("leaf", column, leaf)
+    for i in pre:
+        where[i] = ("env", i)
+    types = tuple(scalar_dtype(v) for v in scalars)
+    batches: dict[tuple[int, str], _Batch] = {}
+    for s, step in enumerate(steps):
+        if isinstance(step, Eager):
+            where[step.node] = ("env", step.node)
+            plan.steps.append(("eager", step.node))
+            continue
+        got = _c_form(program, plan, step, types, inputs, readers, stage_by_step[s], s)
+        if got is None:
+            for i in step.nodes:
+                where[i] = ("env", i)
+            plan.steps.append(("py", step))
+            continue
+        text, locs, scalar_refs = got
+        key = (stage_by_step[s], text)
+        batch = batches.get(key)
+        if batch is None:
+            name = "agrad_k" + hashlib.sha256(text.encode()).hexdigest()[:16]
+            batch = batches[key] = _Batch(name, text)
+            plan.steps.append(("c", batch))
+        batch.blocks.append(step)
+        batch.slot_locs.append(locs)
+        if batch.scalar_refs and batch.scalar_refs[0] != scalar_refs:
+            batch.shared = False
+        batch.scalar_refs.append(scalar_refs)
+    for node, dests in plan.destinations.items():
+        if node in pre:
+            continue  # laneless new state (a step count): the fast path writes it
+        for dest in dests:
+            if where.get(node) != ("leaf", *dest):
+                plan.final_copies.append((node, dest))
+    return plan
+
+
+def _stages_of(program: Program, steps: list) -> list[int]:
+    """The stage of every step (an eager node's: one past the stages it reads)."""
+    stage_of_node: dict[int, int] = {}
+    out = []
+    for step in steps:
+        if isinstance(step, Block):
+            for i in step.nodes:
+                stage_of_node[i] = step.stage
+            out.append(step.stage)
+            continue
+        s = 0
+        for a in program.nodes[step.node].args:
+            if a[0] == "n" and a[1] in stage_of_node:
+                s = max(s, stage_of_node[a[1]] + 1)
+        stage_of_node[step.node] = s
+        out.append(s)
+    return out
+
+
+def _c_form(
+    program: Program,
+    plan: HostPlan,
+    block: Block,
+    types: tuple[str, ...],
+    inputs: dict[tuple[str, int], int],
+    readers: dict[int, list[tuple[int, int]]],
+    stage: int,
+    s: int,
+) -> tuple[str, list[tuple], list[tuple]] | None:
+    """``(text, buffer locations, scalar refs)`` of ``block``, or ``None`` (no C form:
+    run with the backend's functions). Records where its outputs go in ``plan.where``."""
+    nodes = program.nodes
+    where = plan.where
+    shape = block.shape
+    block_types = tuple(types[r[1]] for r in block.inputs if r[0] == "s")
+    cb = c_block(program, block, block_types)
+    new_inputs = []
+    scalar_refs = []
+    array_refs = []
+    for x, r in zip(cb.inputs, block.inputs):
+        if r[0] == "s":
+            new_inputs.append(x)
+            scalar_refs.append(r)
+            continue
+        n = nodes[r[1]]
+        if n.shape == () or shape == ():
+            new_inputs.append(CInput(x.name, x.dtype, scalar=True))
+            scalar_refs.append(r)
+        elif n.shape == shape and x.dtype in _KINDS:
+            new_inputs.append(x)
+            array_refs.append(r)
+        else:
+            return None  # broadcast from another shape
+    cb = CBlock(new_inputs, cb.statements, cb.outputs)
+    locs: list[tuple] = [where[r[1]] for r in array_refs]
+    out_locs: list[tuple] = []
+    for o in block.outputs:
+        loc: tuple = ("scratch", o)
+        for dest in plan.destinations.get(o, ()):
+            src = inputs.get(dest)
+            if src is None or dtype_name(nodes[o].dtype) != dtype_name(nodes[src].dtype):
+                continue
+            if ("leaf", *dest) in out_locs:
+                continue
+            if all(r_stage < stage or r_step == s for r_stage, r_step in readers.get(src, ())):
+                loc = ("leaf", *dest)
+                break
+        out_locs.append(loc)
+    slots_of: dict[tuple, int] = {}
+    slots = []
+    buffers: list[str] = []
+    dtypes = [dtype_name(nodes[r[1]].dtype) for r in array_refs]
+    dtypes += [dtype_name(nodes[o].dtype) for o in block.outputs]
+    for loc, dtype in zip([*locs, *out_locs], dtypes):
+        if loc not in slots_of:
+            slots_of[loc] = len(buffers)
+            buffers.append(dtype)
+        slots.append(slots_of[loc])
+    try:
+        text = host_batch_source("KERNEL", cb, slots, buffers)
+    except UnsupportedOp:
+        return None
+    for o, loc in zip(block.outputs, out_locs):
+        where[o] = loc
+    return text, sorted(slots_of, key=slots_of.__getitem__), scalar_refs
+
+
+def compile_plan(plan: HostPlan) -> None:
+    """Compile (or load from the disk cache) every batch's function of ``plan``; raises
+    where the compiler is missing or fails."""
+    if plan.library is not None:
+        return
+    parts = ["#include <math.h>\n#include <stdbool.h>\n"]
+    seen = set()
+    for kind, batch in plan.steps:
+        if kind == "c" and batch.name not in seen:
+            seen.add(batch.name)
+            parts.append(batch.text.replace("KERNEL", batch.name))
+    library = host_c.load_library("\n".join(parts))
+    for kind, batch in plan.steps:
+        if kind == "c":
+            fn = getattr(library, batch.name)
+            fn.argtypes = _ARGTYPES
+            fn.restype = None
+            batch.fn = fn
+    plan.library = library
+
+
+def run(
+    plan: HostPlan,
+    xp: Any,
+    params: list[Any],
+    grads: list[Any],
+    state_leaves: list[Any],
+    scalars: list[Any],
+    pre: dict[int, Any],
+) -> None:
+    """One step of ``plan``, in place: every parameter and state array written.
+
+    The caller (:mod:`agrad.optim.fastpath`) checked before: one library and device,
+    C-contiguous arrays of the recorded shapes and dtypes, no memory shared between a
+    written array and any other, floating-point error handling that cannot raise.
+    """
+    global runs
+    program = plan.program
+    is_torch = plan.lib == "torch"
+    np = sys.modules["numpy"]
+    columns = {"param": params, "grad": grads, "state": state_leaves}
+    env: dict[int, Any] = dict(pre)
+    if plan.scratch is None:
+        plan.scratch = _make_scratch(plan, xp)
+    scratch = plan.scratch
+    where = plan.where
+
+    def value(loc: tuple) -> Any:
+        if loc[0] == "leaf":
+            return columns[loc[1]][loc[2]]
+        if loc[0] == "scratch":
+            return scratch[loc[1]]
+        return env[loc[1]]
+
+    for kind, item in plan.steps:
+        if kind == "c":
+            _call(item, value, where, scalars, is_torch, np)
+            continue
+        members = (item,) if kind == "eager" else item.nodes
+        inside = set(members)
+        args = {
+            a[1]: value(where[a[1]])
+            for i in members
+            for a in program.nodes[i].args
+            if a[0] == "n" and a[1] not in inside
+        }
+        for i in members:
+            args[i] = env[i] = run_node(xp, program, i, args, scalars)
+    for node, (column, leaf) in plan.final_copies:
+        src = value(where[node])
+        dst = columns[column][leaf]
+        if src is dst:
+            continue
+        if is_torch:
+            dst.copy_(src)
+        else:
+            dst[...] = src
+    runs += 1
+
+
+def _make_scratch(plan: HostPlan, xp: Any) -> dict[int, Any]:
+    nodes = plan.program.nodes
+    out: dict[int, Any] = {}
+    for kind, batch in plan.steps:
+        if kind == "c":
+            for locs in batch.slot_locs:
+                for loc in locs:
+                    if loc[0] == "scratch" and loc[1] not in out:
+                        n = nodes[loc[1]]
+                        out[loc[1]] = xp.empty(n.shape, dtype=n.dtype)
+    return out
+
+
+def _contiguous(x: Any, is_torch: bool, np: Any) -> Any:
+    if is_torch:
+        return x.contiguous()
+    return np.ascontiguousarray(x)
+
+
+def _call(batch: _Batch, value: Any, where: dict, scalars: list, is_torch: bool, np: Any) -> None:
+    """One C call running every block of ``batch``."""
+    objs = [value(loc) for locs in batch.slot_locs for loc in locs]
+    if is_torch:
+        key = [t.data_ptr() for t in objs]
+        if key != batch.table_key:
+            if not all(t.is_contiguous() for t in objs):
+                objs = [_contiguous(t, True, np) for t in objs]  # only an eager result may be not
+                key = [t.data_ptr() for t in objs]
+            batch.table = np.array(key, dtype=np.uint64)
+            batch.table_key = key
+            batch.ptrs = batch.table.ctypes.data
+        keep = objs
+    else:
+        old = batch.table_key
+        if old is None or not all(map(is_, objs, old)):
+            objs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in objs]
+            batch.table = np.array([x.ctypes.data for x in objs], dtype=np.uint64)
+            batch.table_key = objs
+            batch.ptrs = batch.table.ctypes.data
+        keep = batch.table_key
+    if batch.n is None:
+        batch.n = np.array([math.prod(b.shape) for b in batch.blocks], dtype=np.int64)
+    refs = batch.scalar_refs[:1] if batch.shared else batch.scalar_refs
+    vals = [scalars[r[1]] if r[0] == "s" else float(value(where[r[1]])) for rs in refs for r in rs]
+    sv = np.array(vals or [0.0], dtype=np.float64)
+    ss = 0 if batch.shared else len(batch.scalar_refs[0])
+    batch.fn(len(batch.blocks), batch.n.ctypes.data, batch.ptrs, sv.ctypes.data, ss)
+    del keep
