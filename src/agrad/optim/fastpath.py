@@ -496,11 +496,10 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
         np = sys.modules["numpy"]
         if _risky_fp_kinds(np):
             return False  # the kernels raise no floating-point errors: the checked route
-        if not all(x.flags.c_contiguous for x in chain(written, g)):
-            return False
         if not _numpy_disjoint(written, g):
             return False
-        host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre)
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre):
+            return False
         for old, value in writes:
             old[...] = value
         return True
@@ -510,12 +509,13 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
     if p[0].device.type != "cpu" or not {x.dtype for x in p} <= {torch.float32, torch.float64}:
         return False
     if not all(map(torch.Tensor.is_contiguous, flat)):
-        return False
+        return False  # the kernels walk memory in order: the other executors
     if not _torch_memory_ok(torch, list, written, list(g)):
         return False
     versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
     with torch.no_grad():
-        host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre)
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre):
+            return False
         for old, value in writes:
             old.copy_(value)
     _set_versions(torch, written, versions)

@@ -327,7 +327,7 @@ def host_batch_source(
 
     The entry point is ``void name(long long nb, const long long *n, void *const *ptrs,
     const double *sv, long long ss)``: block ``b`` works on ``n[b]`` contiguous
-    elements of its buffers ``ptrs[b * len(buffers) + k]`` (buffer ``k`` of dtype
+    elements of its buffers ``ptrs[k * nb + b]`` (buffer ``k`` of dtype
     ``buffers[k]``), and reads its scalar inputs, in order, from ``sv[b * ss + j]``
     (``ss = 0``: every block reads the same values), each cast to its dtype (a float32
     value or an integer below 2**53 passes through a ``double`` exactly).
@@ -351,7 +351,7 @@ def host_batch_source(
         ctype = C_TYPES[dtype]
         const = "" if k in written else "const "
         params.append(f"{const}{ctype} *restrict b{k}")
-        casts.append(f"({const}{ctype} *)p[{k}]")
+        casts.append(f"({const}{ctype} *)ptrs[{k} * nb + b]")
     params += [f"const {C_TYPES[x.dtype]} {x.name}" for x in scalars]
     casts += [f"({C_TYPES[x.dtype]})v[{j}]" for j, x in enumerate(scalars)]
     reads = [f"const {C_TYPES[x.dtype]} {x.name} = b{s}[i];" for x, s in zip(arrays, slots)]
@@ -368,7 +368,6 @@ def host_batch_source(
         f"void {name}(long long nb, const long long *restrict n, void *const *restrict ptrs,\n"
         f"          const double *restrict sv, long long ss) {{\n"
         "    for (long long b = 0; b < nb; ++b) {\n"
-        f"        void *const *p = ptrs + b * {len(buffers)};\n"
         "        const double *v = sv + b * ss;\n"
         "        (void)v;\n"
         f"        {name}_one({', '.join(['n[b]', *casts])});\n"

@@ -47,7 +47,7 @@ import hashlib
 import math
 import os
 import sys
-from operator import is_
+from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
 
 from agrad.optim.program import host_c
@@ -85,6 +85,9 @@ prefer_fused = True
 runs = 0
 
 _KINDS = ("float32", "float64", "bool")
+_C_CONTIGUOUS = attrgetter("flags.c_contiguous")
+_DATA_PTR = methodcaller("data_ptr")
+_TORCH_CONTIGUOUS = methodcaller("is_contiguous")
 #: Eager operations the plan accepts: each returns a new array (no view of a buffer
 #: that a kernel later writes in place).
 _EAGER = frozenset({"sum", "mean", "max", "min", "prod", "all", "any", "asarray"})
@@ -108,12 +111,15 @@ class _Batch:
     __slots__ = (
         "blocks",
         "fn",
+        "getters",
+        "keep",
         "n",
         "name",
         "ptrs",
         "scalar_refs",
         "shared",
         "slot_locs",
+        "static",
         "table",
         "table_key",
         "text",
@@ -131,6 +137,9 @@ class _Batch:
         self.table: Any = None
         self.table_key: Any = None
         self.ptrs = 0
+        self.getters: list[tuple] | None = None
+        self.static = True
+        self.keep: Any = None
 
 
 class HostPlan:
@@ -344,12 +353,13 @@ def run(
     state_leaves: list[Any],
     scalars: list[Any],
     pre: dict[int, Any],
-) -> None:
-    """One step of ``plan``, in place: every parameter and state array written.
+) -> bool:
+    """One step of ``plan``, in place: every parameter and state array written; ``False``
+    with nothing written where an array is not C-contiguous.
 
     The caller (:mod:`agrad.optim.fastpath`) checked before: one library and device,
-    C-contiguous arrays of the recorded shapes and dtypes, no memory shared between a
-    written array and any other, floating-point error handling that cannot raise.
+    arrays of the recorded shapes and dtypes, no memory shared between a written
+    array and any other, floating-point error handling that cannot raise.
     """
     global runs
     program = plan.program
@@ -369,9 +379,19 @@ def run(
             return scratch[loc[1]]
         return env[loc[1]]
 
+    batches = [item for kind, item in plan.steps if kind == "c"]
+    for batch in batches:  # before any write: the arrays' tables, their layout checked
+        if batch.getters is None:
+            _slot_getters(batch)
+        if batch.static and not _table(
+            batch, _objects(batch, columns, scratch, env), is_torch, np, True
+        ):
+            return False
     for kind, item in plan.steps:
         if kind == "c":
-            _call(item, value, where, scalars, is_torch, np)
+            if not item.static:
+                _table(item, _objects(item, columns, scratch, env), is_torch, np, False)
+            _call(item, value, where, scalars, np)
             continue
         members = (item,) if kind == "eager" else item.nodes
         inside = set(members)
@@ -393,6 +413,7 @@ def run(
         else:
             dst[...] = src
     runs += 1
+    return True
 
 
 def _make_scratch(plan: HostPlan, xp: Any) -> dict[int, Any]:
@@ -408,33 +429,80 @@ def _make_scratch(plan: HostPlan, xp: Any) -> dict[int, Any]:
     return out
 
 
-def _contiguous(x: Any, is_torch: bool, np: Any) -> Any:
-    if is_torch:
-        return x.contiguous()
-    return np.ascontiguousarray(x)
+def _slot_getters(batch: _Batch) -> None:
+    """Per buffer position: how to fetch the objects of all the batch's blocks at once."""
+    getters: list[tuple] = []
+    static = True
+    for k in range(len(batch.slot_locs[0])):
+        locs = [locs[k] for locs in batch.slot_locs]
+        kinds = {loc[0] for loc in locs}
+        if kinds == {"leaf"} and len({loc[1] for loc in locs}) == 1:
+            idx = [loc[2] for loc in locs]
+            get = itemgetter(*idx) if len(idx) > 1 else (lambda xs, i=idx[0]: (xs[i],))
+            getters.append(("leaf", locs[0][1], get))
+        elif kinds == {"scratch"}:
+            getters.append(("fixed", tuple(loc[1] for loc in locs)))
+        else:
+            getters.append(("any", tuple(locs)))
+            static = static and "env" not in kinds
+    batch.getters = getters
+    batch.static = static
 
 
-def _call(batch: _Batch, value: Any, where: dict, scalars: list, is_torch: bool, np: Any) -> None:
-    """One C call running every block of ``batch``."""
-    objs = [value(loc) for locs in batch.slot_locs for loc in locs]
+def _objects(batch: _Batch, columns: dict, scratch: dict, env: dict) -> list[Any]:
+    """The buffers of every block of ``batch``, slot-major (``ptrs[k * nb + b]``)."""
+    objs: list[Any] = []
+    for g in batch.getters:
+        if g[0] == "leaf":
+            objs += g[2](columns[g[1]])
+        elif g[0] == "fixed":
+            objs += [scratch[i] for i in g[1]]
+        else:
+            for loc in g[1]:
+                kind = loc[0]
+                objs.append(
+                    columns[loc[1]][loc[2]]
+                    if kind == "leaf"
+                    else scratch[loc[1]]
+                    if kind == "scratch"
+                    else env[loc[1]]
+                )
+    return objs
+
+
+def _table(batch: _Batch, objs: list[Any], is_torch: bool, np: Any, strict: bool) -> bool:
+    """Point ``batch`` at ``objs`` (rebuilt only when they changed). ``strict``: a
+    buffer that is not C-contiguous declines (``False``) instead of being copied (it is
+    a parameter or state array: copying would not write it)."""
     if is_torch:
-        key = [t.data_ptr() for t in objs]
-        if key != batch.table_key:
-            if not all(t.is_contiguous() for t in objs):
-                objs = [_contiguous(t, True, np) for t in objs]  # only an eager result may be not
-                key = [t.data_ptr() for t in objs]
-            batch.table = np.array(key, dtype=np.uint64)
-            batch.table_key = key
-            batch.ptrs = batch.table.ctypes.data
-        keep = objs
+        key = list(map(_DATA_PTR, objs))
+        if key == batch.table_key:
+            return True
+        if not all(map(_TORCH_CONTIGUOUS, objs)):
+            if strict:
+                return False
+            objs = [t.contiguous() for t in objs]  # an eager result, only read
+            key = list(map(_DATA_PTR, objs))
+        batch.keep = objs
     else:
         old = batch.table_key
-        if old is None or not all(map(is_, objs, old)):
-            objs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in objs]
-            batch.table = np.array([x.ctypes.data for x in objs], dtype=np.uint64)
-            batch.table_key = objs
-            batch.ptrs = batch.table.ctypes.data
-        keep = batch.table_key
+        if old is not None and len(old) == len(objs) and all(map(is_, objs, old)):
+            return True
+        if not all(map(_C_CONTIGUOUS, objs)):
+            if strict:
+                return False
+            objs = [np.ascontiguousarray(x) for x in objs]
+        key = objs
+        batch.keep = objs
+        objs = [x.ctypes.data for x in objs]
+    batch.table = np.array(key if is_torch else objs, dtype=np.uint64)
+    batch.table_key = key
+    batch.ptrs = batch.table.ctypes.data
+    return True
+
+
+def _call(batch: _Batch, value: Any, where: dict, scalars: list, np: Any) -> None:
+    """One C call running every block of ``batch`` (its pointer table is current)."""
     if batch.n is None:
         batch.n = np.array([math.prod(b.shape) for b in batch.blocks], dtype=np.int64)
     refs = batch.scalar_refs[:1] if batch.shared else batch.scalar_refs
@@ -442,4 +510,3 @@ def _call(batch: _Batch, value: Any, where: dict, scalars: list, is_torch: bool,
     sv = np.array(vals or [0.0], dtype=np.float64)
     ss = 0 if batch.shared else len(batch.scalar_refs[0])
     batch.fn(len(batch.blocks), batch.n.ctypes.data, batch.ptrs, sv.ctypes.data, ss)
-    del keep
