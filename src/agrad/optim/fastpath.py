@@ -434,7 +434,7 @@ def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> A
             runners = None
             break
         runners.append(runner)
-    if runners is None and fused is None:
+    if runners is None and fused is None and not host_exec.available():
         return None
     return _Compiled(program, groups, runners, fused, xp)
 
@@ -498,7 +498,7 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
             return False  # the kernels raise no floating-point errors: the checked route
         if not _numpy_disjoint(written, g):
             return False
-        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre):
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre, written + g):
             return False
         for old, value in writes:
             old[...] = value
@@ -510,11 +510,12 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
         return False
     if not all(map(torch.Tensor.is_contiguous, flat)):
         return False  # the kernels walk memory in order: the other executors
-    if not _torch_memory_ok(torch, list, written, list(g)):
+    starts: list[int] = []
+    if not _torch_memory_ok(torch, list, written, list(g), starts):
         return False
     versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
     with torch.no_grad():
-        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre):
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre, flat, starts):
             return False
         for old, value in writes:
             old.copy_(value)
@@ -673,7 +674,11 @@ def _torch_dense(x: Any) -> bool:
 
 
 def _torch_memory_ok(
-    torch: Any, lanes: Callable[[], list[tuple]], written: list[Any], grads: list[Any]
+    torch: Any,
+    lanes: Callable[[], list[tuple]],
+    written: list[Any],
+    grads: list[Any],
+    starts_out: list[int] | None = None,
 ) -> bool:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
@@ -703,6 +708,8 @@ def _torch_memory_ok(
         starts = list(map(tensor.data_ptr, flat))
     except (RuntimeError, NotImplementedError, TypeError):
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
+    if starts_out is not None:
+        starts_out += starts  # the host kernels' pointer tables reuse them
     return _disjoint(starts, list(map(_NBYTES, flat)), len(written))
 
 

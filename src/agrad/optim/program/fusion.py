@@ -22,6 +22,7 @@ A block reads its *inputs* (refs to nodes outside it, host scalars) and writes i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -70,14 +71,24 @@ class Block(NamedTuple):
 Step = Eager | Block
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
     """``"float32"``, ``"float64"``, ``"bool"`` ...: the NumPy name of a backend dtype."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     import numpy as np
 
     try:
-        return np.dtype(dtype).name
+        name = np.dtype(dtype).name
     except TypeError:
-        return str(dtype).rsplit(".", 1)[-1]
+        name = str(dtype).rsplit(".", 1)[-1]
+    with contextlib.suppress(TypeError):  # an unhashable dtype: not cached
+        _DTYPE_NAMES[dtype] = name
+    return name
 
 
 def _final_nodes(program: Program) -> set[int]:

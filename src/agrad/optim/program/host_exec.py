@@ -152,6 +152,7 @@ class HostPlan:
         "library",
         "program",
         "scratch",
+        "stamp",
         "steps",
         "where",
     )
@@ -167,6 +168,7 @@ class HostPlan:
             int, tuple
         ] = {}  # node -> ("leaf", column, k) | ("scratch", i) | ("env", i)
         self.library: Any = None
+        self.stamp: tuple | None = None  # (arrays, pointers) the static tables point at
 
 
 def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
@@ -353,6 +355,8 @@ def run(
     state_leaves: list[Any],
     scalars: list[Any],
     pre: dict[int, Any],
+    arrays: list[Any] | None = None,
+    pointers: list[int] | None = None,
 ) -> bool:
     """One step of ``plan``, in place: every parameter and state array written; ``False``
     with nothing written where an array is not C-contiguous.
@@ -360,6 +364,9 @@ def run(
     The caller (:mod:`agrad.optim.fastpath`) checked before: one library and device,
     arrays of the recorded shapes and dtypes, no memory shared between a written
     array and any other, floating-point error handling that cannot raise.
+    ``arrays`` (every array of the step) and ``pointers`` (torch: their data pointers,
+    which the caller's checks computed) let a step with the same arrays as the last
+    one reuse the pointer tables without looking at each array again.
     """
     global runs
     program = plan.program
@@ -380,13 +387,25 @@ def run(
         return env[loc[1]]
 
     batches = [item for kind, item in plan.steps if kind == "c"]
-    for batch in batches:  # before any write: the arrays' tables, their layout checked
-        if batch.getters is None:
-            _slot_getters(batch)
-        if batch.static and not _table(
-            batch, _objects(batch, columns, scratch, env), is_torch, np, True
-        ):
-            return False
+    stamp = plan.stamp
+    same = (
+        arrays is not None
+        and stamp is not None
+        and len(stamp[0]) == len(arrays)
+        and all(map(is_, arrays, stamp[0]))
+        and stamp[1] == pointers
+    )
+    if not same:
+        plan.stamp = None
+        for batch in batches:  # before any write: the arrays' tables, their layout checked
+            if batch.getters is None:
+                _slot_getters(batch)
+            if batch.static and not _table(
+                batch, _objects(batch, columns, scratch, env), is_torch, np, True
+            ):
+                return False
+        if arrays is not None:
+            plan.stamp = (list(arrays), pointers)
     for kind, item in plan.steps:
         if kind == "c":
             if not item.static:
