@@ -8,6 +8,11 @@ optimizer by name: it records the step once as a program
 and kinds of the state's numbers, cached on the optimizer) and runs the program on an
 executor:
 
+- **compiled host kernels** (:mod:`agrad.optim.program.host_exec`), NumPy and torch
+  CPU, float32 and float64, where a C compiler is found: the program's fused blocks as
+  C loops over all leaves, one call per batch of blocks, in place; programs with
+  reductions (LAMB, LARS, Adafactor, global norms) included. Tried first; where it
+  declines, the executors below.
 - **torch**: one of torch's fused kernels (``torch._fused_adam_`` /
   ``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, the kernels of
   ``torch.optim.<X>(fused=True)``; float16 and bfloat16 are computed in float32 inside
@@ -20,8 +25,8 @@ executor:
   operations instead of a dozen Python-level calls per array), bitwise the generic
   path.
 
-A program the executors cannot run (a reduction: LAMB's trust ratio, LARS; a
-branch on an array's value; half precision on NumPy) returns ``None`` before anything
+A program the executors cannot run (a reduction, without the host kernels: LAMB's
+trust ratio, LARS; a branch on an array's value; half precision on NumPy) returns ``None`` before anything
 is written, and the caller runs the generic path, which computes every new value
 before its first write and raises the proper error messages. Set :data:`enabled` to
 ``False`` to force the generic path.
