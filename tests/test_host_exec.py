@@ -330,3 +330,46 @@ def test_disk_cache_survives_processes_and_env_switch(tmp_path):
     off = _child(str(tmp_path / "other"), AGRAD_HOST_KERNELS="0")
     assert off[:3] == ["False", "0", "0"]
     assert off[3] == first[3] == second[3]
+
+
+def test_threads_sharing_one_optimizer_keep_their_own_tables_and_scratch(monkeypatch):
+    """One optimizer stepping different parameters in several threads at once (the
+    kernels release the GIL): each thread's pointer tables and scratch are its own."""
+    import threading
+
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    warnings.simplefilter("ignore", RuntimeWarning)  # pytest restores the filters
+    shapes = [(300, 40), (40,)] * 3
+    opt = ao.lamb(1e-2)
+    runs = [(_leaves("numpy", shapes, np.float32, 10 * k), k) for k in range(4)]
+    expected = []
+    monkeypatch.setattr(fastpath, "enabled", False)  # the generic path: the reference
+    for params, _ in runs:
+        ref, ref_opt = [p.copy() for p in params], ao.lamb(1e-2)
+        state = ref_opt.init(ref)
+        for s in range(5):
+            ref, state = ref_opt.step(ref, _leaves("numpy", shapes, np.float32, s), state)
+        expected.append(ref)
+    monkeypatch.setattr(fastpath, "enabled", True)
+    before = host_exec.runs
+    errors = []
+
+    def work(params, k):
+        try:
+            state = opt.init(params)
+            for s in range(5):
+                grads = _leaves("numpy", shapes, np.float32, s)
+                params, state = opt.step(params, grads, state, inplace=True)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=r) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert host_exec.runs == before + 20
+    for (params, _), ref in zip(runs, expected):
+        for a, b in zip(params, ref):
+            np.testing.assert_array_equal(a, b)

@@ -47,6 +47,7 @@ import hashlib
 import math
 import os
 import sys
+import threading
 from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
 
@@ -112,16 +113,12 @@ class _Batch:
         "blocks",
         "fn",
         "getters",
-        "keep",
         "n",
         "name",
-        "ptrs",
         "scalar_refs",
         "shared",
         "slot_locs",
         "static",
-        "table",
-        "table_key",
         "text",
     )
 
@@ -134,12 +131,8 @@ class _Batch:
         self.fn: Any = None
         self.n: Any = None
         self.shared = True
-        self.table: Any = None
-        self.table_key: Any = None
-        self.ptrs = 0
         self.getters: list[tuple] | None = None
         self.static = True
-        self.keep: Any = None
 
 
 class HostPlan:
@@ -150,9 +143,8 @@ class HostPlan:
         "final_copies",
         "lib",
         "library",
+        "local",
         "program",
-        "scratch",
-        "stamp",
         "steps",
         "where",
     )
@@ -161,14 +153,15 @@ class HostPlan:
         self.program = program
         self.lib = lib
         self.steps: list[tuple[str, Any]] = []  # ("eager", node) | ("py", block) | ("c", batch)
-        self.scratch: dict[int, Any] | None = None  # node -> scratch array (made on first run)
         self.final_copies: list[tuple[int, tuple[str, int]]] = []
         self.destinations = final_destinations(program)
         self.where: dict[
             int, tuple
         ] = {}  # node -> ("leaf", column, k) | ("scratch", i) | ("env", i)
         self.library: Any = None
-        self.stamp: tuple | None = None  # (arrays, pointers) the static tables point at
+        # per thread: scratch arrays (node -> array), pointer tables (batch -> entry), and
+        # the (arrays, pointers) the static tables point at
+        self.local = threading.local()
 
 
 def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
@@ -374,9 +367,10 @@ def run(
     np = sys.modules["numpy"]
     columns = {"param": params, "grad": grads, "state": state_leaves}
     env: dict[int, Any] = dict(pre)
-    if plan.scratch is None:
-        plan.scratch = _make_scratch(plan, xp)
-    scratch = plan.scratch
+    ctx = plan.local  # this thread's scratch and pointer tables (threads share the plan)
+    if getattr(ctx, "scratch", None) is None:
+        ctx.scratch, ctx.stamp, ctx.tables = _make_scratch(plan, xp), None, {}
+    scratch, tables = ctx.scratch, ctx.tables
     where = plan.where
 
     def value(loc: tuple) -> Any:
@@ -387,7 +381,7 @@ def run(
         return env[loc[1]]
 
     batches = [item for kind, item in plan.steps if kind == "c"]
-    stamp = plan.stamp
+    stamp = ctx.stamp
     same = (
         arrays is not None
         and stamp is not None
@@ -396,21 +390,21 @@ def run(
         and stamp[1] == pointers
     )
     if not same:
-        plan.stamp = None
+        ctx.stamp = None
         for batch in batches:  # before any write: the arrays' tables, their layout checked
             if batch.getters is None:
                 _slot_getters(batch)
             if batch.static and not _table(
-                batch, _objects(batch, columns, scratch, env), is_torch, np, True
+                tables, batch, _objects(batch, columns, scratch, env), is_torch, np, True
             ):
                 return False
         if arrays is not None:
-            plan.stamp = (list(arrays), pointers)
+            ctx.stamp = (list(arrays), pointers)
     for kind, item in plan.steps:
         if kind == "c":
             if not item.static:
-                _table(item, _objects(item, columns, scratch, env), is_torch, np, False)
-            _call(item, value, where, scalars, np)
+                _table(tables, item, _objects(item, columns, scratch, env), is_torch, np, False)
+            _call(item, tables[item][3], value, where, scalars, np)
             continue
         members = (item,) if kind == "eager" else item.nodes
         inside = set(members)
@@ -489,22 +483,28 @@ def _objects(batch: _Batch, columns: dict, scratch: dict, env: dict) -> list[Any
     return objs
 
 
-def _table(batch: _Batch, objs: list[Any], is_torch: bool, np: Any, strict: bool) -> bool:
-    """Point ``batch`` at ``objs`` (rebuilt only when they changed). ``strict``: a
-    buffer that is not C-contiguous declines (``False``) instead of being copied (it is
-    a parameter or state array: copying would not write it)."""
+def _table(
+    tables: dict, batch: _Batch, objs: list[Any], is_torch: bool, np: Any, strict: bool
+) -> bool:
+    """Point ``batch`` at ``objs`` in ``tables`` (``[table, key, kept objects, address]``,
+    rebuilt only when they changed). ``strict``: a buffer that is not C-contiguous
+    declines (``False``) instead of being copied (it is a parameter or state array:
+    copying would not write it)."""
+    entry = tables.get(batch)
+    if entry is None:
+        entry = tables[batch] = [None, None, None, 0]
     if is_torch:
         key = list(map(_DATA_PTR, objs))
-        if key == batch.table_key:
+        if key == entry[1]:
             return True
         if not all(map(_TORCH_CONTIGUOUS, objs)):
             if strict:
                 return False
             objs = [t.contiguous() for t in objs]  # an eager result, only read
             key = list(map(_DATA_PTR, objs))
-        batch.keep = objs
+        addresses = key
     else:
-        old = batch.table_key
+        old = entry[1]
         if old is not None and len(old) == len(objs) and all(map(is_, objs, old)):
             return True
         if not all(map(_C_CONTIGUOUS, objs)):
@@ -512,15 +512,13 @@ def _table(batch: _Batch, objs: list[Any], is_torch: bool, np: Any, strict: bool
                 return False
             objs = [np.ascontiguousarray(x) for x in objs]
         key = objs
-        batch.keep = objs
-        objs = [x.ctypes.data for x in objs]
-    batch.table = np.array(key if is_torch else objs, dtype=np.uint64)
-    batch.table_key = key
-    batch.ptrs = batch.table.ctypes.data
+        addresses = [x.ctypes.data for x in objs]
+    table = np.array(addresses, dtype=np.uint64)
+    entry[:] = [table, key, objs, table.ctypes.data]
     return True
 
 
-def _call(batch: _Batch, value: Any, where: dict, scalars: list, np: Any) -> None:
+def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: Any) -> None:
     """One C call running every block of ``batch`` (its pointer table is current)."""
     if batch.n is None:
         batch.n = np.array([math.prod(b.shape) for b in batch.blocks], dtype=np.int64)
@@ -528,4 +526,4 @@ def _call(batch: _Batch, value: Any, where: dict, scalars: list, np: Any) -> Non
     vals = [scalars[r[1]] if r[0] == "s" else float(value(where[r[1]])) for rs in refs for r in rs]
     sv = np.array(vals or [0.0], dtype=np.float64)
     ss = 0 if batch.shared else len(batch.scalar_refs[0])
-    batch.fn(len(batch.blocks), batch.n.ctypes.data, batch.ptrs, sv.ctypes.data, ss)
+    batch.fn(len(batch.blocks), batch.n.ctypes.data, ptrs, sv.ctypes.data, ss)
