@@ -30,17 +30,38 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import agrad
 import agrad.optim as ao
 from agrad.bench.optimizer_rows import adabelief as bench_adabelief
 from agrad.optim import fastpath
 from agrad.optim.program import host_c, host_exec
 from agrad.optim.program.ir import pre_nodes
 from agrad.optim.program.recorder import record
-from agrad.pytree import flatten_leaves
+from agrad.pytree import flatten_leaves, tree_map
 from program_cases import CASES, TRANSCENDENTAL
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(host_c.find_c_compiler() is None, reason="no host C compiler")
+
+
+def row_rms(lr: float = 0.01) -> ao.GradientTransformation:
+    """A user's rule with a broadcast: each row of a matrix's gradient over its RMS
+    (``mean(..., keepdims=True)``, shape ``(n, 1)``, read by an ``(n, m)`` block)."""
+
+    def init(params):
+        return ()
+
+    def update(grads, state, params=None):
+        def direction(g):
+            if len(g.shape) < 2:
+                return -lr * g
+            xp = agrad.array_namespace(g)
+            return -lr * g / (xp.sqrt(xp.mean(g * g, axis=-1, keepdims=True)) + 1e-8)
+
+        return tree_map(direction, grads), state
+
+    return ao.GradientTransformation("row_rms", init, update, {"lr": lr}, needs_params=False)
+
 
 #: More rules: torch-family extras, optax-family ones, schedules and chains.
 EXTRA = {
@@ -58,6 +79,7 @@ EXTRA = {
         ao.scale_by_learning_rate(ao.linear_lr(0.01, start_factor=0.5, total_iters=2)),
     ),
     "user-adabelief-bench": bench_adabelief,
+    "user-row-rms": row_rms,
 }
 ALL = {**CASES, **EXTRA}
 SHAPES = [(3, 4), (5,), (), (0,), (7, 3)]

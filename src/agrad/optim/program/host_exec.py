@@ -280,13 +280,17 @@ def _c_form(
         if n.shape == () or shape == ():
             new_inputs.append(CInput(x.name, x.dtype, scalar=True))
             scalar_refs.append(r)
-        elif n.shape == shape and x.dtype in _KINDS:
+        elif x.dtype in _KINDS and _broadcasts(n.shape, shape):
             new_inputs.append(x)
             array_refs.append(r)
         else:
-            return None  # broadcast from another shape
+            return None
     cb = CBlock(new_inputs, cb.statements, cb.outputs)
-    locs: list[tuple] = [where[r[1]] for r in array_refs]
+    # an input of another shape (Adafactor's row and column factors) is broadcast to
+    # the block's shape, into a contiguous copy, at every step
+    locs: list[tuple] = [
+        where[r[1]] if nodes[r[1]].shape == shape else ("bcast", r[1], shape) for r in array_refs
+    ]
     out_locs: list[tuple] = []
     for o in block.outputs:
         loc: tuple = ("scratch", o)
@@ -317,6 +321,13 @@ def _c_form(
     for o, loc in zip(block.outputs, out_locs):
         where[o] = loc
     return text, sorted(slots_of, key=slots_of.__getitem__), scalar_refs
+
+
+def _broadcasts(have: tuple, to: tuple) -> bool:
+    """Whether an array of shape ``have`` broadcasts to shape ``to``."""
+    if len(have) > len(to):
+        return False
+    return all(a in (b, 1) for a, b in zip(reversed(have), reversed(to)))
 
 
 def compile_plan(plan: HostPlan) -> None:
@@ -374,10 +385,16 @@ def run(
     where = plan.where
 
     def value(loc: tuple) -> Any:
-        if loc[0] == "leaf":
+        kind = loc[0]
+        if kind == "leaf":
             return columns[loc[1]][loc[2]]
-        if loc[0] == "scratch":
+        if kind == "scratch":
             return scratch[loc[1]]
+        if kind == "bcast":
+            x = value(where[loc[1]])
+            if is_torch:
+                return x.expand(loc[2]).contiguous()
+            return np.ascontiguousarray(np.broadcast_to(x, loc[2]))
         return env[loc[1]]
 
     batches = [item for kind, item in plan.steps if kind == "c"]
@@ -395,7 +412,7 @@ def run(
             if batch.getters is None:
                 _slot_getters(batch)
             if batch.static and not _table(
-                tables, batch, _objects(batch, columns, scratch, env), is_torch, np, True
+                tables, batch, _objects(batch, columns, scratch, value), is_torch, np, True
             ):
                 return False
         if arrays is not None:
@@ -403,7 +420,7 @@ def run(
     for kind, item in plan.steps:
         if kind == "c":
             if not item.static:
-                _table(tables, item, _objects(item, columns, scratch, env), is_torch, np, False)
+                _table(tables, item, _objects(item, columns, scratch, value), is_torch, np, False)
             _call(item, tables[item][3], value, where, scalars, np)
             continue
         members = (item,) if kind == "eager" else item.nodes
@@ -457,12 +474,12 @@ def _slot_getters(batch: _Batch) -> None:
             getters.append(("fixed", tuple(loc[1] for loc in locs)))
         else:
             getters.append(("any", tuple(locs)))
-            static = static and "env" not in kinds
+            static = static and not kinds & {"env", "bcast"}
     batch.getters = getters
     batch.static = static
 
 
-def _objects(batch: _Batch, columns: dict, scratch: dict, env: dict) -> list[Any]:
+def _objects(batch: _Batch, columns: dict, scratch: dict, value: Any) -> list[Any]:
     """The buffers of every block of ``batch``, slot-major (``ptrs[k * nb + b]``)."""
     objs: list[Any] = []
     for g in batch.getters:
@@ -471,15 +488,7 @@ def _objects(batch: _Batch, columns: dict, scratch: dict, env: dict) -> list[Any
         elif g[0] == "fixed":
             objs += [scratch[i] for i in g[1]]
         else:
-            for loc in g[1]:
-                kind = loc[0]
-                objs.append(
-                    columns[loc[1]][loc[2]]
-                    if kind == "leaf"
-                    else scratch[loc[1]]
-                    if kind == "scratch"
-                    else env[loc[1]]
-                )
+            objs += map(value, g[1])
     return objs
 
 
