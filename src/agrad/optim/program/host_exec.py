@@ -384,18 +384,21 @@ def run(
     scratch, tables = ctx.scratch, ctx.tables
     where = plan.where
 
-    def value(loc: tuple) -> Any:
+    def stored(loc: tuple) -> Any:
         kind = loc[0]
         if kind == "leaf":
             return columns[loc[1]][loc[2]]
         if kind == "scratch":
             return scratch[loc[1]]
-        if kind == "bcast":
-            x = value(where[loc[1]])
-            if is_torch:
-                return x.expand(loc[2]).contiguous()
-            return np.ascontiguousarray(np.broadcast_to(x, loc[2]))
         return env[loc[1]]
+
+    def value(loc: tuple) -> Any:  # not recursive: no reference cycle keeps env alive
+        if loc[0] != "bcast":
+            return stored(loc)
+        x = stored(where[loc[1]])
+        if is_torch:
+            return x.expand(loc[2]).contiguous()
+        return np.ascontiguousarray(np.broadcast_to(x, loc[2]))
 
     batches = [item for kind, item in plan.steps if kind == "c"]
     stamp = ctx.stamp
@@ -530,9 +533,10 @@ def _table(
 def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: Any) -> None:
     """One C call running every block of ``batch`` (its pointer table is current)."""
     if batch.n is None:
-        batch.n = np.array([math.prod(b.shape) for b in batch.blocks], dtype=np.int64)
+        sizes = [math.prod(b.shape) for b in batch.blocks]
+        batch.n = (ctypes.c_longlong * len(sizes))(*sizes)
     refs = batch.scalar_refs[:1] if batch.shared else batch.scalar_refs
     vals = [scalars[r[1]] if r[0] == "s" else float(value(where[r[1]])) for rs in refs for r in rs]
-    sv = np.array(vals or [0.0], dtype=np.float64)
+    sv = (ctypes.c_double * max(len(vals), 1))(*vals)
     ss = 0 if batch.shared else len(batch.scalar_refs[0])
-    batch.fn(len(batch.blocks), batch.n.ctypes.data, ptrs, sv.ctypes.data, ss)
+    batch.fn(len(batch.blocks), batch.n, ptrs, sv, ss)
