@@ -22,16 +22,19 @@ between them. Every batch of a program is in one translation unit, compiled once
 **Buffers.** A block output that is the step's new value of a parameter or state
 array is written straight into it when no later stage (nor another block of the same
 stage) reads that array's old value; other outputs read later go to scratch arrays
-made once per plan and kept. A 0-d value (a norm, a trust ratio, a bias correction,
-a 0-d parameter) is passed to the kernels by value. Blocks with no C form (an
-operation ``c_codegen`` lacks, an input broadcast from another shape: Adafactor's
-factored moments) run node by node with the backend's functions, as the generic path
-does. New values not written in place are copied in at the end.
+made once per plan (per thread) and kept. A 0-d value (a norm, a trust ratio, a bias
+correction, a 0-d parameter) is passed to the kernels by value; an input of another
+shape that broadcasts to the block's (a ``keepdims`` reduction) is read from a
+contiguous broadcast copy made at the step. Blocks with no C form (an operation
+``c_codegen`` lacks) run node by node with the backend's functions, as the generic
+path does. New values not written in place are copied in at the end.
 
-**Per step** the pointer tables (one row of data pointers per block) are rebuilt only
-when other array objects come (NumPy: by identity; torch: by data pointers, which
-``.data =`` can change); scalar values are packed into one ``double`` array per
-batch (shared by its blocks where they read the same scalars).
+**Per step** the pointer tables (one table of data pointers per batch, slot-major)
+are rebuilt only when other array objects come (NumPy: by identity; torch: by data
+pointers, which ``.data =`` can change); scalar values are packed into one
+``double`` array per batch (shared by its blocks where they read the same scalars).
+Scratch and tables are per thread: the kernels release the GIL, and one optimizer
+may step different parameters in several threads at once.
 
 **Numerics.** Each block's statements are the generic path's operations, in its
 order and dtypes (float32 stays float32; hyperparameters as exact literals), built
@@ -286,7 +289,7 @@ def _c_form(
         else:
             return None
     cb = CBlock(new_inputs, cb.statements, cb.outputs)
-    # an input of another shape (Adafactor's row and column factors) is broadcast to
+    # an input of another shape (a keepdims reduction's result) is broadcast to
     # the block's shape, into a contiguous copy, at every step
     locs: list[tuple] = [
         where[r[1]] if nodes[r[1]].shape == shape else ("bcast", r[1], shape) for r in array_refs
