@@ -15,7 +15,9 @@ Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000
   information);
 - ``user rule``: a user's AdaBelief, written as docs/custom-optimizer.md shows,
   against the built-in Adam (target 1.3);
-- ``packed``: :func:`agrad.optim.pack` (one flat buffer) against torch foreach.
+- ``packed``: :func:`agrad.optim.pack` (one flat buffer) against torch foreach;
+- ``numpy host kernels``: every optimizer's NumPy step against the same step with the
+  compiled host kernels off (:mod:`agrad.optim.program.host_exec`; for information).
 """
 
 from __future__ import annotations
@@ -197,8 +199,11 @@ def _agrad_opt(name: str):
     return getattr(agrad.optim, name)(**OPTIMIZERS[name][0])
 
 
-def _agrad_step(name: str, params: list[Any], grads: list[Any], fast: bool = True):
+def _agrad_step(
+    name: str, params: list[Any], grads: list[Any], fast: bool = True, host: bool = True
+):
     from agrad.optim import fastpath
+    from agrad.optim.program import host_exec
 
     params = [p.clone() if hasattr(p, "clone") else p.copy() for p in params]
     opt = _agrad_opt(name)
@@ -206,10 +211,13 @@ def _agrad_step(name: str, params: list[Any], grads: list[Any], fast: bool = Tru
 
     def step() -> None:
         fastpath.enabled = fast
+        on = host_exec.enabled
+        host_exec.enabled = on and host
         try:
             _, box[0] = opt.step(params, grads, box[0])
         finally:
             fastpath.enabled = True
+            host_exec.enabled = on
 
     return step
 
@@ -278,6 +286,8 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
             specs.append(
                 ("torch vs generic", name, mine_t, ("generic path (torch)", generic_t), None)
             )
+        off = partial(_agrad_step, name, params, grads, host=False)
+        specs.append(("numpy host kernels", name, mine_n, ("host kernels off (numpy)", off), None))
         if name in NUMPY_LOOPS:
             loop = ("numpy in-place loop", partial(_numpy_loop, name, params, grads))
             specs.append(("numpy", name, mine_n, loop, 1.0))

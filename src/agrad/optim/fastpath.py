@@ -8,6 +8,11 @@ optimizer by name: it records the step once as a program
 and kinds of the state's numbers, cached on the optimizer) and runs the program on an
 executor:
 
+- **compiled host kernels** (:mod:`agrad.optim.program.host_exec`), NumPy and torch
+  CPU, float32 and float64, where a C compiler is found: the program's fused blocks as
+  C loops over all leaves, one call per batch of blocks, in place; programs with
+  reductions (LAMB, LARS, Adafactor, global norms) included. Tried first; where it
+  declines, the executors below.
 - **torch**: one of torch's fused kernels (``torch._fused_adam_`` /
   ``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, the kernels of
   ``torch.optim.<X>(fused=True)``; float16 and bfloat16 are computed in float32 inside
@@ -20,8 +25,8 @@ executor:
   operations instead of a dozen Python-level calls per array), bitwise the generic
   path.
 
-A program the executors cannot run (a reduction: LAMB's trust ratio, LARS; a
-branch on an array's value; half precision on NumPy) returns ``None`` before anything
+A program the executors cannot run (a reduction, without the host kernels: LAMB's
+trust ratio, LARS; a branch on an array's value; half precision on NumPy) returns ``None`` before anything
 is written, and the caller runs the generic path, which computes every new value
 before its first write and raises the proper error messages. Set :data:`enabled` to
 ``False`` to force the generic path.
@@ -91,7 +96,7 @@ from typing import Any
 from agrad.optim._cache import LRUCache
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
-from agrad.optim.program import kernel_route, numpy_exec, torch_exec
+from agrad.optim.program import host_exec, kernel_route, numpy_exec, torch_exec
 from agrad.optim.program.eager import as_number, run_nodes
 from agrad.optim.program.ir import evaluate_scalars, lane_groups, pre_nodes
 from agrad.optim.program.plan import plan_lane
@@ -206,7 +211,17 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
 class _Compiled:
     """A recorded program with what its executor needs, made once per program."""
 
-    __slots__ = ("fused", "getters", "groups", "pre", "pre_used", "program", "runners", "xp")
+    __slots__ = (
+        "fused",
+        "getters",
+        "groups",
+        "host",
+        "pre",
+        "pre_used",
+        "program",
+        "runners",
+        "xp",
+    )
 
     def __init__(
         self, program: Any, groups: list[Any], runners: list[Any] | None, fused: Any, xp: Any
@@ -222,6 +237,7 @@ class _Compiled:
         self.runners = runners
         self.fused = fused
         self.getters = [_column_getters(group, program.n_params) for group in groups]
+        self.host: dict[tuple, Any] = {}  # kinds of the host scalars -> host plan (or None)
 
 
 _DECLINED = object()
@@ -312,9 +328,12 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         for leaf, ref in zip(s_leaves, chosen.program.new_state)
         if ref is not None and ref[0] == "n" and ref[1] in pre and pre[ref[1]] is not leaf
     ]
-    run = _run_numpy if lib == "numpy" else _run_torch
-    if not run(chosen, p, g, s_leaves, scalars, numbers, state, writes):
-        return None
+    if not (host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes)):
+        if chosen.runners is None and chosen.fused is None:
+            return None
+        run = _run_numpy if lib == "numpy" else _run_torch
+        if not run(chosen, p, g, s_leaves, scalars, numbers, state, writes):
+            return None
     new = []
     for leaf, ref in zip(s_leaves, chosen.program.new_state):
         if ref is None or ref[0] == "n":
@@ -399,7 +418,9 @@ def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> A
         return None
     groups = lane_groups(program)
     if groups is None:
-        return None
+        if not host_exec.available():
+            return None
+        return _Compiled(program, [], None, None, xp)  # the host kernels' route only
     fused = None
     if lib == "torch":
         fused = fused_kernels.recognise(program, opt, xp, p, g, treedef, state)
@@ -418,7 +439,7 @@ def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> A
             runners = None
             break
         runners.append(runner)
-    if runners is None and fused is None:
+    if runners is None and fused is None and not host_exec.available():
         return None
     return _Compiled(program, groups, runners, fused, xp)
 
@@ -456,6 +477,55 @@ def _columns(compiled: _Compiled, k: int, p: list, g: list, s_leaves: list) -> l
     return [
         pick[kind] if get is None else list(get(pick[kind])) for kind, get in compiled.getters[k]
     ]
+
+
+def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) -> bool:
+    """The step on compiled host kernels (:mod:`agrad.optim.program.host_exec`); ``False``
+    with nothing written where that route does not apply (then the other executors)."""
+    if lib == "torch" and compiled.fused is not None and host_exec.prefer_fused:
+        return False
+    types = tuple(map(type, scalars))
+    plan = compiled.host.get(types, _DECLINED)
+    if plan is _DECLINED:
+        plan = host_exec.build(compiled.program, lib, scalars) if host_exec.available() else None
+        if plan is not None:
+            try:
+                host_exec.compile_plan(plan)
+            except (OSError, RuntimeError, AttributeError):
+                plan = None  # no compiler, or it failed: the other executors, from now on
+        compiled.host[types] = plan
+    if plan is None:
+        return False
+    written = list(p) + [x for x in s_leaves if type(x) is type(p[0])]
+    if lib == "numpy":
+        np = sys.modules["numpy"]
+        if _risky_fp_kinds(np):
+            return False  # the kernels raise no floating-point errors: the checked route
+        if not _numpy_disjoint(written, g):
+            return False
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre, written + g):
+            return False
+        for old, value in writes:
+            old[...] = value
+        return True
+    import torch
+
+    flat = written + list(g)
+    if p[0].device.type != "cpu" or not {x.dtype for x in p} <= {torch.float32, torch.float64}:
+        return False
+    if not all(map(torch.Tensor.is_contiguous, flat)):
+        return False  # the kernels walk memory in order: the other executors
+    starts: list[int] = []
+    if not _torch_memory_ok(torch, list, written, list(g), starts):
+        return False
+    versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
+    with torch.no_grad():
+        if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre, flat, starts):
+            return False
+        for old, value in writes:
+            old.copy_(value)
+    _set_versions(torch, written, versions)
+    return True
 
 
 def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
@@ -609,7 +679,11 @@ def _torch_dense(x: Any) -> bool:
 
 
 def _torch_memory_ok(
-    torch: Any, lanes: Callable[[], list[tuple]], written: list[Any], grads: list[Any]
+    torch: Any,
+    lanes: Callable[[], list[tuple]],
+    written: list[Any],
+    grads: list[Any],
+    starts_out: list[int] | None = None,
 ) -> bool:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
@@ -639,6 +713,8 @@ def _torch_memory_ok(
         starts = list(map(tensor.data_ptr, flat))
     except (RuntimeError, NotImplementedError, TypeError):
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
+    if starts_out is not None:
+        starts_out += starts  # the host kernels' pointer tables reuse them
     return _disjoint(starts, list(map(_NBYTES, flat)), len(written))
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "CStatement",
     "UnsupportedOp",
     "cuda_source",
+    "host_batch_source",
     "host_source",
     "kernel_body",
     "literal",
@@ -315,5 +316,60 @@ def cuda_source(name: str, block: CBlock) -> str:
         "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
         "         i += (long long)blockDim.x * gridDim.x) {\n"
         f"{_indent(body, 8)}\n"
+        "    }\n}\n"
+    )
+
+
+def host_batch_source(
+    name: str, block: CBlock, slots: Sequence[int], buffers: Sequence[str]
+) -> str:
+    """C99 text running ``block`` on many blocks of the same text in one call, in place.
+
+    The entry point is ``void name(long long nb, const long long *n, void *const *ptrs,
+    const double *sv, long long ss)``: block ``b`` works on ``n[b]`` contiguous
+    elements of its buffers ``ptrs[k * nb + b]`` (buffer ``k`` of dtype
+    ``buffers[k]``), and reads its scalar inputs, in order, from ``sv[b * ss + j]``
+    (``ss = 0``: every block reads the same values), each cast to its dtype (a float32
+    value or an integer below 2**53 passes through a ``double`` exactly).
+    ``slots`` gives, for every array input and then every output of ``block``, the
+    buffer it reads or writes: an input and an output given the same buffer are read
+    and written through one pointer (the in-place update of a parameter or state
+    array; every input of an element is read before any output of it is written), so
+    every pointer may be ``restrict``: distinct buffers are distinct memory. Stores
+    cast to the buffer's type, as an assignment ``buf[...] = value`` does. The loop
+    body is :func:`kernel_body`'s text, as in :func:`host_source`.
+    """
+    arrays = [x for x in block.inputs if not x.scalar]
+    scalars = [x for x in block.inputs if x.scalar]
+    if len(slots) != len(arrays) + len(block.outputs):
+        raise ValueError(f"{name}: {len(slots)} slots for {len(arrays)} inputs and outputs")
+    out_slots = list(slots[len(arrays) :])
+    written = set(out_slots)
+    params = ["long long n"]
+    casts = []
+    for k, dtype in enumerate(buffers):
+        ctype = C_TYPES[dtype]
+        const = "" if k in written else "const "
+        params.append(f"{const}{ctype} *restrict b{k}")
+        casts.append(f"({const}{ctype} *)ptrs[{k} * nb + b]")
+    params += [f"const {C_TYPES[x.dtype]} {x.name}" for x in scalars]
+    casts += [f"({C_TYPES[x.dtype]})v[{j}]" for j, x in enumerate(scalars)]
+    reads = [f"const {C_TYPES[x.dtype]} {x.name} = b{s}[i];" for x, s in zip(arrays, slots)]
+    decls = [f"{C_TYPES[block.output_dtype(v)]} {out};" for out, v in block.outputs]
+    stores = [
+        f"b{s}[i] = ({C_TYPES[buffers[s]]}){out};" for (out, _), s in zip(block.outputs, out_slots)
+    ]
+    body = [*reads, *decls, kernel_body(block), *stores]
+    return (
+        f"static void {name}_one({', '.join(params)}) {{\n"
+        "    for (long long i = 0; i < n; ++i) {\n"
+        f"{_indent(body, 8)}\n"
+        "    }\n}\n\n"
+        f"void {name}(long long nb, const long long *restrict n, void *const *restrict ptrs,\n"
+        f"          const double *restrict sv, long long ss) {{\n"
+        "    for (long long b = 0; b < nb; ++b) {\n"
+        "        const double *v = sv + b * ss;\n"
+        "        (void)v;\n"
+        f"        {name}_one({', '.join(['n[b]', *casts])});\n"
         "    }\n}\n"
     )

@@ -29,6 +29,7 @@ A block reads its *inputs* (refs to nodes outside it, host scalars) and writes i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -63,7 +64,8 @@ class Block(NamedTuple):
 
     ``inputs``: the refs it reads from outside (``("n", i)`` nodes, ``("s", i)`` host
     scalars), in first-use order; ``outputs``: its nodes read outside it or written
-    by the step, in program order.
+    by the step, in program order; ``stage``: the blocks of one stage read nothing the
+    others write, so an executor may run them in any order (or together).
     """
 
     nodes: tuple[int, ...]
@@ -71,19 +73,30 @@ class Block(NamedTuple):
     lane: int
     inputs: tuple[tuple, ...]
     outputs: tuple[int, ...]
+    stage: int = 0
 
 
 Step = Eager | Block
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
     """``"float32"``, ``"float64"``, ``"bool"`` ...: the NumPy name of a backend dtype."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     import numpy as np
 
     try:
-        return np.dtype(dtype).name
+        name = np.dtype(dtype).name
     except TypeError:
-        return str(dtype).rsplit(".", 1)[-1]
+        name = str(dtype).rsplit(".", 1)[-1]
+    with contextlib.suppress(TypeError):  # an unhashable dtype: not cached
+        _DTYPE_NAMES[dtype] = name
+    return name
 
 
 def _final_nodes(program: Program) -> set[int]:
@@ -103,12 +116,14 @@ def is_pre(program: Program, step: Step) -> bool:
     return program.nodes[i].lane == NO_LANE
 
 
-def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
+def _stages(
+    program: Program, given: frozenset[int] = frozenset()
+) -> tuple[list[int], list[tuple | None]]:
     nodes = program.nodes
     stage = [0] * len(nodes)
     key: list[tuple | None] = [None] * len(nodes)
     for i, n in enumerate(nodes):
-        if n.op == "input":
+        if n.op == "input" or i in given:
             continue
         fusable = _fusable(program, i)
         pre = n.lane == NO_LANE
@@ -117,8 +132,8 @@ def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
             if a[0] != "n":
                 continue
             j = a[1]
-            if nodes[j].op == "input" or (nodes[j].lane == NO_LANE and not pre):
-                continue  # a per-step value, computed before every lane: like an input
+            if nodes[j].op == "input" or j in given or (nodes[j].lane == NO_LANE and not pre):
+                continue  # an input, a given value or a per-step value: computed before
             crossing = not fusable or key[j] is None or key[j][:2] != (n.lane, n.shape)
             s = max(s, stage[j] + (1 if crossing else 0))
         stage[i] = s
@@ -127,14 +142,19 @@ def _stages(program: Program) -> tuple[list[int], list[tuple | None]]:
     return stage, key
 
 
-def partition(program: Program) -> list[Step]:
-    """The steps of ``program``: :class:`Eager` nodes and fused :class:`Block` s, in run order."""
+def partition(program: Program, given: frozenset[int] = frozenset()) -> list[Step]:
+    """The steps of ``program``: :class:`Eager` nodes and fused :class:`Block` s, in run order.
+
+    ``given``: nodes whose values the executor has before the step starts (the laneless
+    per-step scalars of :func:`~agrad.optim.program.ir.pre_nodes`); they are read like
+    inputs, so reading one cuts no block, and they are in no step.
+    """
     nodes = program.nodes
-    stage, key = _stages(program)
+    stage, key = _stages(program, frozenset(given))
     members: dict[tuple, list[int]] = {}
     eager: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
-        if n.op == "input":
+        if n.op == "input" or i in given:
             continue
         if key[i] is None:
             eager.setdefault(stage[i], []).append(i)
@@ -156,7 +176,7 @@ def partition(program: Program) -> list[Step]:
                     if a not in inputs:
                         inputs.append(a)
         outputs = tuple(i for i in idx if i in final or readers.get(i, set()) - {k})
-        block = Block(tuple(idx), k[1], k[0], tuple(inputs), outputs)
+        block = Block(tuple(idx), k[1], k[0], tuple(inputs), outputs, k[2])
         blocks.setdefault(k[2], []).append(block)
     steps: list[Step] = []
     for s in sorted(set(eager) | set(blocks)):

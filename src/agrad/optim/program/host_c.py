@@ -1,13 +1,23 @@
-"""Build C and CUDA text with the machine's compilers: the CuPy kernels, checked without a GPU.
+"""Build C and CUDA text with the machine's compilers: the CuPy kernels checked without a GPU,
+and, optionally, the host kernels of NumPy and torch CPU steps.
 
 :func:`host_kernel` compiles :func:`~agrad.optim.program.c_codegen.host_source`
 (the CuPy kernel's body in a C loop) into a shared library with the host C compiler
 and returns a callable over NumPy arrays, so the kernel text CuPy would compile runs,
 and is compared, on the CPU. :func:`compile_cuda` hands a complete CUDA source to
 ``nvcc`` (to a PTX file: the whole front end and code generator, no GPU needed).
-Both are tools for tests and for the GPU check script; nothing at run time needs a
-compiler. Builds are cached by the hash of the source in one temporary directory per
-process.
+These are tools for tests and for the GPU check script; their builds are cached by
+the hash of the source in one temporary directory per process.
+
+At run time a C compiler is *optional*: :func:`load_library` is how
+:mod:`agrad.optim.program.host_exec` builds the fused kernels of a NumPy or torch CPU
+step (flags :data:`RUNTIME_CFLAGS`). Each library is built once per source text,
+compiler and flags into a per-user disk cache (:func:`cache_dir`:
+``$XDG_CACHE_HOME/agrad/host-kernels``, else ``~/.cache/agrad/host-kernels``),
+written under a temporary name and renamed into place, so parallel processes
+(pytest workers) never see half a file; a later process loads it without compiling.
+Where there is no compiler, or it fails, the caller gets an exception and the step
+runs on the executors that need none.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ from agrad.optim.program.c_codegen import C_TYPES, CBlock, host_source
 
 __all__ = [
     "HOST_CFLAGS",
+    "RUNTIME_CFLAGS",
+    "builds",
+    "cache_dir",
+    "load_library",
     "HostElementwiseKernel",
     "NVCC_FLAGS",
     "compile_cuda",
@@ -35,6 +49,23 @@ __all__ = [
 
 HOST_CFLAGS = ("-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math")
 NVCC_FLAGS = ("--ptx", "--fmad=false", "-std=c++17")
+#: Flags of the run-time host kernels: optimised and vectorised for the baseline ISA
+#: (no ``-march=native``), no contraction into fused multiply-adds, no fast math, so
+#: ``+ - * / sqrt`` round as NumPy and torch round them. ``-fno-math-errno`` only stops
+#: ``sqrt`` from setting ``errno`` (which lets it vectorise); no result changes.
+RUNTIME_CFLAGS = (
+    "-O3",
+    "-std=c99",
+    "-fPIC",
+    "-shared",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fno-math-errno",
+)
+#: How many libraries this process compiled (not loaded from the disk cache).
+builds = 0
+_compiler_ids: dict[str, str] = {}
+_loaded: dict[str, Any] = {}
 
 _CTYPES = {
     "float32": ctypes.c_float,
@@ -113,6 +144,72 @@ def _library(source: str) -> Any:
         _run([cc, *HOST_CFLAGS, src, "-o", lib, "-lm"], "the host C compiler")
         _libraries[key] = ctypes.CDLL(lib)
     return _libraries[key]
+
+
+def cache_dir() -> str:
+    """The per-user directory of compiled host kernels (``$XDG_CACHE_HOME/agrad/host-kernels``,
+    else ``~/.cache/agrad/host-kernels``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "agrad", "host-kernels")
+
+
+def _compiler_id(cc: str) -> str:
+    """The first line of ``cc --version``: part of the cache key (an upgraded compiler
+    builds anew)."""
+    got = _compiler_ids.get(cc)
+    if got is None:
+        res = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+        got = _compiler_ids[cc] = (
+            (res.stdout or res.stderr).splitlines()[0] if res.stdout or res.stderr else ""
+        )
+    return got
+
+
+def load_library(source: str, flags: tuple[str, ...] = RUNTIME_CFLAGS) -> Any:
+    """``source`` compiled by the host C compiler into a shared library, loaded (``ctypes.CDLL``).
+
+    Cached on disk by the hash of the source, the compiler (path and ``--version``) and
+    ``flags`` (see the module), and in the process. Raises ``FileNotFoundError`` where
+    there is no compiler and ``RuntimeError`` with its message where it fails.
+    """
+    global builds
+    cc = find_c_compiler()
+    if cc is None:
+        raise FileNotFoundError("no C compiler found ($CC, cc, gcc, clang)")
+    text = "\0".join([source, cc, _compiler_id(cc), " ".join(flags)])
+    key = hashlib.sha256(text.encode()).hexdigest()[:32]
+    lib = _loaded.get(key)
+    if lib is not None:
+        return lib
+    folder = cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.access(folder, os.W_OK)
+    except OSError:
+        probe = False
+    if not probe:
+        folder = _workdir()  # an unwritable home: this process's temporary directory
+    path = os.path.join(folder, f"k{key}.so")
+    try:
+        lib = ctypes.CDLL(path) if os.path.exists(path) else None
+    except OSError:
+        lib = None  # unreadable or truncated by a crash: built again below
+    if lib is None:
+        fd, src = tempfile.mkstemp(prefix=f"k{key}-", suffix=".c", dir=folder)
+        tmp = src[:-2] + ".so"
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(source)
+            _run([cc, *flags, src, "-o", tmp, "-lm"], "the host C compiler")
+            os.replace(tmp, path)
+            builds += 1
+        finally:
+            for leftover in (src, tmp):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+        lib = ctypes.CDLL(path)
+    _loaded[key] = lib
+    return lib
 
 
 def host_kernel(block: CBlock, name: str = "agrad_block") -> Callable[..., list[Any]]:

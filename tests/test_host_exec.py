@@ -1,0 +1,403 @@
+"""The host-kernel route (``agrad.optim.program.host_exec``): NumPy and torch CPU steps
+as compiled C batches, against the generic path (the fast route off) as reference.
+
+- NumPy: **bitwise** for every case here. Each kernel statement is the generic path's
+  operation on the same operands in the same order and dtype, built without
+  contraction or fast math, so ``+ - * / sqrt`` round as NumPy rounds them; the
+  reductions between batches are NumPy's own. The only operations that could differ
+  are the C library's ``exp``/``log``/``pow``/``tanh`` (:data:`TRANSCENDENTAL`): cases
+  using them are held to two float32 ulps instead (none differed when measured).
+- torch: **to rounding**. torch's CPU kernels do not round every operation as IEEE
+  arithmetic in program order does (a division by a scalar is a multiplication by its
+  reciprocal), so float32 results differ in the last place for some rules.
+
+The route is checked to be taken (``host_exec.runs``), to fall back to the other
+executors, unchanged, without a compiler, when compiling fails or when switched off,
+to keep no memory per step, and to find its compiled kernels on disk from a second
+process. Skipped with a reason where the machine has no C compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import agrad
+import agrad.optim as ao
+from agrad.bench.optimizer_rows import adabelief as bench_adabelief
+from agrad.optim import fastpath
+from agrad.optim.program import host_c, host_exec
+from agrad.optim.program.ir import pre_nodes
+from agrad.optim.program.recorder import record
+from agrad.pytree import flatten_leaves, tree_map
+from program_cases import CASES, TRANSCENDENTAL
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(host_c.find_c_compiler() is None, reason="no host C compiler")
+
+
+def row_rms(lr: float = 0.01) -> ao.GradientTransformation:
+    """A user's rule with a broadcast: each row of a matrix's gradient over its RMS
+    (``mean(..., keepdims=True)``, shape ``(n, 1)``, read by an ``(n, m)`` block)."""
+
+    def init(params):
+        return ()
+
+    def update(grads, state, params=None):
+        def direction(g):
+            if len(g.shape) < 2:
+                return -lr * g
+            xp = agrad.array_namespace(g)
+            return -lr * g / (xp.sqrt(xp.mean(g * g, axis=-1, keepdims=True)) + 1e-8)
+
+        return tree_map(direction, grads), state
+
+    return ao.GradientTransformation("row_rms", init, update, {"lr": lr}, needs_params=False)
+
+
+#: More rules: torch-family extras, optax-family ones, schedules and chains.
+EXTRA = {
+    "rprop": lambda: ao.rprop(lr=0.01),
+    "asgd": lambda: ao.asgd(lr=0.01),
+    "adafactor_torch": lambda: ao.adafactor_torch(lr=0.01),
+    "sign_sgd": lambda: ao.sign_sgd(0.01),
+    "signum": lambda: ao.signum(0.01),
+    "adabelief-optax": lambda: ao.adabelief(1e-2),
+    "adam-schedule": lambda: ao.adam(lr=ao.linear_lr(0.01, start_factor=0.5, total_iters=2)),
+    "chain-wd-clip-schedule": lambda: ao.chain(
+        ao.clip_by_global_norm(0.5),
+        ao.add_decayed_weights(0.01),
+        ao.scale_by_adam(),
+        ao.scale_by_learning_rate(ao.linear_lr(0.01, start_factor=0.5, total_iters=2)),
+    ),
+    "user-adabelief-bench": bench_adabelief,
+    "user-row-rms": row_rms,
+}
+ALL = {**CASES, **EXTRA}
+SHAPES = [(3, 4), (5,), (), (0,), (7, 3)]
+
+
+def _leaves(lib: str, shapes, dtype, seed: int):
+    rng = np.random.default_rng(seed)
+    out = [np.asarray(rng.standard_normal(s)).astype(dtype) for s in shapes]
+    return [torch.from_numpy(x) for x in out] if lib == "torch" else out
+
+
+def _np(x):
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _steps(monkeypatch, make, lib, shapes, dtype, route, tree=list, steps=3):
+    """``steps`` in-place steps; the final leaves (as NumPy) and host steps taken.
+
+    ``route``: ``"generic"`` (fast route off), ``"host"``, ``"off"`` (host kernels off).
+    NumPy's floating-point warnings are left as warnings (the suite turns them into
+    errors, and where they could raise, the route declines: see the last tests).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _steps_inner(monkeypatch, make, lib, shapes, dtype, route, tree, steps)
+
+
+def _steps_inner(monkeypatch, make, lib, shapes, dtype, route, tree, steps):
+    monkeypatch.setattr(fastpath, "enabled", route != "generic")
+    monkeypatch.setattr(host_exec, "enabled", route == "host")
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    params = tree(_leaves(lib, shapes, dtype, 0))
+    opt = make()
+    state = opt.init(params)
+    before = host_exec.runs
+    for k in range(steps):
+        grads = tree(_leaves(lib, shapes, dtype, k + 1))
+        params, state = opt.step(params, grads, state, inplace=True)
+    leaves = flatten_leaves((params, state))[0]
+    return [_np(x) if hasattr(x, "shape") else x for x in leaves], host_exec.runs - before
+
+
+def _transcendental(make, lib, dtype) -> bool:
+    """Whether a kernel of the rule calls the C library's exp/log/pow/tanh/sin/cos."""
+    opt = make()
+    p = _leaves(lib, [(2,)], dtype, 0)
+    xp = __import__("array_api_compat." + lib, fromlist=["x"])
+    program = record(opt, xp, p, p, flatten_leaves(p)[1], opt.init(p))
+    pre = set(pre_nodes(program))  # per-step scalars: the backend computes them, not C
+    return any(n.op in TRANSCENDENTAL for i, n in enumerate(program.nodes) if i not in pre)
+
+
+def _compare(got, ref, lib, dtype, exact):
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        if not isinstance(a, np.ndarray):
+            assert a == b
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        elif lib == "numpy":  # the C library's exp/log/pow: two float32 ulps
+            np.testing.assert_allclose(a, b, rtol=2.5e-7, atol=1e-30)
+        else:
+            tol = 2e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_rule_takes_the_route_and_matches_generic(monkeypatch, name, lib):
+    """Every optimizer, chain and user rule: the route is taken at every step, and the
+    result is the generic path's (NumPy bitwise, torch to rounding)."""
+    make = ALL[name]
+    ref, _ = _steps(monkeypatch, make, lib, SHAPES, np.float32, "generic")
+    got, runs = _steps(monkeypatch, make, lib, SHAPES, np.float32, "host")
+    assert runs == 3
+    exact = lib == "numpy" and not _transcendental(make, lib, np.float32)
+    _compare(got, ref, lib, np.float32, exact)
+
+
+def _tree(draw, leaves):
+    kind = draw(st.sampled_from(["list", "dict", "nested"]))
+    if kind == "list":
+        return lambda xs: list(xs)
+    if kind == "dict":
+        return lambda xs: {f"w{i}": x for i, x in enumerate(xs)}
+    return lambda xs: {"a": list(xs[: len(xs) // 2]), "b": {"c": tuple(xs[len(xs) // 2 :])}}
+
+
+@st.composite
+def _cases(draw):
+    shapes = draw(
+        st.lists(
+            st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple), min_size=1, max_size=4
+        )
+    )
+    return {
+        "name": draw(st.sampled_from(["adam", "lamb", "chain-clip-adam", "user-adabelief"])),
+        "lib": draw(st.sampled_from(["numpy", "torch"])),
+        "dtype": draw(st.sampled_from([np.float32, np.float64])),
+        "shapes": shapes,
+        "tree": _tree(draw, shapes),
+    }
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=_cases())
+def test_random_trees_shapes_and_dtypes(monkeypatch, case):
+    """Tree structures, shapes (0-d and empty included), float32 and float64."""
+    make, lib, dtype = CASES[case["name"]], case["lib"], case["dtype"]
+    args = (make, lib, case["shapes"], dtype)
+    ref, _ = _steps(monkeypatch, *args, "generic", tree=case["tree"])
+    got, runs = _steps(monkeypatch, *args, "host", tree=case["tree"])
+    assert runs == 3
+    _compare(got, ref, lib, dtype, lib == "numpy" and not _transcendental(make, lib, dtype))
+
+
+@pytest.mark.parametrize("name", ["adam", "lamb"])
+def test_fallbacks_give_the_same_result(monkeypatch, name):
+    """Switched off, without a compiler, or with a compiler that fails: the other
+    executors (or the generic path) run, with the same result and no host step."""
+    make = CASES[name]
+    ref, runs = _steps(monkeypatch, make, "numpy", SHAPES, np.float64, "host")
+    assert runs == 3
+    off, runs = _steps(monkeypatch, make, "numpy", SHAPES, np.float64, "off")
+    assert runs == 0
+    _compare(off, ref, "numpy", np.float64, True)
+    monkeypatch.setattr(host_c, "find_c_compiler", lambda: None)
+    none, runs = _steps(monkeypatch, make, "numpy", SHAPES, np.float64, "host")
+    assert runs == 0
+    _compare(none, ref, "numpy", np.float64, True)
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the host C compiler failed")
+
+    monkeypatch.setattr(host_c, "load_library", broken)
+    failed, runs = _steps(monkeypatch, make, "numpy", SHAPES, np.float64, "host")
+    assert runs == 0
+    _compare(failed, ref, "numpy", np.float64, True)
+
+
+def test_torch_keeps_its_fused_kernel_where_preferred(monkeypatch):
+    """Adam on torch runs torch's fused kernel while ``prefer_fused`` (the default)."""
+    params = _leaves("torch", [(4, 3), (5,)], np.float32, 0)
+    grads = _leaves("torch", [(4, 3), (5,)], np.float32, 1)
+    opt = ao.adam(lr=0.01)
+    state = opt.init(params)
+    before = host_exec.runs
+    monkeypatch.setattr(host_exec, "prefer_fused", True)
+    params, state = opt.step(params, grads, state, inplace=True)
+    assert host_exec.runs == before
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    versions = [p._version for p in params]
+    params, state = opt.step(params, grads, state, inplace=True)
+    assert host_exec.runs == before + 1
+    assert [p._version for p in params] == [v + 1 for v in versions]  # one bump per step
+
+
+def test_declines_non_contiguous_and_shared_memory(monkeypatch):
+    """Arrays the kernels cannot walk in order, or a gradient sharing a parameter's
+    memory: no host step, and the generic path's result."""
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 8))
+    params = [base[:, ::2].copy(order="F"), rng.standard_normal(5)]
+    ref = [p.copy() for p in params]
+    grads = [np.ones((6, 4), order="F"), np.ones(5)]
+    opt, opt_ref = ao.rmsprop(lr=0.01), ao.rmsprop(lr=0.01)
+    state, state_ref = opt.init(params), opt_ref.init(ref)
+    before = host_exec.runs
+    params, state = opt.step(params, grads, state, inplace=True)
+    monkeypatch.setattr(fastpath, "enabled", False)
+    ref, state_ref = opt_ref.step(ref, grads, state_ref, inplace=True)
+    assert host_exec.runs == before
+    for a, b in zip(params, ref):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(fastpath, "enabled", True)
+    p = [np.ones(5)]
+    opt = ao.adam(0.1)
+    p, _ = opt.step(p, p, opt.init(p), inplace=True)  # the gradient is the parameter
+    assert host_exec.runs == before
+    np.testing.assert_allclose(p[0], 0.9)
+
+
+def test_declines_where_floating_point_errors_could_raise(monkeypatch):
+    """Where NumPy's error handling could raise (``seterr(all="raise")``, or warnings
+    made errors, as this suite does), the kernels (which raise nothing) are not used:
+    the checked NumPy executor runs, and raises before writing where it must."""
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    p, g = [np.ones(4)], [np.ones(4)]
+    opt = ao.adam(0.1)
+    state = opt.init(p)
+    before = host_exec.runs
+    with np.errstate(all="raise"):
+        p, state = opt.step(p, g, state, inplace=True)
+    assert host_exec.runs == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p, state = opt.step(p, g, state, inplace=True)
+    assert host_exec.runs == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p, state = opt.step(p, g, state, inplace=True)
+    assert host_exec.runs == before + 1
+
+
+def test_no_memory_growth_and_no_temporaries():
+    """No growth per step (no object left alive: counted after a collection) and no
+    parameter-sized temporary (peak traced memory of a step: RMSprop allocates no
+    array; LAMB's scratch is made once, on its first step)."""
+    import gc
+    import tracemalloc
+
+    warnings.simplefilter("ignore", RuntimeWarning)  # pytest restores the filters
+    params = [np.ones(300_000, np.float32) for _ in range(2)]
+    grads = [np.full(300_000, 0.5, np.float32) for _ in range(2)]
+    for make in (lambda: ao.rmsprop(lr=0.01, momentum=0.9), lambda: ao.lamb(1e-3)):
+        opt = make()
+        state = opt.init(params)
+        for _ in range(3):
+            params, state = opt.step(params, grads, state, inplace=True)
+        before = host_exec.runs
+        gc.collect()
+        alive = len(gc.get_objects())
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            for _ in range(20):
+                params, state = opt.step(params, grads, state, inplace=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        gc.collect()
+        assert host_exec.runs == before + 20
+        assert len(gc.get_objects()) - alive < 10  # nothing kept per step
+        assert peak - base < 64 * 1024  # far under one 1.2 MB parameter
+
+
+_CHILD = textwrap.dedent(
+    """
+    import numpy as np, agrad.optim as ao
+    from agrad.optim.program import host_c, host_exec
+    p = [np.ones(7, np.float32), np.ones((2, 3), np.float32)]
+    opt = ao.nadam(lr=0.01); s = opt.init(p)
+    p, s = opt.step(p, [x * 0.5 for x in p], s, inplace=True)
+    print(host_exec.enabled, host_exec.runs, host_c.builds, repr(float(p[0][0])))
+    """
+)
+
+
+def _child(cache: str, **env: str) -> list[str]:
+    full = {**os.environ, "XDG_CACHE_HOME": cache, **env}
+    full["PYTHONPATH"] = os.pathsep.join([*sys.path])
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=full, check=True
+    )
+    return res.stdout.split()
+
+
+def test_disk_cache_survives_processes_and_env_switch(tmp_path):
+    """A second process loads the kernels the first compiled (no compile); with
+    ``AGRAD_HOST_KERNELS=0`` the route is off and the result is the same."""
+    first = _child(str(tmp_path))
+    second = _child(str(tmp_path))
+    assert first[:2] == ["True", "1"] and int(first[2]) >= 1
+    assert second[:3] == ["True", "1", "0"]
+    assert list((tmp_path / "agrad" / "host-kernels").glob("*.so"))
+    assert not list((tmp_path / "agrad" / "host-kernels").glob("*.c"))  # no leftovers
+    off = _child(str(tmp_path / "other"), AGRAD_HOST_KERNELS="0")
+    assert off[:3] == ["False", "0", "0"]
+    assert off[3] == first[3] == second[3]
+
+
+def test_threads_sharing_one_optimizer_keep_their_own_tables_and_scratch(monkeypatch):
+    """One optimizer stepping different parameters in several threads at once (the
+    kernels release the GIL): each thread's pointer tables and scratch are its own."""
+    import threading
+
+    monkeypatch.setattr(host_exec, "prefer_fused", False)
+    warnings.simplefilter("ignore", RuntimeWarning)  # pytest restores the filters
+    shapes = [(300, 40), (40,)] * 3
+    opt = ao.lamb(1e-2)
+    runs = [(_leaves("numpy", shapes, np.float32, 10 * k), k) for k in range(4)]
+    expected = []
+    monkeypatch.setattr(fastpath, "enabled", False)  # the generic path: the reference
+    for params, _ in runs:
+        ref, ref_opt = [p.copy() for p in params], ao.lamb(1e-2)
+        state = ref_opt.init(ref)
+        for s in range(5):
+            ref, state = ref_opt.step(ref, _leaves("numpy", shapes, np.float32, s), state)
+        expected.append(ref)
+    monkeypatch.setattr(fastpath, "enabled", True)
+    before = host_exec.runs
+    errors = []
+
+    def work(params, k):
+        try:
+            state = opt.init(params)
+            for s in range(5):
+                grads = _leaves("numpy", shapes, np.float32, s)
+                params, state = opt.step(params, grads, state, inplace=True)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=r) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert host_exec.runs == before + 20
+    for (params, _), ref in zip(runs, expected):
+        for a, b in zip(params, ref):
+            np.testing.assert_array_equal(a, b)
