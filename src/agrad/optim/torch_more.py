@@ -289,8 +289,8 @@ def adafactor_torch(
 
     def rule(xp, t, lr_t, _, g, p, row_var, col_var, var):
         e1 = float(xp.finfo(p.dtype).eps) if eps1 is None else eps1
-        e1_floor = full_scalar(xp, p[(0,) * p.ndim], e1)  # a 0-d array, or a number
-        w = leaf_scalar(xp, t**beta2_decay, p)
+        w = leaf_scalar(xp, t**beta2_decay, p)  # 0-d, in p's dtype (p may be empty)
+        e1_floor = full_scalar(xp, w, e1)  # a 0-d array
         inv_sqrt_t = 1 / (t**0.5)
         lr_s = xp.astype(lr_t, t.dtype) if is_array(lr_t) else xp.full_like(t, lr_t)
         rho = leaf_scalar(xp, xp.minimum(lr_s, inv_sqrt_t), p)
@@ -311,7 +311,7 @@ def adafactor_torch(
         e1_sq = (
             xp.multiply(e1_floor, e1_floor)
             if is_hyper_array(e1)
-            else full_scalar(xp, p[(0,) * p.ndim], e1 * e1)
+            else full_scalar(xp, w, e1 * e1)
         )
         u = xp.multiply(1.0 / xp.sqrt(xp.maximum(estimate, e1_sq)), g)
         rms_u = div_scalar(xp, _norm(xp, u) / (math.prod(u.shape) ** 0.5), d)
