@@ -71,6 +71,7 @@ EXTRA = {
     "sign_sgd": lambda: ao.sign_sgd(0.01),
     "signum": lambda: ao.signum(0.01),
     "adabelief-optax": lambda: ao.adabelief(1e-2),
+    "yogi": lambda: ao.yogi(1e-2),
     "adam-schedule": lambda: ao.adam(lr=ao.linear_lr(0.01, start_factor=0.5, total_iters=2)),
     "chain-wd-clip-schedule": lambda: ao.chain(
         ao.clip_by_global_norm(0.5),

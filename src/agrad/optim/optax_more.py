@@ -336,8 +336,13 @@ def scale_by_yogi(
 
     def init(params: Any) -> ScaleByYogiState:
         xp = namespace_of(params)
-        full = tree_map(lambda p: full_scalar(xp, p, initial_accumulator_value), params)
-        return ScaleByYogiState(_new_count(params), full, tree_map(lambda p: p * 1.0, full))
+
+        def full(p: Any) -> Any:
+            return full_scalar(xp, p, initial_accumulator_value)
+
+        # two separate arrays (an in-place step writes both); `p * 1.0` would turn a
+        # 0-d NumPy array into a NumPy scalar
+        return ScaleByYogiState(_new_count(params), tree_map(full, params), tree_map(full, params))
 
     def update(updates: Any, state: ScaleByYogiState, params: Any):
         xp = namespace_of(updates)
