@@ -331,28 +331,46 @@ def _jitted_run(tx, params, grads_seq, apply):
     return params, state
 
 
-def test_apply_if_finite_around_multi_steps_catches_a_nan_mini_step_like_optax(xp):
-    """A NaN or inf on a mini-step that emits nothing is caught (the incoming gradients
-    are checked, as optax does) instead of poisoning the accumulator: equal to
-    ``optax.apply_if_finite(optax.MultiSteps(...))``, counters included."""
+def _nan_sequence():
     rng = np.random.default_rng(5)
     p0 = _tree(6)
     seq = [{k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(10)]
     seq[4]["w"][0, 0] = np.nan  # mini-step 2 of 3: emits nothing
     seq[7]["b"][1] = np.inf  # the emitting mini-step
+    return p0, seq
+
+
+_OPTAX_NAN_REF: list = []
+
+
+def _optax_nan_reference():
+    """``optax.apply_if_finite(optax.MultiSteps(sgd))`` on the sequence, jitted, once."""
+    if not _OPTAX_NAN_REF:
+        p0, seq = _nan_sequence()
+        tx = optax.apply_if_finite(optax.MultiSteps(optax.sgd(0.1, momentum=0.9), 3), 2)
+        ref, state = _jitted_run(
+            tx,
+            {k: jnp.asarray(v) for k, v in p0.items()},
+            [{k: jnp.asarray(v) for k, v in g.items()} for g in seq],
+            optax.apply_updates,
+        )
+        _OPTAX_NAN_REF.append((ref, int(state.total_notfinite)))
+    return _OPTAX_NAN_REF[0]
+
+
+def test_apply_if_finite_around_multi_steps_catches_a_nan_mini_step_like_optax(xp):
+    """A NaN or inf on a mini-step that emits nothing is caught (the incoming gradients
+    are checked, as optax does) instead of poisoning the accumulator: equal to
+    ``optax.apply_if_finite(optax.MultiSteps(...))``, counters included."""
+    p0, seq = _nan_sequence()
     opt = optim.apply_if_finite(optim.multi_steps(optim.sgd(0.1, momentum=0.9), 3), 2)
     params = _to(xp, p0)
     state = opt.init(params)
     for g in seq:
         params, state = opt.step(params, _to(xp, g), state, inplace=False)
-    ref_tx = optax.apply_if_finite(optax.MultiSteps(optax.sgd(0.1, momentum=0.9), 3), 2)
-    ref = {k: jnp.asarray(v) for k, v in p0.items()}
-    ref_state = ref_tx.init(ref)
-    for g in seq:
-        u, ref_state = ref_tx.update({k: jnp.asarray(v) for k, v in g.items()}, ref_state, ref)
-        ref = optax.apply_updates(ref, u)
+    ref, total = _optax_nan_reference()
     _close(params, ref, rtol=1e-7, atol=1e-8)  # optax's MultiSteps averages as a running mean
-    assert int(to_numpy(state.total_notfinite)) == int(ref_state.total_notfinite) == 2
+    assert int(to_numpy(state.total_notfinite)) == total == 2
     assert np.all(np.isfinite(to_numpy(params["w"])))
 
 
