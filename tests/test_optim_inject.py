@@ -220,7 +220,7 @@ CASES: dict[str, tuple] = {
         o.schedule_free_adamw,
         {},
         dict(lr=0.01, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, weight_lr_power=2.0),
-        dict(lr=0.02, b1=0.9, b2=0.8, eps=1e-3, weight_decay=0.2, weight_lr_power=1.0),
+        dict(lr=0.02, b1=0.8, b2=0.8, eps=1e-3, weight_decay=0.2, weight_lr_power=1.0),
     ),
     "lookahead": (
         o.lookahead,
@@ -275,7 +275,7 @@ CASES: dict[str, tuple] = {
         o.schedule_free,
         {"base_optimizer": o.sgd(0.1)},
         dict(lr=0.1, b1=0.9, weight_lr_power=2.0),
-        dict(lr=0.2, b1=0.9, weight_lr_power=1.0),
+        dict(lr=0.2, b1=0.8, weight_lr_power=1.0),
     ),
 }
 
