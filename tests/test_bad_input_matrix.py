@@ -569,7 +569,8 @@ def _(xp):
 @row("adam-update-beta-not-a-number", TypeError)
 def _(xp):
     return _with_match(
-        _adam_call(xp, beta1="0.9"), r"adam_update: beta1 must be a Python number, got str"
+        _adam_call(xp, beta1="0.9"),
+        r"adam_update: beta1 must be a Python number or a 0-d array, got str",
     )
 
 

@@ -21,7 +21,7 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
 SHAPES = {"w": (6, 5), "b": (7,)}
-STEPS = 150
+STEPS = 50  # float64 on NumPy: 1e-10 after 50 steps (150 before: the same check, 3x the time)
 MASK = {"w": True, "b": False}
 
 
@@ -146,8 +146,10 @@ F32_CASES = [n for n in F32_CASES if n not in ("schedule_free_adamw", "yogi", "l
 @pytest.mark.parametrize("name", F32_CASES)
 def test_matches_optax_float32(name):
     p0, c, targets = _problem()
-    ref, ref_slow = _optax_run(name, p0, c, targets, jnp.float32, 25)
-    got, slow = _agrad_run(jnp, name, p0, c, targets, np.float32, 25)
+    # eager on both sides (jitted XLA rounds otherwise): 12 steps, most of the time is
+    # per-operation dispatch
+    ref, ref_slow = _optax_run(name, p0, c, targets, jnp.float32, 12)
+    got, slow = _agrad_run(jnp, name, p0, c, targets, np.float32, 12)
     for v in got.values():
         assert v.dtype == jnp.float32
     assert _rel_err(got, ref) < 1e-6

@@ -317,3 +317,102 @@ def test_clip_by_global_norm_property(max_norm, scale, seed):
         float(optim.global_norm(got)) <= max_norm * (1 + 1e-12)
         or float(optim.global_norm(_to(npx, u))) < max_norm
     )
+
+
+def _jitted_run(tx, params, grads_seq, apply):
+    """A jitted update per step (JAX float32); returns the parameters and the state."""
+    import jax
+
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+    state = tx.init(params)
+    for g in grads_seq:
+        u, state = step(params, state, g)
+        params = apply(params, u)
+    return params, state
+
+
+def _nan_sequence():
+    rng = np.random.default_rng(5)
+    p0 = _tree(6)
+    seq = [{k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(10)]
+    seq[4]["w"][0, 0] = np.nan  # mini-step 2 of 3: emits nothing
+    seq[7]["b"][1] = np.inf  # the emitting mini-step
+    return p0, seq
+
+
+_OPTAX_NAN_REF: list = []
+
+
+def _optax_nan_reference():
+    """``optax.apply_if_finite(optax.MultiSteps(sgd))`` on the sequence, jitted, once."""
+    if not _OPTAX_NAN_REF:
+        p0, seq = _nan_sequence()
+        tx = optax.apply_if_finite(optax.MultiSteps(optax.sgd(0.1, momentum=0.9), 3), 2)
+        ref, state = _jitted_run(
+            tx,
+            {k: jnp.asarray(v) for k, v in p0.items()},
+            [{k: jnp.asarray(v) for k, v in g.items()} for g in seq],
+            optax.apply_updates,
+        )
+        _OPTAX_NAN_REF.append((ref, int(state.total_notfinite)))
+    return _OPTAX_NAN_REF[0]
+
+
+def test_apply_if_finite_around_multi_steps_catches_a_nan_mini_step_like_optax(xp):
+    """A NaN or inf on a mini-step that emits nothing is caught (the incoming gradients
+    are checked, as optax does) instead of poisoning the accumulator: equal to
+    ``optax.apply_if_finite(optax.MultiSteps(...))``, counters included."""
+    p0, seq = _nan_sequence()
+    opt = optim.apply_if_finite(optim.multi_steps(optim.sgd(0.1, momentum=0.9), 3), 2)
+    params = _to(xp, p0)
+    state = opt.init(params)
+    for g in seq:
+        params, state = opt.step(params, _to(xp, g), state, inplace=False)
+    ref, total = _optax_nan_reference()
+    _close(params, ref, rtol=1e-7, atol=1e-8)  # optax's MultiSteps averages as a running mean
+    assert int(to_numpy(state.total_notfinite)) == total == 2
+    assert np.all(np.isfinite(to_numpy(params["w"])))
+
+
+@pytest.mark.parametrize("kind", ["masked", "partition"])
+def test_masked_and_partition_with_unsorted_dicts_under_jit_match_optax(kind):
+    """Insertion-ordered (unsorted) params and mask dicts: jax.jit returns the dicts
+    sorted, and the state still fits (it lists leaves in sorted-key order); equal to
+    ``optax.masked`` / ``optax.partition``."""
+    import jax
+
+    with jax.enable_x64(False):
+        rng = np.random.default_rng(7)
+        shapes = {"w": (6, 5), "s": (), "b": (5,)}  # not sorted
+        p0 = {k: jnp.asarray(rng.standard_normal(s), dtype=jnp.float32) for k, s in shapes.items()}
+        seq = [
+            {k: jnp.asarray(rng.standard_normal(s), dtype=jnp.float32) for k, s in shapes.items()}
+            for _ in range(3)
+        ]
+        mask = {"s": True, "b": False, "w": True}  # another order
+        labels = {"b": "y", "w": "x", "s": "x"}
+        if kind == "masked":
+            ours = optim.masked(optim.scale_by_adam(), mask)
+            theirs = optax.masked(optax.scale_by_adam(), mask)
+        else:
+            ours = optim.partition({"x": optim.scale_by_adam(), "y": optim.sgd(0.1)}, labels)
+            theirs = optax.partition({"x": optax.scale_by_adam(), "y": optax.sgd(0.1)}, labels)
+
+        def apply(p, u):
+            return {k: p[k] + u[k] for k in p}
+
+        got, _ = _jitted_run(ours, p0, seq, apply)
+        ref, _ = _jitted_run(theirs, p0, seq, optax.apply_updates)
+        eager, _ = _jitted_run(ours, dict(reversed(list(p0.items()))), seq, apply)
+    _close(got, ref, rtol=1e-6, atol=1e-7)
+    _close(eager, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_masked_with_nothing_masked_passes_updates_through(xp):
+    """An all-False mask leaves every update unchanged (optax.masked does the same)."""
+    p0 = _to(xp, _tree(8))
+    opt = optim.masked(optim.adam(0.1), {"w": False, "b": False})
+    state = opt.init(p0)
+    g = _to(xp, _tree(9))
+    updates, _ = opt.update(g, state, p0)
+    _close(updates, {k: to_numpy(v) for k, v in g.items()})

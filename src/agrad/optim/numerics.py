@@ -1,8 +1,10 @@
 """Arithmetic shared by the update rules, in the evaluation order torch uses.
 
 Hyperparameters are Python floats (multiplied with operators so float32 stays
-float32) or, for the learning rate, a 0-d array (possibly traced, so a learning rate
-can be learned through a step) or a schedule: a callable of the step count.
+float32) or 0-d arrays (injected by :func:`agrad.optim.inject_hyperparams`, possibly
+traced, so a learning rate can be learned through a step), which :func:`scale`,
+:func:`add_scalar` and :func:`div_scalar` round to each leaf's dtype where they meet
+it; the learning rate may also be a schedule: a callable of the step count.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ __all__ = [
     "div_scalar",
     "full_scalar",
     "check_betas",
-    "check_hyper",
     "hyper_float",
     "is_hyper_array",
     "static_int",
@@ -367,27 +368,6 @@ def _check_number(fn: str, name: str, value: Any) -> float | None:
         return concrete_value(value)
     msg = f"{fn}: {name} must be a Python number or a 0-d array, got {type(value).__name__}"
     raise TypeError(msg)
-
-
-def check_hyper(
-    fn: str,
-    name: str,
-    value: Any,
-    low: float,
-    high: float,
-    *,
-    closed_low: bool = True,
-    closed_high: bool = True,
-) -> None:
-    """``value`` (a number or a 0-d array) lies in the interval from ``low`` to ``high``."""
-    v = _check_number(fn, name, value)
-    if v is None:
-        return
-    ok = math.isfinite(v) or (high == math.inf and v == math.inf)
-    ok = ok and (v >= low if closed_low else v > low) and (v <= high if closed_high else v < high)
-    if not ok:
-        lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
-        _fail(fn, name, v, f"a number in {lo}{low}, {high}{hi}")
 
 
 def check_nonnegative(fn: str, **values: Any) -> None:

@@ -436,9 +436,12 @@ def apply_if_finite(
 ) -> GradientTransformation:
     """Skip steps whose updates are not all finite (``optax.apply_if_finite``).
 
-    A step with a NaN or infinity in ``inner``'s updates gives zero updates and keeps
-    ``inner``'s state, unless more than ``max_consecutive_errors`` such steps came in
-    a row (then it is applied). The state counts consecutive and total skips.
+    A step whose incoming updates (the gradients) hold a NaN or an infinity gives zero
+    updates and keeps ``inner``'s state, unless more than ``max_consecutive_errors``
+    such steps came in a row (then it is applied). The state counts consecutive and
+    total skips. As in optax, the incoming updates are checked, so a non-finite
+    gradient is caught on a mini-step of :func:`multi_steps` that emits nothing
+    (instead of poisoning its accumulator).
     """
     static_int("agrad.optim.apply_if_finite", "max_consecutive_errors", max_consecutive_errors)
 
@@ -453,7 +456,7 @@ def apply_if_finite(
         like = _first_leaf(updates)
         new_updates, inner_state = inner.inner_update(updates, state.inner_state, params)
         finite = None
-        for u in flatten_leaves(new_updates)[0]:
+        for u in flatten_leaves(updates)[0]:
             ok = xp.all(xp.isfinite(u))
             finite = ok if finite is None else xp.logical_and(finite, ok)
         nf_old = as_count(xp, state.notfinite_count, like)
@@ -471,13 +474,53 @@ def apply_if_finite(
     )
 
 
+def _leaf_paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Each leaf's path as a tuple of (kind, key), in :func:`flatten_leaves` order."""
+    if isinstance(node, dict):
+        out: list[tuple] = []
+        for k in node:
+            out += _leaf_paths(node[k], (*prefix, (1, type(k).__name__, k)))
+        return out
+    if isinstance(node, (list, tuple)):
+        out = []
+        for i, c in enumerate(node):
+            out += _leaf_paths(c, (*prefix, (0, "", i)))
+        return out
+    return [prefix]
+
+
+def _canonical_order(tree: Any) -> list[int]:
+    """The leaves of ``tree`` in sorted-key order: indices into :func:`flatten_leaves`.
+
+    A dict's insertion order is not part of its structure: ``jax.jit`` returns dicts
+    with sorted keys, and optax's states follow the tree, not an order. Transforms that
+    keep a list of some leaves (:func:`masked`, :func:`partition`) list them in this
+    order, so a state made for ``{"w": ..., "b": ...}`` fits ``{"b": ..., "w": ...}``.
+    Falls back to the flattening order where keys cannot be sorted.
+    """
+    n = len(flatten_leaves(tree)[0])
+    paths = _leaf_paths(tree)
+    if len(paths) != n:
+        return list(range(n))
+    try:
+        return sorted(range(n), key=paths.__getitem__)
+    except TypeError:  # keys of types that do not compare
+        return list(range(n))
+
+
 @python_numbers
 def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
-    """Apply ``inner`` to the masked leaves only; the others pass through (``optax.masked``)."""
+    """Apply ``inner`` to the masked leaves only; the others pass through (``optax.masked``).
+
+    ``inner`` sees the masked leaves as a list, in sorted-key order
+    (:func:`_canonical_order`), whatever the insertion order of the dicts; with no
+    leaf masked, the updates pass through and ``inner``'s state is kept.
+    """
     fn_name = "agrad.optim.masked"
 
     def select(tree: Any, use: list[bool], like: Any) -> list[Any]:
-        return [x for x, m in zip(leaves_like(tree, like), use) if m]
+        leaves = leaves_like(tree, like)
+        return [leaves[i] for i in _canonical_order(like) if use[i]]
 
     def init(params: Any) -> MaskedState:
         use = _mask_leaves(fn_name, mask, params)
@@ -486,10 +529,13 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     def update(updates: Any, state: MaskedState, params: Any) -> tuple[Any, MaskedState]:
         ref = params if params is not None else updates
         use = _mask_leaves(fn_name, mask, ref)
+        if not any(use):  # nothing for the inner transformation (optax: its state advances)
+            return updates, state
         sub_p = None if params is None else select(params, use, ref)
         sub_u, inner_state = inner.inner_update(select(updates, use, ref), state.inner_state, sub_p)
-        it = iter(sub_u)
-        out = [next(it) if m else u for u, m in zip(leaves_like(updates, ref), use)]
+        out = list(leaves_like(updates, ref))
+        for i, u in zip([i for i in _canonical_order(ref) if use[i]], sub_u):
+            out[i] = u
         return unflatten(flatten_leaves(ref)[1], out), MaskedState(inner_state)
 
     return _wrapping("masked", init, update, inner, mask=mask)
@@ -503,7 +549,7 @@ def partition(
 
     ``labels`` is a pytree shaped like the parameters whose leaves are keys of
     ``transforms`` (or a callable ``params -> labels``). Each transformation sees the
-    list of its leaves, in tree order.
+    list of its leaves, in sorted-key order (dict insertion order does not matter, as under ``jax.jit``).
     """
     fn_name = "agrad.optim.partition"
     transforms = dict(transforms)
@@ -531,9 +577,11 @@ def partition(
         return out
 
     def groups(tree: Any, labs: list[Any], like: Any) -> dict[str, list[Any]]:
+        """Each label's leaves in sorted-key order (:func:`_canonical_order`)."""
         out: dict[str, list[Any]] = {k: [] for k in transforms}
-        for x, lab in zip(leaves_like(tree, like), labs):
-            out[lab].append(x)
+        leaves = leaves_like(tree, like)
+        for i in _canonical_order(like):
+            out[labs[i]].append(leaves[i])
         return out
 
     def init(params: Any) -> PartitionState:
@@ -550,7 +598,9 @@ def partition(
         for k, t in transforms.items():
             outs[k], new_states[k] = t.inner_update(gu[k], state.inner_states[k], gp[k])
         iters = {k: iter(v) for k, v in outs.items()}
-        leaves = [next(iters[lab]) for lab in labs]
+        leaves: list[Any] = [None] * len(labs)
+        for i in _canonical_order(ref):
+            leaves[i] = next(iters[labs[i]])
         return unflatten(flatten_leaves(ref)[1], leaves), PartitionState(new_states)
 
     needs = any(t.needs_params for t in transforms.values())
