@@ -56,7 +56,7 @@ def run_nodes(
             continue
         args = [val(a) for a in n.args]
         if op in _OPERATORS and any(hasattr(x, "shape") for x in args):
-            out = _OPERATORS[op](*args)
+            out = _OPERATORS[op](*_python_float_rules(xp, args))
         elif op == "astype":
             out = xp.astype(xp.asarray(args[0]), n.attr("dtype_to"))
         elif op == "asarray":
@@ -70,6 +70,25 @@ def run_nodes(
             out = getattr(xp, op)(*args)
         values[i] = out
     return values
+
+
+def _python_float_rules(xp: Any, args: list[Any]) -> list[Any]:
+    """An integer 0-d array meeting a Python float is computed in float64, as the generic
+    path computes it (there the count is a Python int: ``0.95 ** count`` is a Python
+    float). NumPy, CuPy and Dask promote so already; torch would give its default float
+    dtype (float32), a value rounded differently from the generic path's.
+    """
+    if not any(type(x) is float for x in args):
+        return args
+    return [
+        xp.astype(x, xp.float64) if hasattr(x, "dtype") and _is_integer(x.dtype) else x
+        for x in args
+    ]
+
+
+def _is_integer(dtype: Any) -> bool:
+    name = str(dtype).rsplit(".", 1)[-1]
+    return "int" in name
 
 
 def as_number(x: Any) -> Any:
