@@ -89,6 +89,7 @@ from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 from agrad.optim._cache import LRUCache
+from agrad.optim._treeplan import TreePlan
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
 from agrad.optim.program import kernel_route, numpy_exec, torch_exec
@@ -206,7 +207,10 @@ def _hyper_ok(hp: dict[str, Any]) -> bool:
 class _Compiled:
     """A recorded program with what its executor needs, made once per program."""
 
-    __slots__ = ("fused", "getters", "groups", "pre", "pre_used", "program", "runners", "xp")
+    __slots__ = (
+        "fused", "getters", "groups", "laneless_writes", "new_numbers", "pre", "pre_used",
+        "program", "runners", "xp",
+    )  # fmt: skip
 
     def __init__(
         self, program: Any, groups: list[Any], runners: list[Any] | None, fused: Any, xp: Any
@@ -222,6 +226,14 @@ class _Compiled:
         self.runners = runners
         self.fused = fused
         self.getters = [_column_getters(group, program.n_params) for group in groups]
+        pre_set = set(self.pre)
+        refs = list(enumerate(program.new_state))
+        # (state leaf, laneless node): the leaf is written with the node's value
+        self.laneless_writes = [
+            (j, r[1]) for j, r in refs if r is not None and r[0] == "n" and r[1] in pre_set
+        ]
+        # (state leaf, reference): the leaf's new value is a number
+        self.new_numbers = [(j, r) for j, r in refs if r is not None and r[0] != "n"]
 
 
 _DECLINED = object()
@@ -271,11 +283,16 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     """
     if not enabled:
         return None
+    cache = _programs(opt)
+    steady = cache.get(_STEADY)
+    if steady is not None:
+        out = _steady_step(steady, opt, params, grads, state)
+        if out is not None:
+            return out
     got = _inputs(opt, params, grads, state)
     if got is None:
         return kernel_route.try_step(opt, params, grads, state)  # CuPy, Dask
     lib, p, g, key, s_leaves, s_def = got
-    cache = _programs(opt)
     variants = cache.get(key)
     if variants is _DECLINED:
         return None
@@ -301,27 +318,192 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             scalars = evaluate_scalars(chosen.program.scalars, s_leaves)
         except Exception:
             return None
+    got = _per_step(chosen, s_leaves, scalars)
+    if got is None:
+        return None
+    numbers, writes = got
+    if lib == "numpy":
+        if not _run_numpy(chosen, p, g, s_leaves, scalars, numbers, state, writes):
+            return None
+    else:
+        steady = _run_torch(chosen, p, g, s_leaves, scalars, numbers, state, writes)
+        if not steady:
+            return None
+        if steady is not True:  # every tensor contiguous: later steps may take the check below
+            cache[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady)
+    return params, unflatten(s_def, _new_state(chosen, s_leaves, scalars))
+
+
+def _per_step(compiled: _Compiled, s_leaves: list, scalars: list) -> tuple[dict, list] | None:
+    """The step's laneless values as numbers, and the laneless state arrays to write."""
     try:  # the per-step scalars (a step count, bias corrections), before any write
-        pre = run_nodes(chosen.program, chosen.pre, chosen.xp, s_leaves, scalars)
-        numbers = {i: as_number(pre[i]) for i in chosen.pre_used}
+        pre = run_nodes(compiled.program, compiled.pre, compiled.xp, s_leaves, scalars)
+        numbers = {i: as_number(pre[i]) for i in compiled.pre_used}
     except Exception:  # the generic path raises its own message
         return None
     # laneless new state arrays (a step count) are written in place after the lanes
     writes = [
-        (leaf, pre[ref[1]])
-        for leaf, ref in zip(s_leaves, chosen.program.new_state)
-        if ref is not None and ref[0] == "n" and ref[1] in pre and pre[ref[1]] is not leaf
+        (s_leaves[j], pre[node])
+        for j, node in compiled.laneless_writes
+        if pre[node] is not s_leaves[j]
     ]
-    run = _run_numpy if lib == "numpy" else _run_torch
-    if not run(chosen, p, g, s_leaves, scalars, numbers, state, writes):
+    return numbers, writes
+
+
+def _new_state(compiled: _Compiled, s_leaves: list, scalars: list) -> list[Any]:
+    """The new state's leaves: the same arrays (updated), the new Python numbers."""
+    new = list(s_leaves)
+    for j, ref in compiled.new_numbers:
+        new[j] = scalars[ref[1]] if ref[0] == "s" else ref[1]
+    return new
+
+
+# -- the steady state: the same tensors as last step, checked in bulk (torch) -----------
+_STEADY = ("fastpath", "steady")  # the program cache's entry for the last torch step
+
+
+def _pick(idx: list[int]) -> Callable[[list], list]:
+    """``xs -> [xs[i] for i in idx]`` at C speed."""
+    if not idx:
+        return lambda xs: []
+    if len(idx) == 1:
+        return lambda xs, i=idx[0]: [xs[i]]
+    get = itemgetter(*idx)
+    return lambda xs: list(get(xs))
+
+
+class _Steady:
+    """What the last torch step checked, so that the next one can be checked in bulk.
+
+    Training calls ``step`` with the same parameter and state tensors every time. A
+    torch tensor's metadata (shape, strides, storage, leaf status) changes only
+    through an operation on the tensor itself, and every such operation (``resize_``,
+    ``set_``, ``as_strided_``, ``transpose_``, an in-place op that makes it a
+    non-leaf ...) bumps its version counter, which the step leaves at a known value;
+    the one that does not, assigning ``.data``, replaces the storage pointer, shape,
+    dtype or contiguity, which are compared too. So where the parameters and the
+    state arrays are the very objects of the last step, in containers of the same
+    structure, and each written tensor's version, data pointer, shape, dtype and
+    contiguity are unchanged, every per-tensor check of the last step (device,
+    layout, inference mode, leaf status, memory overlap among written tensors) still
+    holds. Gradients, often new tensors each step, are checked each step: type,
+    shape, dtype, contiguity, and (unless the same tensors at the same addresses as
+    last step) device and overlap with the written tensors. Anything else takes the
+    full check.
+    """
+
+    __slots__ = (
+        "arrays",
+        "compiled",
+        "device",
+        "dtypes",
+        "g",
+        "g_ptrs",
+        "groups",
+        "number_idx",
+        "numbers",
+        "p",
+        "p_plan",
+        "s_arrays",
+        "s_plan",
+        "shapes",
+        "versions",
+        "w_dtypes",
+        "w_ptrs",
+        "w_shapes",
+        "w_sizes",
+        "written",
+    )  # fmt: skip
+
+    def __init__(self, compiled, params, p, g, s_leaves, s_def, groups, written, versions):
+        import torch
+
+        self.compiled = compiled
+        self.p_plan = TreePlan(flatten_leaves(params)[1])
+        self.s_plan = TreePlan(s_def)
+        self.p = list(p)
+        idx = [i for i, x in enumerate(s_leaves) if isinstance(x, torch.Tensor)]
+        self.arrays = _pick(idx)
+        self.s_arrays = self.arrays(s_leaves)
+        self.number_idx = [i for i in range(len(s_leaves)) if i not in set(idx)]
+        self.numbers = _pick(self.number_idx)
+        self.written = written
+        self.versions = versions
+        self.w_ptrs = list(map(torch.Tensor.data_ptr, written))
+        self.w_shapes = list(map(_SHAPE, written))
+        self.w_dtypes = list(map(_DTYPE, written))
+        self.w_sizes = list(map(_NBYTES, written))
+        self.shapes = self.w_shapes[: len(p)]
+        self.dtypes = self.w_dtypes[: len(p)]
+        self.device = p[0].device
+        self.g = list(g)
+        self.g_ptrs = list(map(torch.Tensor.data_ptr, g))
+        self.groups = groups
+
+
+def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) -> Any:
+    """The step on :class:`_Steady`'s bulk checks, or ``None`` (take the full check)."""
+    import torch
+
+    p = rec.p_plan.leaves(params)
+    if p is None or len(p) != len(rec.p) or not all(map(is_, p, rec.p)):
         return None
-    new = []
-    for leaf, ref in zip(s_leaves, chosen.program.new_state):
-        if ref is None or ref[0] == "n":
-            new.append(leaf)
-        else:
-            new.append(scalars[ref[1]] if ref[0] == "s" else ref[1])
-    return params, unflatten(s_def, new)
+    g = rec.p_plan.leaves(grads)
+    s_leaves = rec.s_plan.leaves(state)
+    if g is None or s_leaves is None or not _hyper_ok(opt.hyperparams):
+        return None
+    if not all(map(is_, rec.arrays(s_leaves), rec.s_arrays)):
+        return None
+    for x in rec.numbers(s_leaves):  # the state's Python numbers, as _state_key checks them
+        t = type(x)
+        if not ((t is int and x >= 0) or (t is float and math.isfinite(x))):
+            return None
+    written, tensor = rec.written, torch.Tensor
+    versions = list(map(_VERSION, written))
+    if (
+        versions != rec.versions
+        or list(map(tensor.data_ptr, written)) != rec.w_ptrs
+        or list(map(_SHAPE, written)) != rec.w_shapes
+        or list(map(_DTYPE, written)) != rec.w_dtypes
+        or not all(map(tensor.is_contiguous, written))
+    ):
+        return None
+    if set(map(type, g)) != {tensor}:
+        return None
+    g_ptrs = list(map(tensor.data_ptr, g))
+    if (
+        list(map(_SHAPE, g)) != rec.shapes
+        or list(map(_DTYPE, g)) != rec.dtypes
+        or not all(map(tensor.is_contiguous, g))
+    ):
+        return None
+    same_g = g_ptrs == rec.g_ptrs and all(map(is_, g, rec.g))
+    if not same_g:
+        if set(map(_DEVICE, g)) != {rec.device}:
+            return None
+        n = len(written)
+        if not _disjoint(rec.w_ptrs + g_ptrs, rec.w_sizes + rec.w_sizes[: len(g)], n):
+            return None
+    compiled = rec.compiled
+    try:
+        scalars = evaluate_scalars(compiled.program.scalars, s_leaves)
+    except Exception:
+        return None
+    if not all(scalars[i] == v for i, v in compiled.program.guards):
+        return None  # another variant of the program: the full route picks it
+    got = _per_step(compiled, s_leaves, scalars)
+    if got is None:
+        return None
+    numbers, writes = got
+    if same_g:
+        groups = rec.groups
+    else:
+        groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
+    rec.versions = _torch_execute(
+        torch, compiled, groups, written, scalars, numbers, state, writes, versions
+    )
+    rec.g, rec.g_ptrs, rec.groups = g, g_ptrs, groups
+    return params, rec.s_plan.build(_new_state(compiled, s_leaves, scalars))
 
 
 def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
@@ -472,7 +654,12 @@ def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
     return True
 
 
-def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
+def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> Any:
+    """Check the step's tensors (:func:`_torch_memory_ok`) and run it; ``False`` declines.
+
+    Returns ``(groups, written, versions)`` where every tensor is contiguous (what
+    :class:`_Steady` needs to check the next step in bulk), else ``True``.
+    """
     import torch
 
     dtypes = set(map(_DTYPE, p))
@@ -486,11 +673,23 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
     def lanes() -> list[tuple]:
         return [ts for cols in groups for ts in zip(*cols)]
 
-    if not _torch_memory_ok(torch, lanes, written, list(g)):
+    contiguous = _torch_memory_ok(torch, lanes, written, list(g))
+    if not contiguous:
         return False
-    versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
+    versions = _torch_execute(torch, compiled, groups, written, scalars, pre, state, writes)
+    return (groups, written, versions) if contiguous == "contiguous" else True
+
+
+def _torch_execute(
+    torch, compiled, groups, written, scalars, pre, state, writes, versions=None
+) -> list[int]:
+    """Run the checked step: every written tensor's version ends one past where it began.
+
+    ``versions``: the written tensors' versions before the step, where already read.
+    """
+    versions = list(map(_PLUS_ONE, versions or map(_VERSION, written)))
     with torch.no_grad():
-        if use_fused:
+        if compiled.fused is not None and written[0].device.type in _FUSED_DEVICES:
             compiled.fused(groups, int(state.count))
         else:
             for cols, run in zip(groups, compiled.runners):
@@ -498,16 +697,16 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
         for old, value in writes:
             old.copy_(value)
     _set_versions(torch, written, versions)  # each in-place op bumped them: once per step
-    return True
+    return versions
 
 
-def _set_versions(torch: Any, tensors: list[Any], versions: tuple[int, ...]) -> None:
+def _set_versions(torch: Any, tensors: list[Any], versions: list[int]) -> None:
     """Set the tensors' autograd version counters (one bump per step, as torch.optim)."""
     setter = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
     if setter is None:  # an older torch: a bump for the tensors the kernels left alone
         _increment_versions(torch, [t for t, v in zip(tensors, versions) if t._version < v])
         return
-    setter(tuple(tensors), versions)
+    setter(tuple(tensors), tuple(versions))
 
 
 # -- memory: overlap between written arrays --------------------------------------------
@@ -610,7 +809,7 @@ def _torch_dense(x: Any) -> bool:
 
 def _torch_memory_ok(
     torch: Any, lanes: Callable[[], list[tuple]], written: list[Any], grads: list[Any]
-) -> bool:
+) -> bool | str:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
     ``lanes()`` gives, per parameter, the tuple of its tensors (parameter, gradient,
@@ -618,12 +817,14 @@ def _torch_memory_ok(
     ones. Every tensor must be contiguous, or every tensor of its parameter dense with
     one set of strides; written tensors must not be inference tensors or non-leaves
     that require grad; no written tensor may share memory with another tensor of the
-    step.
+    step. ``"contiguous"`` (true) where every tensor is contiguous.
     """
     flat = written + grads
     tensor = torch.Tensor
+    result: bool | str = "contiguous"
     try:
         if not all(map(tensor.is_contiguous, flat)):
+            result = True
             for ts in lanes():
                 if all(t.is_contiguous() for t in ts):
                     continue
@@ -639,7 +840,7 @@ def _torch_memory_ok(
         starts = list(map(tensor.data_ptr, flat))
     except (RuntimeError, NotImplementedError, TypeError):
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
-    return _disjoint(starts, list(map(_NBYTES, flat)), len(written))
+    return _disjoint(starts, list(map(_NBYTES, flat)), len(written)) and result
 
 
 def _increment_versions(torch: Any, tensors: list[Any]) -> None:
