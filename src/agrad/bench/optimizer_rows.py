@@ -4,7 +4,8 @@ Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000
 64). Each row times ``opt.step(params, grads, state)`` (in place) against a peer:
 
 - ``torch``: every optimizer with a ``torch.optim`` counterpart against
-  ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0);
+  ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0; Muon, which
+  torch implements without foreach, against its default, on the all-matrix set only);
 - ``torch fused``: Adam, AdamW, SGD and Adagrad against ``torch.optim.<X>(fused=True)``
   (target 1.1);
 - ``numpy``: Adam, SGD-momentum, RMSprop and NAdam against a hand-written in-place
@@ -30,6 +31,7 @@ import numpy as np
 from agrad.bench._harness import Row, Settings, timed_row
 
 __all__ = [
+    "AGRAD_ONLY",
     "NUMPY_LOOPS",
     "OPTIMIZERS",
     "PARAM_SETS",
@@ -70,12 +72,23 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], str | None]] = {
     "adagrad": ({"lr": LR}, "Adagrad"),
     "adamax": ({"lr": LR}, "Adamax"),
     "adadelta": ({"lr": 1.0}, "Adadelta"),
+    "rprop": ({"lr": LR}, "Rprop"),
+    "asgd": ({"lr": LR}, "ASGD"),
+    "adafactor_torch": ({"lr": LR}, "Adafactor"),
+    "muon": ({"lr": LR}, "Muon"),
     "lion": ({"lr": LR}, None),
     "lamb": ({"lr": LR}, None),
     "lars": ({"lr": LR}, None),
     "adafactor": ({"lr": LR}, None),
 }
 FUSED = ("adam", "adamw", "sgd", "adagrad")
+#: torch.optim classes without a foreach implementation (compared with their default)
+NO_FOREACH = ("Muon",)
+#: agrad options the torch class has no name for: what torch does by default
+#: (torch.optim.Muon runs its Newton-Schulz iteration in bfloat16)
+AGRAD_ONLY: dict[str, dict[str, Any]] = {"muon": {"ns_dtype": "bfloat16"}}
+#: optimizers for 2-D parameters only: their rows run on the sets where every array is 2-D
+MATRIX_ONLY = ("muon",)
 
 
 # -- the hand-written NumPy loops the ``numpy`` rows compare against -------------------
@@ -194,7 +207,7 @@ def _agrad_opt(name: str):
 
     if name == "adabelief":
         return adabelief()
-    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0])
+    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0], **AGRAD_ONLY.get(name, {}))
 
 
 def _agrad_step(name: str, params: list[Any], grads: list[Any], fast: bool = True):
@@ -262,12 +275,25 @@ def _packed_step(name: str, params, grads) -> Callable[[], None]:
 def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) -> list:
     """``(group, name, (label, make), (label, make), target)`` for one parameter set."""
     specs = []
+    matrices = all(p.ndim == 2 for p in params)
     for name, (_, cls) in OPTIMIZERS.items():
+        if name in MATRIX_ONLY and not matrices:
+            continue
         mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, t_params, t_grads))
         mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, params, grads))
         if cls is not None:
-            foreach = (f"torch.optim.{cls} foreach", partial(_torch_step, name, params, grads))
-            specs.append(("torch", name, mine_t, foreach, 1.0))
+            if cls in NO_FOREACH:
+                peer = (
+                    f"torch.optim.{cls} (no foreach)",
+                    partial(_torch_step, name, params, grads),
+                )
+            else:
+                flags = {"foreach": True}
+                peer = (
+                    f"torch.optim.{cls} foreach",
+                    partial(_torch_step, name, params, grads, **flags),
+                )
+            specs.append(("torch", name, mine_t, peer, 1.0))
             if name in FUSED:
                 fused = partial(_torch_step, name, params, grads, fused=True)
                 specs.append(
@@ -289,7 +315,10 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
         adam = ("built-in adam", partial(_agrad_step, "adam", ps, gs))
         specs.append((f"user rule ({lib})", "adabelief", user, adam, 1.3))
     packed = ("agrad packed (torch)", partial(_packed_step, "adam", params, grads))
-    foreach = ("torch.optim.Adam foreach", partial(_torch_step, "adam", params, grads))
+    foreach = (
+        "torch.optim.Adam foreach",
+        partial(_torch_step, "adam", params, grads, foreach=True),
+    )
     specs.append(("packed", "adam", packed, foreach, None))
     return specs
 
