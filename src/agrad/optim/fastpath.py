@@ -69,6 +69,13 @@ fail:
   a state tensor before the step raises "modified by an inplace operation" on
   backward, as with ``torch.optim``'s default (foreach) implementation.
 
+*Steady state (torch).* The checks above run in full on a torch step's first call and
+whenever anything changed; while the same parameter and state tensors come back in
+containers of the same structure, :class:`_Steady` verifies in bulk that none of
+them changed since (version counters, data pointers, shapes, dtypes, contiguity),
+which implies every per-tensor check still holds, and checks only the gradients
+again (see :class:`_Steady` for why this cannot be fooled by in-place changes).
+
 Not covered, as with any in-place optimizer (``torch.optim`` included): an
 asynchronous exception between two writes (``KeyboardInterrupt``, an exception from
 a signal handler), a ``MemoryError`` for the few small Python objects and buffers
