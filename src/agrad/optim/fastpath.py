@@ -338,7 +338,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             return None
         if steady is not True:  # every tensor contiguous: later steps may take the check below
             cache[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady)
-    return params, unflatten(s_def, _new_state(chosen, s_leaves, scalars))
+    return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
 
 
 def _per_step(compiled: _Compiled, s_leaves: list, scalars: list) -> tuple[dict, list] | None:
@@ -536,7 +536,7 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
         return None
     if not _hyper_ok(opt.hyperparams):
         return None
-    s_leaves, s_def = flatten_leaves(state)
+    s_leaves, s_def = _state_leaves(opt, state)
     cls = type(p[0])
     s_key = _state_key(s_leaves, cls)
     if s_key is None:
@@ -555,6 +555,33 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
             return None
     key = (p_key, tuple(shapes), tuple(dtypes), s_def, s_key, device)
     return lib, p, g, key, s_leaves, s_def
+
+
+_STATE_PLAN = ("fastpath", "state plan")  # the program cache's entry: the last state's TreePlan
+
+
+def _state_leaves(opt: Any, state: Any) -> tuple[list[Any], Any]:
+    """``flatten_leaves(state)``, by the last state's :class:`TreePlan` where it fits.
+
+    The plan's treedef is then the same object every step, whose hash is cached, so the
+    cache key costs no walk over the structure.
+    """
+    cache = _programs(opt)
+    plan = cache.get(_STATE_PLAN)
+    if plan is not None:
+        leaves = plan.leaves(state)
+        if leaves is not None:
+            return leaves, plan.treedef
+    leaves, treedef = flatten_leaves(state)
+    cache[_STATE_PLAN] = TreePlan(treedef)
+    return leaves, treedef
+
+
+def _unflatten_state(opt: Any, s_def: Any, leaves: list[Any]) -> Any:
+    plan = _programs(opt).get(_STATE_PLAN)
+    if plan is not None and plan.treedef is s_def:
+        return plan.build(leaves)
+    return unflatten(s_def, leaves)
 
 
 def _torch_device(p: list, g: list, arrays: list, kinds: set) -> Any:
