@@ -217,3 +217,16 @@ def test_steady_steps_bump_each_written_version_once():
         state = fastpath.try_step(opt, params, grads, state)[1]
     assert [x._version for x in written] == [v + 3 for v in before]
     assert [x._version for x in grads] == [0] * len(grads)
+
+
+def test_steady_record_keeps_no_gradient_alive():
+    import gc
+    import weakref
+
+    opt, params, grads, state = _setup(OPTIMIZERS["rmsprop (foreach)"])
+    new = [g.clone() for g in grads]
+    state = fastpath.try_step(opt, params, new, state)[1]
+    ref = weakref.ref(new[0])
+    del new
+    gc.collect()
+    assert ref() is None

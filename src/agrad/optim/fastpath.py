@@ -337,7 +337,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         if not steady:
             return None
         if steady is not True:  # every tensor contiguous: later steps may take the check below
-            cache[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady)
+            cache[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady[1:])
     return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
 
 
@@ -394,9 +394,11 @@ class _Steady:
     contiguity are unchanged, every per-tensor check of the last step (device,
     layout, inference mode, leaf status, memory overlap among written tensors) still
     holds. Gradients, often new tensors each step, are checked each step: type,
-    shape, dtype, contiguity, and (unless the same tensors at the same addresses as
-    last step) device and overlap with the written tensors. Anything else takes the
-    full check.
+    shape, dtype, contiguity, and (unless the same tensors, by ``id``, at the same
+    addresses as last step: an ``id`` reused by a new tensor at the same address
+    overlaps exactly what the old one did) device and overlap with the written
+    tensors. Anything else takes the full check. The record holds the last step's
+    parameter and state tensors (which the caller holds anyway), never its gradients.
     """
 
     __slots__ = (
@@ -404,9 +406,8 @@ class _Steady:
         "compiled",
         "device",
         "dtypes",
-        "g",
+        "g_ids",
         "g_ptrs",
-        "groups",
         "number_idx",
         "numbers",
         "p",
@@ -422,7 +423,7 @@ class _Steady:
         "written",
     )  # fmt: skip
 
-    def __init__(self, compiled, params, p, g, s_leaves, s_def, groups, written, versions):
+    def __init__(self, compiled, params, p, g, s_leaves, s_def, written, versions):
         import torch
 
         self.compiled = compiled
@@ -443,9 +444,8 @@ class _Steady:
         self.shapes = self.w_shapes[: len(p)]
         self.dtypes = self.w_dtypes[: len(p)]
         self.device = p[0].device
-        self.g = list(g)
+        self.g_ids = list(map(id, g))  # not the tensors: a step must not keep gradients alive
         self.g_ptrs = list(map(torch.Tensor.data_ptr, g))
-        self.groups = groups
 
 
 def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) -> Any:
@@ -484,7 +484,7 @@ def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) ->
         or not all(map(tensor.is_contiguous, g))
     ):
         return None
-    same_g = g_ptrs == rec.g_ptrs and all(map(is_, g, rec.g))
+    same_g = g_ptrs == rec.g_ptrs and list(map(id, g)) == rec.g_ids
     if not same_g:
         if set(map(_DEVICE, g)) != {rec.device}:
             return None
@@ -502,14 +502,11 @@ def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) ->
     if got is None:
         return None
     numbers, writes = got
-    if same_g:
-        groups = rec.groups
-    else:
-        groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
+    groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
     rec.versions = _torch_execute(
         torch, compiled, groups, written, scalars, numbers, state, writes, versions
     )
-    rec.g, rec.g_ptrs, rec.groups = g, g_ptrs, groups
+    rec.g_ids, rec.g_ptrs = list(map(id, g)), g_ptrs
     return params, rec.s_plan.build(_new_state(compiled, s_leaves, scalars))
 
 
