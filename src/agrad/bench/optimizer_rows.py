@@ -202,19 +202,21 @@ def _arrays(shapes, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
-def _agrad_opt(name: str):
+def _agrad_opt(name: str, torch_side: bool = False):
     import agrad
 
     if name == "adabelief":
         return adabelief()
-    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0], **AGRAD_ONLY.get(name, {}))
+    extra = AGRAD_ONLY.get(name, {}) if torch_side else {}
+    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0], **extra)
 
 
 def _agrad_step(name: str, params: list[Any], grads: list[Any], fast: bool = True):
     from agrad.optim import fastpath
 
-    params = [p.clone() if hasattr(p, "clone") else p.copy() for p in params]
-    opt = _agrad_opt(name)
+    torch_side = hasattr(params[0], "clone")
+    params = [p.clone() if torch_side else p.copy() for p in params]
+    opt = _agrad_opt(name, torch_side)
     box = [opt.init(params)]
 
     def step() -> None:
