@@ -5,7 +5,8 @@ Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000
 
 - ``torch``: every optimizer with a ``torch.optim`` counterpart against
   ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0; Muon, which
-  torch implements without foreach, against its default, on the all-matrix set only);
+  torch implements without foreach, against its default, on a set's matrices of at
+  most 256x256 only);
 - ``torch fused``: Adam, AdamW, SGD and Adagrad against ``torch.optim.<X>(fused=True)``
   (target 1.1);
 - ``numpy``: Adam, SGD-momentum, RMSprop and NAdam against a hand-written in-place
@@ -87,8 +88,10 @@ NO_FOREACH = ("Muon",)
 #: agrad options the torch class has no name for: what torch does by default
 #: (torch.optim.Muon runs its Newton-Schulz iteration in bfloat16)
 AGRAD_ONLY: dict[str, dict[str, Any]] = {"muon": {"ns_dtype": "bfloat16"}}
-#: optimizers for 2-D parameters only: their rows run on the sets where every array is 2-D
+#: optimizers for 2-D parameters only: their rows take the set's 2-D arrays of at most
+#: MATRIX_MAX elements (a Newton-Schulz step on 2048x1024 takes minutes on one thread)
 MATRIX_ONLY = ("muon",)
+MATRIX_MAX = 65536
 
 
 # -- the hand-written NumPy loops the ``numpy`` rows compare against -------------------
@@ -277,40 +280,45 @@ def _packed_step(name: str, params, grads) -> Callable[[], None]:
 def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) -> list:
     """``(group, name, (label, make), (label, make), target)`` for one parameter set."""
     specs = []
-    matrices = all(p.ndim == 2 for p in params)
+    keep = [i for i, p in enumerate(params) if p.ndim == 2 and p.size <= MATRIX_MAX]
     for name, (_, cls) in OPTIMIZERS.items():
-        if name in MATRIX_ONLY and not matrices:
-            continue
-        mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, t_params, t_grads))
-        mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, params, grads))
+        if name in MATRIX_ONLY:
+            if not keep:
+                continue
+            ps, gs = [params[i] for i in keep], [grads[i] for i in keep]
+            tps, tgs = [t_params[i] for i in keep], [t_grads[i] for i in keep]
+        else:
+            ps, gs, tps, tgs = params, grads, t_params, t_grads
+        mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, tps, tgs))
+        mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, ps, gs))
         if cls is not None:
             if cls in NO_FOREACH:
                 peer = (
                     f"torch.optim.{cls} (no foreach)",
-                    partial(_torch_step, name, params, grads),
+                    partial(_torch_step, name, ps, gs),
                 )
             else:
                 flags = {"foreach": True}
                 peer = (
                     f"torch.optim.{cls} foreach",
-                    partial(_torch_step, name, params, grads, **flags),
+                    partial(_torch_step, name, ps, gs, **flags),
                 )
             specs.append(("torch", name, mine_t, peer, 1.0))
             if name in FUSED:
-                fused = partial(_torch_step, name, params, grads, fused=True)
+                fused = partial(_torch_step, name, ps, gs, fused=True)
                 specs.append(
                     ("torch fused", name, mine_t, (f"torch.optim.{cls} fused", fused), 1.1)
                 )
         else:
-            generic_t = partial(_agrad_step, name, t_params, t_grads, fast=False)
+            generic_t = partial(_agrad_step, name, tps, tgs, fast=False)
             specs.append(
                 ("torch vs generic", name, mine_t, ("generic path (torch)", generic_t), None)
             )
         if name in NUMPY_LOOPS:
-            loop = ("numpy in-place loop", partial(_numpy_loop, name, params, grads))
+            loop = ("numpy in-place loop", partial(_numpy_loop, name, ps, gs))
             specs.append(("numpy", name, mine_n, loop, 1.0))
         else:
-            generic = partial(_agrad_step, name, params, grads, fast=False)
+            generic = partial(_agrad_step, name, ps, gs, fast=False)
             specs.append(("numpy vs generic", name, mine_n, ("generic path (numpy)", generic), 0.5))
     for lib, ps, gs in (("numpy", params, grads), ("torch", t_params, t_grads)):
         user = ("user AdaBelief", partial(_agrad_step, "adabelief", ps, gs))
