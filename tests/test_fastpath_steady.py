@@ -39,7 +39,7 @@ def _setup(make: Callable[[], Any]) -> tuple[Any, list, list, Any]:
         out = fastpath.try_step(opt, params, grads, state)
         assert out is not None
         state = out[1]
-    assert opt._programs.get(fastpath._STEADY) is not None
+    assert opt._programs.aux.get(fastpath._STEADY) is not None
     return opt, params, grads, state
 
 

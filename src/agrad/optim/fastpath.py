@@ -291,7 +291,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     if not enabled:
         return None
     cache = _programs(opt)
-    steady = cache.get(_STEADY)
+    steady = cache.aux.get(_STEADY)
     if steady is not None:
         out = _steady_step(steady, opt, params, grads, state)
         if out is not None:
@@ -337,7 +337,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         if not steady:
             return None
         if steady is not True:  # every tensor contiguous: later steps may take the check below
-            cache[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady[1:])
+            cache.aux[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady[1:])
     return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
 
 
@@ -366,7 +366,7 @@ def _new_state(compiled: _Compiled, s_leaves: list, scalars: list) -> list[Any]:
 
 
 # -- the steady state: the same tensors as last step, checked in bulk (torch) -----------
-_STEADY = ("fastpath", "steady")  # the program cache's entry for the last torch step
+_STEADY = "steady"  # the program cache's side record of the last torch step
 
 
 def _pick(idx: list[int]) -> Callable[[list], list]:
@@ -554,7 +554,7 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
     return lib, p, g, key, s_leaves, s_def
 
 
-_STATE_PLAN = ("fastpath", "state plan")  # the program cache's entry: the last state's TreePlan
+_STATE_PLAN = "state plan"  # the program cache's side record: the last state's TreePlan
 
 
 def _state_leaves(opt: Any, state: Any) -> tuple[list[Any], Any]:
@@ -564,18 +564,18 @@ def _state_leaves(opt: Any, state: Any) -> tuple[list[Any], Any]:
     cache key costs no walk over the structure.
     """
     cache = _programs(opt)
-    plan = cache.get(_STATE_PLAN)
+    plan = cache.aux.get(_STATE_PLAN)
     if plan is not None:
         leaves = plan.leaves(state)
         if leaves is not None:
             return leaves, plan.treedef
     leaves, treedef = flatten_leaves(state)
-    cache[_STATE_PLAN] = TreePlan(treedef)
+    cache.aux[_STATE_PLAN] = TreePlan(treedef)
     return leaves, treedef
 
 
 def _unflatten_state(opt: Any, s_def: Any, leaves: list[Any]) -> Any:
-    plan = _programs(opt).get(_STATE_PLAN)
+    plan = _programs(opt).aux.get(_STATE_PLAN)
     if plan is not None and plan.treedef is s_def:
         return plan.build(leaves)
     return unflatten(s_def, leaves)
