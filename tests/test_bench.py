@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("autograd")
 
 from agrad import bench
-from agrad.bench.optimizer_rows import NUMPY_LOOPS, OPTIMIZERS
+from agrad.bench.optimizer_rows import AGRAD_ONLY, NUMPY_LOOPS, OPTIMIZERS
 from agrad.bench.tape_rows import chain_loss, mlp_loss, mlp_problem
 
 
@@ -83,3 +83,41 @@ def test_reference_numpy_loops_match_agrad(name):
             loop(p, g, bufs, t)
         q, state = opt.step(q, g, state)
     np.testing.assert_allclose(q[0], p[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, cls) in OPTIMIZERS.items() if cls))
+def test_bench_rows_compare_the_same_step_as_torch_optim(name):
+    """Each ``optimizer/torch`` row runs agrad and torch.optim with options that give the
+    same update: float64 with torch's scalar state in float64 too (step counts, NAdam's
+    mu product), 2-D parameters, which every optimizer accepts. Muon's rows run the
+    Newton-Schulz iteration in bfloat16 on both sides, as torch does: close, not equal."""
+    import torch
+
+    import agrad
+
+    kw, cls = OPTIMIZERS[name]
+    rng = np.random.default_rng(0)
+    p0 = [rng.standard_normal((6, 4)) for _ in range(2)]
+    grads = [[rng.standard_normal((6, 4)) for _ in range(2)] for _ in range(3)]
+    mine = [torch.from_numpy(x.copy()) for x in p0]
+    opt = getattr(agrad.optim, name)(**kw, **AGRAD_ONLY.get(name, {}))
+    state = opt.init(mine)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        theirs = [torch.from_numpy(x.copy()).requires_grad_(True) for x in p0]
+        ref = getattr(torch.optim, cls)(theirs, **kw)
+        for gs in grads:
+            mine, state = opt.step(mine, [torch.from_numpy(g) for g in gs], state)
+            for t, g in zip(theirs, gs):
+                t.grad = torch.from_numpy(g.copy())
+            ref.step()
+    finally:
+        torch.set_default_dtype(old)
+    if name in AGRAD_ONLY:  # bfloat16 rounding: the two updates agree to a few percent
+        for a, b, x0 in zip(mine, theirs, p0):
+            moved = b.detach().numpy() - x0
+            assert np.linalg.norm(a.numpy() - x0 - moved) < 0.05 * np.linalg.norm(moved)
+        return
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)

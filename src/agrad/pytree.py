@@ -77,12 +77,13 @@ def _too_deep(tree: Any, what: str) -> ValueError:
 class PyTreeDef:
     """The shape of a pytree without its leaves; equality means same structure."""
 
-    __slots__ = ("children", "kind", "meta")
+    __slots__ = ("_hash", "children", "kind", "meta")
 
     def __init__(self, kind: Any, meta: Any = None, children: tuple = ()):
         self.kind = kind
         self.meta = meta
         self.children = children
+        self._hash: int | None = None  # computed once: a deep structure hashes in O(size)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -92,8 +93,15 @@ class PyTreeDef:
             and self.children == other.children
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Without the cached hash: str hashes differ between processes.
+        return (PyTreeDef, (self.kind, self.meta, self.children))
+
     def __hash__(self) -> int:
-        return hash((self.kind, self.meta, self.children))
+        h = self._hash
+        if h is None:
+            h = self._hash = hash((self.kind, self.meta, self.children))
+        return h
 
     def __repr__(self) -> str:
         if self.kind is _LEAF:

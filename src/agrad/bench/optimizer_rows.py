@@ -4,7 +4,9 @@ Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000
 64). Each row times ``opt.step(params, grads, state)`` (in place) against a peer:
 
 - ``torch``: every optimizer with a ``torch.optim`` counterpart against
-  ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0);
+  ``torch.optim.<X>(foreach=True)`` with the same options (target 1.0; Muon, which
+  torch implements without foreach, against its default, on a set's matrices of at
+  most 256x256 only);
 - ``torch fused``: Adam, AdamW, SGD and Adagrad against ``torch.optim.<X>(fused=True)``
   (target 1.1);
 - ``numpy``: Adam, SGD-momentum, RMSprop and NAdam against a hand-written in-place
@@ -32,6 +34,7 @@ import numpy as np
 from agrad.bench._harness import Row, Settings, timed_row
 
 __all__ = [
+    "AGRAD_ONLY",
     "NUMPY_LOOPS",
     "OPTIMIZERS",
     "PARAM_SETS",
@@ -72,12 +75,25 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], str | None]] = {
     "adagrad": ({"lr": LR}, "Adagrad"),
     "adamax": ({"lr": LR}, "Adamax"),
     "adadelta": ({"lr": 1.0}, "Adadelta"),
+    "rprop": ({"lr": LR}, "Rprop"),
+    "asgd": ({"lr": LR}, "ASGD"),
+    "adafactor_torch": ({"lr": LR}, "Adafactor"),
+    "muon": ({"lr": LR}, "Muon"),
     "lion": ({"lr": LR}, None),
     "lamb": ({"lr": LR}, None),
     "lars": ({"lr": LR}, None),
     "adafactor": ({"lr": LR}, None),
 }
 FUSED = ("adam", "adamw", "sgd", "adagrad")
+#: torch.optim classes without a foreach implementation (compared with their default)
+NO_FOREACH = ("Muon",)
+#: agrad options the torch class has no name for: what torch does by default
+#: (torch.optim.Muon runs its Newton-Schulz iteration in bfloat16)
+AGRAD_ONLY: dict[str, dict[str, Any]] = {"muon": {"ns_dtype": "bfloat16"}}
+#: optimizers for 2-D parameters only: their rows take the set's 2-D arrays of at most
+#: MATRIX_MAX elements (a Newton-Schulz step on 2048x1024 takes minutes on one thread)
+MATRIX_ONLY = ("muon",)
+MATRIX_MAX = 65536
 
 
 # -- the hand-written NumPy loops the ``numpy`` rows compare against -------------------
@@ -191,12 +207,13 @@ def _arrays(shapes, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
-def _agrad_opt(name: str):
+def _agrad_opt(name: str, torch_side: bool = False):
     import agrad
 
     if name == "adabelief":
         return adabelief()
-    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0])
+    extra = AGRAD_ONLY.get(name, {}) if torch_side else {}
+    return getattr(agrad.optim, name)(**OPTIMIZERS[name][0], **extra)
 
 
 def _agrad_step(
@@ -205,8 +222,9 @@ def _agrad_step(
     from agrad.optim import fastpath
     from agrad.optim.program import host_exec
 
-    params = [p.clone() if hasattr(p, "clone") else p.copy() for p in params]
-    opt = _agrad_opt(name)
+    torch_side = hasattr(params[0], "clone")
+    params = [p.clone() if torch_side else p.copy() for p in params]
+    opt = _agrad_opt(name, torch_side)
     box = [opt.init(params)]
 
     def step() -> None:
@@ -270,36 +288,57 @@ def _packed_step(name: str, params, grads) -> Callable[[], None]:
 def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) -> list:
     """``(group, name, (label, make), (label, make), target)`` for one parameter set."""
     specs = []
+    keep = [i for i, p in enumerate(params) if p.ndim == 2 and p.size <= MATRIX_MAX]
     for name, (_, cls) in OPTIMIZERS.items():
-        mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, t_params, t_grads))
-        mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, params, grads))
+        if name in MATRIX_ONLY:
+            if not keep:
+                continue
+            ps, gs = [params[i] for i in keep], [grads[i] for i in keep]
+            tps, tgs = [t_params[i] for i in keep], [t_grads[i] for i in keep]
+        else:
+            ps, gs, tps, tgs = params, grads, t_params, t_grads
+        mine_t = (f"agrad.optim.{name} (torch)", partial(_agrad_step, name, tps, tgs))
+        mine_n = (f"agrad.optim.{name} (numpy)", partial(_agrad_step, name, ps, gs))
         if cls is not None:
-            foreach = (f"torch.optim.{cls} foreach", partial(_torch_step, name, params, grads))
-            specs.append(("torch", name, mine_t, foreach, 1.0))
+            if cls in NO_FOREACH:
+                peer = (
+                    f"torch.optim.{cls} (no foreach)",
+                    partial(_torch_step, name, ps, gs),
+                )
+            else:
+                flags = {"foreach": True}
+                peer = (
+                    f"torch.optim.{cls} foreach",
+                    partial(_torch_step, name, ps, gs, **flags),
+                )
+            specs.append(("torch", name, mine_t, peer, 1.0))
             if name in FUSED:
-                fused = partial(_torch_step, name, params, grads, fused=True)
+                fused = partial(_torch_step, name, ps, gs, fused=True)
                 specs.append(
                     ("torch fused", name, mine_t, (f"torch.optim.{cls} fused", fused), 1.1)
                 )
         else:
-            generic_t = partial(_agrad_step, name, t_params, t_grads, fast=False)
+            generic_t = partial(_agrad_step, name, tps, tgs, fast=False)
             specs.append(
                 ("torch vs generic", name, mine_t, ("generic path (torch)", generic_t), None)
             )
         off = partial(_agrad_step, name, params, grads, host=False)
         specs.append(("numpy host kernels", name, mine_n, ("host kernels off (numpy)", off), None))
         if name in NUMPY_LOOPS:
-            loop = ("numpy in-place loop", partial(_numpy_loop, name, params, grads))
+            loop = ("numpy in-place loop", partial(_numpy_loop, name, ps, gs))
             specs.append(("numpy", name, mine_n, loop, 1.0))
         else:
-            generic = partial(_agrad_step, name, params, grads, fast=False)
+            generic = partial(_agrad_step, name, ps, gs, fast=False)
             specs.append(("numpy vs generic", name, mine_n, ("generic path (numpy)", generic), 0.5))
     for lib, ps, gs in (("numpy", params, grads), ("torch", t_params, t_grads)):
         user = ("user AdaBelief", partial(_agrad_step, "adabelief", ps, gs))
         adam = ("built-in adam", partial(_agrad_step, "adam", ps, gs))
         specs.append((f"user rule ({lib})", "adabelief", user, adam, 1.3))
     packed = ("agrad packed (torch)", partial(_packed_step, "adam", params, grads))
-    foreach = ("torch.optim.Adam foreach", partial(_torch_step, "adam", params, grads))
+    foreach = (
+        "torch.optim.Adam foreach",
+        partial(_torch_step, "adam", params, grads, foreach=True),
+    )
     specs.append(("packed", "adam", packed, foreach, None))
     return specs
 

@@ -31,7 +31,7 @@ _MISSING = object()
 class LRUCache:
     """At most ``maxsize`` entries; reading or writing one makes it the most recent."""
 
-    __slots__ = ("_data", "_last", "_lock", "maxsize")
+    __slots__ = ("_data", "_last", "_lock", "aux", "maxsize")
 
     def __init__(self, maxsize: int):
         if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
@@ -41,6 +41,9 @@ class LRUCache:
         self._lock = threading.Lock()
         # Per thread: the last (key, value) it stored, for a read that follows an eviction.
         self._last = threading.local()
+        #: Side records that are not entries (the fast route's last step): never counted,
+        #: listed, evicted or copied.
+        self.aux: dict[Any, Any] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -81,6 +84,7 @@ class LRUCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.aux.clear()
         self._last = threading.local()
 
     def __reduce__(self) -> tuple[Any, ...]:

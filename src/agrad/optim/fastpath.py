@@ -74,6 +74,13 @@ fail:
   a state tensor before the step raises "modified by an inplace operation" on
   backward, as with ``torch.optim``'s default (foreach) implementation.
 
+*Steady state (torch).* The checks above run in full on a torch step's first call and
+whenever anything changed; while the same parameter and state tensors come back in
+containers of the same structure, :class:`_Steady` verifies in bulk that none of
+them changed since (version counters, data pointers, shapes, dtypes, contiguity),
+which implies every per-tensor check still holds, and checks only the gradients
+again (see :class:`_Steady` for why this cannot be fooled by in-place changes).
+
 Not covered, as with any in-place optimizer (``torch.optim`` included): an
 asynchronous exception between two writes (``KeyboardInterrupt``, an exception from
 a signal handler), a ``MemoryError`` for the few small Python objects and buffers
@@ -94,6 +101,7 @@ from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 from agrad.optim._cache import LRUCache
+from agrad.optim._treeplan import TreePlan
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
 from agrad.optim.program import host_exec, kernel_route, numpy_exec, torch_exec
@@ -212,16 +220,9 @@ class _Compiled:
     """A recorded program with what its executor needs, made once per program."""
 
     __slots__ = (
-        "fused",
-        "getters",
-        "groups",
-        "host",
-        "pre",
-        "pre_used",
-        "program",
-        "runners",
-        "xp",
-    )
+        "fused", "getters", "groups", "host", "laneless_writes", "new_numbers", "pre",
+        "pre_used", "program", "runners", "xp",
+    )  # fmt: skip
 
     def __init__(
         self, program: Any, groups: list[Any], runners: list[Any] | None, fused: Any, xp: Any
@@ -238,6 +239,14 @@ class _Compiled:
         self.fused = fused
         self.getters = [_column_getters(group, program.n_params) for group in groups]
         self.host: dict[tuple, Any] = {}  # kinds of the host scalars -> host plan (or None)
+        pre_set = set(self.pre)
+        refs = list(enumerate(program.new_state))
+        # (state leaf, laneless node): the leaf is written with the node's value
+        self.laneless_writes = [
+            (j, r[1]) for j, r in refs if r is not None and r[0] == "n" and r[1] in pre_set
+        ]
+        # (state leaf, reference): the leaf's new value is a number
+        self.new_numbers = [(j, r) for j, r in refs if r is not None and r[0] != "n"]
 
 
 _DECLINED = object()
@@ -287,11 +296,16 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     """
     if not enabled:
         return None
+    cache = _programs(opt)
+    steady = cache.aux.get(_STEADY)
+    if steady is not None:
+        out = _steady_step(steady, opt, params, grads, state)
+        if out is not None:
+            return out
     got = _inputs(opt, params, grads, state)
     if got is None:
         return kernel_route.try_step(opt, params, grads, state)  # CuPy, Dask
     lib, p, g, key, s_leaves, s_def = got
-    cache = _programs(opt)
     variants = cache.get(key)
     if variants is _DECLINED:
         return None
@@ -317,30 +331,194 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
             scalars = evaluate_scalars(chosen.program.scalars, s_leaves)
         except Exception:
             return None
+    got = _per_step(chosen, s_leaves, scalars)
+    if got is None:
+        return None
+    pre, numbers, writes = got
+    if host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes):
+        return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
+    if chosen.runners is None and chosen.fused is None:
+        return None  # a program only the host kernels run
+    if lib == "numpy":
+        if not _run_numpy(chosen, p, g, s_leaves, scalars, numbers, state, writes):
+            return None
+    else:
+        steady = _run_torch(chosen, p, g, s_leaves, scalars, numbers, state, writes)
+        if not steady:
+            return None
+        if steady is not True:  # every tensor contiguous: later steps may take the check below
+            cache.aux[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady[1:])
+    return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
+
+
+def _per_step(compiled: _Compiled, s_leaves: list, scalars: list) -> tuple[dict, dict, list] | None:
+    """The step's laneless values (as the backend's values and as numbers), and the
+    laneless state arrays to write."""
     try:  # the per-step scalars (a step count, bias corrections), before any write
-        pre = run_nodes(chosen.program, chosen.pre, chosen.xp, s_leaves, scalars)
-        numbers = {i: as_number(pre[i]) for i in chosen.pre_used}
+        pre = run_nodes(compiled.program, compiled.pre, compiled.xp, s_leaves, scalars)
+        numbers = {i: as_number(pre[i]) for i in compiled.pre_used}
     except Exception:  # the generic path raises its own message
         return None
     # laneless new state arrays (a step count) are written in place after the lanes
     writes = [
-        (leaf, pre[ref[1]])
-        for leaf, ref in zip(s_leaves, chosen.program.new_state)
-        if ref is not None and ref[0] == "n" and ref[1] in pre and pre[ref[1]] is not leaf
+        (s_leaves[j], pre[node])
+        for j, node in compiled.laneless_writes
+        if pre[node] is not s_leaves[j]
     ]
-    if not (host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes)):
-        if chosen.runners is None and chosen.fused is None:
+    return pre, numbers, writes
+
+
+def _new_state(compiled: _Compiled, s_leaves: list, scalars: list) -> list[Any]:
+    """The new state's leaves: the same arrays (updated), the new Python numbers."""
+    new = list(s_leaves)
+    for j, ref in compiled.new_numbers:
+        new[j] = scalars[ref[1]] if ref[0] == "s" else ref[1]
+    return new
+
+
+# -- the steady state: the same tensors as last step, checked in bulk (torch) -----------
+_STEADY = "steady"  # the program cache's side record of the last torch step
+
+
+def _pick(idx: list[int]) -> Callable[[list], list]:
+    """``xs -> [xs[i] for i in idx]`` at C speed."""
+    if not idx:
+        return lambda xs: []
+    if len(idx) == 1:
+        return lambda xs, i=idx[0]: [xs[i]]
+    get = itemgetter(*idx)
+    return lambda xs: list(get(xs))
+
+
+class _Steady:
+    """What the last torch step checked, so that the next one can be checked in bulk.
+
+    Training calls ``step`` with the same parameter and state tensors every time. A
+    torch tensor's metadata (shape, strides, storage, leaf status) changes only
+    through an operation on the tensor itself, and every such operation (``resize_``,
+    ``set_``, ``as_strided_``, ``transpose_``, an in-place op that makes it a
+    non-leaf ...) bumps its version counter, which the step leaves at a known value;
+    the one that does not, assigning ``.data``, replaces the storage pointer, shape,
+    dtype or contiguity, which are compared too. So where the parameters and the
+    state arrays are the very objects of the last step, in containers of the same
+    structure, and each written tensor's version, data pointer, shape, dtype and
+    contiguity are unchanged, every per-tensor check of the last step (device,
+    layout, inference mode, leaf status, memory overlap among written tensors) still
+    holds. Gradients, often new tensors each step, are checked each step: type,
+    shape, dtype, contiguity, and (unless the same tensors, by ``id``, at the same
+    addresses as last step: an ``id`` reused by a new tensor at the same address
+    overlaps exactly what the old one did) device and overlap with the written
+    tensors. Anything else takes the full check. The record holds the last step's
+    parameter and state tensors (which the caller holds anyway), never its gradients.
+    """
+
+    __slots__ = (
+        "arrays",
+        "compiled",
+        "device",
+        "dtypes",
+        "g_ids",
+        "g_ptrs",
+        "number_idx",
+        "numbers",
+        "p",
+        "p_plan",
+        "s_arrays",
+        "s_plan",
+        "shapes",
+        "versions",
+        "w_dtypes",
+        "w_ptrs",
+        "w_shapes",
+        "w_sizes",
+        "written",
+    )  # fmt: skip
+
+    def __init__(self, compiled, params, p, g, s_leaves, s_def, written, versions):
+        import torch
+
+        self.compiled = compiled
+        self.p_plan = TreePlan(flatten_leaves(params)[1])
+        self.s_plan = TreePlan(s_def)
+        self.p = list(p)
+        idx = [i for i, x in enumerate(s_leaves) if isinstance(x, torch.Tensor)]
+        self.arrays = _pick(idx)
+        self.s_arrays = self.arrays(s_leaves)
+        self.number_idx = [i for i in range(len(s_leaves)) if i not in set(idx)]
+        self.numbers = _pick(self.number_idx)
+        self.written = written
+        self.versions = versions
+        self.w_ptrs = list(map(torch.Tensor.data_ptr, written))
+        self.w_shapes = list(map(_SHAPE, written))
+        self.w_dtypes = list(map(_DTYPE, written))
+        self.w_sizes = list(map(_NBYTES, written))
+        self.shapes = self.w_shapes[: len(p)]
+        self.dtypes = self.w_dtypes[: len(p)]
+        self.device = p[0].device
+        self.g_ids = list(map(id, g))  # not the tensors: a step must not keep gradients alive
+        self.g_ptrs = list(map(torch.Tensor.data_ptr, g))
+
+
+def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) -> Any:
+    """The step on :class:`_Steady`'s bulk checks, or ``None`` (take the full check)."""
+    import torch
+
+    p = rec.p_plan.leaves(params)
+    if p is None or len(p) != len(rec.p) or not all(map(is_, p, rec.p)):
+        return None
+    g = rec.p_plan.leaves(grads)
+    s_leaves = rec.s_plan.leaves(state)
+    if g is None or s_leaves is None or not _hyper_ok(opt.hyperparams):
+        return None
+    if not all(map(is_, rec.arrays(s_leaves), rec.s_arrays)):
+        return None
+    for x in rec.numbers(s_leaves):  # the state's Python numbers, as _state_key checks them
+        t = type(x)
+        if not ((t is int and x >= 0) or (t is float and math.isfinite(x))):
             return None
-        run = _run_numpy if lib == "numpy" else _run_torch
-        if not run(chosen, p, g, s_leaves, scalars, numbers, state, writes):
+    written, tensor = rec.written, torch.Tensor
+    versions = list(map(_VERSION, written))
+    if (
+        versions != rec.versions
+        or list(map(tensor.data_ptr, written)) != rec.w_ptrs
+        or list(map(_SHAPE, written)) != rec.w_shapes
+        or list(map(_DTYPE, written)) != rec.w_dtypes
+        or not all(map(tensor.is_contiguous, written))
+    ):
+        return None
+    if set(map(type, g)) != {tensor}:
+        return None
+    g_ptrs = list(map(tensor.data_ptr, g))
+    if (
+        list(map(_SHAPE, g)) != rec.shapes
+        or list(map(_DTYPE, g)) != rec.dtypes
+        or not all(map(tensor.is_contiguous, g))
+    ):
+        return None
+    same_g = g_ptrs == rec.g_ptrs and list(map(id, g)) == rec.g_ids
+    if not same_g:
+        if set(map(_DEVICE, g)) != {rec.device}:
             return None
-    new = []
-    for leaf, ref in zip(s_leaves, chosen.program.new_state):
-        if ref is None or ref[0] == "n":
-            new.append(leaf)
-        else:
-            new.append(scalars[ref[1]] if ref[0] == "s" else ref[1])
-    return params, unflatten(s_def, new)
+        n = len(written)
+        if not _disjoint(rec.w_ptrs + g_ptrs, rec.w_sizes + rec.w_sizes[: len(g)], n):
+            return None
+    compiled = rec.compiled
+    try:
+        scalars = evaluate_scalars(compiled.program.scalars, s_leaves)
+    except Exception:
+        return None
+    if not all(scalars[i] == v for i, v in compiled.program.guards):
+        return None  # another variant of the program: the full route picks it
+    got = _per_step(compiled, s_leaves, scalars)
+    if got is None:
+        return None
+    _, numbers, writes = got
+    groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
+    rec.versions = _torch_execute(
+        torch, compiled, groups, written, scalars, numbers, state, writes, versions
+    )
+    rec.g_ids, rec.g_ptrs = list(map(id, g)), g_ptrs
+    return params, rec.s_plan.build(_new_state(compiled, s_leaves, scalars))
 
 
 def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
@@ -366,7 +544,7 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
         return None
     if not _hyper_ok(opt.hyperparams):
         return None
-    s_leaves, s_def = flatten_leaves(state)
+    s_leaves, s_def = _state_leaves(opt, state)
     cls = type(p[0])
     s_key = _state_key(s_leaves, cls)
     if s_key is None:
@@ -385,6 +563,33 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
             return None
     key = (p_key, tuple(shapes), tuple(dtypes), s_def, s_key, device)
     return lib, p, g, key, s_leaves, s_def
+
+
+_STATE_PLAN = "state plan"  # the program cache's side record: the last state's TreePlan
+
+
+def _state_leaves(opt: Any, state: Any) -> tuple[list[Any], Any]:
+    """``flatten_leaves(state)``, by the last state's :class:`TreePlan` where it fits.
+
+    The plan's treedef is then the same object every step, whose hash is cached, so the
+    cache key costs no walk over the structure.
+    """
+    cache = _programs(opt)
+    plan = cache.aux.get(_STATE_PLAN)
+    if plan is not None:
+        leaves = plan.leaves(state)
+        if leaves is not None:
+            return leaves, plan.treedef
+    leaves, treedef = flatten_leaves(state)
+    cache.aux[_STATE_PLAN] = TreePlan(treedef)
+    return leaves, treedef
+
+
+def _unflatten_state(opt: Any, s_def: Any, leaves: list[Any]) -> Any:
+    plan = _programs(opt).aux.get(_STATE_PLAN)
+    if plan is not None and plan.treedef is s_def:
+        return plan.build(leaves)
+    return unflatten(s_def, leaves)
 
 
 def _torch_device(p: list, g: list, arrays: list, kinds: set) -> Any:
@@ -542,7 +747,12 @@ def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
     return True
 
 
-def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
+def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> Any:
+    """Check the step's tensors (:func:`_torch_memory_ok`) and run it; ``False`` declines.
+
+    Returns ``(groups, written, versions)`` where every tensor is contiguous (what
+    :class:`_Steady` needs to check the next step in bulk), else ``True``.
+    """
     import torch
 
     dtypes = set(map(_DTYPE, p))
@@ -556,11 +766,23 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
     def lanes() -> list[tuple]:
         return [ts for cols in groups for ts in zip(*cols)]
 
-    if not _torch_memory_ok(torch, lanes, written, list(g)):
+    contiguous = _torch_memory_ok(torch, lanes, written, list(g))
+    if not contiguous:
         return False
-    versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
+    versions = _torch_execute(torch, compiled, groups, written, scalars, pre, state, writes)
+    return (groups, written, versions) if contiguous == "contiguous" else True
+
+
+def _torch_execute(
+    torch, compiled, groups, written, scalars, pre, state, writes, versions=None
+) -> list[int]:
+    """Run the checked step: every written tensor's version ends one past where it began.
+
+    ``versions``: the written tensors' versions before the step, where already read.
+    """
+    versions = list(map(_PLUS_ONE, versions or map(_VERSION, written)))
     with torch.no_grad():
-        if use_fused:
+        if compiled.fused is not None and written[0].device.type in _FUSED_DEVICES:
             compiled.fused(groups, int(state.count))
         else:
             for cols, run in zip(groups, compiled.runners):
@@ -568,16 +790,16 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
         for old, value in writes:
             old.copy_(value)
     _set_versions(torch, written, versions)  # each in-place op bumped them: once per step
-    return True
+    return versions
 
 
-def _set_versions(torch: Any, tensors: list[Any], versions: tuple[int, ...]) -> None:
+def _set_versions(torch: Any, tensors: list[Any], versions: list[int]) -> None:
     """Set the tensors' autograd version counters (one bump per step, as torch.optim)."""
     setter = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
     if setter is None:  # an older torch: a bump for the tensors the kernels left alone
         _increment_versions(torch, [t for t, v in zip(tensors, versions) if t._version < v])
         return
-    setter(tuple(tensors), versions)
+    setter(tuple(tensors), tuple(versions))
 
 
 # -- memory: overlap between written arrays --------------------------------------------
@@ -684,7 +906,7 @@ def _torch_memory_ok(
     written: list[Any],
     grads: list[Any],
     starts_out: list[int] | None = None,
-) -> bool:
+) -> bool | str:
     """Layout, writability and overlap of the tensors of one step, before any write.
 
     ``lanes()`` gives, per parameter, the tuple of its tensors (parameter, gradient,
@@ -692,12 +914,14 @@ def _torch_memory_ok(
     ones. Every tensor must be contiguous, or every tensor of its parameter dense with
     one set of strides; written tensors must not be inference tensors or non-leaves
     that require grad; no written tensor may share memory with another tensor of the
-    step.
+    step. ``"contiguous"`` (true) where every tensor is contiguous.
     """
     flat = written + grads
     tensor = torch.Tensor
+    result: bool | str = "contiguous"
     try:
         if not all(map(tensor.is_contiguous, flat)):
+            result = True
             for ts in lanes():
                 if all(t.is_contiguous() for t in ts):
                     continue
@@ -715,7 +939,7 @@ def _torch_memory_ok(
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
     if starts_out is not None:
         starts_out += starts  # the host kernels' pointer tables reuse them
-    return _disjoint(starts, list(map(_NBYTES, flat)), len(written))
+    return _disjoint(starts, list(map(_NBYTES, flat)), len(written)) and result
 
 
 def _increment_versions(torch: Any, tensors: list[Any]) -> None:

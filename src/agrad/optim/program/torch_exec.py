@@ -7,14 +7,22 @@ is one ``torch._foreach_*`` call over the lists, in place where the plan compute
 a column or a dead value, and a few peephole fusions cut passes over memory:
 
 - ``add(x, multiply(a, b))`` -> ``_foreach_addcmul_(x, a, b)`` and
-  ``add(x, multiply(multiply(a, s), a))`` -> ``_foreach_addcmul_(x, a, a, s)``;
-- ``add(x, divide(a, b))`` -> ``_foreach_addcdiv_(x, a, b)``;
-- ``add(a, multiply(subtract(b, a), w))`` (|w| < 0.5) -> ``_foreach_lerp_(a, b, w)``.
+  ``add(x, multiply(multiply(a, s), b))`` -> ``_foreach_addcmul_(x, a, b, s)``;
+- ``add(x, divide(a, b))`` -> ``_foreach_addcdiv_(x, a, b)`` and
+  ``add(x, divide(multiply(a, s), b))`` -> ``_foreach_addcdiv_(x, a, b, s)``;
+- ``add(x, negative(a))`` -> ``_foreach_add_(x, a, alpha=-1)``;
+- ``add(a, multiply(subtract(b, a), w))`` (|w| < 0.5) -> ``_foreach_lerp_(a, b, w)``;
+- a rule that returns ``new_p - p`` (``t = p*c + ...; t = t - p; p = p + t``, as AdamW's
+  decay and NAdam's two terms record) updates ``p`` in place instead
+  (:func:`_in_place_update`), as torch.optim's foreach code does.
 
-The first two compute the same roundings as the separate operations (torch's kernels
-evaluate ``x + (s*a)*b`` and ``x + 1*(a/b)``), so a program without ``lerp`` is
-bitwise the generic path's; ``lerp`` rounds as torch's ``lerp`` does (it may fuse a
-multiply-add), so the lerp-using optimizers agree to rounding.
+The addcmul, unscaled addcdiv and negative fusions compute the same roundings as the
+separate operations (torch's kernels evaluate ``x + (s*a)*b``, ``x + 1*(a/b)`` and
+``x - a``), so a program with only those is bitwise the generic path's (Lion, a chain
+of transforms); ``lerp`` rounds as torch's ``lerp`` does (it may fuse a multiply-add),
+a scale folded into ``addcdiv`` computes ``x + s*(a/b)`` for ``x + (a*s)/b``, and the
+in-place update rounds ``p`` once less: programs with those (RMSprop, NAdam, AdamW,
+Adam) agree with the generic path to rounding, as torch.optim's foreach code does.
 
 :func:`recognise_fused` finds programs that are exactly one of torch's fused
 optimizers (``_fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``, ``_fused_adagrad_``):
@@ -73,7 +81,7 @@ def _fuse(plan: LanePlan) -> list[tuple]:
     A fused-away instruction's value must be read by the fusing instruction only, and
     the buffers it read must not be written between it and the fusing instruction.
     """
-    instrs = list(plan.instrs)
+    instrs = _in_place_update(list(plan.instrs))
     latest: dict[tuple, int] = {}  # buffer -> instruction that last wrote it
     args_from: list[tuple] = []  # per instruction: the producer of each buffer argument
     uses = [0] * len(instrs)
@@ -99,38 +107,57 @@ def _fuse(plan: LanePlan) -> list[tuple]:
         read = {a for a in instrs[k].args if _is_buf(a)}
         return not any(instrs[j].out in read for j in range(k + 1, i))
 
+    def scaled(k: int, pos: int, i: int) -> tuple[tuple, tuple, int | None]:
+        """Argument ``pos`` of ``instrs[k]`` as ``(buffer, scale, producer)``: the
+        operands of a single-use ``multiply(buffer, scalar)`` that may be folded into
+        instruction ``i``, or the argument itself with scale 1."""
+        arg = instrs[k].args[pos]
+        k2 = single(k, pos, "multiply")
+        if k2 is not None and k2 not in fused_at:
+            a2, s2 = instrs[k2].args
+            if _is_buf(a2) and not _is_buf(s2) and untouched(k2, i):
+                return a2, s2, k2
+        return arg, ("c", 1.0), None
+
     fused: dict[int, tuple] = {}
+    fused_at: set[int] = set()  # instructions that became a fused instruction
     for i, ins in enumerate(instrs):
-        if ins.op != "add" or not all(map(_is_buf, ins.args)) or ins.out != ins.args[0]:
+        if ins.op != "add" or ins.out != ins.args[0]:
+            continue
+        if not all(map(_is_buf, ins.args)):
             continue
         x = ins.args[0]
+        k = single(i, 1, "negative")
+        if k is not None and untouched(k, i):  # x + (-a) == x - a, exactly
+            fused[i] = ("add_alpha", x, instrs[k].args[0], ("c", -1.0))
+            fused_at.add(i)
+            removed.add(k)
+            continue
         k = single(i, 1, "divide")
         if k is not None and all(map(_is_buf, instrs[k].args)) and untouched(k, i):
-            a, b = instrs[k].args
-            fused[i] = ("addcdiv", x, a, b, ("c", 1.0))
-            removed.add(k)
+            a, scale, k2 = scaled(k, 0, i)
+            fused[i] = ("addcdiv", x, a, instrs[k].args[1], scale)
+            fused_at.add(i)
+            removed.update(j for j in (k, k2) if j is not None)
             continue
         k = single(i, 1, "multiply")
         if k is None or not untouched(k, i):
             continue
         a, b = instrs[k].args
         if _is_buf(a) and _is_buf(b):
-            k2 = single(k, 0, "multiply")
-            inner = instrs[k2] if k2 is not None else None
-            if inner is not None and inner.args[0] == b and not _is_buf(inner.args[1]):
-                if untouched(k2, i):
-                    fused[i] = ("addcmul", x, b, b, inner.args[1])
-                    removed.update((k, k2))
-                    continue
-            fused[i] = ("addcmul", x, a, b, ("c", 1.0))
-            removed.add(k)
+            a, scale, k2 = scaled(k, 0, i)
+            fused[i] = ("addcmul", x, a, b, scale)
+            fused_at.add(i)
+            removed.update(j for j in (k, k2) if j is not None)
             continue
         if _is_buf(a) and b[0] == "c" and abs(b[1]) < 0.5:
             k2 = single(k, 0, "subtract")
             if k2 is not None and instrs[k2].args[1] == x and _is_buf(instrs[k2].args[0]):
                 if untouched(k2, i):
                     fused[i] = ("lerp", x, instrs[k2].args[0], b)
+                    fused_at.add(i)
                     removed.update((k, k2))
+                    continue
     return [fused.get(i, ("op", ins)) for i, ins in enumerate(instrs) if i not in removed]
 
 
@@ -186,6 +213,9 @@ def compile_group(plan: LanePlan) -> Callable[..., None] | None:
             elif entry[0] == "addcdiv":
                 _, x, a, b, s = entry
                 torch._foreach_addcdiv_(get(x), get(a), get(b), value=get(s))
+            elif entry[0] == "add_alpha":
+                _, x, a, s = entry
+                torch._foreach_add_(get(x), get(a), alpha=get(s))
             else:  # lerp
                 _, x, b, w = entry
                 torch._foreach_lerp_(get(x), get(b), get(w))
@@ -245,7 +275,8 @@ def _run_instr(torch: Any, ins: Instr, get: Callable, bufs: dict, columns: list)
             value = get(b) if b == out else torch._foreach_reciprocal(get(b))
             if b == out:
                 torch._foreach_reciprocal_(value)
-            torch._foreach_mul_(value, get(a))
+            if a != ("c", 1.0):
+                torch._foreach_mul_(value, get(a))
             if b != out:
                 _store(torch, out, value, bufs, columns)
             return
@@ -274,3 +305,72 @@ def _run_instr(torch: Any, ins: Instr, get: Callable, bufs: dict, columns: list)
 def lane_supported(program: Program, lane: Lane, ops: frozenset) -> bool:
     """Whether every node of ``lane`` is one of ``ops`` (inputs aside)."""
     return all(program.nodes[i].op in ops or program.nodes[i].op == "input" for i in lane.nodes)
+
+
+def _bufs(ins: Instr) -> list[tuple]:
+    return [a for a in ins.args if _is_buf(a)]
+
+
+def _accumulates(ins: Instr, t: tuple) -> bool:
+    """``t = t + v`` or ``t = t - v`` with ``v`` not ``t``."""
+    return ins.op in ("add", "subtract") and ins.out == t and ins.args[0] == t and ins.args[1] != t
+
+
+def _in_place_update(instrs: list[Instr]) -> list[Instr]:
+    """Rewrite ``t = x*c (or x + v); t += ...; t = t - x; x = x + t`` as ``x *= c; x += ...``.
+
+    A rule that returns its update as ``new_p - p`` (AdamW's decay, NAdam's two
+    terms) records that chain; torch.optim's foreach code updates the parameter in
+    place, as this does (the peephole fusions then apply to ``x += ...``). Equal to
+    rounding: the chain adds ``(new - x)`` back to ``x``, one more rounding. Applied
+    only where nothing else reads or writes ``x`` between the chain's first and last
+    instruction and ``t`` only accumulates in between.
+    """
+    i = 0
+    while i < len(instrs):
+        ins = instrs[i]
+        if ins.op == "add" and ins.out == ins.args[0] and len(ins.args) == 2:
+            x, t = ins.args
+            if t[0] == "tmp" and x[0] == "col":
+                rewritten = _rewrite_chain(instrs, i, x, t)
+                if rewritten is not None:
+                    instrs = rewritten
+                    continue
+        i += 1
+    return instrs
+
+
+def _rewrite_chain(instrs: list[Instr], i: int, x: tuple, t: tuple) -> list[Instr] | None:
+    """:func:`_in_place_update` for the chain ending at ``instrs[i]`` (``x = x + t``)."""
+    k = i - 1
+    while k >= 0 and t not in _bufs(instrs[k]) and instrs[k].out != t:
+        if x in _bufs(instrs[k]) or instrs[k].out == x:
+            return None
+        k -= 1
+    if k < 0 or instrs[k].op != "subtract" or instrs[k].args != (t, x) or instrs[k].out != t:
+        return None
+    j = k - 1
+    while j >= 0:
+        ins = instrs[j]
+        acc = _accumulates(ins, t)
+        if ins.out == t and not acc:
+            break
+        if x in _bufs(ins) or ins.out == x or (t in _bufs(ins) and not acc):
+            return None
+        j -= 1
+    if j < 0:
+        return None
+    first = instrs[j]
+    if first.op not in ("add", "multiply") or x not in first.args or len(first.args) != 2:
+        return None
+    other = first.args[1] if first.args[0] == x else first.args[0]
+    if other == x:
+        return None
+    new = list(instrs)
+    new[j] = first._replace(args=(x, other), out=x)
+    for m in range(j + 1, k):
+        if _accumulates(new[m], t):
+            new[m] = new[m]._replace(args=(x, new[m].args[1]), out=x)
+    del new[i]
+    del new[k]
+    return new
