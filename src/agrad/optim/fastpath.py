@@ -335,7 +335,13 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     if got is None:
         return None
     pre, numbers, writes = got
-    if host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes):
+    ran = host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes)
+    if ran:
+        if ran is not True:  # torch: later steps may take the steady check, on these kernels
+            plan, written, versions = ran
+            rec = _Steady(chosen, params, p, g, s_leaves, s_def, written, versions)
+            rec.host = plan
+            cache.aux[_STEADY] = rec
         return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
     if chosen.runners is None and chosen.fused is None:
         return None  # a program only the host kernels run
@@ -419,6 +425,7 @@ class _Steady:
         "dtypes",
         "g_ids",
         "g_ptrs",
+        "host",
         "number_idx",
         "numbers",
         "p",
@@ -457,6 +464,7 @@ class _Steady:
         self.device = p[0].device
         self.g_ids = list(map(id, g))  # not the tensors: a step must not keep gradients alive
         self.g_ptrs = list(map(torch.Tensor.data_ptr, g))
+        self.host = None  # the host kernels' plan, where they ran the recorded step
 
 
 def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) -> Any:
@@ -512,11 +520,29 @@ def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) ->
     got = _per_step(compiled, s_leaves, scalars)
     if got is None:
         return None
-    _, numbers, writes = got
-    groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
-    rec.versions = _torch_execute(
-        torch, compiled, groups, written, scalars, numbers, state, writes, versions
-    )
+    pre, numbers, writes = got
+    fused_first = compiled.fused is not None and host_exec.prefer_fused
+    if (rec.host is None) != (fused_first or not host_exec.enabled):
+        return None  # the choice between torch's kernels and the host kernels changed
+    if rec.host is not None:  # the host kernels ran the recorded step: they run this one
+        if not host_exec.enabled or compiled.host.get(tuple(map(type, scalars))) is not rec.host:
+            return None
+        new_versions = list(map(_PLUS_ONE, versions))
+        with torch.no_grad():
+            starts = rec.w_ptrs + g_ptrs
+            if not host_exec.run(
+                rec.host, compiled.xp, p, g, s_leaves, scalars, pre, written + g, starts
+            ):
+                return None
+            for old, value in writes:
+                old.copy_(value)
+        _set_versions(torch, written, new_versions)
+        rec.versions = new_versions
+    else:
+        groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
+        rec.versions = _torch_execute(
+            torch, compiled, groups, written, scalars, numbers, state, writes, versions
+        )
     rec.g_ids, rec.g_ptrs = list(map(id, g)), g_ptrs
     return params, rec.s_plan.build(_new_state(compiled, s_leaves, scalars))
 
@@ -684,9 +710,13 @@ def _columns(compiled: _Compiled, k: int, p: list, g: list, s_leaves: list) -> l
     ]
 
 
-def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) -> bool:
+def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) -> Any:
     """The step on compiled host kernels (:mod:`agrad.optim.program.host_exec`); ``False``
-    with nothing written where that route does not apply (then the other executors)."""
+    with nothing written where that route does not apply (then the other executors).
+
+    On torch a step that ran returns ``(plan, written, versions)``, what
+    :class:`_Steady` needs to check the next step in bulk; on NumPy ``True``.
+    """
     if lib == "torch" and compiled.fused is not None and host_exec.prefer_fused:
         return False
     types = tuple(map(type, scalars))
@@ -723,14 +753,14 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
     starts: list[int] = []
     if not _torch_memory_ok(torch, list, written, list(g), starts):
         return False
-    versions = tuple(map(_PLUS_ONE, map(_VERSION, written)))
+    versions = list(map(_PLUS_ONE, map(_VERSION, written)))
     with torch.no_grad():
         if not host_exec.run(plan, compiled.xp, p, g, s_leaves, scalars, pre, flat, starts):
             return False
         for old, value in writes:
             old.copy_(value)
     _set_versions(torch, written, versions)
-    return True
+    return plan, written, versions
 
 
 def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:

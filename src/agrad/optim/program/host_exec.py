@@ -405,11 +405,15 @@ def run(
 
     batches = [item for kind, item in plan.steps if kind == "c"]
     stamp = ctx.stamp
+    # torch: the arrays by id and address, never held (a step must not keep gradients
+    # alive; an id reused at the same address is a tensor over the same memory)
     same = (
         arrays is not None
         and stamp is not None
         and len(stamp[0]) == len(arrays)
-        and all(map(is_, arrays, stamp[0]))
+        and (
+            list(map(id, arrays)) == stamp[0] if is_torch else all(map(is_, arrays, stamp[0]))
+        )
         and stamp[1] == pointers
     )
     if not same:
@@ -422,7 +426,7 @@ def run(
             ):
                 return False
         if arrays is not None:
-            ctx.stamp = (list(arrays), pointers)
+            ctx.stamp = (list(map(id, arrays)) if is_torch else list(arrays), pointers)
     for kind, item in plan.steps:
         if kind == "c":
             if not item.static:
@@ -517,6 +521,8 @@ def _table(
                 return False
             objs = [t.contiguous() for t in objs]  # an eager result, only read
             key = list(map(_DATA_PTR, objs))
+        elif strict:
+            objs = None  # the step's own leaves, keyed by address: never held (gradients)
         addresses = key
     else:
         old = entry[1]
