@@ -322,7 +322,7 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
             specs.append(
                 ("torch vs generic", name, mine_t, ("generic path (torch)", generic_t), None)
             )
-        off = partial(_agrad_step, name, params, grads, host=False)
+        off = partial(_agrad_step, name, ps, gs, host=False)
         specs.append(("numpy host kernels", name, mine_n, ("host kernels off (numpy)", off), None))
         if name in NUMPY_LOOPS:
             loop = ("numpy in-place loop", partial(_numpy_loop, name, ps, gs))

@@ -309,9 +309,7 @@ def adafactor_torch(
             var = _lerp(xp, var, xp.multiply(g, g), w)
             estimate = var
         e1_sq = (
-            xp.multiply(e1_floor, e1_floor)
-            if is_hyper_array(e1)
-            else full_scalar(xp, w, e1 * e1)
+            xp.multiply(e1_floor, e1_floor) if is_hyper_array(e1) else full_scalar(xp, w, e1 * e1)
         )
         u = xp.multiply(1.0 / xp.sqrt(xp.maximum(estimate, e1_sq)), g)
         rms_u = div_scalar(xp, _norm(xp, u) / (math.prod(u.shape) ** 0.5), d)

@@ -411,9 +411,7 @@ def run(
         arrays is not None
         and stamp is not None
         and len(stamp[0]) == len(arrays)
-        and (
-            list(map(id, arrays)) == stamp[0] if is_torch else all(map(is_, arrays, stamp[0]))
-        )
+        and (list(map(id, arrays)) == stamp[0] if is_torch else all(map(is_, arrays, stamp[0])))
         and stamp[1] == pointers
     )
     if not same:
