@@ -104,7 +104,7 @@ from agrad.optim._cache import LRUCache
 from agrad.optim._treeplan import TreePlan
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
-from agrad.optim.program import host_exec, kernel_route, numpy_exec, torch_exec
+from agrad.optim.program import host_exec, kernel_route, numpy_exec, torch_exec, variants
 from agrad.optim.program.eager import as_number, run_nodes
 from agrad.optim.program.ir import evaluate_scalars, lane_groups, pre_nodes
 from agrad.optim.program.plan import plan_lane
@@ -249,8 +249,7 @@ class _Compiled:
         self.new_numbers = [(j, r) for j, r in refs if r is not None and r[0] != "n"]
 
 
-_DECLINED = object()
-_VARIANTS = 8  # programs kept per key (one per combination of guard outcomes)
+_DECLINED = variants.DECLINED
 
 
 def _programs(opt: Any) -> LRUCache:
@@ -306,31 +305,17 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     if got is None:
         return kernel_route.try_step(opt, params, grads, state)  # CuPy, Dask
     lib, p, g, key, s_leaves, s_def = got
-    variants = cache.get(key)
-    if variants is _DECLINED:
+    got = variants.choose(
+        cache,
+        key,
+        s_leaves,
+        lambda compiled: compiled.program,
+        lambda: _compile(opt, lib, params, p, g, state),
+        lambda: _valid(opt, params, grads, state),
+    )
+    if got is None:
         return None
-    chosen = scalars = None
-    for compiled in variants or ():
-        try:
-            values = evaluate_scalars(compiled.program.scalars, s_leaves)
-        except Exception:  # a schedule's bad value: the generic path raises its message
-            return None
-        if all(values[i] == v for i, v in compiled.program.guards):
-            chosen, scalars = compiled, values
-            break
-    if chosen is None:
-        if variants is None and not _valid(opt, params, grads, state):
-            return None
-        chosen = _compile(opt, lib, params, p, g, state)
-        if chosen is None:
-            if variants is None:
-                cache[key] = _DECLINED
-            return None
-        cache[key] = [*list(variants or ())[-(_VARIANTS - 1) :], chosen]
-        try:
-            scalars = evaluate_scalars(chosen.program.scalars, s_leaves)
-        except Exception:
-            return None
+    chosen, scalars = got
     got = _per_step(chosen, s_leaves, scalars)
     if got is None:
         return None

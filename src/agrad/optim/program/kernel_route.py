@@ -36,9 +36,10 @@ from typing import Any
 
 from agrad.autograd.variable import Variable
 from agrad.optim._cache import LRUCache
+from agrad.optim.program import variants
 from agrad.optim.program.cupy_exec import CupyExecutor
 from agrad.optim.program.dask_exec import DaskExecutor
-from agrad.optim.program.ir import Program, evaluate_scalars
+from agrad.optim.program.ir import Program
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves, unflatten
 
@@ -50,8 +51,6 @@ enabled = True
 dask_enabled = True
 
 _FLOATS = ("float32", "float64")
-_VARIANTS = 8
-_DECLINED = object()
 _executors: dict[str, Any] = {}
 
 
@@ -132,7 +131,7 @@ def _state_key(leaves: list[Any], cls: type) -> tuple | None:
 def _cache(opt: Any) -> Any:
     """The optimizer's program cache (a fresh one, not kept, for objects without one)."""
     cache = getattr(opt, "_programs", None)
-    return LRUCache(_VARIANTS) if cache is None else cache
+    return LRUCache(variants.MAX_VARIANTS) if cache is None else cache
 
 
 def _key(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
@@ -230,32 +229,18 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     if lib == "dask" and not dask_enabled:
         return None
     cache = _cache(opt)
-    variants = cache.get(key)
-    if variants is _DECLINED:
-        return None
     numbers = [x if type(x) in (int, float) else None for x in s_leaves]
-    program = scalars = None
-    for candidate in variants or ():
-        try:
-            values = evaluate_scalars(candidate.scalars, numbers)
-        except Exception:  # a schedule's bad value: the generic path raises its message
-            return None
-        if all(values[i] == v for i, v in candidate.guards):
-            program, scalars = candidate, values
-            break
-    if program is None:
-        if variants is None and not _valid(opt, params, grads, state):
-            return None
-        program = _record(opt, lib, params, p, g, state)
-        if program is None:
-            if variants is None:
-                cache[key] = _DECLINED
-            return None
-        cache[key] = [*list(variants or ())[-(_VARIANTS - 1) :], program]
-        try:
-            scalars = evaluate_scalars(program.scalars, numbers)
-        except Exception:
-            return None
+    got = variants.choose(
+        cache,
+        key,
+        numbers,
+        lambda program: program,
+        lambda: _record(opt, lib, params, p, g, state),
+        lambda: _valid(opt, params, grads, state),
+    )
+    if got is None:
+        return None
+    program, scalars = got
     ex = executor_for(lib)
     written = [*p, *(x for x in s_leaves if type(x) is type(p[0]))]
     if lib == "cupy":
