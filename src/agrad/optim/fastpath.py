@@ -311,7 +311,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         s_leaves,
         lambda compiled: compiled.program,
         lambda: _compile(opt, lib, params, p, g, state),
-        lambda: _valid(opt, params, grads, state),
+        lambda: variants.generic_checks_pass(opt, params, grads, state),
     )
     if got is None:
         return None
@@ -613,15 +613,6 @@ def _torch_device(p: list, g: list, arrays: list, kinds: set) -> Any:
     if device.type == "meta" or set(map(_DEVICE, flat)) != {device}:
         return None
     return device
-
-
-def _valid(opt: Any, params: Any, grads: Any, state: Any) -> bool:
-    """Whether the generic path's checks accept the call (made once per cache key)."""
-    try:
-        opt._check(f"{opt.name}.step", params, grads, state, None)
-    except Exception:
-        return False
-    return True
 
 
 def _compile(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> Any:

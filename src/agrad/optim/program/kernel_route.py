@@ -204,14 +204,6 @@ def _record(opt: Any, lib: str, params: Any, p: list, g: list, state: Any) -> Pr
         return None
 
 
-def _valid(opt: Any, params: Any, grads: Any, state: Any) -> bool:
-    try:
-        opt._check(f"{opt.name}.step", params, grads, state, None)
-    except Exception:
-        return False
-    return True
-
-
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
     """``opt.step(params, grads, state)`` on the CuPy or Dask executor, or ``None``.
 
@@ -236,7 +228,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         numbers,
         lambda program: program,
         lambda: _record(opt, lib, params, p, g, state),
-        lambda: _valid(opt, params, grads, state),
+        lambda: variants.generic_checks_pass(opt, params, grads, state),
     )
     if got is None:
         return None

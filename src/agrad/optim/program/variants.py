@@ -15,7 +15,7 @@ from typing import Any
 
 from agrad.optim.program.ir import evaluate_scalars
 
-__all__ = ["DECLINED", "MAX_VARIANTS", "choose"]
+__all__ = ["DECLINED", "MAX_VARIANTS", "choose", "generic_checks_pass"]
 
 #: the cache's mark for a key whose step the route cannot run (nothing is recorded again)
 DECLINED = object()
@@ -63,3 +63,13 @@ def choose(
         return entry, evaluate_scalars(program_of(entry).scalars, numbers)
     except Exception:
         return None
+
+
+def generic_checks_pass(opt: Any, params: Any, grads: Any, state: Any) -> bool:
+    """Whether the generic path's checks accept the call (asked once per cache key, so
+    that bad input always gets the generic path's message)."""
+    try:
+        opt._check(f"{opt.name}.step", params, grads, state, None)
+    except Exception:
+        return False
+    return True
