@@ -307,3 +307,38 @@ def test_sgd_hyperparameters_property(lr, momentum, dampening, wd, seed):
     ref = torch_reference("sgd", kw, problem, 30)
     got, _ = run_agrad(npx, "sgd", kw, problem, 30)
     assert max_rel_err(got, ref) < RTOL
+
+
+@pytest.mark.parametrize("beta2", [0.6, 0.5, 1 / 3])
+def test_radam_small_beta2_is_never_rectified(xp, beta2):
+    """beta2 <= 0.6 gives rho_inf <= 5: torch never rectifies; agrad must not evaluate the
+    rectifier either (it divides by zero at beta2 = 0.6, takes a negative root below)."""
+    import warnings
+
+    kw = dict(lr=0.05, betas=(0.9, beta2), weight_decay=0.1)
+    steps = 4 if "dask" in xp.__name__ else 12
+    problem = Problem(steps)
+    ref = torch_reference("radam", kw, problem, steps)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        got, _ = run_agrad(xp, "radam", kw, problem, steps)
+    assert max_rel_err(got, ref) < RTOL
+
+
+def test_radam_injected_small_beta2_stays_finite():
+    """An injected beta2 is an array: the unused rectifier is kept finite by a select."""
+    import warnings
+
+    import array_api_compat.numpy as npx
+
+    kw = dict(lr=0.05, betas=(0.9, 0.6), weight_decay=0.1)
+    problem = Problem(12)
+    ref = torch_reference("radam", kw, problem, 12)
+    params = {k: np.array(v) for k, v in problem.p0.items()}
+    opt = optim.inject_hyperparams(optim.radam)(**kw)
+    state = opt.init(params)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        for t in range(12):
+            params, state = opt.step(params, problem.grads(npx, params, t), state)
+    assert max_rel_err(params, ref) < RTOL

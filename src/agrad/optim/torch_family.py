@@ -630,6 +630,14 @@ def radam(
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * (beta2**t) / bias_correction2
         step = scale(xp, corrected, lr_t)
+        if not hasattr(rho_inf, "shape") and rho_inf <= 5.0:
+            # rho_t < rho_inf <= 5 at every step: never rectified, as in torch; the
+            # rectifier's formula would divide by zero (beta2 = 0.6) or take a negative root
+            return xp.negative(step), (m, v)
+        if hasattr(
+            rho_inf, "shape"
+        ):  # an injected beta2: a value that keeps the unused form finite
+            rho_inf = xp.where(rho_inf > 5.0, rho_inf, xp.full_like(rho_inf, 6.0))
         rectified = rho_t > 5.0
         if hasattr(rho_t, "shape"):  # an array: both forms, one selected (no branch on a value)
             safe = xp.where(rectified, rho_t, xp.full_like(rho_t, 6.0))  # no NaN where unused
