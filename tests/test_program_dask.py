@@ -284,3 +284,129 @@ def test_chunk_buffers_are_reused_only_once_nothing_holds_them():
         kept.append(da.Array(p[0].dask, p[0].name, p[0].chunks, meta=p[0]._meta))
     for x, (want, _) in zip(kept, reference(ref, params, grads)):
         np.testing.assert_allclose(np.asarray(x), want[0], rtol=1e-6, atol=1e-6)
+
+
+# -- the chunk tasks on host C kernels --------------------------------------------------
+_HOST_CASES = {
+    "adam": CASES["adam"],
+    "nadam": CASES["nadam"],
+    "lamb": CASES["lamb"],
+    "chain-schedule": lambda: ao.chain(
+        ao.scale_by_adam(), ao.scale_by_learning_rate(ao.warmup_cosine(1e-2, 2, 10))
+    ),
+}
+
+
+def _route_steps(factory, params, grads, chunks, host):
+    """Three kernel-route steps on Dask arrays (the host kernels on or off), persisted
+    after each under the threaded scheduler; the parameters and state arrays after each step (NumPy), and how many
+    chunks ran on host kernels at each step. ``chunks``: per parameter."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    saved = host_exec.enabled
+    host_exec.enabled = host
+    runs = []
+    try:
+        opt = factory()
+        p = [da.from_array(x.copy(), chunks=c).persist() for x, c in zip(params, chunks)]
+        s = tree_map(_persist_each, opt.init(p))
+        out = []
+        for g in grads:
+            gs = [da.from_array(x, chunks=c).persist() for x, c in zip(g, chunks)]
+            before = dask_exec.host_chunk_runs
+            p, s = opt.step(p, gs, s)
+            assert any(name.startswith("agrad-block") for name in _step_layers(p))
+            p, s = dask.persist(p, s, scheduler="threads")  # one run of each task
+            runs.append(dask_exec.host_chunk_runs - before)
+            out.append(([np.asarray(x) for x in p], state_arrays(s)))
+    finally:
+        host_exec.enabled = saved
+    return out, runs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(_HOST_CASES))
+def test_chunk_tasks_run_host_kernels_bitwise(case, dtype):
+    """On NumPy chunks (C-contiguous, float32/float64) every lane block of a step is one
+    host C call per chunk (counted), and the result is the ufunc chunk tasks' bit for
+    bit, and the generic path's on the same Dask arrays (bit for bit; to rounding where
+    a norm is summed by chunks: lamb), and the reference's to rounding."""
+    from agrad.optim.program import host_exec
+
+    if not host_exec.available():
+        pytest.skip("no host C compiler")
+    factory = _HOST_CASES[case]
+    params, grads = leaves([(8, 6), (6,)], dtype, 11)
+    chunks = [(4, 6), 3]  # row blocks of C arrays: contiguous chunks, 2 per parameter
+    host, runs = _route_steps(factory, params, grads, chunks, host=True)
+    ufunc, no_runs = _route_steps(factory, params, grads, chunks, host=False)
+    blocks = 2 if case == "lamb" else 1  # lamb: before and after its norms
+    # a host call per chunk per lane block (steps 2 and 3; the first step reads init's
+    # zeros, broadcast chunks that are not contiguous, where a block reads them)
+    assert runs[1:] == [blocks * 4] * 2 and no_runs == [0, 0, 0], runs
+    generic = _generic_dask(
+        factory,
+        [da.from_array(x, chunks=c) for x, c in zip(params, chunks)],
+        [[da.from_array(x, chunks=c) for x, c in zip(g, chunks)] for g in grads],
+    )
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    want = reference(factory, params, grads)
+    for k in range(3):
+        for x, y, z, w in zip(host[k][0], ufunc[k][0], generic[k][0], want[k][0]):
+            np.testing.assert_array_equal(x, y)
+            _same(x, z, case, f"{case} step {k + 1}", rtol)
+            np.testing.assert_allclose(x, w, rtol=rtol, atol=rtol)
+        for x, y, z in zip(host[k][1], ufunc[k][1], generic[k][1]):
+            np.testing.assert_array_equal(x, y)
+            _same(x, z, case, f"{case} state, step {k + 1}", rtol)
+
+
+def test_chunk_tasks_fall_back_without_host_kernels():
+    """The ufunc chunk tasks run (no host call, the same values) where the route does not
+    apply: chunks that are not C-contiguous (a column chunking of a C array), the host
+    kernels switched off, float16 chunks of a float32 block (another dtype), or no
+    kernel for the block (no compiler)."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    factory = CASES["adam"]
+    params, grads = leaves([(8, 8)], np.float32, 2)
+    ref, runs = _route_steps(factory, params, grads, [(8, 4)], host=True)
+    assert runs[0] == 0  # every chunk a strided view: not contiguous
+    rows, _ = _route_steps(factory, params, grads, [(4, 8)], host=False)
+    for (x, _), (y, _) in zip(ref, rows):
+        np.testing.assert_array_equal(x, y)
+    block = next(s for s in dask_exec.partition(_program(factory)) if s.shape)
+    task = dask_exec.BlockTask(_program(factory), block)
+    chunk = np.ones((4, 8), np.float32)
+    nodes = task.program.nodes
+    inputs = [
+        0.5 if r[0] == "s" else chunk if nodes[r[1]].shape else np.asarray(0.5, nodes[r[1]].dtype)
+        for r in block.inputs
+    ]
+    before = dask_exec.host_chunk_runs
+    want = task(*inputs)
+    odd = [x.astype(np.float16) if isinstance(x, np.ndarray) else x for x in inputs]
+    task(*odd)
+    saved = host_exec.enabled
+    host_exec.enabled = False
+    try:
+        off = task(*inputs)
+    finally:
+        host_exec.enabled = saved
+    task.__dict__["_kernels"] = {k: None for k in task.__dict__.get("_kernels", {})}
+    task.__dict__["_kernels"][tuple("float64" for r in block.inputs if r[0] == "s")] = None
+    none = task(*inputs)
+    assert dask_exec.host_chunk_runs - before == (1 if host_exec.available() else 0)
+    for got in (off, none):
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+
+
+def _program(factory):
+    """The recorded program of ``factory``'s step on one 8x8 float32 Dask parameter."""
+    from agrad.optim.program.recorder import record
+    import array_api_compat.dask.array as xp
+
+    opt = factory()
+    p = [da.from_array(np.ones((8, 8), np.float32), chunks=4)]
+    return record(opt, xp, p, p, flatten_leaves(p)[1], opt.init(p))
