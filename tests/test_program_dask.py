@@ -404,8 +404,9 @@ def test_chunk_tasks_fall_back_without_host_kernels():
 
 def _program(factory):
     """The recorded program of ``factory``'s step on one 8x8 float32 Dask parameter."""
-    from agrad.optim.program.recorder import record
     import array_api_compat.dask.array as xp
+
+    from agrad.optim.program.recorder import record
 
     opt = factory()
     p = [da.from_array(np.ones((8, 8), np.float32), chunks=4)]
