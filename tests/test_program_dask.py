@@ -182,9 +182,10 @@ def test_one_task_per_chunk_per_step(case, size):
     assert len(_keys([*gen_p, *_dask_leaves(gen_s)]) - old) >= 3 * len(tasks)
 
 
-def test_lamb_norms_run_as_dask_reductions_between_blocks():
-    """LAMB: the per-leaf norms are Dask reductions; the elementwise work around them is
-    one blockwise layer per stage, and the result equals the reference."""
+def test_lamb_norms_run_as_sum_tasks_between_blocks():
+    """LAMB: each per-leaf norm's sum is one task reading every chunk (not Dask's
+    reduction graph); the elementwise work around them is one layer of chunk tasks per
+    stage, and the result equals the reference."""
     opt = CASES["lamb"]()
     params, grads = leaves([(6, 4)], np.float32, 5)
     p = [da.from_array(params[0], chunks=(3, 2))]
@@ -192,6 +193,9 @@ def test_lamb_norms_run_as_dask_reductions_between_blocks():
     p, s = opt.step(p, [da.from_array(grads[0][0], chunks=(2, 4))], s)
     layers = _step_layers(p)
     assert sum(n.startswith("agrad-block") for n in layers) >= 2  # before and after the norms
+    sums = [n for n in layers if n.startswith("agrad-sum")]
+    assert len(sums) == 2  # |p| and |update|
+    assert all(len(p[0].dask.layers[n]) == 1 for n in sums)  # one task each
     want = reference(CASES["lamb"], params, grads[:1])[0][0]
     np.testing.assert_array_equal(np.asarray(p[0]), want[0])
 

@@ -474,6 +474,10 @@ class DaskExecutor:
             if given is not None and is_pre(program, step):
                 continue  # computed above: its values are literals of the tasks reading them
             if isinstance(step, Eager):
+                got = _direct_sum(program, step.node, env, graph, plan.token)
+                if got is not None:
+                    env[step.node] = got
+                    continue
                 args = {
                     a[1]: _array(env[a[1]], graph, f"{plan.token}-{a[1]}")
                     for a in program.nodes[step.node].args
@@ -747,6 +751,51 @@ def _direct(
         _Out(name, k, single, chunks, _meta_of(meta_like, ndim, nodes[o].dtype))
         for k, o in enumerate(block.outputs)
     ]
+
+
+def _sum_chunks(*chunks: Any) -> Any:
+    """The sum of all elements of all ``chunks``: each chunk's sum, then the sum of those
+    in chunk order (Dask's own ``sum`` of an array of at most 16 chunks adds the same
+    partial sums in the same order)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(*chunks)
+    return xp.sum(xp.stack([xp.sum(c) for c in chunks]))
+
+
+def _direct_sum(
+    program: Program, node: int, env: dict[int, Any], graph: _Graph, token: str
+) -> _Out | None:
+    """A whole-array ``sum`` (LAMB's and LARS's norms, a global norm) as ONE task that
+    reads every chunk of its operand (a block's output or a Dask array of this graph),
+    instead of Dask's reduction (its graph costs milliseconds to build; its tasks are
+    one per chunk and an aggregate). ``None`` where the node is another reduction, or
+    its operand is not chunked into at most 16 chunks of this graph."""
+    import dask.array as da
+    from dask._task_spec import Task, TaskRef
+
+    n = program.nodes[node]
+    refs = [a for a in n.args if a[0] == "n"]
+    if n.op != "sum" or dict(n.attrs) != {"axis": None, "keepdims": False} or len(refs) != 1:
+        return None
+    x = env[refs[0][1]]
+    if not isinstance(x, _Out) and not (isinstance(x, da.Array) and graph.absorb(x)):
+        return None
+    name, chunks = x.name, x.chunks
+    idx = list(_indices(chunks))
+    if not chunks or len(idx) > 16:
+        return None
+    args: list[Any] = []
+    for i in idx:
+        ref = TaskRef((name, *i))
+        single = not isinstance(x, _Out) or x.single
+        args.append(ref if single else Task(None, operator.getitem, ref, x.k))
+    k = x.k if isinstance(x, _Out) else 0
+    out = "agrad-sum-" + hashlib.sha1(f"{token}|{node}|{name}|{k}".encode()).hexdigest()
+    if out not in graph.layers:
+        graph.add(out, {(out,): Task((out,), _sum_chunks, *args)}, {name})
+    meta = x.meta if isinstance(x, _Out) else x._meta
+    return _Out(out, 0, True, (), _meta_of(meta, 0, n.dtype))
 
 
 def _meta_of(like: Any, ndim: int, dtype: Any) -> Any:
