@@ -2,20 +2,29 @@
 
 Dask arrays are immutable graphs, so a step makes new arrays. The generic path adds one
 task per chunk for every operation of the rule (Adam: about fifteen); here each fused
-:class:`~agrad.optim.program.fusion.Block` is one ``dask.array.blockwise`` layer
-whose task computes the whole block on one chunk of each input (with the chunk's own
-namespace: NumPy chunks with NumPy, CuPy chunks with CuPy) and returns all of the
-block's outputs as a tuple; each output is then one ``getitem`` task per chunk. A step
-of Adam on an array of ``c`` chunks is ``c`` compute tasks (plus ``3c`` to hand out
-``p``, ``m``, ``v``), whatever the rule's length. Eager nodes (reductions: LAMB's
-norms, a global norm) are Dask's own functions between blocks.
+:class:`~agrad.optim.program.fusion.Block` is one graph layer whose task computes the
+whole block on one chunk of each input and returns all of the block's outputs as a
+tuple; each output is then one ``getitem`` task per chunk. A step of Adam on an array
+of ``c`` chunks is ``c`` compute tasks (plus ``3c`` to hand out ``p``, ``m``, ``v``),
+whatever the rule's length.
 
-Inputs of a block are aligned by ``blockwise`` (a gradient chunked unlike its
-parameter is rechunked to match, as Dask does for ``p + g``); smaller operands
-broadcast by their trailing dimensions, 0-d ones and host scalars go whole to every
-task. Inside a task on a NumPy chunk the block runs tile by tile (``TILE`` elements),
-each ufunc writing with ``out=`` into its output's tile or a reused tile-sized scratch
-buffer; other chunks (CuPy) run one call of their namespace per node.
+The per-step values (a step count, bias corrections: ``ir.pre_nodes``) are computed
+while the graph is built, with NumPy, where the state values they read are concrete
+(a persisted 0-d count), and are literals of the chunk tasks (a new count is a data
+key); otherwise they are one 0-d task. A whole-array ``sum`` (a norm) is one task over
+the chunks of its operand; other eager nodes are Dask's own functions between blocks.
+
+Inputs of a block are aligned by ``blockwise`` where they are not chunked alike (a
+gradient chunked unlike its parameter is rechunked to match, as Dask does for
+``p + g``); smaller operands broadcast by their trailing dimensions, 0-d ones and host
+scalars go whole to every task. A task on NumPy chunks of the block's shape and dtypes,
+C-contiguous, is one call of the block's host C kernel
+(:func:`~agrad.optim.program.host_exec.block_kernel`; the GIL released, so chunks run
+in parallel threads) writing into recycled output buffers; where there is no kernel
+(no compiler, switched off, another dtype) or a chunk does not fit, the block runs
+tile by tile (``TILE`` elements), each ufunc writing with ``out=`` into its output's
+tile or a reused tile-sized scratch buffer; other chunks (CuPy) run one call of their
+namespace per node.
 """
 
 from __future__ import annotations
@@ -755,8 +764,8 @@ def _direct(
 
 def _sum_chunks(*chunks: Any) -> Any:
     """The sum of all elements of all ``chunks``: each chunk's sum, then the sum of those
-    in chunk order (Dask's own ``sum`` of an array of at most 16 chunks adds the same
-    partial sums in the same order)."""
+    in chunk order (Dask's own ``sum`` adds the same partial sums, in a tree where
+    there are many: equal to rounding)."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(*chunks)
