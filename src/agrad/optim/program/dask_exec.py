@@ -130,9 +130,10 @@ class BlockTask:
         return fn
 
     @property
-    def _roles(self) -> list[tuple]:
+    def _roles(self) -> tuple[list[tuple], list[str]]:
         """Per input: ``("s",)`` a host scalar, ``("z",)`` a 0-d value (both by value to
-        the C function), or ``("a", dtype)`` a chunk of the block's shape (a buffer)."""
+        the C function), or ``("a", dtype)`` a chunk of the block's shape (a buffer);
+        and the dtype of each output."""
         got = self.__dict__.get("_role_list")
         if got is None:
             nodes = self.program.nodes
@@ -194,16 +195,14 @@ class BlockTask:
                 values.append(float(x))
             else:
                 values.append(x)
+        try:
+            sv = (ctypes.c_double * max(len(values), 1))(*values)
+        except TypeError:  # a host scalar that is not a number: the ufuncs say what
+            return None
         outs = [_BUFFERS.empty(np, shape, dtype) for dtype in out_dtypes]
         addresses += [o.ctypes.data for o in outs]
         size = outs[0].size if outs else 0
-        fn(
-            1,
-            (ctypes.c_longlong * 1)(size),
-            (ctypes.c_void_p * len(addresses))(*addresses),
-            (ctypes.c_double * max(len(values), 1))(*values),
-            0,
-        )
+        fn(1, (ctypes.c_longlong * 1)(size), (ctypes.c_void_p * len(addresses))(*addresses), sv, 0)
         _count_host_chunk()
         return outs
 
