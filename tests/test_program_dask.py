@@ -421,3 +421,28 @@ def _program(factory):
     opt = factory()
     p = [da.from_array(np.ones((8, 8), np.float32), chunks=4)]
     return record(opt, xp, p, p, flatten_leaves(p)[1], opt.init(p))
+
+
+def test_lazy_count_makes_the_per_step_values_a_task():
+    """A count that is not yet computed (a lazy 0-d graph) cannot be read when the graph
+    is built: the per-step values are then one 0-d task the chunk tasks read, and the
+    step's values are the same bits as with a persisted count."""
+    opt = CASES["adam"]()
+    params, grads = leaves([(8, 8)], np.float32, 4)
+    results = []
+    for lazy in (False, True):
+        p = [da.from_array(params[0].copy(), chunks=4).persist()]
+        s = tree_map(_persist_each, opt.init(p))
+        if lazy:
+            s = s._replace(count=s.count + 0)  # a task: not concrete
+        p, s = opt.step(p, [da.from_array(grads[0][0], chunks=4)], s)
+        layers = {**p[0].dask.layers, **s.count.dask.layers}
+        zero_d = [
+            n for n, layer in layers.items() if n.startswith("agrad-block") and len(layer) == 1
+        ]
+        values = [n for n in layers if n.startswith("agrad-value")]
+        assert (len(zero_d), len(values)) == ((1, 0) if lazy else (0, 1))
+        p, s = dask.persist(p, s, scheduler="threads")
+        results.append([np.asarray(p[0]), *state_arrays(s)])
+    for x, y in zip(*results):
+        np.testing.assert_array_equal(x, y)
