@@ -8,6 +8,7 @@ their parameters included) and dtypes; and the task graph of a step, counted.
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -136,16 +137,18 @@ def _dask_leaves(tree):
 
 @pytest.mark.parametrize(
     ("case", "size"),
-    # adam: 4 chunk tasks, 1 task for the per-step values (count, bias corrections),
-    # a getitem per chunk for p, m, v (12) and one for the new 0-d count; rmsprop: the
-    # count is the per-step task's only output (no getitem); adabelief: a Python count
-    [("adam", 18), ("nadam", 19), ("rmsprop-centered", 21), ("user-adabelief", 16)],
+    # adam: 4 chunk tasks, a getitem per chunk for p, m, v (12) and the new 0-d count, a
+    # data key (no task: the count was concrete, so the per-step values were computed
+    # when the graph was made); nadam: also its mu product; rmsprop-centered: four
+    # arrays handed out; adabelief: a Python count
+    [("adam", 17), ("nadam", 18), ("rmsprop-centered", 21), ("user-adabelief", 16)],
 )
 def test_one_task_per_chunk_per_step(case, size):
-    """A step on a 4-chunk parameter: 4 tasks that compute (one per chunk), one task for
-    the per-step 0-d values (a step count, bias corrections) where the state has them,
-    and one ``getitem`` per chunk per value handed out, however many operations the rule
-    has; the generic path makes several tasks per operation."""
+    """A step on a 4-chunk parameter: 4 tasks that compute (one per chunk) and one
+    ``getitem`` per chunk per value handed out, however many operations the rule has; the
+    per-step 0-d values (a step count, bias corrections) are computed when the graph is
+    made (the count is persisted) and are literals of the chunk tasks, the new ones data
+    keys. The generic path makes several tasks per operation."""
     opt = CASES[case]()
     rng = np.random.default_rng(0)
     p = da.from_array(rng.standard_normal((8, 8)), chunks=4).persist()
@@ -160,12 +163,17 @@ def test_one_task_per_chunk_per_step(case, size):
     outs = [*new_p, *_dask_leaves(new_s)]
     full = [x for x in outs if x.ndim]
     zero_d = [x for x in outs if not x.ndim]
-    tasks = _keys(outs) - old
-    compute = [k for k in tasks if str(k[0]).startswith("agrad-block")]
-    assert len([k for k in compute if len(k) == 3]) == 4  # one per chunk
-    assert len([k for k in compute if len(k) == 1]) == (1 if zero_d else 0)
-    assert len(tasks) - len(compute) <= 4 * len(full) + len(zero_d)  # getitems
-    assert len(tasks) == size
+    new = _keys(outs) - old
+    compute = [k for k in new if str(k[0]).startswith("agrad-block")]
+    values = [k for k in new if str(k[0]).startswith("agrad-value")]
+    assert len(compute) == 4 and all(len(k) == 3 for k in compute)  # one per chunk
+    assert len(values) == len(zero_d)  # data, not tasks
+    for x in zero_d:
+        (value,) = dict(x.__dask_graph__()).values()
+        assert isinstance(getattr(value, "value", value), np.ndarray)
+    assert len(new) - len(compute) - len(values) == 4 * len(full)  # getitems
+    assert len(new) == size
+    tasks = new
     old = _keys([p, g, *_dask_leaves(new_s)])
     kernel_route.enabled = False
     try:
@@ -175,9 +183,10 @@ def test_one_task_per_chunk_per_step(case, size):
     assert len(_keys([*gen_p, *_dask_leaves(gen_s)]) - old) >= 3 * len(tasks)
 
 
-def test_lamb_norms_run_as_dask_reductions_between_blocks():
-    """LAMB: the per-leaf norms are Dask reductions; the elementwise work around them is
-    one blockwise layer per stage, and the result equals the reference."""
+def test_lamb_norms_run_as_sum_tasks_between_blocks():
+    """LAMB: each per-leaf norm's sum is one task reading every chunk (not Dask's
+    reduction graph); the elementwise work around them is one layer of chunk tasks per
+    stage, and the result equals the reference."""
     opt = CASES["lamb"]()
     params, grads = leaves([(6, 4)], np.float32, 5)
     p = [da.from_array(params[0], chunks=(3, 2))]
@@ -185,6 +194,9 @@ def test_lamb_norms_run_as_dask_reductions_between_blocks():
     p, s = opt.step(p, [da.from_array(grads[0][0], chunks=(2, 4))], s)
     layers = _step_layers(p)
     assert sum(n.startswith("agrad-block") for n in layers) >= 2  # before and after the norms
+    sums = [n for n in layers if n.startswith("agrad-sum")]
+    assert len(sums) == 2  # |p| and |update|
+    assert all(len(p[0].dask.layers[n]) == 1 for n in sums)  # one task each
     want = reference(CASES["lamb"], params, grads[:1])[0][0]
     np.testing.assert_array_equal(np.asarray(p[0]), want[0])
 
@@ -277,3 +289,160 @@ def test_chunk_buffers_are_reused_only_once_nothing_holds_them():
         kept.append(da.Array(p[0].dask, p[0].name, p[0].chunks, meta=p[0]._meta))
     for x, (want, _) in zip(kept, reference(ref, params, grads)):
         np.testing.assert_allclose(np.asarray(x), want[0], rtol=1e-6, atol=1e-6)
+
+
+# -- the chunk tasks on host C kernels --------------------------------------------------
+_HOST_CASES = {
+    "adam": CASES["adam"],
+    "nadam": CASES["nadam"],
+    "lamb": CASES["lamb"],
+    "chain-schedule": lambda: ao.chain(
+        ao.scale_by_adam(), ao.scale_by_learning_rate(ao.warmup_cosine(1e-2, 2, 10))
+    ),
+}
+
+
+def _route_steps(factory, params, grads, chunks, host):
+    """Three kernel-route steps on Dask arrays (the host kernels on or off), persisted
+    after each under the threaded scheduler; the parameters and state arrays after each step (NumPy), and how many
+    chunks ran on host kernels at each step. ``chunks``: per parameter."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    saved = host_exec.enabled
+    host_exec.enabled = host
+    runs = []
+    try:
+        opt = factory()
+        p = [da.from_array(x.copy(), chunks=c).persist() for x, c in zip(params, chunks)]
+        s = tree_map(_persist_each, opt.init(p))
+        out = []
+        for g in grads:
+            gs = [da.from_array(x, chunks=c).persist() for x, c in zip(g, chunks)]
+            before = dask_exec.host_chunk_runs
+            p, s = opt.step(p, gs, s)
+            assert any(name.startswith("agrad-block") for name in _step_layers(p))
+            p, s = dask.persist(p, s, scheduler="threads")  # one run of each task
+            runs.append(dask_exec.host_chunk_runs - before)
+            out.append(([np.asarray(x) for x in p], state_arrays(s)))
+    finally:
+        host_exec.enabled = saved
+    return out, runs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(_HOST_CASES))
+def test_chunk_tasks_run_host_kernels_bitwise(case, dtype):
+    """On NumPy chunks (C-contiguous, float32/float64) every lane block of a step is one
+    host C call per chunk (counted), and the result is the ufunc chunk tasks' bit for
+    bit, and the generic path's on the same Dask arrays and on array-api-strict (bit for
+    bit; to rounding where a norm is summed by chunks: lamb)."""
+    from agrad.optim.program import host_exec
+
+    if not host_exec.available():
+        pytest.skip("no host C compiler")
+    factory = _HOST_CASES[case]
+    params, grads = leaves([(8, 6), (6,)], dtype, 11)
+    chunks = [(4, 6), 3]  # row blocks of C arrays: contiguous chunks, 2 per parameter
+    host, runs = _route_steps(factory, params, grads, chunks, host=True)
+    ufunc, no_runs = _route_steps(factory, params, grads, chunks, host=False)
+    blocks = 2 if case == "lamb" else 1  # lamb: before and after its norms
+    # a host call per chunk per lane block (steps 2 and 3; the first step reads init's
+    # zeros, broadcast chunks that are not contiguous, where a block reads them)
+    assert runs[1:] == [blocks * 4] * 2 and no_runs == [0, 0, 0], runs
+    generic = _generic_dask(
+        factory,
+        [da.from_array(x, chunks=c) for x, c in zip(params, chunks)],
+        [[da.from_array(x, chunks=c) for x, c in zip(g, chunks)] for g in grads],
+    )
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    want = reference(factory, params, grads)
+    for k in range(3):
+        for x, y, z, w in zip(host[k][0], ufunc[k][0], generic[k][0], want[k][0]):
+            np.testing.assert_array_equal(x, y)
+            _same(x, z, case, f"{case} step {k + 1}", rtol)
+            _same(x, w, case, f"{case} step {k + 1} (array-api-strict)", rtol)
+        for x, y, z in zip(host[k][1], ufunc[k][1], generic[k][1]):
+            np.testing.assert_array_equal(x, y)
+            _same(x, z, case, f"{case} state, step {k + 1}", rtol)
+
+
+def test_chunk_tasks_fall_back_without_host_kernels():
+    """The ufunc chunk tasks run (no host call, the same values) where the route does not
+    apply: chunks that are not C-contiguous (a column chunking of a C array), the host
+    kernels switched off, float16 chunks of a float32 block (another dtype), or no
+    kernel for the block (no compiler)."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    factory = CASES["adam"]
+    params, grads = leaves([(8, 8)], np.float32, 2)
+    ref, runs = _route_steps(factory, params, grads, [(8, 4)], host=True)
+    assert runs[0] == 0  # every chunk a strided view: not contiguous
+    rows, _ = _route_steps(factory, params, grads, [(4, 8)], host=False)
+    for (x, _), (y, _) in zip(ref, rows):
+        np.testing.assert_array_equal(x, y)
+    block = next(s for s in dask_exec.partition(_program(factory)) if s.shape)
+    task = dask_exec.BlockTask(_program(factory), block)
+    chunk = np.ones((4, 8), np.float32)
+    nodes = task.program.nodes
+    inputs = [
+        0.5 if r[0] == "s" else chunk if nodes[r[1]].shape else np.asarray(0.5, nodes[r[1]].dtype)
+        for r in block.inputs
+    ]
+    before = dask_exec.host_chunk_runs
+    want = task(*inputs)
+    # a worker process gets the task pickled, without its loaded kernels, and loads them
+    again = pickle.loads(pickle.dumps(task))
+    assert "_kernels" not in again.__dict__
+    for x, y in zip(again(*inputs), want):
+        np.testing.assert_array_equal(x, y)
+    odd = [x.astype(np.float16) if isinstance(x, np.ndarray) else x for x in inputs]
+    task(*odd)
+    saved = host_exec.enabled
+    host_exec.enabled = False
+    try:
+        off = task(*inputs)
+    finally:
+        host_exec.enabled = saved
+    task.__dict__["_kernels"] = {k: None for k in task.__dict__.get("_kernels", {})}
+    task.__dict__["_kernels"][tuple("float64" for r in block.inputs if r[0] == "s")] = None
+    none = task(*inputs)
+    assert dask_exec.host_chunk_runs - before == (2 if host_exec.available() else 0)
+    for got in (off, none):
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+
+
+def _program(factory):
+    """The recorded program of ``factory``'s step on one 8x8 float32 Dask parameter."""
+    import array_api_compat.dask.array as xp
+
+    from agrad.optim.program.recorder import record
+
+    opt = factory()
+    p = [da.from_array(np.ones((8, 8), np.float32), chunks=4)]
+    return record(opt, xp, p, p, flatten_leaves(p)[1], opt.init(p))
+
+
+def test_lazy_count_makes_the_per_step_values_a_task():
+    """A count that is not yet computed (a lazy 0-d graph) cannot be read when the graph
+    is built: the per-step values are then one 0-d task the chunk tasks read, and the
+    step's values are the same bits as with a persisted count."""
+    opt = CASES["adam"]()
+    params, grads = leaves([(8, 8)], np.float32, 4)
+    results = []
+    for lazy in (False, True):
+        p = [da.from_array(params[0].copy(), chunks=4).persist()]
+        s = tree_map(_persist_each, opt.init(p))
+        if lazy:
+            s = s._replace(count=s.count + 0)  # a task: not concrete
+        p, s = opt.step(p, [da.from_array(grads[0][0], chunks=4)], s)
+        layers = {**p[0].dask.layers, **s.count.dask.layers}
+        zero_d = [
+            n for n, layer in layers.items() if n.startswith("agrad-block") and len(layer) == 1
+        ]
+        values = [n for n in layers if n.startswith("agrad-value")]
+        assert (len(zero_d), len(values)) == ((1, 0) if lazy else (0, 1))
+        p, s = dask.persist(p, s, scheduler="threads")
+        results.append([np.asarray(p[0]), *state_arrays(s)])
+    for x, y in zip(*results):
+        np.testing.assert_array_equal(x, y)

@@ -2,24 +2,34 @@
 
 Dask arrays are immutable graphs, so a step makes new arrays. The generic path adds one
 task per chunk for every operation of the rule (Adam: about fifteen); here each fused
-:class:`~agrad.optim.program.fusion.Block` is one ``dask.array.blockwise`` layer
-whose task computes the whole block on one chunk of each input (with the chunk's own
-namespace: NumPy chunks with NumPy, CuPy chunks with CuPy) and returns all of the
-block's outputs as a tuple; each output is then one ``getitem`` task per chunk. A step
-of Adam on an array of ``c`` chunks is ``c`` compute tasks (plus ``3c`` to hand out
-``p``, ``m``, ``v``), whatever the rule's length. Eager nodes (reductions: LAMB's
-norms, a global norm) are Dask's own functions between blocks.
+:class:`~agrad.optim.program.fusion.Block` is one graph layer whose task computes the
+whole block on one chunk of each input and returns all of the block's outputs as a
+tuple; each output is then one ``getitem`` task per chunk. A step of Adam on an array
+of ``c`` chunks is ``c`` compute tasks (plus ``3c`` to hand out ``p``, ``m``, ``v``),
+whatever the rule's length.
 
-Inputs of a block are aligned by ``blockwise`` (a gradient chunked unlike its
-parameter is rechunked to match, as Dask does for ``p + g``); smaller operands
-broadcast by their trailing dimensions, 0-d ones and host scalars go whole to every
-task. Inside a task on a NumPy chunk the block runs tile by tile (``TILE`` elements),
-each ufunc writing with ``out=`` into its output's tile or a reused tile-sized scratch
-buffer; other chunks (CuPy) run one call of their namespace per node.
+The per-step values (a step count, bias corrections: ``ir.pre_nodes``) are computed
+while the graph is built, with NumPy, where the state values they read are concrete
+(a persisted 0-d count), and are literals of the chunk tasks (a new count is a data
+key); otherwise they are one 0-d task. A whole-array ``sum`` (a norm) is one task over
+the chunks of its operand; other eager nodes are Dask's own functions between blocks.
+
+Inputs of a block are aligned by ``blockwise`` where they are not chunked alike (a
+gradient chunked unlike its parameter is rechunked to match, as Dask does for
+``p + g``); smaller operands broadcast by their trailing dimensions, 0-d ones and host
+scalars go whole to every task. A task on NumPy chunks of the block's shape and dtypes,
+C-contiguous, is one call of the block's host C kernel
+(:func:`~agrad.optim.program.host_exec.block_kernel`; the GIL released, so chunks run
+in parallel threads) writing into recycled output buffers; where there is no kernel
+(no compiler, switched off, another dtype) or a chunk does not fit, the block runs
+tile by tile (``TILE`` elements), each ufunc writing with ``out=`` into its output's
+tile or a reused tile-sized scratch buffer; other chunks (CuPy) run one call of their
+namespace per node.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import operator
@@ -29,18 +39,23 @@ import threading
 from typing import Any, NamedTuple
 
 from agrad.optim._cache import LRUCache
+from agrad.optim.program import host_exec
+from agrad.optim.program.cblock import scalar_dtype, scalar_types
+from agrad.optim.program.eager import run_nodes
 from agrad.optim.program.fusion import (
     Block,
     Eager,
     Step,
+    dtype_name,
     final_destinations,
     input_nodes,
+    is_pre,
     partition,
     run_node,
 )
-from agrad.optim.program.ir import Program
+from agrad.optim.program.ir import Program, pre_nodes
 
-__all__ = ["DaskExecutor", "BlockTask"]
+__all__ = ["DaskExecutor", "BlockTask", "host_chunk_runs"]
 
 _PLANS_KEPT = 64
 #: Elements per tile of a NumPy chunk (256 KiB of float32: a few tiles fit in L2).
@@ -99,7 +114,42 @@ class BlockTask:
         return got
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_ufunc_list"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ufunc_list", "_kernels")}
+
+    def kernel(self, types: tuple[str, ...]) -> Any:
+        """The block's host C function for host scalars of kinds ``types``
+        (:func:`~agrad.optim.program.host_exec.block_kernel`), built once (under a lock:
+        chunk tasks run in threads); ``None`` where there is none."""
+        kernels = self.__dict__.setdefault("_kernels", {})
+        fn = kernels.get(types, _MISSING)
+        if fn is _MISSING:
+            with _BUILD_LOCK:
+                fn = kernels.get(types, _MISSING)
+                if fn is _MISSING:
+                    fn = kernels[types] = host_exec.block_kernel(self.program, self.block, types)
+        return fn
+
+    @property
+    def _roles(self) -> tuple[list[tuple], list[str]]:
+        """Per input: ``("s",)`` a host scalar, ``("z",)`` a 0-d value (both by value to
+        the C function), or ``("a", dtype)`` a chunk of the block's shape (a buffer);
+        and the dtype of each output."""
+        got = self.__dict__.get("_role_list")
+        if got is None:
+            nodes = self.program.nodes
+            got = [
+                ("s",)
+                if r[0] == "s"
+                else ("z",)
+                if nodes[r[1]].shape == ()
+                else ("a", dtype_name(nodes[r[1]].dtype))
+                for r in self.block.inputs
+            ]
+            got = self.__dict__["_role_list"] = (
+                got,
+                [dtype_name(nodes[o].dtype) for o in self.block.outputs],
+            )
+        return got
 
     def __repr__(self) -> str:
         return f"BlockTask({len(self.block.nodes)} nodes -> {len(self.block.outputs)})"
@@ -114,10 +164,47 @@ class BlockTask:
                 if shape and all(
                     x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
                 ):
-                    outs = self._tiled(np, inputs, shape)
+                    outs = self._host(np, inputs, shape)
+                    if outs is None:
+                        outs = self._tiled(np, inputs, shape)
                     return outs[0] if len(outs) == 1 else tuple(outs)
         outs = self._whole(inputs)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _host(self, np: Any, inputs: tuple, shape: tuple) -> list[Any] | None:
+        """The block on NumPy chunks as one call of its host C function, into recycled
+        output buffers (the GIL released); ``None`` where there is no such function or a
+        chunk is not of the block's dtypes and shape (then :meth:`_tiled` runs)."""
+        if not host_exec.enabled:
+            return None
+        roles, out_dtypes = self._roles
+        types = tuple(scalar_dtype(x) for role, x in zip(roles, inputs) if role[0] == "s")
+        fn = self.kernel(types)
+        if fn is None:
+            return None
+        addresses = []
+        values = []
+        for role, x in zip(roles, inputs):
+            if role[0] == "a":
+                if x.shape != shape or x.dtype.name != role[1] or not x.flags.c_contiguous:
+                    return None
+                addresses.append(x.ctypes.data)
+            elif role[0] == "z":
+                if x.ndim:
+                    return None
+                values.append(float(x))
+            else:
+                values.append(x)
+        try:
+            sv = (ctypes.c_double * max(len(values), 1))(*values)
+        except TypeError:  # a host scalar that is not a number: the ufuncs say what
+            return None
+        outs = [_BUFFERS.empty(np, shape, dtype) for dtype in out_dtypes]
+        addresses += [o.ctypes.data for o in outs]
+        size = outs[0].size if outs else 0
+        fn(1, (ctypes.c_longlong * 1)(size), (ctypes.c_void_p * len(addresses))(*addresses), sv, 0)
+        _count_host_chunk()
+        return outs
 
     def _split(self, inputs: tuple) -> tuple[dict[int, Any], dict[int, Any]]:
         env: dict[int, Any] = {}
@@ -195,6 +282,18 @@ class BlockTask:
 
 
 _SCRATCH = threading.local()
+_MISSING = object()
+_BUILD_LOCK = threading.Lock()
+_COUNT_LOCK = threading.Lock()
+#: Chunks this process ran with a block's host C function (what the tests check the
+#: route with; the other chunk tasks run NumPy's ufuncs tile by tile).
+host_chunk_runs = 0
+
+
+def _count_host_chunk() -> None:
+    global host_chunk_runs
+    with _COUNT_LOCK:
+        host_chunk_runs += 1
 
 
 def _scratch() -> dict[Any, list[Any]]:
@@ -248,6 +347,19 @@ def _ufunc(op: str) -> Any:
     import numpy as np
 
     return {"abs": np.absolute, "pow": np.power}.get(op) or getattr(np, op, None)
+
+
+class _Plan(NamedTuple):
+    """What a program's steps need, made once per program (see :meth:`DaskExecutor._plan`)."""
+
+    steps: list[Step]
+    inputs: dict
+    destinations: dict
+    tasks: list[BlockTask | None]
+    pre: list[int]  # the per-step value nodes
+    pre_leaves: list[int]  # the state leaves they read
+    pre_0d: bool  # all of them 0-d
+    token: str  # the program's
 
 
 class _Out(NamedTuple):
@@ -325,12 +437,25 @@ class DaskExecutor:
             self._xp = array_api_compat.dask.array
         return self._xp
 
-    def _plan(self, program: Program) -> tuple[list[Step], dict, dict, list[BlockTask | None]]:
+    def _plan(self, program: Program) -> _Plan:
         got = self._plans.get(id(program))
         if got is None or got[0] is not program:
+            from dask.base import tokenize
+
             steps = partition(program)
             tasks = [BlockTask(program, s) if isinstance(s, Block) else None for s in steps]
-            got = (program, (steps, input_nodes(program), final_destinations(program), tasks))
+            pre = pre_nodes(program)
+            plan = _Plan(
+                steps,
+                input_nodes(program),
+                final_destinations(program),
+                tasks,
+                pre,
+                [program.nodes[i].attr("leaf") for i in pre if program.nodes[i].op == "input"],
+                all(program.nodes[i].shape == () for i in pre),
+                tokenize(program.nodes),
+            )
+            got = (program, plan)
             self._plans[id(program)] = got
         return got[1]
 
@@ -341,15 +466,28 @@ class DaskExecutor:
         grads: list[Any],
         state_leaves: list[Any],
         scalars: list[Any],
-    ) -> tuple[dict[int, Any], dict, _Graph]:
-        steps, inputs, destinations, tasks = self._plan(program)
+    ) -> tuple[dict[int, Any], dict, _Graph, str]:
+        plan = self._plan(program)
         columns = {"param": params, "grad": grads, "state": state_leaves}
-        env: dict[int, Any] = {i: columns[c][k] for (c, k), i in inputs.items()}
+        env: dict[int, Any] = {i: columns[c][k] for (c, k), i in plan.inputs.items()}
+        given = _eager_pre(program, plan, state_leaves, scalars)
+        if given is not None:
+            env.update(given)
+        if host_exec.enabled:  # built here, before any chunk task runs
+            for step, task in zip(plan.steps, plan.tasks):
+                if task is not None and step.shape:
+                    task.kernel(scalar_types(step, scalars))
         graph = _Graph()
-        for step, task in zip(steps, tasks):
+        for step, task in zip(plan.steps, plan.tasks):
+            if given is not None and is_pre(program, step):
+                continue  # computed above: its values are literals of the tasks reading them
             if isinstance(step, Eager):
+                got = _direct_sum(program, step.node, env, graph, plan.token)
+                if got is not None:
+                    env[step.node] = got
+                    continue
                 args = {
-                    a[1]: _array(env[a[1]], graph)
+                    a[1]: _array(env[a[1]], graph, f"{plan.token}-{a[1]}")
                     for a in program.nodes[step.node].args
                     if a[0] == "n"
                 }
@@ -359,10 +497,10 @@ class DaskExecutor:
             if outs is None:
                 for r in step.inputs:
                     if r[0] == "n":
-                        env[r[1]] = _array(env[r[1]], graph)
+                        env[r[1]] = _array(env[r[1]], graph, f"{plan.token}-{r[1]}")
                 outs = _blockwise(program, step, task, env, scalars)
             env.update(zip(step.outputs, outs))
-        return env, destinations, graph
+        return env, plan.destinations, graph, plan.token
 
     def evaluate(
         self,
@@ -377,11 +515,13 @@ class DaskExecutor:
         A state leaf the step leaves unchanged, or that is not an array, comes back as it
         was given; nothing is computed (``dask.persist`` the results to run the step).
         """
-        env, destinations, graph = self._values(program, params, grads, state_leaves, scalars)
+        env, destinations, graph, token = self._values(
+            program, params, grads, state_leaves, scalars
+        )
         new = {"param": list(params), "state": list(state_leaves)}
         for node, dests in destinations.items():
             for column, leaf in dests:
-                new[column][leaf] = _array(env[node], graph)
+                new[column][leaf] = _array(env[node], graph, f"{token}-{node}")
         return new["param"], new["state"]
 
     def run(
@@ -395,10 +535,14 @@ class DaskExecutor:
         """One step, lazily: each parameter and state array written by the step is
         rebound to its new graph (what Dask's own ``dst[...] = new`` ends with, without
         its extra task per chunk); nothing is computed."""
-        env, destinations, graph = self._values(program, params, grads, state_leaves, scalars)
+        env, destinations, graph, token = self._values(
+            program, params, grads, state_leaves, scalars
+        )
         columns = {"param": params, "state": state_leaves}
         for node, dests in destinations.items():
-            value = env[node]
+            value = (
+                _array(env[node], graph, f"{token}-{node}") if _is_numpy(env[node]) else env[node]
+            )
             for column, leaf in dests:
                 _rebind(columns[column][leaf], value, graph)
 
@@ -434,14 +578,97 @@ def _out_layer(value: _Out, graph: _Graph) -> str:
     return name
 
 
-def _array(value: Any, graph: _Graph) -> Any:
-    """``value`` as a Dask array (a block's output made one; anything else as it is)."""
+def _array(value: Any, graph: _Graph, name: str = "") -> Any:
+    """``value`` as a Dask array (a block's output made one; a NumPy value computed at
+    graph time, one data key named after ``name`` and the value; anything else as it is)."""
+    import dask.array as da
+
+    if _is_numpy(value):
+        return _data_array(value, name)
     if not isinstance(value, _Out):
         return value
-    import dask.array as da
 
     name = _out_layer(value, graph)
     return da.Array(graph.graph_of(name), name, value.chunks, meta=value.meta)
+
+
+def _is_numpy(x: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and (type(x) is np.ndarray or isinstance(x, np.generic))
+
+
+def _data_array(value: Any, name: str) -> Any:
+    """A Dask array of one chunk, ``value`` itself (no task): a per-step value computed at
+    graph time (a new step count). Its key is the hash of ``name`` (the program and the
+    node) and the value, so equal values of different state leaves never share a key."""
+    import dask.array as da
+    import numpy as np
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    value = np.asarray(value)
+    digest = hashlib.sha1(
+        f"{name}|{value.dtype.str}|{value.shape}|".encode() + value.tobytes()
+    ).hexdigest()
+    key = f"agrad-value-{digest}"
+    chunk_key = (key, *(0,) * value.ndim)
+    graph = HighLevelGraph({key: MaterializedLayer({chunk_key: value})}, {key: set()})
+    return da.Array(
+        graph,
+        key,
+        tuple((d,) for d in value.shape),
+        meta=value[:0] if value.ndim else np.empty((), value.dtype),
+    )
+
+
+def _concrete(x: Any) -> Any:
+    """The NumPy value of a 0-d Dask array whose graph is that value alone (persisted), or
+    of a NumPy 0-d value; ``None`` otherwise."""
+    if _is_numpy(x):
+        return x
+    if getattr(x, "ndim", None) != 0 or not hasattr(x, "dask"):
+        return None
+    layers = getattr(x.dask, "layers", None)
+    if layers is None or len(layers) != 1:
+        return None
+    from dask.highlevelgraph import MaterializedLayer
+
+    layer = next(iter(layers.values()))
+    if type(layer) is not MaterializedLayer or len(layer.mapping) != 1:
+        return None
+    value = layer.mapping.get((x.name,))
+    if not _is_numpy(value):
+        value = getattr(value, "value", None)  # a DataNode
+    return value if _is_numpy(value) else None
+
+
+def _eager_pre(
+    program: Program, plan: _Plan, state_leaves: list[Any], scalars: list[Any]
+) -> dict[int, Any] | None:
+    """The per-step values (:func:`~agrad.optim.program.ir.pre_nodes`: a step count, bias
+    corrections, a schedule's value) computed now, with NumPy, as the NumPy fast path
+    computes them (bitwise the values the tasks would compute: the same NumPy
+    operations on the same 0-d values), where every state value they read is concrete (a
+    persisted 0-d array); ``None`` where not (they are then tasks of the graph)."""
+    if not plan.pre or not plan.pre_0d:
+        return None
+    leaves = list(state_leaves)
+    for k in plan.pre_leaves:
+        value = _concrete(leaves[k])
+        if value is None:
+            return None
+        leaves[k] = value
+    import array_api_compat.numpy as xp
+
+    try:
+        values = run_nodes(program, plan.pre, xp, leaves, scalars)
+    except Exception:  # the tasks compute them (and raise there, as the generic path does)
+        return None
+    np = sys.modules["numpy"]
+    return {
+        i: (np.asarray(v) if isinstance(v, np.generic) else v)
+        for i, v in values.items()
+        if program.nodes[i].op != "input"
+    }
 
 
 def _indices(chunks: tuple) -> Any:
@@ -474,6 +701,12 @@ def _direct(
             parts.append(repr(scalars[r[1]]))
             continue
         x = env[r[1]]
+        if _is_numpy(x):
+            if x.ndim:
+                return None
+            refs.append(("s", x))
+            parts.append(f"{x.dtype.str}:{x.tobytes().hex()}")
+            continue
         if isinstance(x, _Out):
             refs.append(("o", x))
             deps.add(x.name)
@@ -526,6 +759,51 @@ def _direct(
         _Out(name, k, single, chunks, _meta_of(meta_like, ndim, nodes[o].dtype))
         for k, o in enumerate(block.outputs)
     ]
+
+
+def _sum_chunks(*chunks: Any) -> Any:
+    """The sum of all elements of all ``chunks``: each chunk's sum, then the sum of those
+    in chunk order (Dask's own ``sum`` adds the same partial sums, in a tree where
+    there are many: equal to rounding)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(*chunks)
+    return xp.sum(xp.stack([xp.sum(c) for c in chunks]))
+
+
+def _direct_sum(
+    program: Program, node: int, env: dict[int, Any], graph: _Graph, token: str
+) -> _Out | None:
+    """A whole-array ``sum`` (LAMB's and LARS's norms, a global norm) as ONE task that
+    reads every chunk of its operand (a block's output or a Dask array of this graph),
+    instead of Dask's reduction (its graph costs milliseconds to build; its tasks are
+    one per chunk and an aggregate). ``None`` where the node is another reduction, or
+    its operand is not chunked into at most 16 chunks of this graph."""
+    import dask.array as da
+    from dask._task_spec import Task, TaskRef
+
+    n = program.nodes[node]
+    refs = [a for a in n.args if a[0] == "n"]
+    if n.op != "sum" or dict(n.attrs) != {"axis": None, "keepdims": False} or len(refs) != 1:
+        return None
+    x = env[refs[0][1]]
+    if not isinstance(x, _Out) and not (isinstance(x, da.Array) and graph.absorb(x)):
+        return None
+    name, chunks = x.name, x.chunks
+    idx = list(_indices(chunks))
+    if not chunks or len(idx) > 16:
+        return None
+    args: list[Any] = []
+    for i in idx:
+        ref = TaskRef((name, *i))
+        single = not isinstance(x, _Out) or x.single
+        args.append(ref if single else Task(None, operator.getitem, ref, x.k))
+    k = x.k if isinstance(x, _Out) else 0
+    out = "agrad-sum-" + hashlib.sha1(f"{token}|{node}|{name}|{k}".encode()).hexdigest()
+    if out not in graph.layers:
+        graph.add(out, {(out,): Task((out,), _sum_chunks, *args)}, {name})
+    meta = x.meta if isinstance(x, _Out) else x._meta
+    return _Out(out, 0, True, (), _meta_of(meta, 0, n.dtype))
 
 
 def _meta_of(like: Any, ndim: int, dtype: Any) -> Any:

@@ -71,6 +71,7 @@ from agrad.optim.program.ir import Program, pre_nodes
 __all__ = [
     "HostPlan",
     "available",
+    "block_kernel",
     "build",
     "compile_plan",
     "enabled",
@@ -547,3 +548,47 @@ def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: 
     sv = (ctypes.c_double * max(len(vals), 1))(*vals)
     ss = 0 if batch.shared else len(batch.scalar_refs[0])
     batch.fn(len(batch.blocks), batch.n, ptrs, sv, ss)
+
+
+def block_kernel(program: Program, block: Block, types: tuple[str, ...]) -> Any | None:
+    """``block`` compiled alone, for one chunk at a time (the Dask executor's chunk tasks).
+
+    The C function is :func:`~agrad.optim.program.c_codegen.host_batch_source`'s entry
+    point (called with ``nb = 1``, ``ss = 0``) over distinct buffers: first the block's
+    array inputs (inputs of the block's shape), then its outputs, in order; its scalar
+    values (host scalars, whose kinds are ``types``, and 0-d inputs), in
+    ``block.inputs`` order, come in ``sv``. ``None`` where the route does not apply:
+    switched off, no compiler, a 0-d block, a dtype other than float32/float64/bool,
+    an input of another shape, an operation with no C form, or a failed build.
+    """
+    if not available() or not block.shape:
+        return None
+    nodes = program.nodes
+    if any(dtype_name(nodes[i].dtype) not in _KINDS for i in block.nodes):
+        return None
+    cb = c_block(program, block, types)
+    new_inputs = []
+    buffers = []
+    for x, r in zip(cb.inputs, block.inputs):
+        if r[0] == "s" or nodes[r[1]].shape == ():
+            new_inputs.append(x if r[0] == "s" else CInput(x.name, x.dtype, scalar=True))
+        elif nodes[r[1]].shape == block.shape and x.dtype in _KINDS:
+            new_inputs.append(x)
+            buffers.append(x.dtype)
+        else:
+            return None
+    cb = CBlock(new_inputs, cb.statements, cb.outputs)
+    buffers += [dtype_name(nodes[o].dtype) for o in block.outputs]
+    try:
+        text = host_batch_source("KERNEL", cb, range(len(buffers)), buffers)
+    except UnsupportedOp:
+        return None
+    name = "agrad_c" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    source = "#include <math.h>\n#include <stdbool.h>\n\n" + text.replace("KERNEL", name)
+    try:
+        fn = getattr(host_c.load_library(source), name)
+    except (OSError, RuntimeError, AttributeError):
+        return None
+    fn.argtypes = _ARGTYPES
+    fn.restype = None
+    return fn
