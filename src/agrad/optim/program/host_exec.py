@@ -48,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import operator
 import os
 import sys
 import threading
@@ -55,7 +56,13 @@ from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
 
 from agrad.optim.program import host_c
-from agrad.optim.program.c_codegen import CBlock, CInput, UnsupportedOp, host_batch_source
+from agrad.optim.program.c_codegen import (
+    CBlock,
+    CInput,
+    CReduction,
+    UnsupportedOp,
+    host_batch_source,
+)
 from agrad.optim.program.cblock import c_block, scalar_dtype
 from agrad.optim.program.fusion import (
     Block,
@@ -116,6 +123,7 @@ class _Batch:
         "blocks",
         "fn",
         "getters",
+        "mode",
         "n",
         "name",
         "scalar_refs",
@@ -136,6 +144,7 @@ class _Batch:
         self.shared = True
         self.getters: list[tuple] | None = None
         self.static = True
+        self.mode = "plain"
 
 
 class HostPlan:
@@ -203,23 +212,34 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
         where[i] = ("env", i)
     types = tuple(scalar_dtype(v) for v in scalars)
     batches: dict[tuple[int, str], _Batch] = {}
+    absorbed = _absorbed_reductions(program, steps)
+    taken = {e for reds in absorbed.values() for e, _ in reds}
     for s, step in enumerate(steps):
         if isinstance(step, Eager):
+            if step.node in taken:
+                continue  # computed by the block producing its operand
             where[step.node] = ("env", step.node)
             plan.steps.append(("eager", step.node))
             continue
-        got = _c_form(program, plan, step, types, inputs, readers, stage_by_step[s], s)
+        reds = absorbed.get(s, [])
+        fused = _with_reductions(program, step, reds, taken)
+        got = _c_form(program, plan, fused, types, inputs, readers, stage_by_step[s], s, reds)
         if got is None:
             for i in step.nodes:
                 where[i] = ("env", i)
             plan.steps.append(("py", step))
+            for e, _ in reds:  # run as they would have without the fusion
+                where[e] = ("env", e)
+                plan.steps.append(("eager", e))
             continue
+        step = fused
         text, locs, scalar_refs = got
         key = (stage_by_step[s], text)
         batch = batches.get(key)
         if batch is None:
             name = "agrad_k" + hashlib.sha256(text.encode()).hexdigest()[:16]
             batch = batches[key] = _Batch(name, text)
+            batch.mode = _mode(locs, reds)
             plan.steps.append(("c", batch))
         batch.blocks.append(step)
         batch.slot_locs.append(locs)
@@ -233,6 +253,74 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             if where.get(node) != ("leaf", *dest):
                 plan.final_copies.append((node, dest))
     return plan
+
+
+def _reduction_kind(program: Program, e: int) -> str | None:
+    """``"all"``, ``"rows"`` or ``"cols"``: what sum or mean node ``e`` reduces (its
+    operand's elements, last axis, second-to-last axis), or ``None`` (another axis)."""
+    n = program.nodes[e]
+    shape = program.nodes[n.args[0][1]].shape
+    axis = n.attr("axis")
+    axes = range(len(shape)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    try:
+        axes = {operator.index(a) % len(shape) for a in axes}
+    except (TypeError, ZeroDivisionError):
+        return None
+    if axes == set(range(len(shape))):
+        return "all"
+    if axes == {len(shape) - 1}:
+        return "rows"
+    if axes == {len(shape) - 2}:
+        return "cols"
+    return None
+
+
+def _absorbed_reductions(program: Program, steps: list) -> dict[int, list[tuple[int, str]]]:
+    """Step index of a block -> the sums and means of its values that its C loop
+    computes (``(node, kind)``): float reductions of an array the block computes, of
+    its shape, over all its elements, its last or its second-to-last axis."""
+    nodes = program.nodes
+    block_of = {i: s for s, step in enumerate(steps) if isinstance(step, Block) for i in step.nodes}
+    out: dict[int, list[tuple[int, str]]] = {}
+    for step in steps:
+        if not isinstance(step, Eager):
+            continue
+        n = nodes[step.node]
+        if n.op not in ("sum", "mean") or n.args[0][0] != "n":
+            continue
+        src = n.args[0][1]
+        s = block_of.get(src)
+        if s is None or nodes[src].shape != steps[s].shape or not steps[s].shape:
+            continue
+        if dtype_name(n.dtype) not in ("float32", "float64") or n.dtype != nodes[src].dtype:
+            continue
+        kind = _reduction_kind(program, step.node)
+        if kind is not None:
+            out.setdefault(s, []).append((step.node, kind))
+    return out
+
+
+def _with_reductions(program: Program, block: Block, reds: list, taken: set[int]) -> Block:
+    """``block`` without the outputs only the reductions it absorbs read."""
+    if not reds:
+        return block
+    final = final_destinations(program)
+    inside = set(block.nodes)
+    read_outside: set[int] = set()
+    for i, n in enumerate(program.nodes):
+        if i in inside or i in taken:
+            continue
+        read_outside.update(a[1] for a in n.args if a[0] == "n")
+    outputs = tuple(o for o in block.outputs if o in final or o in read_outside)
+    return block._replace(outputs=outputs)
+
+
+def _mode(locs: list[tuple], reds: list) -> str:
+    """How a batch's C function walks its blocks: ``"plain"`` (one loop), ``"flat"``
+    (one row: sums over all elements only) or ``"rows"`` (row by row)."""
+    if any(loc[0] == "off" for loc in locs) or any(kind != "all" for _, kind in reds):
+        return "rows"
+    return "flat" if reds else "plain"
 
 
 def _stages_of(program: Program, steps: list) -> list[int]:
@@ -263,9 +351,15 @@ def _c_form(
     readers: dict[int, list[tuple[int, int]]],
     stage: int,
     s: int,
+    reds: list[tuple[int, str]] = (),  # type: ignore[assignment]
 ) -> tuple[str, list[tuple], list[tuple]] | None:
     """``(text, buffer locations, scalar refs)`` of ``block``, or ``None`` (no C form:
-    run with the backend's functions). Records where its outputs go in ``plan.where``."""
+    run with the backend's functions). Records where its outputs go in ``plan.where``.
+
+    ``reds``: the sums and means of its values it computes in its loop (see
+    :func:`_absorbed_reductions`), written to scratch arrays of their nodes. An input of
+    another shape that broadcasts to the block's (a ``keepdims`` reduction, a factored
+    moment) is read in place through a table of row offsets."""
     nodes = program.nodes
     where = plan.where
     shape = block.shape
@@ -274,6 +368,7 @@ def _c_form(
     new_inputs = []
     scalar_refs = []
     array_refs = []
+    off_locs = []
     for x, r in zip(cb.inputs, block.inputs):
         if r[0] == "s":
             new_inputs.append(x)
@@ -283,17 +378,23 @@ def _c_form(
         if n.shape == () or shape == ():
             new_inputs.append(CInput(x.name, x.dtype, scalar=True))
             scalar_refs.append(r)
-        elif x.dtype in _KINDS and _broadcasts(n.shape, shape):
+        elif x.dtype in _KINDS and n.shape == shape:
             new_inputs.append(x)
             array_refs.append(r)
+        elif x.dtype in _KINDS and _broadcasts(n.shape, shape):
+            kind = "elem" if n.shape[-1] == shape[-1] else "row"
+            new_inputs.append(CInput(x.name, x.dtype, bcast=kind))
+            array_refs.append(r)
+            off_locs.append(("off", n.shape, shape))
         else:
             return None
-    cb = CBlock(new_inputs, cb.statements, cb.outputs)
-    # an input of another shape (a keepdims reduction's result) is broadcast to
-    # the block's shape, into a contiguous copy, at every step
-    locs: list[tuple] = [
-        where[r[1]] if nodes[r[1]].shape == shape else ("bcast", r[1], shape) for r in array_refs
+    names = {("n", i): f"t{k}" for k, i in enumerate(block.nodes)}
+    c_reds = [
+        CReduction(f"r{k}", names[nodes[e].args[0]], kind, mean=nodes[e].op == "mean")
+        for k, (e, kind) in enumerate(reds)
     ]
+    cb = CBlock(new_inputs, cb.statements, cb.outputs, c_reds)
+    locs: list[tuple] = [where[r[1]] for r in array_refs]
     out_locs: list[tuple] = []
     for o in block.outputs:
         loc: tuple = ("scratch", o)
@@ -307,12 +408,15 @@ def _c_form(
                 loc = ("leaf", *dest)
                 break
         out_locs.append(loc)
+    red_locs = [("scratch", e) for e, _ in reds]
     slots_of: dict[tuple, int] = {}
     slots = []
     buffers: list[str] = []
     dtypes = [dtype_name(nodes[r[1]].dtype) for r in array_refs]
     dtypes += [dtype_name(nodes[o].dtype) for o in block.outputs]
-    for loc, dtype in zip([*locs, *out_locs], dtypes):
+    dtypes += [dtype_name(nodes[e].dtype) for e, _ in reds]
+    dtypes += ["int64"] * len(off_locs)
+    for loc, dtype in zip([*locs, *out_locs, *red_locs, *off_locs], dtypes):
         if loc not in slots_of:
             slots_of[loc] = len(buffers)
             buffers.append(dtype)
@@ -323,6 +427,8 @@ def _c_form(
         return None
     for o, loc in zip(block.outputs, out_locs):
         where[o] = loc
+    for e, _ in reds:
+        where[e] = ("scratch", e)
     return text, sorted(slots_of, key=slots_of.__getitem__), scalar_refs
 
 
@@ -393,6 +499,8 @@ def run(
             return columns[loc[1]][loc[2]]
         if kind == "scratch":
             return scratch[loc[1]]
+        if kind == "off":
+            return scratch[loc]
         return env[loc[1]]
 
     def value(loc: tuple) -> Any:  # not recursive: no reference cycle keeps env alive
@@ -464,7 +572,17 @@ def _make_scratch(plan: HostPlan, xp: Any) -> dict[int, Any]:
                     if loc[0] == "scratch" and loc[1] not in out:
                         n = nodes[loc[1]]
                         out[loc[1]] = xp.empty(n.shape, dtype=n.dtype)
+                    elif loc[0] == "off" and loc not in out:
+                        out[loc] = xp.asarray(_row_offsets(*loc[1:]))
     return out
+
+
+def _row_offsets(have: tuple, to: tuple) -> Any:
+    """Per row of shape ``to`` (all axes but the last), the offset of its first element
+    in a C-contiguous array of shape ``have`` broadcast to ``to`` (int64)."""
+    np = sys.modules.get("numpy") or __import__("numpy")
+    index = np.arange(math.prod(have), dtype=np.int64).reshape(have)
+    return np.array(np.broadcast_to(index, to)[..., 0], dtype=np.int64).reshape(-1)
 
 
 def _slot_getters(batch: _Batch) -> None:
@@ -537,10 +655,23 @@ def _table(
     return True
 
 
+def _sizes(shape: tuple, mode: str) -> tuple[int, ...]:
+    """What a batch's C function is told of a block of ``shape``: its size (``"plain"``),
+    or ``(N, R, L, m, ncol)`` (see :func:`~agrad.optim.program.c_codegen.host_rows_source`)."""
+    size = math.prod(shape)
+    if mode == "plain":
+        return (size,)
+    if mode == "flat":
+        return (size, 1, size, 0, 0)
+    rows = math.prod(shape[:-1])
+    m = shape[-2] if len(shape) > 1 else 1
+    return (size, rows, shape[-1], m, math.prod(shape[:-2]) * shape[-1])
+
+
 def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: Any) -> None:
     """One C call running every block of ``batch`` (its pointer table is current)."""
     if batch.n is None:
-        sizes = [math.prod(b.shape) for b in batch.blocks]
+        sizes = [x for b in batch.blocks for x in _sizes(b.shape, batch.mode)]
         batch.n = (ctypes.c_longlong * len(sizes))(*sizes)
     refs = batch.scalar_refs[:1] if batch.shared else batch.scalar_refs
     vals = [scalars[r[1]] if r[0] == "s" else float(value(where[r[1]])) for rs in refs for r in rs]
