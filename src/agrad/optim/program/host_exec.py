@@ -102,6 +102,9 @@ _TORCH_CONTIGUOUS = methodcaller("is_contiguous")
 #: Eager operations the plan accepts: each returns a new array (no view of a buffer
 #: that a kernel later writes in place).
 _EAGER = frozenset({"sum", "mean", "max", "min", "prod", "all", "any", "asarray"})
+#: Eager operations that are views of their operand's contiguous memory: no step, the
+#: operand's buffer read with the node's shape.
+_VIEWS = frozenset({"expand_dims"})
 _ARGTYPES = [
     ctypes.c_longlong,
     ctypes.c_void_p,
@@ -190,7 +193,7 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             return None
     steps = partition(program, pre)
     for step in steps:
-        if isinstance(step, Eager) and nodes[step.node].op not in _EAGER:
+        if isinstance(step, Eager) and nodes[step.node].op not in _EAGER | _VIEWS:
             return None
     stage_by_step = _stages_of(program, steps)
     # node -> (stage, step) of every step reading it; a final value is read at the end
@@ -201,6 +204,9 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             for a in nodes[i].args:
                 if a[0] == "n":
                     readers.setdefault(a[1], []).append((stage_by_step[s], s))
+    for i in reversed(range(len(nodes))):  # reading a view reads its operand's buffer
+        if nodes[i].op in _VIEWS and nodes[i].args[0][0] == "n":
+            readers.setdefault(nodes[i].args[0][1], []).extend(readers.get(i, ()))
     plan = HostPlan(program, lib)
     for node in plan.destinations:
         readers.setdefault(node, []).append((1 << 30, -1))
@@ -218,6 +224,10 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
         if isinstance(step, Eager):
             if step.node in taken:
                 continue  # computed by the block producing its operand
+            if nodes[step.node].op in _VIEWS:
+                src = where[nodes[step.node].args[0][1]]
+                where[step.node] = ("view", src, nodes[step.node].shape)
+                continue
             where[step.node] = ("env", step.node)
             plan.steps.append(("eager", step.node))
             continue
@@ -504,12 +514,12 @@ def run(
         return env[loc[1]]
 
     def value(loc: tuple) -> Any:  # not recursive: no reference cycle keeps env alive
-        if loc[0] != "bcast":
+        if loc[0] != "view":
             return stored(loc)
-        x = stored(where[loc[1]])
-        if is_torch:
-            return x.expand(loc[2]).contiguous()
-        return np.ascontiguousarray(np.broadcast_to(x, loc[2]))
+        src = loc[1]
+        while src[0] == "view":
+            src = src[1]
+        return stored(src).reshape(loc[2])
 
     batches = [item for kind, item in plan.steps if kind == "c"]
     stamp = ctx.stamp
@@ -600,9 +610,16 @@ def _slot_getters(batch: _Batch) -> None:
             getters.append(("fixed", tuple(loc[1] for loc in locs)))
         else:
             getters.append(("any", tuple(locs)))
-            static = static and not kinds & {"env", "bcast"}
+            static = static and not {_root(loc)[0] for loc in locs} & {"env"}
     batch.getters = getters
     batch.static = static
+
+
+def _root(loc: tuple) -> tuple:
+    """The buffer a location reads: itself, or the operand's of a view."""
+    while loc[0] == "view":
+        loc = loc[1]
+    return loc
 
 
 def _objects(batch: _Batch, columns: dict, scratch: dict, value: Any) -> list[Any]:
