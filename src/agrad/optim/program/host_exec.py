@@ -81,6 +81,7 @@ __all__ = [
     "build",
     "compile_plan",
     "enabled",
+    "fused_reductions",
     "prefer_fused",
     "run",
     "runs",
@@ -94,6 +95,9 @@ enabled = os.environ.get("AGRAD_HOST_KERNELS", "1").strip() not in ("0", "false"
 prefer_fused = True
 #: Steps this process ran on host kernels (what the tests check the route with).
 runs = 0
+#: Sums and means this process computed inside the host kernels' loops (a LARS step on
+#: two parameters adds four: two norms each).
+fused_reductions = 0
 
 _KINDS = ("float32", "float64", "bool")
 _C_CONTIGUOUS = attrgetter("flags.c_contiguous")
@@ -159,6 +163,7 @@ class HostPlan:
         "lib",
         "library",
         "local",
+        "n_reductions",
         "program",
         "steps",
         "where",
@@ -174,6 +179,7 @@ class HostPlan:
             int, tuple
         ] = {}  # node -> ("leaf", column, k) | ("scratch", i) | ("env", i)
         self.library: Any = None
+        self.n_reductions = 0  # sums and means computed in the kernels' loops
         # per thread: scratch arrays (node -> array), pointer tables (batch -> entry), and
         # the (arrays, pointers) the static tables point at
         self.local = threading.local()
@@ -243,6 +249,7 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
                 plan.steps.append(("eager", e))
             continue
         step = fused
+        plan.n_reductions += len(reds)
         text, locs, scalar_refs = got
         key = (stage_by_step[s], text)
         batch = batches.get(key)
@@ -276,12 +283,12 @@ def _reduction_kind(program: Program, e: int) -> str | None:
         axes = {operator.index(a) % len(shape) for a in axes}
     except (TypeError, ZeroDivisionError):
         return None
-    if axes == set(range(len(shape))):
-        return "all"
+    if {a for a in range(len(shape)) if shape[a] != 1} <= axes:
+        return "all"  # (axes of length 1 aside: the block's elements, in memory order)
     if axes == {len(shape) - 1}:
         return "rows"
-    if axes == {len(shape) - 2}:
-        return "cols"
+    if axes == {len(shape) - 2} and shape[-1] != 1:
+        return "cols"  # (NumPy sums a column of width 1 pairwise: left to NumPy)
     return None
 
 
@@ -491,7 +498,7 @@ def run(
     which the caller's checks computed) let a step with the same arrays as the last
     one reuse the pointer tables without looking at each array again.
     """
-    global runs
+    global runs, fused_reductions
     program = plan.program
     is_torch = plan.lib == "torch"
     np = sys.modules["numpy"]
@@ -569,6 +576,7 @@ def run(
         else:
             dst[...] = src
     runs += 1
+    fused_reductions += plan.n_reductions
     return True
 
 
