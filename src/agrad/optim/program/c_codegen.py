@@ -7,7 +7,11 @@ into C statements that read the inputs by name and assign the outputs by name, o
 element at a time; that text is the ``operation`` of a ``cupy.ElementwiseKernel``
 and, unchanged, the loop body of :func:`host_source` (a C function the host compiler
 builds, for testing the very same text without a GPU) and of :func:`cuda_source`
-(a complete ``__global__`` kernel ``nvcc`` compiles).
+(a complete ``__global__`` kernel ``nvcc`` compiles). :func:`host_batch_source` runs
+one text over many blocks in one host call; where a block sums its values
+(:class:`CReduction`: norms, factored moments) or reads an input broadcast along rows
+(:attr:`CInput.bcast`), it becomes :func:`host_rows_source`, the same body inside a
+row loop that adds in NumPy's order.
 
 Every intermediate has the C type of its dtype (``float`` for float32, ``double`` for
 float64), so float32 stays float32 at every operation, as in NumPy. Literals are
@@ -61,7 +65,11 @@ class UnsupportedOp(NotImplementedError):
 @dataclass(frozen=True)
 class CInput:
     """An input of a block: ``name`` of dtype ``dtype`` (a dtype name: ``"float32"``...),
-    an array read element by element, or (``scalar=True``) one value passed by value."""
+    an array read element by element, or (``scalar=True``) one value passed by value.
+
+    ``bcast`` (host row loops only, :func:`host_rows_source`): ``"row"`` for an array
+    broadcast along the block's last axis (one value per row: ``(..., m, 1)``),
+    ``"elem"`` for one broadcast along other axes (``(..., 1, n)``)."""
 
     name: str
     dtype: str

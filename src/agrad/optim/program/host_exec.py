@@ -14,20 +14,33 @@ whose C text is the same (the same work on parameters of any shape) form a *batc
 one C function (:func:`~agrad.optim.program.c_codegen.host_batch_source`) that loops
 over the batch's blocks, each a loop over its elements, reading each element's inputs
 once and writing its outputs once. Adam on 1000 parameters is one call and one pass
-over ``p, g, m, v``; LAMB is two batches with the norms (NumPy's or torch's own
-reductions, so they are bitwise theirs) and a batch of 0-d trust-ratio arithmetic
-between them. Every batch of a program is in one translation unit, compiled once
-(disk cache).
+over ``p, g, m, v``. Every batch of a program is in one translation unit, compiled
+once (disk cache).
+
+**Reductions in the loops.** A sum or mean of a block's value (a norm's ``sum(x*x)``,
+adafactor's row and column means of ``g*g``) over all its elements, its last axis or
+its second-to-last axis is computed by the block's C loop as it produces the value
+(:func:`~agrad.optim.program.c_codegen.host_rows_source`): no temporary, no second
+pass. LARS and LAMB are then two batches and a batch of 0-d trust-ratio arithmetic
+between them, with no NumPy or torch call. Sums over one row (a block's elements,
+or each row) add in NumPy's pairwise order and column sums in NumPy's row order:
+bitwise NumPy's; a sum over all elements of a block that walks rows (one reading a
+broadcast factored moment) adds its rows' sums in ``double``: NumPy's to rounding.
+On torch every fused sum agrees with torch's own to rounding (torch sums in another
+order). Other reductions (over other axes, of inputs, ``max``...) run eagerly with
+the backend's functions between batches; ``expand_dims`` is a view of its operand's
+buffer, no step.
 
 **Buffers.** A block output that is the step's new value of a parameter or state
 array is written straight into it when no later stage (nor another block of the same
 stage) reads that array's old value; other outputs read later go to scratch arrays
 made once per plan (per thread) and kept. A 0-d value (a norm, a trust ratio, a bias
 correction, a 0-d parameter) is passed to the kernels by value; an input of another
-shape that broadcasts to the block's (a ``keepdims`` reduction) is read from a
-contiguous broadcast copy made at the step. Blocks with no C form (an operation
-``c_codegen`` lacks) run node by node with the backend's functions, as the generic
-path does. New values not written in place are copied in at the end.
+shape that broadcasts to the block's (a ``keepdims`` reduction, a factored moment) is
+read in place through a table of row offsets made once per plan. Blocks with no C
+form (an operation ``c_codegen`` lacks) run node by node with the backend's
+functions, as the generic path does. New values not written in place are copied in
+at the end.
 
 **Per step** the pointer tables (one table of data pointers per batch, slot-major)
 are rebuilt only when other array objects come (NumPy: by identity; torch: by data
