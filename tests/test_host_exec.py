@@ -1,10 +1,12 @@
 """The host-kernel route (``agrad.optim.program.host_exec``): NumPy and torch CPU steps
 as compiled C batches, against the generic path (the fast route off) as reference.
 
-- NumPy: **bitwise** for every case here. Each kernel statement is the generic path's
-  operation on the same operands in the same order and dtype, built without
-  contraction or fast math, so ``+ - * / sqrt`` round as NumPy rounds them; the
-  reductions between batches are NumPy's own. The only operations that could differ
+- NumPy: **bitwise** for every case here but one kind of sum. Each kernel statement
+  is the generic path's operation on the same operands in the same order and dtype,
+  built without contraction or fast math, so ``+ - * / sqrt`` round as NumPy rounds
+  them; the sums computed in the kernels add in NumPy's order, except a sum over all
+  elements of a block that walks rows (adafactor_torch's ``rms(u)``), held to
+  :data:`ROW_SUM_ULPS` float32 ulps (see "reductions inside the kernels"). The only operations that could differ
   are the C library's ``exp``/``log``/``pow``/``tanh`` (:data:`TRANSCENDENTAL`): cases
   using them are held to two float32 ulps instead (none differed when measured).
 - torch: **to rounding**. torch's CPU kernels do not round every operation as IEEE
@@ -158,6 +160,9 @@ def test_every_rule_takes_the_route_and_matches_generic(monkeypatch, name, lib):
     ref, _ = _steps(monkeypatch, make, lib, SHAPES, np.float32, "generic")
     got, runs = _steps(monkeypatch, make, lib, SHAPES, np.float32, "host")
     assert runs == 3
+    if lib == "numpy" and name in ROW_WALKING_SUMS:  # see "reductions inside the kernels"
+        _close_to_rounding(got, ref, [None] * len(ref), np.float32)
+        return
     exact = lib == "numpy" and not _transcendental(make, lib, np.float32)
     _compare(got, ref, lib, np.float32, exact)
 
@@ -417,6 +422,8 @@ def test_threads_sharing_one_optimizer_keep_their_own_tables_and_scratch(monkeyp
 # value, and no farther from a float64 reference than the generic path is.
 
 ROW_SUM_ULPS = 8
+#: Rules with a sum over all elements of a block that walks rows: NumPy's to rounding.
+ROW_WALKING_SUMS = {"adafactor_torch"}
 REDUCING = {
     "lars": lambda: ao.lars(0.1, weight_decay=1e-3),
     "lamb": lambda: ao.lamb(1e-3, weight_decay=1e-2),
@@ -424,7 +431,7 @@ REDUCING = {
     "adafactor_torch": lambda: ao.adafactor_torch(lr=0.01),
 }
 #: Bitwise on NumPy: only sums in NumPy's order (every block one row, or rows/columns).
-NUMPY_EXACT = {"lars", "lamb"}
+NUMPY_EXACT = set(REDUCING) - ROW_WALKING_SUMS - {"adafactor"}
 
 
 def _close_to_rounding(got, ref, ref64, dtype):
