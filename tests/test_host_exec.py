@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import agrad
@@ -512,6 +512,9 @@ _SHAPES = st.sampled_from(
     dtype=st.sampled_from([np.float32, np.float64]),
     shapes=st.lists(_SHAPES, min_size=1, max_size=4),
 )
+@example(name="adafactor_torch", lib="numpy", dtype=np.float32, shapes=[(3, 0), (0, 3), (9, 1)])
+@example(name="adafactor", lib="torch", dtype=np.float64, shapes=[(1, 9), (2, 4, 5), ()])
+@example(name="lars", lib="numpy", dtype=np.float32, shapes=[(3, 130), (0,), (140,)])
 def test_reductions_random_shapes(monkeypatch, name, lib, dtype, shapes):
     """0-d, 1-d, empty, 1xN, Nx1 and 3-d leaves, float32 and float64: the route is
     taken and the result is the generic path's (bitwise or to the stated bound)."""

@@ -612,6 +612,8 @@ def _row_offsets(have: tuple, to: tuple) -> Any:
     """Per row of shape ``to`` (all axes but the last), the offset of its first element
     in a C-contiguous array of shape ``have`` broadcast to ``to`` (int64)."""
     np = sys.modules.get("numpy") or __import__("numpy")
+    if to[-1] == 0:  # empty rows: never read
+        return np.zeros(math.prod(to[:-1]), dtype=np.int64)
     index = np.arange(math.prod(have), dtype=np.int64).reshape(have)
     return np.array(np.broadcast_to(index, to)[..., 0], dtype=np.int64).reshape(-1)
 
