@@ -173,9 +173,9 @@ _C_OPS: dict[str, Callable[[str, list[str]], str]] = {
     "maximum": lambda ctype, a: f"(({a[0]} > {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
     "minimum": lambda ctype, a: f"(({a[0]} < {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
     "clip": lambda ctype, a: f"({a[0]} < {a[1]} ? {a[1]} : ({a[0]} > {a[2]} ? {a[2]} : {a[0]}))",
+    # branch-free where the input is a number (random signs mispredict branches)
     "sign": lambda ctype, a: (
-        f"({a[0]} > 0 ? ({ctype})1 : ({a[0]} < 0 ? ({ctype})-1 : "
-        f"({a[0]} == 0 ? ({ctype})0 : {a[0]})))"
+        f"({a[0]} != {a[0]} ? {a[0]} : ({ctype})(({a[0]} > 0) - ({a[0]} < 0)))"
     ),
     "where": lambda ctype, a: f"({a[0]} ? {a[1]} : {a[2]})",
     "copy": lambda ctype, a: a[0],
