@@ -611,3 +611,35 @@ def test_rows_source_sums_as_numpy(shape, dtype, mean, seed):
         ]
         fn(1, (ctypes.c_longlong * 5)(*dims), table.ctypes.data, (ctypes.c_double * 1)(0.0), 0)
         np.testing.assert_array_equal(out, expect)
+
+
+def test_expand_dims_is_recorded_and_read_in_place():
+    """``expand_dims`` is a node of the axis-inserted shape (negative axes as the
+    standard counts them; an axis out of range is not recordable), and the host plan
+    reads it as a view of its operand: no step, no copy."""
+    from agrad.optim.program.recorder import NotRecordable
+
+    def with_axis(axis):
+        def direction(g):
+            xp = agrad.array_namespace(g)
+            r = xp.mean(g * g, axis=-1)  # (m,)
+            return -0.01 * g / xp.sqrt(xp.expand_dims(r, axis=axis) + 1e-8)
+
+        def update(grads, state, params=None):
+            return tree_map(direction, grads), state
+
+        return ao.GradientTransformation("rows", lambda p: (), update, {}, needs_params=False)
+
+    xp = __import__("array_api_compat.numpy", fromlist=["x"])
+    p = [np.ones((3, 4), np.float32)]
+    for axis in (1, -1):
+        opt = with_axis(axis)
+        program = record(opt, xp, p, p, flatten_leaves(p)[1], ())
+        (node,) = [n for n in program.nodes if n.op == "expand_dims"]
+        assert node.shape == (3, 1)
+        plan = host_exec.build(program, "numpy", [])
+        # the row means (in the loop), sqrt on (3, 1), the update: compiled, no view step
+        assert [kind for kind, _ in plan.steps] == ["c", "c", "c"]
+        assert plan.n_reductions == 1
+    with pytest.raises(NotRecordable):
+        record(with_axis(3), xp, p, p, flatten_leaves(p)[1], ())
