@@ -7,7 +7,11 @@ into C statements that read the inputs by name and assign the outputs by name, o
 element at a time; that text is the ``operation`` of a ``cupy.ElementwiseKernel``
 and, unchanged, the loop body of :func:`host_source` (a C function the host compiler
 builds, for testing the very same text without a GPU) and of :func:`cuda_source`
-(a complete ``__global__`` kernel ``nvcc`` compiles).
+(a complete ``__global__`` kernel ``nvcc`` compiles). :func:`host_batch_source` runs
+one text over many blocks in one host call; where a block sums its values
+(:class:`CReduction`: norms, factored moments) or reads an input broadcast along rows
+(:attr:`CInput.bcast`), it becomes :func:`host_rows_source`, the same body inside a
+row loop that adds in NumPy's order.
 
 Every intermediate has the C type of its dtype (``float`` for float32, ``double`` for
 float64), so float32 stays float32 at every operation, as in NumPy. Literals are
@@ -31,10 +35,12 @@ __all__ = [
     "C_TYPES",
     "CBlock",
     "CInput",
+    "CReduction",
     "CStatement",
     "UnsupportedOp",
     "cuda_source",
     "host_batch_source",
+    "host_rows_source",
     "host_source",
     "kernel_body",
     "literal",
@@ -59,11 +65,28 @@ class UnsupportedOp(NotImplementedError):
 @dataclass(frozen=True)
 class CInput:
     """An input of a block: ``name`` of dtype ``dtype`` (a dtype name: ``"float32"``...),
-    an array read element by element, or (``scalar=True``) one value passed by value."""
+    an array read element by element, or (``scalar=True``) one value passed by value.
+
+    ``bcast`` (host row loops only, :func:`host_rows_source`): ``"row"`` for an array
+    broadcast along the block's last axis (one value per row: ``(..., m, 1)``),
+    ``"elem"`` for one broadcast along other axes (``(..., 1, n)``)."""
 
     name: str
     dtype: str
     scalar: bool = False
+    bcast: str = ""
+
+
+@dataclass(frozen=True)
+class CReduction:
+    """Output ``out``: the sum (``mean=True``: the mean) of value ``value`` over the
+    block's elements (``kind="all"``), over its last axis (``"rows"``) or over its
+    second-to-last axis (``"cols"``), computed in the loop that produces ``value``."""
+
+    out: str
+    value: str
+    kind: str
+    mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,7 @@ class CBlock:
     inputs: list[CInput]
     statements: list[CStatement]
     outputs: list[tuple[str, str]]
+    reductions: list[CReduction] = field(default_factory=list)
     dtypes: dict[str, str] = field(default_factory=dict)
     scalars: frozenset[str] = frozenset()
 
@@ -149,9 +173,9 @@ _C_OPS: dict[str, Callable[[str, list[str]], str]] = {
     "maximum": lambda ctype, a: f"(({a[0]} > {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
     "minimum": lambda ctype, a: f"(({a[0]} < {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})",
     "clip": lambda ctype, a: f"({a[0]} < {a[1]} ? {a[1]} : ({a[0]} > {a[2]} ? {a[2]} : {a[0]}))",
+    # branch-free where the input is a number (random signs mispredict branches)
     "sign": lambda ctype, a: (
-        f"({a[0]} > 0 ? ({ctype})1 : ({a[0]} < 0 ? ({ctype})-1 : "
-        f"({a[0]} == 0 ? ({ctype})0 : {a[0]})))"
+        f"({a[0]} != {a[0]} ? {a[0]} : ({ctype})(({a[0]} > 0) - ({a[0]} < 0)))"
     ),
     "where": lambda ctype, a: f"({a[0]} ? {a[1]} : {a[2]})",
     "copy": lambda ctype, a: a[0],
@@ -339,6 +363,8 @@ def host_batch_source(
     cast to the buffer's type, as an assignment ``buf[...] = value`` does. The loop
     body is :func:`kernel_body`'s text, as in :func:`host_source`.
     """
+    if block.reductions or any(x.bcast for x in block.inputs):
+        return host_rows_source(name, block, slots, buffers)
     arrays = [x for x in block.inputs if not x.scalar]
     scalars = [x for x in block.inputs if x.scalar]
     if len(slots) != len(arrays) + len(block.outputs):
@@ -373,3 +399,175 @@ def host_batch_source(
         f"        {name}_one({', '.join(['n[b]', *casts])});\n"
         "    }\n}\n"
     )
+
+
+def _reduced_dtype(block: CBlock, r: CReduction) -> str:
+    return block.dtypes[r.value]
+
+
+def host_rows_source(name: str, block: CBlock, slots: Sequence[int], buffers: Sequence[str]) -> str:
+    """C99 text running ``block`` row by row, with fused reductions and broadcast inputs.
+
+    The entry point is :func:`host_batch_source`'s, except that ``n`` holds five
+    numbers per block, ``n[5 * b : 5 * b + 5] = (N, R, L, m, ncol)``: ``N`` elements
+    in ``R`` rows of ``L`` (the last axis), ``m`` rows per matrix (the second-to-last
+    axis) and ``ncol`` column sums (``N / (m L)`` matrices times ``L``). A block with
+    only ``"all"`` reductions and no broadcast input is run as one row (``R = 1``).
+
+    ``slots`` gives the buffers of the array inputs, then the outputs, then the
+    :attr:`CBlock.reductions`, then one ``int64`` row-offset table per broadcast input
+    (:attr:`CInput.bcast`: ``"row"`` reads ``x[off[r]]`` for every element of row
+    ``r``, ``"elem"`` reads ``x[off[r] + j]``).
+
+    Sums over a row (``"rows"``, and ``"all"`` on one row) are NumPy's pairwise sum
+    (``0 + pairwise(row)``: 8 accumulators over leaves of at most 128 elements, halves
+    cut at multiples of 8), in the value's dtype, with the value computed inside the
+    leaves: bitwise ``numpy.sum`` of a contiguous array. Column sums (``"cols"``) add
+    the rows in order, as ``numpy.sum(axis=-2)`` does: bitwise too. ``"all"`` over
+    several rows adds the rows' pairwise sums in ``double``: equal to NumPy's
+    ``sum`` to rounding, not bitwise. A mean is the sum divided by the count in the
+    value's dtype, as ``numpy.mean``.
+    """
+    arrays = [x for x in block.inputs if not x.scalar]
+    scalars = [x for x in block.inputs if x.scalar]
+    bcast = [x for x in arrays if x.bcast]
+    reds = block.reductions
+    n_slots = len(arrays) + len(block.outputs) + len(reds) + len(bcast)
+    if len(slots) != n_slots:
+        raise ValueError(f"{name}: {len(slots)} slots for {n_slots} buffers")
+    in_slots = list(slots[: len(arrays)])
+    out_slots = list(slots[len(arrays) : len(arrays) + len(block.outputs)])
+    red_slots = list(slots[len(arrays) + len(block.outputs) : len(slots) - len(bcast)])
+    off_slots = dict(zip((x.name for x in bcast), slots[len(slots) - len(bcast) :]))
+    written = set(out_slots) | set(red_slots)
+    params, casts, args = [], [], []
+    for k, dtype in enumerate(buffers):
+        ctype = C_TYPES[dtype]
+        const = "" if k in written else "const "
+        params.append(f"{const}{ctype} *restrict b{k}")
+        casts.append(f"({const}{ctype} *)ptrs[{k} * nb + b]")
+        args.append(f"b{k}")
+    params += [f"const {C_TYPES[x.dtype]} {x.name}" for x in scalars]
+    casts += [f"({C_TYPES[x.dtype]})v[{j}]" for j, x in enumerate(scalars)]
+    args += [x.name for x in scalars]
+    reads = []
+    for x, s in zip(arrays, in_slots):
+        index = {"": "i", "row": f"b{off_slots.get(x.name)}[r]"}.get(
+            x.bcast, f"b{off_slots.get(x.name)}[r] + j"
+        )
+        reads.append(f"const {C_TYPES[x.dtype]} {x.name} = b{s}[{index}];")
+    decls = [f"{C_TYPES[block.output_dtype(v)]} {out};" for out, v in block.outputs]
+    stores = [
+        f"b{s}[i] = ({C_TYPES[buffers[s]]}){out};" for (out, _), s in zip(block.outputs, out_slots)
+    ]
+    for red, s in zip(reds, red_slots):
+        if red.kind == "cols":
+            stores.append(f"b{s}[cb + j] += ({C_TYPES[buffers[s]]}){red.value};")
+    pairwise = [(k, red) for k, red in enumerate(reds) if red.kind in ("all", "rows")]
+    body = [*reads, *decls, kernel_body(block), *stores]
+
+    def element(index: str, tail: list[str]) -> list[str]:
+        inner = [f"const long long i = {index};", "const long long j = i - rs;", *body, *tail]
+        return ["{", *("    " + ln for ln in "\n".join(inner).splitlines()), "}"]
+
+    types = {k: C_TYPES[_reduced_dtype(block, red)] for k, red in pairwise}
+    value = {k: red.value for k, red in pairwise}
+    where = ["long long r", "long long cb", "long long rs"]
+    parts = []
+    if pairwise:
+        seg_params = [*params, *where, "long long lo", "long long cnt"]
+        seg_params += [f"{types[k]} *restrict out{k}" for k in types]
+        call = [*args, "r", "cb", "rs"]
+        halves = [f"{types[k]} x{k}, y{k};" for k in types]
+        halves.append(f"{name}_seg({', '.join([*call, 'lo', 'h', *(f'&x{k}' for k in types)])});")
+        halves.append(
+            f"{name}_seg({', '.join([*call, 'lo + h', 'cnt - h', *(f'&y{k}' for k in types)])});"
+        )
+        halves += [f"*out{k} = x{k} + y{k};" for k in types]
+        small = [f"{types[k]} acc{k} = -({types[k]})0;" for k in types]
+        small += ["for (long long q = 0; q < cnt; ++q)"]
+        small += element("lo + q", [f"acc{k} += {value[k]};" for k in types])
+        small += [f"*out{k} = acc{k};" for k in types]
+        leaf = [f"{types[k]} p{k}[8];" for k in types]
+        leaf += ["for (long long u = 0; u < 8; ++u)"]
+        leaf += element("lo + u", [f"p{k}[u] = {value[k]};" for k in types])
+        leaf += ["long long q = 8;", "const long long end = cnt - cnt % 8;"]
+        leaf += ["for (; q < end; q += 8) {", "    for (long long u = 0; u < 8; ++u)"]
+        leaf += [
+            "    " + ln for ln in element("lo + q + u", [f"p{k}[u] += {value[k]};" for k in types])
+        ]
+        leaf += ["}"]
+        leaf += [
+            f"{types[k]} res{k} = ((p{k}[0] + p{k}[1]) + (p{k}[2] + p{k}[3])) + "
+            f"((p{k}[4] + p{k}[5]) + (p{k}[6] + p{k}[7]));"
+            for k in types
+        ]
+        leaf += ["for (; q < cnt; ++q)"]
+        leaf += element("lo + q", [f"res{k} += {value[k]};" for k in types])
+        leaf += [f"*out{k} = res{k};" for k in types]
+        parts.append(
+            f"static void {name}_seg({', '.join(seg_params)}) {{\n"
+            "    if (cnt > 128) {\n"
+            "        long long h = cnt / 2;\n"
+            "        h -= h % 8;\n"
+            f"{_indent(halves, 8)}\n"
+            "        return;\n"
+            "    }\n"
+            "    if (cnt < 8) {\n"
+            f"{_indent(small, 8)}\n"
+            "        return;\n"
+            "    }\n"
+            f"{_indent(leaf, 4)}\n"
+            "}\n"
+        )
+    one = []
+    for red, s in zip(reds, red_slots):
+        if red.kind == "cols":
+            one.append(f"for (long long q = 0; q < ncol; ++q) b{s}[q] = 0;")
+        elif red.kind == "all":
+            one.append(f"double total{s} = 0.0;")
+    row = [
+        "const long long rs = r * L;",
+        "const long long cb = m > 0 ? (r / m) * L : 0;",
+        "(void)cb;",
+    ]
+    if pairwise:
+        row += [f"{types[k]} sum{k};" for k in types]
+        row.append(
+            f"{name}_seg({', '.join([*args, 'r', 'cb', 'rs', 'rs', 'L', *(f'&sum{k}' for k in types)])});"
+        )
+    else:
+        row += ["for (long long q = 0; q < L; ++q)", *element("rs + q", [])]
+    for k, red in enumerate(reds):
+        s = red_slots[k]
+        ctype = C_TYPES[buffers[s]]
+        if red.kind == "rows":
+            got = f"(({ctype})0 + sum{k})"
+            row.append(f"b{s}[r] = {f'{got} / ({ctype})L' if red.mean else got};")
+        elif red.kind == "all":
+            row.append(f"total{s} += (double)sum{k};")
+    one += ["for (long long r = 0; r < R; ++r) {", *("    " + ln for ln in row), "}"]
+    for k, red in enumerate(reds):
+        s = red_slots[k]
+        ctype = C_TYPES[buffers[s]]
+        if red.kind == "all":
+            got = f"({ctype})total{s}"
+            one.append(f"b{s}[0] = {f'{got} / ({ctype})N' if red.mean else got};")
+        elif red.kind == "cols" and red.mean:
+            one.append(f"for (long long q = 0; q < ncol; ++q) b{s}[q] = b{s}[q] / ({ctype})m;")
+    one_params = ["long long N", "long long R", "long long L", "long long m", "long long ncol"]
+    parts.append(
+        f"static void {name}_one({', '.join([*one_params, *params])}) {{\n"
+        "    (void)N;\n"
+        f"{_indent(one, 4)}\n"
+        "}\n\n"
+        f"void {name}(long long nb, const long long *restrict n, void *const *restrict ptrs,\n"
+        f"          const double *restrict sv, long long ss) {{\n"
+        "    for (long long b = 0; b < nb; ++b) {\n"
+        "        const double *v = sv + b * ss;\n"
+        "        const long long *d = n + 5 * b;\n"
+        "        (void)v;\n"
+        f"        {name}_one({', '.join(['d[0]', 'd[1]', 'd[2]', 'd[3]', 'd[4]', *casts])});\n"
+        "    }\n}\n"
+    )
+    return "\n".join(parts)

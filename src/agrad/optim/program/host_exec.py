@@ -14,20 +14,33 @@ whose C text is the same (the same work on parameters of any shape) form a *batc
 one C function (:func:`~agrad.optim.program.c_codegen.host_batch_source`) that loops
 over the batch's blocks, each a loop over its elements, reading each element's inputs
 once and writing its outputs once. Adam on 1000 parameters is one call and one pass
-over ``p, g, m, v``; LAMB is two batches with the norms (NumPy's or torch's own
-reductions, so they are bitwise theirs) and a batch of 0-d trust-ratio arithmetic
-between them. Every batch of a program is in one translation unit, compiled once
-(disk cache).
+over ``p, g, m, v``. Every batch of a program is in one translation unit, compiled
+once (disk cache).
+
+**Reductions in the loops.** A sum or mean of a block's value (a norm's ``sum(x*x)``,
+adafactor's row and column means of ``g*g``) over all its elements, its last axis or
+its second-to-last axis is computed by the block's C loop as it produces the value
+(:func:`~agrad.optim.program.c_codegen.host_rows_source`): no temporary, no second
+pass. LARS and LAMB are then two batches and a batch of 0-d trust-ratio arithmetic
+between them, with no NumPy or torch call. Sums over one row (a block's elements,
+or each row) add in NumPy's pairwise order and column sums in NumPy's row order:
+bitwise NumPy's; a sum over all elements of a block that walks rows (one reading a
+broadcast factored moment) adds its rows' sums in ``double``: NumPy's to rounding.
+On torch every fused sum agrees with torch's own to rounding (torch sums in another
+order). Other reductions (over other axes, of inputs, ``max``...) run eagerly with
+the backend's functions between batches; ``expand_dims`` is a view of its operand's
+buffer, no step.
 
 **Buffers.** A block output that is the step's new value of a parameter or state
 array is written straight into it when no later stage (nor another block of the same
 stage) reads that array's old value; other outputs read later go to scratch arrays
 made once per plan (per thread) and kept. A 0-d value (a norm, a trust ratio, a bias
 correction, a 0-d parameter) is passed to the kernels by value; an input of another
-shape that broadcasts to the block's (a ``keepdims`` reduction) is read from a
-contiguous broadcast copy made at the step. Blocks with no C form (an operation
-``c_codegen`` lacks) run node by node with the backend's functions, as the generic
-path does. New values not written in place are copied in at the end.
+shape that broadcasts to the block's (a ``keepdims`` reduction, a factored moment) is
+read in place through a table of row offsets made once per plan. Blocks with no C
+form (an operation ``c_codegen`` lacks) run node by node with the backend's
+functions, as the generic path does. New values not written in place are copied in
+at the end.
 
 **Per step** the pointer tables (one table of data pointers per batch, slot-major)
 are rebuilt only when other array objects come (NumPy: by identity; torch: by data
@@ -48,6 +61,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import operator
 import os
 import sys
 import threading
@@ -55,7 +69,13 @@ from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
 
 from agrad.optim.program import host_c
-from agrad.optim.program.c_codegen import CBlock, CInput, UnsupportedOp, host_batch_source
+from agrad.optim.program.c_codegen import (
+    CBlock,
+    CInput,
+    CReduction,
+    UnsupportedOp,
+    host_batch_source,
+)
 from agrad.optim.program.cblock import c_block, scalar_dtype
 from agrad.optim.program.fusion import (
     Block,
@@ -75,6 +95,7 @@ __all__ = [
     "build",
     "compile_plan",
     "enabled",
+    "fused_reductions",
     "prefer_fused",
     "run",
     "runs",
@@ -88,6 +109,9 @@ enabled = os.environ.get("AGRAD_HOST_KERNELS", "1").strip() not in ("0", "false"
 prefer_fused = True
 #: Steps this process ran on host kernels (what the tests check the route with).
 runs = 0
+#: Sums and means this process computed inside the host kernels' loops (a LARS step on
+#: two parameters adds four: two norms each).
+fused_reductions = 0
 
 _KINDS = ("float32", "float64", "bool")
 _C_CONTIGUOUS = attrgetter("flags.c_contiguous")
@@ -96,6 +120,9 @@ _TORCH_CONTIGUOUS = methodcaller("is_contiguous")
 #: Eager operations the plan accepts: each returns a new array (no view of a buffer
 #: that a kernel later writes in place).
 _EAGER = frozenset({"sum", "mean", "max", "min", "prod", "all", "any", "asarray"})
+#: Eager operations that are views of their operand's contiguous memory: no step, the
+#: operand's buffer read with the node's shape.
+_VIEWS = frozenset({"expand_dims"})
 _ARGTYPES = [
     ctypes.c_longlong,
     ctypes.c_void_p,
@@ -117,6 +144,7 @@ class _Batch:
         "blocks",
         "fn",
         "getters",
+        "mode",
         "n",
         "name",
         "scalar_refs",
@@ -137,6 +165,7 @@ class _Batch:
         self.shared = True
         self.getters: list[tuple] | None = None
         self.static = True
+        self.mode = "plain"
 
 
 class HostPlan:
@@ -148,6 +177,7 @@ class HostPlan:
         "lib",
         "library",
         "local",
+        "n_reductions",
         "program",
         "steps",
         "where",
@@ -163,6 +193,7 @@ class HostPlan:
             int, tuple
         ] = {}  # node -> ("leaf", column, k) | ("scratch", i) | ("env", i)
         self.library: Any = None
+        self.n_reductions = 0  # sums and means computed in the kernels' loops
         # per thread: scratch arrays (node -> array), pointer tables (batch -> entry), and
         # the (arrays, pointers) the static tables point at
         self.local = threading.local()
@@ -182,7 +213,7 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             return None
     steps = partition(program, pre)
     for step in steps:
-        if isinstance(step, Eager) and nodes[step.node].op not in _EAGER:
+        if isinstance(step, Eager) and nodes[step.node].op not in _EAGER | _VIEWS:
             return None
     stage_by_step = _stages_of(program, steps)
     # node -> (stage, step) of every step reading it; a final value is read at the end
@@ -193,6 +224,9 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             for a in nodes[i].args:
                 if a[0] == "n":
                     readers.setdefault(a[1], []).append((stage_by_step[s], s))
+    for i in reversed(range(len(nodes))):  # reading a view reads its operand's buffer
+        if nodes[i].op in _VIEWS and nodes[i].args[0][0] == "n":
+            readers.setdefault(nodes[i].args[0][1], []).extend(readers.get(i, ()))
     plan = HostPlan(program, lib)
     for node in plan.destinations:
         readers.setdefault(node, []).append((1 << 30, -1))
@@ -204,23 +238,39 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
         where[i] = ("env", i)
     types = tuple(scalar_dtype(v) for v in scalars)
     batches: dict[tuple[int, str], _Batch] = {}
+    absorbed = _absorbed_reductions(program, steps)
+    taken = {e for reds in absorbed.values() for e, _ in reds}
     for s, step in enumerate(steps):
         if isinstance(step, Eager):
+            if step.node in taken:
+                continue  # computed by the block producing its operand
+            if nodes[step.node].op in _VIEWS:
+                src = where[nodes[step.node].args[0][1]]
+                where[step.node] = ("view", src, nodes[step.node].shape)
+                continue
             where[step.node] = ("env", step.node)
             plan.steps.append(("eager", step.node))
             continue
-        got = _c_form(program, plan, step, types, inputs, readers, stage_by_step[s], s)
+        reds = absorbed.get(s, [])
+        fused = _with_reductions(program, step, reds, taken)
+        got = _c_form(program, plan, fused, types, inputs, readers, stage_by_step[s], s, reds)
         if got is None:
             for i in step.nodes:
                 where[i] = ("env", i)
             plan.steps.append(("py", step))
+            for e, _ in reds:  # run as they would have without the fusion
+                where[e] = ("env", e)
+                plan.steps.append(("eager", e))
             continue
+        step = fused
+        plan.n_reductions += len(reds)
         text, locs, scalar_refs = got
         key = (stage_by_step[s], text)
         batch = batches.get(key)
         if batch is None:
             name = "agrad_k" + hashlib.sha256(text.encode()).hexdigest()[:16]
             batch = batches[key] = _Batch(name, text)
+            batch.mode = _mode(locs, reds)
             plan.steps.append(("c", batch))
         batch.blocks.append(step)
         batch.slot_locs.append(locs)
@@ -234,6 +284,74 @@ def build(program: Program, lib: str, scalars: list[Any]) -> HostPlan | None:
             if where.get(node) != ("leaf", *dest):
                 plan.final_copies.append((node, dest))
     return plan
+
+
+def _reduction_kind(program: Program, e: int) -> str | None:
+    """``"all"``, ``"rows"`` or ``"cols"``: what sum or mean node ``e`` reduces (its
+    operand's elements, last axis, second-to-last axis), or ``None`` (another axis)."""
+    n = program.nodes[e]
+    shape = program.nodes[n.args[0][1]].shape
+    axis = n.attr("axis")
+    axes = range(len(shape)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    try:
+        axes = {operator.index(a) % len(shape) for a in axes}
+    except (TypeError, ZeroDivisionError):
+        return None
+    if {a for a in range(len(shape)) if shape[a] != 1} <= axes:
+        return "all"  # (axes of length 1 aside: the block's elements, in memory order)
+    if axes == {len(shape) - 1}:
+        return "rows"
+    if axes == {len(shape) - 2} and shape[-1] != 1:
+        return "cols"  # (NumPy sums a column of width 1 pairwise: left to NumPy)
+    return None
+
+
+def _absorbed_reductions(program: Program, steps: list) -> dict[int, list[tuple[int, str]]]:
+    """Step index of a block -> the sums and means of its values that its C loop
+    computes (``(node, kind)``): float reductions of an array the block computes, of
+    its shape, over all its elements, its last or its second-to-last axis."""
+    nodes = program.nodes
+    block_of = {i: s for s, step in enumerate(steps) if isinstance(step, Block) for i in step.nodes}
+    out: dict[int, list[tuple[int, str]]] = {}
+    for step in steps:
+        if not isinstance(step, Eager):
+            continue
+        n = nodes[step.node]
+        if n.op not in ("sum", "mean") or n.args[0][0] != "n":
+            continue
+        src = n.args[0][1]
+        s = block_of.get(src)
+        if s is None or nodes[src].shape != steps[s].shape or not steps[s].shape:
+            continue
+        if dtype_name(n.dtype) not in ("float32", "float64") or n.dtype != nodes[src].dtype:
+            continue
+        kind = _reduction_kind(program, step.node)
+        if kind is not None:
+            out.setdefault(s, []).append((step.node, kind))
+    return out
+
+
+def _with_reductions(program: Program, block: Block, reds: list, taken: set[int]) -> Block:
+    """``block`` without the outputs only the reductions it absorbs read."""
+    if not reds:
+        return block
+    final = final_destinations(program)
+    inside = set(block.nodes)
+    read_outside: set[int] = set()
+    for i, n in enumerate(program.nodes):
+        if i in inside or i in taken:
+            continue
+        read_outside.update(a[1] for a in n.args if a[0] == "n")
+    outputs = tuple(o for o in block.outputs if o in final or o in read_outside)
+    return block._replace(outputs=outputs)
+
+
+def _mode(locs: list[tuple], reds: list) -> str:
+    """How a batch's C function walks its blocks: ``"plain"`` (one loop), ``"flat"``
+    (one row: sums over all elements only) or ``"rows"`` (row by row)."""
+    if any(loc[0] == "off" for loc in locs) or any(kind != "all" for _, kind in reds):
+        return "rows"
+    return "flat" if reds else "plain"
 
 
 def _stages_of(program: Program, steps: list) -> list[int]:
@@ -264,9 +382,15 @@ def _c_form(
     readers: dict[int, list[tuple[int, int]]],
     stage: int,
     s: int,
+    reds: list[tuple[int, str]] = (),  # type: ignore[assignment]
 ) -> tuple[str, list[tuple], list[tuple]] | None:
     """``(text, buffer locations, scalar refs)`` of ``block``, or ``None`` (no C form:
-    run with the backend's functions). Records where its outputs go in ``plan.where``."""
+    run with the backend's functions). Records where its outputs go in ``plan.where``.
+
+    ``reds``: the sums and means of its values it computes in its loop (see
+    :func:`_absorbed_reductions`), written to scratch arrays of their nodes. An input of
+    another shape that broadcasts to the block's (a ``keepdims`` reduction, a factored
+    moment) is read in place through a table of row offsets."""
     nodes = program.nodes
     where = plan.where
     shape = block.shape
@@ -275,6 +399,7 @@ def _c_form(
     new_inputs = []
     scalar_refs = []
     array_refs = []
+    off_locs = []
     for x, r in zip(cb.inputs, block.inputs):
         if r[0] == "s":
             new_inputs.append(x)
@@ -284,17 +409,23 @@ def _c_form(
         if n.shape == () or shape == ():
             new_inputs.append(CInput(x.name, x.dtype, scalar=True))
             scalar_refs.append(r)
-        elif x.dtype in _KINDS and _broadcasts(n.shape, shape):
+        elif x.dtype in _KINDS and n.shape == shape:
             new_inputs.append(x)
             array_refs.append(r)
+        elif x.dtype in _KINDS and _broadcasts(n.shape, shape):
+            kind = "elem" if n.shape[-1] == shape[-1] else "row"
+            new_inputs.append(CInput(x.name, x.dtype, bcast=kind))
+            array_refs.append(r)
+            off_locs.append(("off", n.shape, shape))
         else:
             return None
-    cb = CBlock(new_inputs, cb.statements, cb.outputs)
-    # an input of another shape (a keepdims reduction's result) is broadcast to
-    # the block's shape, into a contiguous copy, at every step
-    locs: list[tuple] = [
-        where[r[1]] if nodes[r[1]].shape == shape else ("bcast", r[1], shape) for r in array_refs
+    names = {("n", i): f"t{k}" for k, i in enumerate(block.nodes)}
+    c_reds = [
+        CReduction(f"r{k}", names[nodes[e].args[0]], kind, mean=nodes[e].op == "mean")
+        for k, (e, kind) in enumerate(reds)
     ]
+    cb = CBlock(new_inputs, cb.statements, cb.outputs, c_reds)
+    locs: list[tuple] = [where[r[1]] for r in array_refs]
     out_locs: list[tuple] = []
     for o in block.outputs:
         loc: tuple = ("scratch", o)
@@ -308,12 +439,15 @@ def _c_form(
                 loc = ("leaf", *dest)
                 break
         out_locs.append(loc)
+    red_locs = [("scratch", e) for e, _ in reds]
     slots_of: dict[tuple, int] = {}
     slots = []
     buffers: list[str] = []
     dtypes = [dtype_name(nodes[r[1]].dtype) for r in array_refs]
     dtypes += [dtype_name(nodes[o].dtype) for o in block.outputs]
-    for loc, dtype in zip([*locs, *out_locs], dtypes):
+    dtypes += [dtype_name(nodes[e].dtype) for e, _ in reds]
+    dtypes += ["int64"] * len(off_locs)
+    for loc, dtype in zip([*locs, *out_locs, *red_locs, *off_locs], dtypes):
         if loc not in slots_of:
             slots_of[loc] = len(buffers)
             buffers.append(dtype)
@@ -324,6 +458,8 @@ def _c_form(
         return None
     for o, loc in zip(block.outputs, out_locs):
         where[o] = loc
+    for e, _ in reds:
+        where[e] = ("scratch", e)
     return text, sorted(slots_of, key=slots_of.__getitem__), scalar_refs
 
 
@@ -376,7 +512,7 @@ def run(
     which the caller's checks computed) let a step with the same arrays as the last
     one reuse the pointer tables without looking at each array again.
     """
-    global runs
+    global runs, fused_reductions
     program = plan.program
     is_torch = plan.lib == "torch"
     np = sys.modules["numpy"]
@@ -394,15 +530,17 @@ def run(
             return columns[loc[1]][loc[2]]
         if kind == "scratch":
             return scratch[loc[1]]
+        if kind == "off":
+            return scratch[loc]
         return env[loc[1]]
 
     def value(loc: tuple) -> Any:  # not recursive: no reference cycle keeps env alive
-        if loc[0] != "bcast":
+        if loc[0] != "view":
             return stored(loc)
-        x = stored(where[loc[1]])
-        if is_torch:
-            return x.expand(loc[2]).contiguous()
-        return np.ascontiguousarray(np.broadcast_to(x, loc[2]))
+        src = loc[1]
+        while src[0] == "view":
+            src = src[1]
+        return stored(src).reshape(loc[2])
 
     batches = [item for kind, item in plan.steps if kind == "c"]
     stamp = ctx.stamp
@@ -452,6 +590,7 @@ def run(
         else:
             dst[...] = src
     runs += 1
+    fused_reductions += plan.n_reductions
     return True
 
 
@@ -465,7 +604,19 @@ def _make_scratch(plan: HostPlan, xp: Any) -> dict[int, Any]:
                     if loc[0] == "scratch" and loc[1] not in out:
                         n = nodes[loc[1]]
                         out[loc[1]] = xp.empty(n.shape, dtype=n.dtype)
+                    elif loc[0] == "off" and loc not in out:
+                        out[loc] = xp.asarray(_row_offsets(*loc[1:]))
     return out
+
+
+def _row_offsets(have: tuple, to: tuple) -> Any:
+    """Per row of shape ``to`` (all axes but the last), the offset of its first element
+    in a C-contiguous array of shape ``have`` broadcast to ``to`` (int64)."""
+    np = sys.modules.get("numpy") or __import__("numpy")
+    if to[-1] == 0:  # empty rows: never read
+        return np.zeros(math.prod(to[:-1]), dtype=np.int64)
+    index = np.arange(math.prod(have), dtype=np.int64).reshape(have)
+    return np.array(np.broadcast_to(index, to)[..., 0], dtype=np.int64).reshape(-1)
 
 
 def _slot_getters(batch: _Batch) -> None:
@@ -483,9 +634,16 @@ def _slot_getters(batch: _Batch) -> None:
             getters.append(("fixed", tuple(loc[1] for loc in locs)))
         else:
             getters.append(("any", tuple(locs)))
-            static = static and not kinds & {"env", "bcast"}
+            static = static and not {_root(loc)[0] for loc in locs} & {"env"}
     batch.getters = getters
     batch.static = static
+
+
+def _root(loc: tuple) -> tuple:
+    """The buffer a location reads: itself, or the operand's of a view."""
+    while loc[0] == "view":
+        loc = loc[1]
+    return loc
 
 
 def _objects(batch: _Batch, columns: dict, scratch: dict, value: Any) -> list[Any]:
@@ -538,10 +696,23 @@ def _table(
     return True
 
 
+def _sizes(shape: tuple, mode: str) -> tuple[int, ...]:
+    """What a batch's C function is told of a block of ``shape``: its size (``"plain"``),
+    or ``(N, R, L, m, ncol)`` (see :func:`~agrad.optim.program.c_codegen.host_rows_source`)."""
+    size = math.prod(shape)
+    if mode == "plain":
+        return (size,)
+    if mode == "flat":
+        return (size, 1, size, 0, 0)
+    rows = math.prod(shape[:-1])
+    m = shape[-2] if len(shape) > 1 else 1
+    return (size, rows, shape[-1], m, math.prod(shape[:-2]) * shape[-1])
+
+
 def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: Any) -> None:
     """One C call running every block of ``batch`` (its pointer table is current)."""
     if batch.n is None:
-        sizes = [math.prod(b.shape) for b in batch.blocks]
+        sizes = [x for b in batch.blocks for x in _sizes(b.shape, batch.mode)]
         batch.n = (ctypes.c_longlong * len(sizes))(*sizes)
     refs = batch.scalar_refs[:1] if batch.shared else batch.scalar_refs
     vals = [scalars[r[1]] if r[0] == "s" else float(value(where[r[1]])) for rs in refs for r in rs]

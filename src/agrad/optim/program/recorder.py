@@ -394,8 +394,8 @@ class RecordingNamespace:
 
     Dtypes, constants and inspection functions (``float32``, ``isdtype``, ``finfo``)
     are the real backend's; elementwise functions, the common reductions,
-    ``reshape``/``expand_dims``, ``matmul`` and ``astype`` are recorded; anything else
-    raises :class:`NotRecordable`.
+    ``expand_dims`` and ``astype`` are recorded; anything else (``reshape``,
+    ``matmul`` ...) raises :class:`NotRecordable`.
     """
 
     def __init__(self, xp: Any) -> None:
@@ -531,6 +531,20 @@ class RecordingNamespace:
             raise NotRecordable("asarray of a Python value without a dtype")
         attrs = (("dtype_to", dtype), ("value", obj))
         return self._recorder.node("asarray", (), attrs, (), dtype)
+
+
+def _expand_dims(self: RecordingNamespace, x: Any, /, *, axis: int = 0) -> SymArray:
+    """``expand_dims`` as a node (a view of its operand, one axis of length 1 inserted)."""
+    rec = self._recorder
+    shape, dtype = rec.operand_info(x)
+    if type(axis) is not int or not -len(shape) - 1 <= axis <= len(shape):
+        raise NotRecordable(f"expand_dims with axis={axis!r} on a {len(shape)}-d array")
+    at = axis if axis >= 0 else len(shape) + 1 + axis
+    out = (*shape[:at], 1, *shape[at:])
+    return rec.node("expand_dims", (rec.ref(x),), (("axis", axis),), out, dtype)
+
+
+RecordingNamespace.expand_dims = _expand_dims  # type: ignore[attr-defined]
 
 
 def _unary(op: str) -> Callable[[RecordingNamespace, Any], SymArray]:
