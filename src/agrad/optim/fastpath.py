@@ -100,7 +100,7 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import accumulate, chain, pairwise, repeat
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter, eq, is_, itemgetter
 from typing import Any
 
 from agrad.optim import _steady
@@ -266,7 +266,26 @@ def _programs(opt: Any) -> LRUCache:
     return cache
 
 
-def _state_key(leaves: list[Any], cls: type) -> tuple | None:
+_LAST_P, _LAST_S = "param metadata", "state metadata"  # the cache's side records
+
+
+def _metadata(arrays: list[Any], aux: dict, name: str) -> tuple[tuple, tuple]:
+    """``(shapes, dtypes)`` of ``arrays`` as tuples: last step's tuples (``aux[name]``)
+    where equal, compared one array at a time, so that a step over many small arrays
+    keeps no shape tuple per array alive (NumPy makes a new one per ``.shape``)."""
+    last = aux.get(name)
+    if (
+        last is not None
+        and len(last[0]) == len(arrays)
+        and all(map(eq, map(_SHAPE, arrays), last[0]))
+        and all(map(eq, map(_DTYPE, arrays), last[1]))
+    ):
+        return last
+    meta = aux[name] = (tuple(map(_SHAPE, arrays)), tuple(map(_DTYPE, arrays)))
+    return meta
+
+
+def _state_key(leaves: list[Any], cls: type, aux: dict) -> tuple | None:
     """Shapes and dtypes of the state's arrays (of type ``cls``), kinds of its other
     leaves; ``None`` (decline) for a negative or non-finite number or a foreign leaf."""
     types = list(map(type, leaves))
@@ -285,7 +304,7 @@ def _state_key(leaves: list[Any], cls: type) -> tuple | None:
             others.append(x)
         else:
             return None
-    return tuple(types), tuple(map(_SHAPE, arrays)), tuple(map(_DTYPE, arrays)), tuple(others)
+    return tuple(types), *_metadata(arrays, aux, _LAST_S), tuple(others)
 
 
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
@@ -316,6 +335,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         lambda: _compile(opt, lib, params, p, g, state),
         lambda: variants.generic_checks_pass(opt, params, grads, state),
     )
+    del key  # its per-array shape tuples are not needed while the step runs
     if got is None:
         return None
     chosen, scalars = got
@@ -437,14 +457,14 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
     cls = type(p[0])
     if set(map(type, p)) != {cls} or set(map(type, g)) != {cls}:
         return None  # one library, no subclasses (NumPy's matrix, nn.Parameter ...)
-    shapes, dtypes = list(map(_SHAPE, p)), list(map(_DTYPE, p))
-    if list(map(_SHAPE, g)) != shapes or list(map(_DTYPE, g)) != dtypes:
+    aux = _programs(opt).aux
+    shapes, dtypes = _metadata(p, aux, _LAST_P)
+    if not (all(map(eq, map(_SHAPE, g), shapes)) and all(map(eq, map(_DTYPE, g), dtypes))):
         return None
     if not _hyper_ok(opt.hyperparams):
         return None
     s_leaves, s_def = _state_leaves(opt, state)
-    cls = type(p[0])
-    s_key = _state_key(s_leaves, cls)
+    s_key = _state_key(s_leaves, cls, aux)
     if s_key is None:
         return None
     arrays = [x for x in s_leaves if type(x) is cls]
@@ -459,7 +479,7 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
         device = _torch_device(p, g, arrays, set(dtypes))
         if device is None:
             return None
-    key = (p_key, tuple(shapes), tuple(dtypes), s_def, s_key, device)
+    key = (p_key, shapes, dtypes, s_def, s_key, device)
     return lib, p, g, key, s_leaves, s_def
 
 
@@ -745,21 +765,35 @@ def _numpy_disjoint(written: list[Any], grads: list[Any]) -> bool:
     are compared, and where two coincide, or one is not an ndarray, the arrays' byte
     bounds (``np.byte_bounds``, sorted).
     """
-    w_ids = set(map(id, written))
-    if (
-        all(map(is_, map(_BASE, chain(written, grads)), repeat(None)))
-        and len(w_ids) == len(written)
-        and w_ids.isdisjoint(map(id, grads))
+    np = sys.modules["numpy"]
+    if all(map(is_, map(_BASE, chain(written, grads)), repeat(None))) and _ids_apart(
+        np, written, grads
     ):
         return True
     w_set, g_set = set(_numpy_roots(written)), set(_numpy_roots(grads))
     if len(w_set) == len(written) and None not in w_set | g_set and w_set.isdisjoint(g_set):
         return True
-    np = sys.modules["numpy"]
     utils = getattr(np.lib, "array_utils", None)
     byte_bounds = utils.byte_bounds if utils is not None else np.byte_bounds
     bounds = [byte_bounds(x) for x in written + grads]
     return _disjoint([lo for lo, _ in bounds], [hi - lo for lo, hi in bounds], len(written))
+
+
+def _ids_apart(np: Any, written: list[Any], grads: list[Any]) -> bool:
+    """Whether the written arrays are distinct objects and no gradient is one of them.
+
+    The ``id`` s go through NumPy buffers, sorted and searched: a set of thousands of
+    Python ints would be the largest allocation of a step over many small arrays.
+    """
+    n = len(written)
+    w = np.fromiter(map(id, written), np.uintp, n)
+    w.sort()
+    if n > 1 and not (w[1:] != w[:-1]).all():
+        return False
+    g = np.fromiter(map(id, grads), np.uintp, len(grads))
+    i = np.searchsorted(w, g)
+    np.minimum(i, n - 1, out=i)
+    return not (w[i] == g).any()
 
 
 def _torch_dense(x: Any) -> bool:
