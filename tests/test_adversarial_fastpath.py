@@ -296,6 +296,8 @@ def _numpy_alias_case(kind: str):
     if kind == "interleaved_views":  # byte bounds overlap, elements do not: declined too
         return [base[0::2], base[1::2]], grads, None
     params = [np.ones(n), np.ones(n)]
+    if kind == "same_array_twice":  # owns its memory: told apart by id
+        return [params[0], params[0]], grads, None
     if kind == "grad_is_a_param":
         return params, [params[0], grads[1]], None
     if kind == "grad_views_a_param":
@@ -311,6 +313,7 @@ NUMPY_ALIASES = [
     "two_full_views",
     "shifted_views",
     "interleaved_views",
+    "same_array_twice",
     "grad_is_a_param",
     "grad_views_a_param",
     "state_views_a_param",

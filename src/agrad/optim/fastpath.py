@@ -49,7 +49,8 @@ fail:
   memory shared between two written arrays (parameters and state) or between a
   gradient and a written array (two views of one base, ``detach()``, ``.data``, one
   buffer seen twice): address ranges are sorted and swept, O(n log n) (NumPy arrays
-  that own their memory, as most do, are told apart by identity, O(n)).
+  that own their memory, as most do, are told apart by identity, their ids sorted in
+  NumPy).
 - *NumPy*: float16 (the generic path computes it in float32). Floating-point errors:
   when handling one could raise or call out during the writes (a
   :func:`numpy.seterr` mode ``raise``, ``call``, ``print`` or ``log``, or ``warn``
@@ -761,9 +762,9 @@ def _numpy_disjoint(written: list[Any], grads: list[Any]) -> bool:
     """No two written arrays share memory, nor a gradient and a written array.
 
     Arrays that own their memory (``base`` is ``None``) share none with each other, so
-    distinct such arrays need nothing more (O(n)); otherwise the owning base arrays
-    are compared, and where two coincide, or one is not an ndarray, the arrays' byte
-    bounds (``np.byte_bounds``, sorted).
+    distinct such arrays need nothing more (:func:`_ids_apart`); otherwise the owning
+    base arrays are compared, and where two coincide, or one is not an ndarray, the
+    arrays' byte bounds (``np.byte_bounds``, sorted).
     """
     np = sys.modules["numpy"]
     if all(map(is_, map(_BASE, chain(written, grads)), repeat(None))) and _ids_apart(
