@@ -724,10 +724,24 @@ def _bump_versions(torch: Any, written: list, writes: list, versions: list | Non
         _set_versions(torch, targets, [t._version - 1 for t in targets])
 
 
+_SEEN = "steady candidate"  # the cache's side record: the last full torch step's parameters
+
+
 def _record_steady(cache, compiled, params, p, g, s_leaves, s_def, written, host=None) -> None:
-    """Keep what this checked torch step established for the next steps' bulk check."""
+    """Keep what this checked torch step established for the next steps' bulk check.
+
+    Made only where the last full step had the very same parameter objects: a record
+    costs a few passes over the tensors (TorchDynamo's guard is built in Python), and
+    a caller that passes new tensors every step (``p.detach()``) would pay them every
+    step for a check that never applies.
+    """
     import torch
 
+    seen = cache.aux.get(_SEEN)
+    cache.aux[_SEEN] = list(p)
+    if seen is None or len(seen) != len(p) or not all(map(is_, seen, p)):
+        cache.aux.pop(_STEADY, None)
+        return
     rec = _steady.make(torch, compiled, params, p, g, s_leaves, s_def, written)
     if rec is None:
         cache.aux.pop(_STEADY, None)
