@@ -45,7 +45,7 @@ from agrad.optim._overlap import WrittenRanges
 from agrad.optim._treeplan import TreePlan
 from agrad.pytree import flatten_leaves
 
-__all__ = ["SteadyRecord", "all_equal", "check", "counters_distinct", "tensor_guard"]
+__all__ = ["SteadyRecord", "all_equal", "check", "counters_distinct", "make", "tensor_guard"]
 
 _VERSION = attrgetter("_version")
 _NBYTES = attrgetter("nbytes")
