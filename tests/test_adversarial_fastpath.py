@@ -17,6 +17,7 @@ import pytest
 
 import agrad.optim as optim
 from agrad.optim import fastpath
+from agrad.optim._overlap import VECTOR_SORT
 from agrad.pytree import flatten_leaves
 
 torch = pytest.importorskip("torch")
@@ -295,6 +296,8 @@ def _numpy_alias_case(kind: str):
     if kind == "interleaved_views":  # byte bounds overlap, elements do not: declined too
         return [base[0::2], base[1::2]], grads, None
     params = [np.ones(n), np.ones(n)]
+    if kind == "same_array_twice":  # owns its memory: told apart by id
+        return [params[0], params[0]], grads, None
     if kind == "grad_is_a_param":
         return params, [params[0], grads[1]], None
     if kind == "grad_views_a_param":
@@ -310,6 +313,7 @@ NUMPY_ALIASES = [
     "two_full_views",
     "shifted_views",
     "interleaved_views",
+    "same_array_twice",
     "grad_is_a_param",
     "grad_views_a_param",
     "state_views_a_param",
@@ -373,7 +377,7 @@ def test_numpy_disjoint_views_keep_the_fast_path(monkeypatch):
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 def test_many_distinct_arrays_keep_the_fast_path(library):
     """Hundreds of separate leaves (the vectorised overlap check) are accepted."""
-    n = fastpath._VECTOR_SORT + 50
+    n = VECTOR_SORT + 50
     make = (lambda: np.ones(7)) if library == "numpy" else (lambda: torch.ones(7))
     params = [make() for _ in range(n)]
     opt = optim.adam(lr=0.1)
@@ -759,31 +763,8 @@ def test_torch_foreach_fallback_declines_half_and_matches_in_float32(monkeypatch
     torch.testing.assert_close(p[0], ref.detach(), rtol=1e-6, atol=1e-7)
 
 
-# -- the overlap check itself -----------------------------------------------------------
-@pytest.mark.parametrize("n", [6, 40, fastpath._VECTOR_SORT + 40])
-def test_disjoint_matches_brute_force(n):
-    """Both implementations (Python sweep, NumPy sort) against all pairs."""
-    rng = np.random.default_rng(n)
-    for _ in range(200 if n < 100 else 4):
-        starts = [int(s) for s in rng.integers(0, 4 * n, n)]
-        sizes = [int(s) for s in rng.integers(0, 6, n)]
-        n_written = int(rng.integers(0, n + 1))
-
-        def meet(i, j, starts=starts, sizes=sizes):
-            if not sizes[i] or not sizes[j]:
-                return False  # an empty range reads and writes nothing
-            a0, a1 = starts[i], starts[i] + sizes[i]
-            b0, b1 = starts[j], starts[j] + sizes[j]
-            return a0 < b1 and b0 < a1
-
-        truth = not any(
-            meet(i, j) for i in range(n) for j in range(i + 1, n) if i < n_written or j < n_written
-        )
-        assert fastpath._disjoint(starts, sizes, n_written) == truth
-        assert fastpath._disjoint_loop(starts, sizes, n_written) == truth
-
-
-@pytest.mark.parametrize("n", [2, fastpath._VECTOR_SORT + 2])
+# -- the overlap check in a step (the check itself: tests/test_overlap.py) -------------
+@pytest.mark.parametrize("n", [2, VECTOR_SORT + 2])
 def test_torch_empty_tensors_keep_the_fast_path(n):
     """Empty tensors (all at address 0) write nothing and meet nothing."""
     params = [torch.ones(3)] + [torch.empty(0) for _ in range(n)]
@@ -791,14 +772,6 @@ def test_torch_empty_tensors_keep_the_fast_path(n):
     opt = optim.adam(lr=0.1)
     assert fastpath.try_step(opt, params, grads, opt.init(params)) is not None
     assert float(params[0][0]) == pytest.approx(0.9)
-
-
-def test_huge_addresses_use_the_python_sweep():
-    starts = [2**63 + 10 * i for i in range(fastpath._VECTOR_SORT + 5)]
-    sizes = [8] * len(starts)
-    assert fastpath._disjoint(starts, sizes, len(starts))
-    sizes[3] = 11
-    assert not fastpath._disjoint(starts, sizes, len(starts))
 
 
 def test_warnings_filters_read_in_order():

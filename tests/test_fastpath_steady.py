@@ -50,9 +50,16 @@ def _clone(tree: Any) -> Any:
     return unflatten(treedef, [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves])
 
 
-def _snapshot(*trees: Any) -> list[tuple[Any, int, np.ndarray]]:
+def _values(x: Any) -> np.ndarray | None:
+    """The tensor's values (``None`` where its storage was freed)."""
+    if x.numel() and not x.data_ptr():
+        return None
+    return x.detach().resolve_neg().numpy().copy()
+
+
+def _snapshot(*trees: Any) -> list[tuple[Any, int, np.ndarray | None]]:
     return [
-        (x, x._version, x.detach().numpy().copy())
+        (x, x._version, _values(x))
         for tree in trees
         for x in flatten_leaves(tree)[0]
         if isinstance(x, torch.Tensor)
@@ -62,7 +69,10 @@ def _snapshot(*trees: Any) -> list[tuple[Any, int, np.ndarray]]:
 def _assert_unchanged(snap: list) -> None:
     for x, version, values in snap:
         assert x._version == version
-        np.testing.assert_array_equal(x.detach().numpy(), values)
+        if values is None:
+            assert _values(x) is None
+        else:
+            np.testing.assert_array_equal(_values(x), values)
 
 
 # -- changes after which the step must decline, writing nothing -------------------------
@@ -122,6 +132,26 @@ def _inference_grad(p, g, s):
     g[0] = g[0].t()
 
 
+def _data_shares_another_param(p, g, s):
+    p[0].data = p[1].data  # same shape, dtype, strides and version: only the pointer moves
+
+
+def _grad_data_is_a_param(p, g, s):
+    g[0].data = p[0].data  # the same gradient object, now over a parameter's memory
+
+
+def _data_negative_view(p, g, s):
+    p[0].data = torch._neg_view(p[0].data)  # same pointer, shape, strides: the neg bit
+
+
+def _grad_negative_view(p, g, s):
+    g[1] = torch._neg_view(g[1].clone())  # the kernels would read it unnegated
+
+
+def _storage_freed(p, g, s):
+    p[1].untyped_storage().resize_(0)  # torch raises on it: mid-step, in the kernel
+
+
 DECLINES = [
     _resize_param,
     _transpose_param,
@@ -136,6 +166,11 @@ DECLINES = [
     _state_array_replaced,
     _non_leaf_param,
     _inference_grad,
+    _data_shares_another_param,
+    _grad_data_is_a_param,
+    _data_negative_view,
+    _grad_negative_view,
+    _storage_freed,
 ]
 
 
@@ -173,12 +208,28 @@ def _state_written_in_place(p, g, s):
     arrays[-1].mul_(0.5)
 
 
+def _state_data_swapped(p, g, s):
+    a, b = [x for x in flatten_leaves(s)[0] if isinstance(x, torch.Tensor) and x.ndim][:2]
+    a.data, b.data = b.data, a.data  # same metadata, the pointers exchanged
+
+
+def _params_swapped_in_list(p, g, s):
+    p[0], p[1] = p[1], p[0]
+
+
+def _state_requires_grad(p, g, s):
+    next(x for x in flatten_leaves(s)[0] if isinstance(x, torch.Tensor) and x.ndim).requires_grad_()
+
+
 RUNS = [
     _flip_requires_grad,
     _user_bumps_version,
     _new_gradient_tensors,
     _gradient_written_in_place,
     _state_written_in_place,
+    _state_data_swapped,
+    _params_swapped_in_list,
+    _state_requires_grad,
 ]
 
 
@@ -206,7 +257,9 @@ def test_changed_tensor_runs_and_equals_the_generic_path(monkeypatch, name, chan
     got_s = [x for x in flatten_leaves(state)[0] if isinstance(x, torch.Tensor)]
     want_s = [x for x in flatten_leaves(twin_s)[0] if isinstance(x, torch.Tensor)]
     for got, want in zip(got_s, want_s):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            got.detach().numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_steady_steps_bump_each_written_version_once():
@@ -230,3 +283,80 @@ def test_steady_record_keeps_no_gradient_alive():
     del new
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_steady_steps_take_the_bulk_check(monkeypatch, name):
+    """With the full route's input check broken, the steady steps still run."""
+    opt, params, grads, state = _setup(OPTIMIZERS[name])
+
+    def no_full_check(*args):
+        raise AssertionError("the full check ran")
+
+    monkeypatch.setattr(fastpath, "_inputs", no_full_check)
+    for _ in range(3):
+        out = fastpath.try_step(opt, params, [g.clone() for g in grads], state)
+        assert out is not None
+        state = out[1]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "foreach"])
+def test_views_of_one_buffer_move_the_shared_counter_by_one(monkeypatch, fused):
+    """Parameters and state that are views of one buffer share one version counter:
+    every step, full or steady, moves it by exactly one."""
+    if not fused:
+        from agrad.optim.program import host_exec
+
+        monkeypatch.setattr(host_exec, "enabled", False)
+    flat = torch.zeros(4 * 16, dtype=torch.float64)
+    params = list(flat.split(16))
+    grads = [torch.full((16,), 0.5, dtype=torch.float64) for _ in params]
+    opt = optim.adam(lr=0.1) if fused else optim.rmsprop(lr=0.1)
+    state = opt.init(params)
+    for step in range(1, 5):
+        state = fastpath.try_step(opt, params, grads, state)[1]
+        assert [p._version for p in params] == [step] * len(params)
+        assert flat._version == step
+    assert opt._programs.aux.get(fastpath._STEADY).exact
+
+
+def test_without_the_tensor_guard_every_step_takes_the_full_check(monkeypatch):
+    from agrad.optim import _steady
+
+    monkeypatch.setattr(_steady, "tensor_guard", lambda tensors: None)
+    opt, params, grads = optim.adam(lr=0.1), [torch.ones(3)], [torch.ones(3)]
+    state = opt.init(params)
+    for _ in range(3):
+        state = fastpath.try_step(opt, params, grads, state)[1]
+    assert opt._programs.aux.get(fastpath._STEADY) is None
+    ref = torch.ones(3, requires_grad=True)
+    ref.grad = torch.ones(3)
+    torch_opt = torch.optim.Adam([ref], lr=0.1, fused=True)
+    for _ in range(3):
+        torch_opt.step()
+    torch.testing.assert_close(params[0], ref.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_sgd_steps_equal_torch_fused_sgd(momentum):
+    """Full step, then steady ones (same and new gradients): bitwise torch.optim.SGD(fused=True)."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(7, 5), (5,), (3, 4, 2)] * 4
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    refs = [p.clone().requires_grad_() for p in params]
+    opt = optim.sgd(lr=0.05, momentum=momentum)
+    torch_opt = torch.optim.SGD(refs, lr=0.05, momentum=momentum, fused=True)
+    state = opt.init(params)
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    for step in range(6):
+        if step % 2:
+            grads = [torch.randn(s, generator=gen) for s in shapes]
+        out = fastpath.try_step(opt, params, grads, state)
+        assert out is not None
+        state = out[1]
+        for r, g in zip(refs, grads):
+            r.grad = g.clone()
+        torch_opt.step()
+        for p, r in zip(params, refs):
+            torch.testing.assert_close(p, r.detach(), rtol=0, atol=0)
+    assert opt._programs.aux.get(fastpath._STEADY) is not None

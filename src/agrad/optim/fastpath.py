@@ -49,7 +49,8 @@ fail:
   memory shared between two written arrays (parameters and state) or between a
   gradient and a written array (two views of one base, ``detach()``, ``.data``, one
   buffer seen twice): address ranges are sorted and swept, O(n log n) (NumPy arrays
-  that own their memory, as most do, are told apart by identity, O(n)).
+  that own their memory, as most do, are told apart by identity, their ids sorted in
+  NumPy).
 - *NumPy*: float16 (the generic path computes it in float32). Floating-point errors:
   when handling one could raise or call out during the writes (a
   :func:`numpy.seterr` mode ``raise``, ``call``, ``print`` or ``log``, or ``warn``
@@ -67,19 +68,22 @@ fail:
   contiguous unless every tensor of its parameter is dense with the same strides
   (``channels_last`` everywhere: the fused CPU kernels walk memory in order, and
   paired the wrong elements of a transposed parameter and a contiguous gradient);
-  expanded or otherwise internally overlapping tensors; inference-mode tensors
-  among the written ones; non-leaf tensors that require grad. After the checks,
-  every written tensor's version counter is bumped once per step, before the kernels
-  run (which work on ``.data`` views), so an autograd graph that saved a parameter or
-  a state tensor before the step raises "modified by an inplace operation" on
-  backward, as with ``torch.optim``'s default (foreach) implementation.
+  expanded or otherwise internally overlapping tensors; negative views (the kernels
+  would read their memory unnegated); a storage freed by ``resize_(0)``;
+  inference-mode tensors among the written ones; non-leaf tensors that require grad.
+  Every written tensor's version counter moves by exactly one per step (read before
+  and set after, or, where no two written tensors share a counter, incremented once
+  after torch's fused kernels, which bump none), so an autograd graph that saved a
+  parameter or a state tensor before the step raises "modified by an inplace
+  operation" on backward, as with ``torch.optim``'s default (foreach) implementation.
 
 *Steady state (torch).* The checks above run in full on a torch step's first call and
 whenever anything changed; while the same parameter and state tensors come back in
-containers of the same structure, :class:`_Steady` verifies in bulk that none of
-them changed since (version counters, data pointers, shapes, dtypes, contiguity),
-which implies every per-tensor check still holds, and checks only the gradients
-again (see :class:`_Steady` for why this cannot be fooled by in-place changes).
+containers of the same structure, :mod:`agrad.optim._steady` verifies in bulk that
+none of them changed since (one C++ pass of TorchDynamo's tensor guard over every
+tensor, and the written tensors' data pointers), which implies every per-tensor
+check still holds, and checks the gradients' overlap only where they are new (see
+:mod:`agrad.optim._steady` for why this cannot be fooled by in-place changes).
 
 Not covered, as with any in-place optimizer (``torch.optim`` included): an
 asynchronous exception between two writes (``KeyboardInterrupt``, an exception from
@@ -97,10 +101,12 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import accumulate, chain, pairwise, repeat
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter, eq, is_, itemgetter
 from typing import Any
 
+from agrad.optim import _steady
 from agrad.optim._cache import LRUCache
+from agrad.optim._overlap import disjoint as _disjoint
 from agrad.optim._treeplan import TreePlan
 from agrad.optim.numerics import is_scalar
 from agrad.optim.program import fused as fused_kernels
@@ -120,8 +126,6 @@ enabled = True
 SMALL = 8192
 # Elements per chunk of the NumPy kernels (a 256x256 float32 matrix is one chunk).
 CHUNK = 65536
-# Above this many arrays the overlap check sorts with NumPy instead of Python.
-_VECTOR_SORT = 256
 
 # Per thread: dtype -> the CHUNK-sized scratch buffers of the NumPy kernels, kept
 # between steps (fresh buffers every step cost page faults; see docs/benchmarks.md).
@@ -263,7 +267,26 @@ def _programs(opt: Any) -> LRUCache:
     return cache
 
 
-def _state_key(leaves: list[Any], cls: type) -> tuple | None:
+_LAST_P, _LAST_S = "param metadata", "state metadata"  # the cache's side records
+
+
+def _metadata(arrays: list[Any], aux: dict, name: str) -> tuple[tuple, tuple]:
+    """``(shapes, dtypes)`` of ``arrays`` as tuples: last step's tuples (``aux[name]``)
+    where equal, compared one array at a time, so that a step over many small arrays
+    keeps no shape tuple per array alive (NumPy makes a new one per ``.shape``)."""
+    last = aux.get(name)
+    if (
+        last is not None
+        and len(last[0]) == len(arrays)
+        and all(map(eq, map(_SHAPE, arrays), last[0]))
+        and all(map(eq, map(_DTYPE, arrays), last[1]))
+    ):
+        return last
+    meta = aux[name] = (tuple(map(_SHAPE, arrays)), tuple(map(_DTYPE, arrays)))
+    return meta
+
+
+def _state_key(leaves: list[Any], cls: type, aux: dict) -> tuple | None:
     """Shapes and dtypes of the state's arrays (of type ``cls``), kinds of its other
     leaves; ``None`` (decline) for a negative or non-finite number or a foreign leaf."""
     types = list(map(type, leaves))
@@ -282,7 +305,7 @@ def _state_key(leaves: list[Any], cls: type) -> tuple | None:
             others.append(x)
         else:
             return None
-    return tuple(types), tuple(map(_SHAPE, arrays)), tuple(map(_DTYPE, arrays)), tuple(others)
+    return tuple(types), *_metadata(arrays, aux, _LAST_S), tuple(others)
 
 
 def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] | None:
@@ -313,6 +336,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         lambda: _compile(opt, lib, params, p, g, state),
         lambda: variants.generic_checks_pass(opt, params, grads, state),
     )
+    del key  # its per-array shape tuples are not needed while the step runs
     if got is None:
         return None
     chosen, scalars = got
@@ -323,10 +347,8 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     ran = host_exec.enabled and _run_host(chosen, lib, p, g, s_leaves, scalars, pre, writes)
     if ran:
         if ran is not True:  # torch: later steps may take the steady check, on these kernels
-            plan, written, versions = ran
-            rec = _Steady(chosen, params, p, g, s_leaves, s_def, written, versions)
-            rec.host = plan
-            cache.aux[_STEADY] = rec
+            plan, written = ran
+            _record_steady(cache, chosen, params, p, g, s_leaves, s_def, written, plan)
         return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
     if chosen.runners is None and chosen.fused is None:
         return None  # a program only the host kernels run
@@ -338,7 +360,7 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
         if not steady:
             return None
         if steady is not True:  # every tensor contiguous: later steps may take the check below
-            cache.aux[_STEADY] = _Steady(chosen, params, p, g, s_leaves, s_def, *steady[1:])
+            _record_steady(cache, chosen, params, p, g, s_leaves, s_def, steady[1])
     return params, _unflatten_state(opt, s_def, _new_state(chosen, s_leaves, scalars))
 
 
@@ -368,133 +390,20 @@ def _new_state(compiled: _Compiled, s_leaves: list, scalars: list) -> list[Any]:
 
 
 # -- the steady state: the same tensors as last step, checked in bulk (torch) -----------
-_STEADY = "steady"  # the program cache's side record of the last torch step
+_STEADY = "steady"  # the program cache's side record of the last torch step (_steady.py)
 
 
-def _pick(idx: list[int]) -> Callable[[list], list]:
-    """``xs -> [xs[i] for i in idx]`` at C speed."""
-    if not idx:
-        return lambda xs: []
-    if len(idx) == 1:
-        return lambda xs, i=idx[0]: [xs[i]]
-    get = itemgetter(*idx)
-    return lambda xs: list(get(xs))
-
-
-class _Steady:
-    """What the last torch step checked, so that the next one can be checked in bulk.
-
-    Training calls ``step`` with the same parameter and state tensors every time. A
-    torch tensor's metadata (shape, strides, storage, leaf status) changes only
-    through an operation on the tensor itself, and every such operation (``resize_``,
-    ``set_``, ``as_strided_``, ``transpose_``, an in-place op that makes it a
-    non-leaf ...) bumps its version counter, which the step leaves at a known value;
-    the one that does not, assigning ``.data``, replaces the storage pointer, shape,
-    dtype or contiguity, which are compared too. So where the parameters and the
-    state arrays are the very objects of the last step, in containers of the same
-    structure, and each written tensor's version, data pointer, shape, dtype and
-    contiguity are unchanged, every per-tensor check of the last step (device,
-    layout, inference mode, leaf status, memory overlap among written tensors) still
-    holds. Gradients, often new tensors each step, are checked each step: type,
-    shape, dtype, contiguity, and (unless the same tensors, by ``id``, at the same
-    addresses as last step: an ``id`` reused by a new tensor at the same address
-    overlaps exactly what the old one did) device and overlap with the written
-    tensors. Anything else takes the full check. The record holds the last step's
-    parameter and state tensors (which the caller holds anyway), never its gradients.
-    """
-
-    __slots__ = (
-        "arrays",
-        "compiled",
-        "device",
-        "dtypes",
-        "g_ids",
-        "g_ptrs",
-        "host",
-        "number_idx",
-        "numbers",
-        "p",
-        "p_plan",
-        "s_arrays",
-        "s_plan",
-        "shapes",
-        "versions",
-        "w_dtypes",
-        "w_ptrs",
-        "w_shapes",
-        "w_sizes",
-        "written",
-    )  # fmt: skip
-
-    def __init__(self, compiled, params, p, g, s_leaves, s_def, written, versions):
-        import torch
-
-        self.compiled = compiled
-        self.p_plan = TreePlan(flatten_leaves(params)[1])
-        self.s_plan = TreePlan(s_def)
-        self.p = list(p)
-        idx = [i for i, x in enumerate(s_leaves) if isinstance(x, torch.Tensor)]
-        self.arrays = _pick(idx)
-        self.s_arrays = self.arrays(s_leaves)
-        self.number_idx = [i for i in range(len(s_leaves)) if i not in set(idx)]
-        self.numbers = _pick(self.number_idx)
-        self.written = written
-        self.versions = versions
-        self.w_ptrs = list(map(torch.Tensor.data_ptr, written))
-        self.w_shapes = list(map(_SHAPE, written))
-        self.w_dtypes = list(map(_DTYPE, written))
-        self.w_sizes = list(map(_NBYTES, written))
-        self.shapes = self.w_shapes[: len(p)]
-        self.dtypes = self.w_dtypes[: len(p)]
-        self.device = p[0].device
-        self.g_ids = list(map(id, g))  # not the tensors: a step must not keep gradients alive
-        self.g_ptrs = list(map(torch.Tensor.data_ptr, g))
-        self.host = None  # the host kernels' plan, where they ran the recorded step
-
-
-def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) -> Any:
-    """The step on :class:`_Steady`'s bulk checks, or ``None`` (take the full check)."""
+def _steady_step(rec: _steady.SteadyRecord, opt: Any, params: Any, grads: Any, state: Any) -> Any:
+    """The step on :func:`agrad.optim._steady.check`'s bulk checks, or ``None`` (take the
+    full check)."""
     import torch
 
-    p = rec.p_plan.leaves(params)
-    if p is None or len(p) != len(rec.p) or not all(map(is_, p, rec.p)):
+    if not _hyper_ok(opt.hyperparams):
         return None
-    g = rec.p_plan.leaves(grads)
-    s_leaves = rec.s_plan.leaves(state)
-    if g is None or s_leaves is None or not _hyper_ok(opt.hyperparams):
+    got = _steady.check(rec, params, grads, state)
+    if got is None:
         return None
-    if not all(map(is_, rec.arrays(s_leaves), rec.s_arrays)):
-        return None
-    for x in rec.numbers(s_leaves):  # the state's Python numbers, as _state_key checks them
-        t = type(x)
-        if not ((t is int and x >= 0) or (t is float and math.isfinite(x))):
-            return None
-    written, tensor = rec.written, torch.Tensor
-    versions = list(map(_VERSION, written))
-    if (
-        versions != rec.versions
-        or list(map(tensor.data_ptr, written)) != rec.w_ptrs
-        or list(map(_SHAPE, written)) != rec.w_shapes
-        or list(map(_DTYPE, written)) != rec.w_dtypes
-        or not all(map(tensor.is_contiguous, written))
-    ):
-        return None
-    if set(map(type, g)) != {tensor}:
-        return None
-    g_ptrs = list(map(tensor.data_ptr, g))
-    if (
-        list(map(_SHAPE, g)) != rec.shapes
-        or list(map(_DTYPE, g)) != rec.dtypes
-        or not all(map(tensor.is_contiguous, g))
-    ):
-        return None
-    same_g = g_ptrs == rec.g_ptrs and list(map(id, g)) == rec.g_ids
-    if not same_g:
-        if set(map(_DEVICE, g)) != {rec.device}:
-            return None
-        n = len(written)
-        if not _disjoint(rec.w_ptrs + g_ptrs, rec.w_sizes + rec.w_sizes[: len(g)], n):
-            return None
+    p, g, s_leaves, g_ptrs = got
     compiled = rec.compiled
     try:
         scalars = evaluate_scalars(compiled.program.scalars, s_leaves)
@@ -509,10 +418,11 @@ def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) ->
     fused_first = compiled.fused is not None and host_exec.prefer_fused
     if (rec.host is None) != (fused_first or not host_exec.enabled):
         return None  # the choice between torch's kernels and the host kernels changed
+    written = rec.written
     if rec.host is not None:  # the host kernels ran the recorded step: they run this one
         if not host_exec.enabled or compiled.host.get(tuple(map(type, scalars))) is not rec.host:
             return None
-        new_versions = list(map(_PLUS_ONE, versions))
+        versions = list(map(_VERSION, written)) if rec.exact else None
         with torch.no_grad():
             starts = rec.w_ptrs + g_ptrs
             if not host_exec.run(
@@ -521,14 +431,12 @@ def _steady_step(rec: _Steady, opt: Any, params: Any, grads: Any, state: Any) ->
                 return None
             for old, value in writes:
                 old.copy_(value)
-        _set_versions(torch, written, new_versions)
-        rec.versions = new_versions
+        _bump_versions(torch, written, writes, versions)
     else:
         groups = [_columns(compiled, k, p, g, s_leaves) for k in range(len(compiled.groups))]
-        rec.versions = _torch_execute(
-            torch, compiled, groups, written, scalars, numbers, state, writes, versions
-        )
-    rec.g_ids, rec.g_ptrs = list(map(id, g)), g_ptrs
+        _torch_execute(torch, compiled, groups, written, scalars, numbers, state, writes, rec.exact)
+    if g_ptrs is not rec.g_ptrs:  # new gradients: the next step compares with these
+        rec.g_ids, rec.g_ptrs = list(map(id, g)), g_ptrs
     return params, rec.s_plan.build(_new_state(compiled, s_leaves, scalars))
 
 
@@ -550,14 +458,14 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
     cls = type(p[0])
     if set(map(type, p)) != {cls} or set(map(type, g)) != {cls}:
         return None  # one library, no subclasses (NumPy's matrix, nn.Parameter ...)
-    shapes, dtypes = list(map(_SHAPE, p)), list(map(_DTYPE, p))
-    if list(map(_SHAPE, g)) != shapes or list(map(_DTYPE, g)) != dtypes:
+    aux = _programs(opt).aux
+    shapes, dtypes = _metadata(p, aux, _LAST_P)
+    if not (all(map(eq, map(_SHAPE, g), shapes)) and all(map(eq, map(_DTYPE, g), dtypes))):
         return None
     if not _hyper_ok(opt.hyperparams):
         return None
     s_leaves, s_def = _state_leaves(opt, state)
-    cls = type(p[0])
-    s_key = _state_key(s_leaves, cls)
+    s_key = _state_key(s_leaves, cls, aux)
     if s_key is None:
         return None
     arrays = [x for x in s_leaves if type(x) is cls]
@@ -572,7 +480,7 @@ def _inputs(opt: Any, params: Any, grads: Any, state: Any) -> tuple | None:
         device = _torch_device(p, g, arrays, set(dtypes))
         if device is None:
             return None
-    key = (p_key, tuple(shapes), tuple(dtypes), s_def, s_key, device)
+    key = (p_key, shapes, dtypes, s_def, s_key, device)
     return lib, p, g, key, s_leaves, s_def
 
 
@@ -690,8 +598,8 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
     """The step on compiled host kernels (:mod:`agrad.optim.program.host_exec`); ``False``
     with nothing written where that route does not apply (then the other executors).
 
-    On torch a step that ran returns ``(plan, written, versions)``, what
-    :class:`_Steady` needs to check the next step in bulk; on NumPy ``True``.
+    On torch a step that ran returns ``(plan, written)``, what
+    :mod:`agrad.optim._steady` needs to check the next step in bulk; on NumPy ``True``.
     """
     if lib == "torch" and compiled.fused is not None and host_exec.prefer_fused:
         return False
@@ -736,7 +644,7 @@ def _run_host(compiled: _Compiled, lib, p, g, s_leaves, scalars, pre, writes) ->
         for old, value in writes:
             old.copy_(value)
     _set_versions(torch, written, versions)
-    return plan, written, versions
+    return plan, written
 
 
 def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> bool:
@@ -756,8 +664,8 @@ def _run_numpy(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
 def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes) -> Any:
     """Check the step's tensors (:func:`_torch_memory_ok`) and run it; ``False`` declines.
 
-    Returns ``(groups, written, versions)`` where every tensor is contiguous (what
-    :class:`_Steady` needs to check the next step in bulk), else ``True``.
+    Returns ``(groups, written)`` where every tensor is contiguous (what
+    :mod:`agrad.optim._steady` needs to check the next step in bulk), else ``True``.
     """
     import torch
 
@@ -775,28 +683,71 @@ def _run_torch(compiled: _Compiled, p, g, s_leaves, scalars, pre, state, writes)
     contiguous = _torch_memory_ok(torch, lanes, written, list(g))
     if not contiguous:
         return False
-    versions = _torch_execute(torch, compiled, groups, written, scalars, pre, state, writes)
-    return (groups, written, versions) if contiguous == "contiguous" else True
+    _torch_execute(torch, compiled, groups, written, scalars, pre, state, writes)
+    return (groups, written) if contiguous == "contiguous" else True
 
 
-def _torch_execute(
-    torch, compiled, groups, written, scalars, pre, state, writes, versions=None
-) -> list[int]:
+def _torch_execute(torch, compiled, groups, written, scalars, pre, state, writes, exact=True):
     """Run the checked step: every written tensor's version ends one past where it began.
 
-    ``versions``: the written tensors' versions before the step, where already read.
+    ``exact=False`` (the written tensors' counters are known to be distinct): torch's
+    fused kernels, which bump no counter, run, then each counter is bumped once,
+    without reading them. Otherwise (the ``_foreach`` programs bump a counter once per
+    op) the counters are read before and set after.
     """
-    versions = list(map(_PLUS_ONE, versions or map(_VERSION, written)))
+    fused = compiled.fused is not None and written[0].device.type in _FUSED_DEVICES
+    versions = None if fused and not exact else list(map(_VERSION, written))
     with torch.no_grad():
-        if compiled.fused is not None and written[0].device.type in _FUSED_DEVICES:
+        if fused:
             compiled.fused(groups, int(state.count))
         else:
             for cols, run in zip(groups, compiled.runners):
                 run(cols, scalars, pre)
         for old, value in writes:
             old.copy_(value)
-    _set_versions(torch, written, versions)  # each in-place op bumped them: once per step
-    return versions
+    _bump_versions(torch, written, writes, versions)
+
+
+def _bump_versions(torch: Any, written: list, writes: list, versions: list | None) -> None:
+    """One bump per step of every written tensor's version counter, as ``torch.optim``'s.
+
+    ``versions``: the counters before the step (then they are set to one past); ``None``
+    where no two written tensors share a counter and only ``writes``' ``copy_`` has
+    bumped any (then every other one is bumped once).
+    """
+    if versions is not None:
+        _set_versions(torch, written, list(map(_PLUS_ONE, versions)))
+        return
+    _increment_versions(torch, written)
+    if writes:  # their copy_ bumped them already: set back by one
+        targets = [old for old, _ in writes]
+        _set_versions(torch, targets, [t._version - 1 for t in targets])
+
+
+_SEEN = "steady candidate"  # the cache's side record: the last full torch step's parameters
+
+
+def _record_steady(cache, compiled, params, p, g, s_leaves, s_def, written, host=None) -> None:
+    """Keep what this checked torch step established for the next steps' bulk check.
+
+    Made only where the last full step had the very same parameter objects: a record
+    costs a few passes over the tensors (TorchDynamo's guard is built in Python), and
+    a caller that passes new tensors every step (``p.detach()``) would pay them every
+    step for a check that never applies.
+    """
+    import torch
+
+    seen = cache.aux.get(_SEEN)
+    cache.aux[_SEEN] = list(p)
+    if seen is None or len(seen) != len(p) or not all(map(is_, seen, p)):
+        cache.aux.pop(_STEADY, None)
+        return
+    rec = _steady.make(torch, compiled, params, p, g, s_leaves, s_def, written)
+    if rec is None:
+        cache.aux.pop(_STEADY, None)
+        return
+    rec.host = host
+    cache.aux[_STEADY] = rec
 
 
 def _set_versions(torch: Any, tensors: list[Any], versions: list[int]) -> None:
@@ -809,54 +760,6 @@ def _set_versions(torch: Any, tensors: list[Any], versions: list[int]) -> None:
 
 
 # -- memory: overlap between written arrays --------------------------------------------
-def _disjoint(starts: list[int], sizes: list[int], n_written: int, tile: int = 1) -> bool:
-    """Whether the byte ranges ``[start, start + size)`` overlap nowhere that matters.
-
-    ``sizes`` is given once for every ``len(starts) // tile`` ranges (``tile`` lists of
-    arrays with the same shapes and dtypes). The first ``n_written`` ranges are
-    written, the others only read: a written range may meet no other range, two read
-    ones may; empty ones meet nothing (nothing is read or written there). Sorted by
-    start, O(n log n); NumPy sorts long lists when it is loaded.
-    """
-    n = len(starts)
-    np = sys.modules.get("numpy")
-    if n > _VECTOR_SORT and np is not None:
-        try:
-            st = np.array(starts, dtype=np.int64)
-            en = st + np.tile(np.array(sizes, dtype=np.int64), tile)
-        except OverflowError:  # an address over 2**63: the loop below
-            return _disjoint_loop(starts, sizes * tile, n_written)
-        order = np.argsort(st, kind="stable")
-        st, en = st[order], en[order]
-        if (st[1:] >= en[:-1]).all():
-            return True  # sorted, each range ends before the next begins: none meet
-        keep = en > st  # empty ranges meet nothing
-        w = (order < n_written)[keep]
-        st, en = st[keep], en[keep]
-        prev_any = np.maximum.accumulate(en)[:-1]
-        prev_w = np.maximum.accumulate(np.where(w, en, 0))[:-1]
-        return not np.where(w[1:], st[1:] < prev_any, st[1:] < prev_w).any()
-    return _disjoint_loop(starts, sizes * tile, n_written)
-
-
-def _disjoint_loop(starts: list[int], sizes: list[int], n_written: int) -> bool:
-    """:func:`_disjoint` in Python: one sweep over the ranges sorted by start."""
-    max_any = max_w = 0
-    for i in sorted(range(len(starts)), key=starts.__getitem__):
-        s = starts[i]
-        e = s + sizes[i]
-        if e <= s:
-            continue  # an empty range meets nothing
-        if i < n_written:
-            if s < max_any:
-                return False
-            max_w = max(max_w, e)
-        elif s < max_w:
-            return False
-        max_any = max(max_any, e)
-    return True
-
-
 def _numpy_roots(xs: list[Any]) -> list[int | None]:
     """``id`` of the array owning each array's memory (``None`` where not an ndarray)."""
     np = sys.modules["numpy"]
@@ -873,25 +776,39 @@ def _numpy_disjoint(written: list[Any], grads: list[Any]) -> bool:
     """No two written arrays share memory, nor a gradient and a written array.
 
     Arrays that own their memory (``base`` is ``None``) share none with each other, so
-    distinct such arrays need nothing more (O(n)); otherwise the owning base arrays
-    are compared, and where two coincide, or one is not an ndarray, the arrays' byte
-    bounds (``np.byte_bounds``, sorted).
+    distinct such arrays need nothing more (:func:`_ids_apart`); otherwise the owning
+    base arrays are compared, and where two coincide, or one is not an ndarray, the
+    arrays' byte bounds (``np.byte_bounds``, sorted).
     """
-    w_ids = set(map(id, written))
-    if (
-        all(map(is_, map(_BASE, chain(written, grads)), repeat(None)))
-        and len(w_ids) == len(written)
-        and w_ids.isdisjoint(map(id, grads))
+    np = sys.modules["numpy"]
+    if all(map(is_, map(_BASE, chain(written, grads)), repeat(None))) and _ids_apart(
+        np, written, grads
     ):
         return True
     w_set, g_set = set(_numpy_roots(written)), set(_numpy_roots(grads))
     if len(w_set) == len(written) and None not in w_set | g_set and w_set.isdisjoint(g_set):
         return True
-    np = sys.modules["numpy"]
     utils = getattr(np.lib, "array_utils", None)
     byte_bounds = utils.byte_bounds if utils is not None else np.byte_bounds
     bounds = [byte_bounds(x) for x in written + grads]
     return _disjoint([lo for lo, _ in bounds], [hi - lo for lo, hi in bounds], len(written))
+
+
+def _ids_apart(np: Any, written: list[Any], grads: list[Any]) -> bool:
+    """Whether the written arrays are distinct objects and no gradient is one of them.
+
+    The ``id`` s go through NumPy buffers, sorted and searched: a set of thousands of
+    Python ints would be the largest allocation of a step over many small arrays.
+    """
+    n = len(written)
+    w = np.fromiter(map(id, written), np.uintp, n)
+    w.sort()
+    if n > 1 and not (w[1:] != w[:-1]).all():
+        return False
+    g = np.fromiter(map(id, grads), np.uintp, len(grads))
+    i = np.searchsorted(w, g)
+    np.minimum(i, n - 1, out=i)
+    return not (w[i] == g).any()
 
 
 def _torch_dense(x: Any) -> bool:
@@ -919,8 +836,9 @@ def _torch_memory_ok(
     state: asked only where some tensor is not contiguous); ``written`` the written tensors (parameters, state), ``grads`` the read
     ones. Every tensor must be contiguous, or every tensor of its parameter dense with
     one set of strides; written tensors must not be inference tensors or non-leaves
-    that require grad; no written tensor may share memory with another tensor of the
-    step. ``"contiguous"`` (true) where every tensor is contiguous.
+    that require grad; no tensor may be a negative view (``torch._neg_view``, the
+    imaginary part of a conjugate view: the kernels read memory as it is); no written
+    tensor may share memory with another tensor of the step. ``"contiguous"`` (true) where every tensor is contiguous.
     """
     flat = written + grads
     tensor = torch.Tensor
@@ -936,16 +854,19 @@ def _torch_memory_ok(
                     return False
             if not all(_torch_dense(t) for t in flat):
                 return False
-        if any(map(tensor.is_inference, written)):
-            return False
+        if any(map(tensor.is_inference, written)) or any(map(tensor.is_neg, flat)):
+            return False  # a negative view: the kernels would read its memory unnegated
         if any(map(_REQUIRES_GRAD, written)) and not all(map(_IS_LEAF, written)):
             return False
         starts = list(map(tensor.data_ptr, flat))
     except (RuntimeError, NotImplementedError, TypeError):
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
+    sizes = list(map(_NBYTES, flat))
+    if 0 in starts and any(s == 0 and n for s, n in zip(starts, sizes)):
+        return False  # a storage freed (``resize_(0)``): torch raises there, mid-step
     if starts_out is not None:
         starts_out += starts  # the host kernels' pointer tables reuse them
-    return _disjoint(starts, list(map(_NBYTES, flat)), len(written)) and result
+    return _disjoint(starts, sizes, len(written)) and result
 
 
 def _increment_versions(torch: Any, tensors: list[Any]) -> None:

@@ -68,6 +68,7 @@ import threading
 from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
 
+from agrad.optim._steady import all_equal
 from agrad.optim.program import host_c
 from agrad.optim.program.c_codegen import (
     CBlock,
@@ -550,7 +551,7 @@ def run(
         arrays is not None
         and stamp is not None
         and len(stamp[0]) == len(arrays)
-        and (list(map(id, arrays)) == stamp[0] if is_torch else all(map(is_, arrays, stamp[0])))
+        and (all_equal(id, arrays, stamp[0]) if is_torch else all(map(is_, arrays, stamp[0])))
         and stamp[1] == pointers
     )
     if not same:
