@@ -51,6 +51,26 @@ def _step_layers(arrays):
     return names
 
 
+def _concrete(arrays):
+    """Whether every chunk of ``arrays`` is a value (no task: the step ran when called)."""
+    for x in arrays:
+        for v in dict(x.__dask_graph__()).values():
+            if not isinstance(getattr(v, "value", v), np.ndarray):
+                return False
+    return True
+
+
+@pytest.fixture
+def lazy_steps():
+    """Steps stay lazy (the graph path every scheduler gets), even on persisted inputs."""
+    from agrad.optim.program import dask_exec
+
+    saved = dask_exec.eager
+    dask_exec.eager = False
+    yield
+    dask_exec.eager = saved
+
+
 def _generic_dask(factory, params, grads):
     """Three generic steps on the same Dask arrays (the kernel route off); each step's
     values computed once and handed to the next step as new Dask arrays."""
@@ -74,13 +94,28 @@ def _generic_dask(factory, params, grads):
     return out
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
 @pytest.mark.parametrize("case", sorted(CASES))
 @settings(max_examples=2, deadline=None, phases=[Phase.explicit, Phase.generate])
 @given(shapes=SHAPES, dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
-def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
+def test_dask_step_matches_generic_path(case, eager, shapes, dtype, seed):
     """Bit for bit the generic path on the same Dask arrays (to rounding where a norm is
     summed over other chunks: ``REDUCING``); to rounding array-api-strict (a norm summed
-    by chunks adds in another order than a whole-array sum)."""
+    by chunks adds in another order than a whole-array sum). The first step reads
+    unpersisted arrays (a graph); later ones read persisted arrays, and run when called
+    (``eager``: the chunks made then, where gradients are chunked as their parameters)
+    or stay a graph."""
+    from agrad.optim.program import dask_exec
+
+    saved = dask_exec.eager
+    dask_exec.eager = eager
+    try:
+        _check_matches_generic_path(case, eager, shapes, dtype, seed)
+    finally:
+        dask_exec.eager = saved
+
+
+def _check_matches_generic_path(case, eager, shapes, dtype, seed):
     params, grads = leaves(shapes, dtype, seed)
     expected = reference(CASES[case], params, grads)
     rng = np.random.default_rng(seed)
@@ -94,9 +129,17 @@ def test_dask_step_matches_generic_path(case, shapes, dtype, seed):
         return
     same = _generic_dask(CASES[case], _dask(params, p_chunks), gs)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
+    gs = [gs[0], *([x.persist() for x in g] for g in gs[1:])]
     for k, g in enumerate(gs):
+        aligned = all(x.chunks == y.chunks for x, y in zip(p, g))
         p, s = opt.step(p, g, s)
-        assert any(name.startswith("agrad-block") for name in _step_layers(p)), case
+        made = _concrete([*p, *_dask_leaves(s)])
+        # persisted inputs chunked alike: run now (a norm on Dask's own reduction, or on
+        # a 0-d array, leaves a graph: REDUCING cases may be either)
+        if eager and k and aligned and case not in REDUCING:
+            assert made, case
+        elif not (eager and made):
+            assert any(name.startswith("agrad-block") for name in _step_layers(p)), case
         p, s = _persist_each(p), tree_map(_persist_each, s)
         want_p, want_s = expected[k]
         for x, y, z in zip(p, want_p, same[k][0]):
@@ -143,7 +186,7 @@ def _dask_leaves(tree):
     # arrays handed out; adabelief: a Python count
     [("adam", 17), ("nadam", 18), ("rmsprop-centered", 21), ("user-adabelief", 16)],
 )
-def test_one_task_per_chunk_per_step(case, size):
+def test_one_task_per_chunk_per_step(case, size, lazy_steps):
     """A step on a 4-chunk parameter: 4 tasks that compute (one per chunk) and one
     ``getitem`` per chunk per value handed out, however many operations the rule has; the
     per-step 0-d values (a step count, bias corrections) are computed when the graph is
@@ -232,7 +275,7 @@ _GRAPH_CASES = {
 
 @pytest.mark.parametrize("case", sorted(_GRAPH_CASES))
 @pytest.mark.parametrize("persist", [True, False], ids=["persisted", "lazy"])
-def test_graph_per_step_does_not_grow(case, persist):
+def test_graph_per_step_does_not_grow(case, persist, lazy_steps):
     """Ten steps on the route: persisted after each step, every step's graph has the same
     size (and the result is the reference's, to rounding); never persisted, each step adds the same number of tasks (linear growth, as on
     the generic path; a 0-d input embedded as a literal once copied its whole graph under
@@ -302,14 +345,16 @@ _HOST_CASES = {
 }
 
 
-def _route_steps(factory, params, grads, chunks, host):
-    """Three kernel-route steps on Dask arrays (the host kernels on or off), persisted
-    after each under the threaded scheduler; the parameters and state arrays after each step (NumPy), and how many
-    chunks ran on host kernels at each step. ``chunks``: per parameter."""
+def _route_steps(factory, params, grads, chunks, host, eager=False):
+    """Three kernel-route steps on persisted Dask arrays (the host kernels on or off):
+    lazy, persisted after each under the threaded scheduler, or ``eager`` (each step
+    runs when called); the parameters and state arrays after each step (NumPy), and how
+    many chunks ran on host kernels at each step. ``chunks``: per parameter."""
     from agrad.optim.program import dask_exec, host_exec
 
-    saved = host_exec.enabled
+    saved = host_exec.enabled, dask_exec.eager
     host_exec.enabled = host
+    dask_exec.eager = eager
     runs = []
     try:
         opt = factory()
@@ -320,18 +365,22 @@ def _route_steps(factory, params, grads, chunks, host):
             gs = [da.from_array(x, chunks=c).persist() for x, c in zip(g, chunks)]
             before = dask_exec.host_chunk_runs
             p, s = opt.step(p, gs, s)
-            assert any(name.startswith("agrad-block") for name in _step_layers(p))
-            p, s = dask.persist(p, s, scheduler="threads")  # one run of each task
+            if eager:
+                assert _concrete([*p, *_dask_leaves(s)])
+            else:
+                assert any(name.startswith("agrad-block") for name in _step_layers(p))
+                p, s = dask.persist(p, s, scheduler="threads")  # one run of each task
             runs.append(dask_exec.host_chunk_runs - before)
             out.append(([np.asarray(x) for x in p], state_arrays(s)))
     finally:
-        host_exec.enabled = saved
+        host_exec.enabled, dask_exec.eager = saved
     return out, runs
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(_HOST_CASES))
-def test_chunk_tasks_run_host_kernels_bitwise(case, dtype):
+def test_chunk_tasks_run_host_kernels_bitwise(case, dtype, eager):
     """On NumPy chunks (C-contiguous, float32/float64) every lane block of a step is one
     host C call per chunk (counted), and the result is the ufunc chunk tasks' bit for
     bit, and the generic path's on the same Dask arrays and on array-api-strict (bit for
@@ -343,8 +392,8 @@ def test_chunk_tasks_run_host_kernels_bitwise(case, dtype):
     factory = _HOST_CASES[case]
     params, grads = leaves([(8, 6), (6,)], dtype, 11)
     chunks = [(4, 6), 3]  # row blocks of C arrays: contiguous chunks, 2 per parameter
-    host, runs = _route_steps(factory, params, grads, chunks, host=True)
-    ufunc, no_runs = _route_steps(factory, params, grads, chunks, host=False)
+    host, runs = _route_steps(factory, params, grads, chunks, host=True, eager=eager)
+    ufunc, no_runs = _route_steps(factory, params, grads, chunks, host=False, eager=eager)
     blocks = 2 if case == "lamb" else 1  # lamb: before and after its norms
     # a host call per chunk per lane block (steps 2 and 3; the first step reads init's
     # zeros, broadcast chunks that are not contiguous, where a block reads them)
@@ -423,7 +472,7 @@ def _program(factory):
     return record(opt, xp, p, p, flatten_leaves(p)[1], opt.init(p))
 
 
-def test_lazy_count_makes_the_per_step_values_a_task():
+def test_lazy_count_makes_the_per_step_values_a_task(lazy_steps):
     """A count that is not yet computed (a lazy 0-d graph) cannot be read when the graph
     is built: the per-step values are then one 0-d task the chunk tasks read, and the
     step's values are the same bits as with a persisted count."""
@@ -446,3 +495,193 @@ def test_lazy_count_makes_the_per_step_values_a_task():
         results.append([np.asarray(p[0]), *state_arrays(s)])
     for x, y in zip(*results):
         np.testing.assert_array_equal(x, y)
+
+
+# -- steps on persisted arrays run when called ------------------------------------------
+_EAGER_CASES = ("adam", "sgd", "adamax", "nadam", "rmsprop-centered", "lamb", "lars")
+
+
+def _persisted(arrays, chunks):
+    return [da.from_array(x.copy(), chunks=c).persist() for x, c in zip(arrays, chunks)]
+
+
+def _numpy_steps(factory, params, grads):
+    """agrad's own NumPy steps (in place) on copies: the parameters and state arrays after
+    each step."""
+    opt = factory()
+    p = [x.copy() for x in params]
+    s = opt.init(p)
+    out = []
+    for g in grads:
+        p, s = opt.step(p, list(g), s)
+        out.append(([x.copy() for x in p], [x.copy() for x in state_arrays(s)]))
+    return out
+
+
+@pytest.fixture(params=[True, False], ids=["threads", "one-thread"])
+def pool_min(request):
+    """Chunk tasks of eager steps on the thread pool (any chunk size), or in the caller."""
+    from agrad.optim.program import dask_exec
+
+    saved = dask_exec.POOL_MIN
+    dask_exec.POOL_MIN = 0 if request.param else 1 << 62
+    yield
+    dask_exec.POOL_MIN = saved
+
+
+@pytest.mark.parametrize("case", _EAGER_CASES)
+def test_steps_on_persisted_arrays_run_when_called(case, pool_min):
+    """Persisted parameters, state and gradients under Dask's default (threaded)
+    scheduler: each step runs its chunk tasks when called (the host kernels counted then)
+    and rebinds the arrays given to persisted chunks (no task left); the values are the
+    generic path's on the same Dask arrays (bit for bit; to rounding where a norm is
+    summed by chunks) and agrad's NumPy step's (to rounding)."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    factory = CASES[case]
+    params, grads = leaves([(8, 6), (6,)], np.float64, 21)
+    chunks = [(2, 6), 3]
+    opt = factory()
+    p = _persisted(params, chunks)
+    s = tree_map(_persist_each, opt.init(p))
+    first = p[0]
+    generic = _generic_dask(
+        factory, _persisted(params, chunks), [_persisted(g, chunks) for g in grads]
+    )
+    want = _numpy_steps(factory, params, grads)
+    for k, g in enumerate(grads):
+        before = dask_exec.host_chunk_runs
+        new_p, s = opt.step(p, _persisted(g, chunks), s)
+        assert new_p is p and p[0] is first  # rebound in place
+        assert _concrete([*p, *_dask_leaves(s)]), case
+        if host_exec.available() and k:  # the first step reads init's broadcast zeros
+            assert dask_exec.host_chunk_runs > before
+        got_p, got_s = [np.asarray(x) for x in p], state_arrays(s)
+        for x, z, w in zip(got_p, generic[k][0], want[k][0]):
+            _same(x, z, case, f"{case} step {k + 1}", 1e-12)
+            np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)
+        for x, z, w in zip(got_s, generic[k][1], want[k][1]):
+            _same(x, z, case, f"{case} state, step {k + 1}", 1e-12)
+            np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)
+
+
+def _lazy_input(opt, p, g, s):
+    return opt.step(p, [g[0] * 1.0], s)  # a task: not yet computed
+
+
+@pytest.mark.parametrize(
+    "why", ["sync-scheduler", "num-workers", "own-pool", "lazy-gradient", "switched-off"]
+)
+def test_steps_stay_graphs_where_they_must(why):
+    """Where Dask would not run the step on its default threaded scheduler (another
+    scheduler, a thread count or pool of the user's), where an input is not persisted, or
+    with eager steps switched off, a step is a graph of the executor's chunk tasks, run
+    when persisted; the values are agrad's NumPy step's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agrad.optim.program import dask_exec
+
+    params, grads = leaves([(8, 6)], np.float64, 22)
+    want = _numpy_steps(CASES["adam"], params, grads)
+    opt = CASES["adam"]()
+    p = _persisted(params, [(4, 6)])
+    s = tree_map(_persist_each, opt.init(p))
+    config = {
+        "sync-scheduler": {"scheduler": "sync"},
+        "num-workers": {"num_workers": 2},
+        "own-pool": {"pool": ThreadPoolExecutor(1)},
+    }.get(why, {})
+    saved = dask_exec.eager
+    dask_exec.eager = why != "switched-off"
+    try:
+        with dask.config.set(config):
+            for k, g in enumerate(grads):
+                gs = _persisted(g, [(4, 6)])
+                if why == "lazy-gradient":
+                    p, s = _lazy_input(opt, p, gs, s)
+                else:
+                    p, s = opt.step(p, gs, s)
+                assert not _concrete(p)
+                assert any(n.startswith("agrad-block") for n in _step_layers(p))
+                p, s = _persist_each(p), tree_map(_persist_each, s)
+                np.testing.assert_allclose(np.asarray(p[0]), want[k][0][0], rtol=1e-12)
+                for x, w in zip(state_arrays(s), want[k][1]):
+                    np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)
+    finally:
+        dask_exec.eager = saved
+        if why == "own-pool":
+            config["pool"].shutdown()
+
+
+def test_a_distributed_client_keeps_steps_graphs():
+    """With a ``distributed`` client as the default scheduler, a step on persisted arrays
+    stays a graph (the client runs it), and equals agrad's NumPy step."""
+    distributed = pytest.importorskip("distributed")
+
+    params, grads = leaves([(8, 6)], np.float64, 23)
+    want = _numpy_steps(CASES["adam"], params, grads[:1])
+    opt = CASES["adam"]()
+    p = _persisted(params, [(4, 6)])
+    s = tree_map(_persist_each, opt.init(p))
+    g = _persisted(grads[0], [(4, 6)])
+    with distributed.Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        p, s = opt.step(p, g, s)
+        assert not _concrete(p)
+        got = client.compute(p, sync=True)
+    np.testing.assert_allclose(np.asarray(got[0]), want[0][0][0], rtol=1e-12)
+
+
+def test_a_failing_chunk_task_rebinds_nothing(pool_min, monkeypatch):
+    """A chunk task that raises (here the third) makes the step raise, every other task
+    finished, and no array rebound: the next step starts from the same values."""
+    from agrad.optim.program import dask_exec
+
+    params, grads = leaves([(8, 6)], np.float64, 24)
+    opt = CASES["adam"]()
+    p = _persisted(params, [(2, 6)])
+    s = tree_map(_persist_each, opt.init(p))
+    gs = [_persisted(g, [(2, 6)]) for g in grads]
+    p, s = opt.step(p, gs[0], s)  # init's zeros read (broadcast): one plain step first
+    names = [x.name for x in [*p, *_dask_leaves(s)]]
+    calls = []
+    real = dask_exec.BlockTask.__call__
+    lock = __import__("threading").Lock()
+
+    def failing(self, *inputs):
+        with lock:
+            calls.append(1)
+            n = len(calls)
+        if n == 3:
+            raise RuntimeError("chunk task failed")
+        return real(self, *inputs)
+
+    monkeypatch.setattr(dask_exec.BlockTask, "__call__", failing)
+    with pytest.raises(RuntimeError, match="chunk task failed"):
+        opt.step(p, gs[1], s)
+    # on threads, every task ran (or raised) before the step raised
+    assert len(calls) == (4 if dask_exec.POOL_MIN == 0 else 3)
+    assert [x.name for x in [*p, *_dask_leaves(s)]] == names
+    monkeypatch.setattr(dask_exec.BlockTask, "__call__", real)
+    p, s = opt.step(p, gs[1], s)
+    want = _numpy_steps(CASES["adam"], params, grads[:2])
+    np.testing.assert_allclose(np.asarray(p[0]), want[1][0][0], rtol=1e-12)
+
+
+def test_eager_steps_in_several_threads_at_once(pool_min):
+    """Steps of separate optimizers from several threads at once (one pool of threads
+    and one buffer recycler between them): each equals agrad's NumPy step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def train(seed):
+        params, grads = leaves([(16, 8)], np.float32, seed)
+        opt = CASES["adam"]()
+        p = _persisted(params, [(4, 8)])
+        s = tree_map(_persist_each, opt.init(p))
+        for g in grads:
+            p, s = opt.step(p, _persisted(g, [(4, 8)]), s)
+            p, s = _persist_each(p), tree_map(_persist_each, s)
+        return np.asarray(p[0]), _numpy_steps(CASES["adam"], params, grads)[-1][0][0]
+
+    with ThreadPoolExecutor(4) as ex:
+        for got, want in ex.map(train, range(30, 38)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

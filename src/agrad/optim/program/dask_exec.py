@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
+import math
 import operator
 import string
 import sys
@@ -133,21 +134,23 @@ class BlockTask:
     def _roles(self) -> tuple[list[tuple], list[str]]:
         """Per input: ``("s",)`` a host scalar, ``("z",)`` a 0-d value (both by value to
         the C function), or ``("a", dtype)`` a chunk of the block's shape (a buffer);
-        and the dtype of each output."""
+        and the dtype of each output (NumPy dtypes)."""
         got = self.__dict__.get("_role_list")
         if got is None:
+            import numpy as np
+
             nodes = self.program.nodes
             got = [
                 ("s",)
                 if r[0] == "s"
                 else ("z",)
                 if nodes[r[1]].shape == ()
-                else ("a", dtype_name(nodes[r[1]].dtype))
+                else ("a", np.dtype(dtype_name(nodes[r[1]].dtype)))
                 for r in self.block.inputs
             ]
             got = self.__dict__["_role_list"] = (
                 got,
-                [dtype_name(nodes[o].dtype) for o in self.block.outputs],
+                [np.dtype(dtype_name(nodes[o].dtype)) for o in self.block.outputs],
             )
         return got
 
@@ -160,7 +163,7 @@ class BlockTask:
         if np is not None and self.block.shape and arrays:
             # NumPy chunks, and 0-d values NumPy may hand out as scalars (np.float32)
             if all(type(x) is np.ndarray or isinstance(x, np.generic) for x in arrays):
-                shape = np.broadcast_shapes(*(x.shape for x in arrays))
+                shape = next((x.shape for x in arrays if x.ndim), ())
                 if shape and all(
                     x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
                 ):
@@ -186,7 +189,7 @@ class BlockTask:
         values = []
         for role, x in zip(roles, inputs):
             if role[0] == "a":
-                if x.shape != shape or x.dtype.name != role[1] or not x.flags.c_contiguous:
+                if x.shape != shape or x.dtype != role[1] or not x.flags.c_contiguous:
                     return None
                 addresses.append(x.ctypes.data)
             elif role[0] == "z":
@@ -325,7 +328,7 @@ class _Recycler:
 
     def empty(self, np: Any, shape: tuple, dtype: Any) -> Any:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
-        key = (shape, np.dtype(dtype))
+        key = (shape, dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
         with self._lock:
             pool = self._pools.setdefault(key, [])
             for i in range(len(pool)):
@@ -381,11 +384,14 @@ class _Graph:
     """The task graph of one step: the layers of its Dask inputs, one layer per block
     (its chunk tasks) and one per output handed out as an array (``getitem`` tasks)."""
 
-    __slots__ = ("deps", "layers")
+    __slots__ = ("deps", "layers", "own")
 
     def __init__(self) -> None:
         self.layers: dict[str, Any] = {}
         self.deps: dict[str, Any] = {}
+        #: the layers made here (chunk tasks), in the order made (each needs only those
+        #: before it), with the elements of their largest chunk
+        self.own: dict[str, int] = {}
 
     def absorb(self, x: Any) -> str | None:
         """Add Dask array ``x``'s graph; the name of its layer (None: no such layer)."""
@@ -400,11 +406,12 @@ class _Graph:
                     self.deps[name] = graph.dependencies.get(name, set())
         return x.name if x.name in self.layers else None
 
-    def add(self, name: str, tasks: dict, deps: set[str]) -> None:
+    def add(self, name: str, tasks: dict, deps: set[str], size: int = 1) -> None:
         from dask.highlevelgraph import MaterializedLayer
 
         self.layers[name] = MaterializedLayer(tasks)
         self.deps[name] = deps
+        self.own[name] = size
 
     def graph_of(self, name: str) -> Any:
         """The ``HighLevelGraph`` of layer ``name`` and the layers it needs."""
@@ -539,12 +546,149 @@ class DaskExecutor:
             program, params, grads, state_leaves, scalars
         )
         columns = {"param": params, "state": state_leaves}
+        if eager and _run_now(env, destinations, graph, token, columns):
+            return
         for node, dests in destinations.items():
             value = (
                 _array(env[node], graph, f"{token}-{node}") if _is_numpy(env[node]) else env[node]
             )
             for column, leaf in dests:
                 _rebind(columns[column][leaf], value, graph)
+
+
+#: Set to ``False`` to keep every step lazy (the chunk tasks then run when the caller
+#: persists or computes), whatever the inputs and the scheduler.
+eager = True
+#: Elements per chunk from which an eager step's chunk tasks run on several threads
+#: (smaller ones run one after the other: handing them to a thread costs more).
+POOL_MIN = TILE
+_POOL: Any = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> Any:
+    """The threads eager steps run chunk tasks on (as many as Dask's default pool)."""
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                from dask.system import CPU_COUNT
+
+                _POOL = ThreadPoolExecutor(CPU_COUNT, thread_name_prefix="agrad-dask")
+    return _POOL
+
+
+def _threaded_default() -> bool:
+    """Whether Dask would run arrays on its default threaded scheduler here (no other
+    scheduler configured, no distributed client, no pool or thread count of the user's)."""
+    import dask
+    import dask.array as da
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    if dask.config.get("pool", None) is not None or dask.config.get("num_workers", None):
+        return False
+    try:
+        return get_scheduler(cls=da.Array) is dask.threaded.get
+    except Exception:
+        return False
+
+
+def _concrete_layer(layer: Any, values: dict) -> bool:
+    """Add the chunks of ``layer`` to ``values`` where it holds chunks only (a persisted
+    array's layer); False where it holds a task."""
+    from dask._task_spec import DataNode, GraphNode
+    from dask.highlevelgraph import MaterializedLayer
+
+    if type(layer) is not MaterializedLayer:
+        return False
+    for key, v in layer.mapping.items():
+        if isinstance(v, DataNode):
+            v = v.value
+        elif isinstance(v, GraphNode | tuple | list | dict | str):
+            return False  # a task (or what Dask may read as one)
+        if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+            return False
+        values[key] = v
+    return True
+
+
+def _run_now(
+    env: dict[int, Any], destinations: dict, graph: _Graph, token: str, columns: dict
+) -> bool:
+    """Run the step's chunk tasks now and rebind its arrays to the chunks they made (what
+    ``persist`` would make of them), where every input chunk is concrete (persisted),
+    every task is one of this executor's and Dask would use its default threaded
+    scheduler: each block's chunks on a pool of threads (the host C functions release
+    the GIL), with none of Dask's scheduling. False (nothing run, nothing rebound)
+    otherwise; where a task raises, nothing is rebound either."""
+    from dask._task_spec import Task
+
+    own = graph.own
+    values: dict = {}
+    for name, layer in graph.layers.items():
+        if name not in own and not _concrete_layer(layer, values):
+            return False
+    for node in destinations:
+        if not isinstance(env[node], _Out) and not _is_numpy(env[node]):
+            return False
+    if not _threaded_default():
+        return False
+    for name in graph.own:
+        tasks = list(graph.layers[name].mapping.items())
+        if not all(type(t) is Task for _, t in tasks):
+            return False
+    for name, size in own.items():
+        tasks = list(graph.layers[name].mapping.items())
+        values.update(_run_layer(tasks, values, size >= POOL_MIN))
+    for node, dests in destinations.items():
+        value = env[node]
+        if _is_numpy(value):
+            array = _data_array(value, f"{token}-{node}")
+            for column, leaf in dests:
+                _rebind(columns[column][leaf], array, graph)
+            continue
+        name = value.name if value.single else _out_name(value)
+        chunks = {}
+        for idx in _indices(value.chunks):
+            got = values[(value.name, *idx)]
+            chunks[(name, *idx)] = got if value.single else got[value.k]
+        _rebind_concrete([columns[c][leaf] for c, leaf in dests], name, chunks, value)
+    return True
+
+
+def _run_layer(tasks: list[tuple[Any, Any]], values: dict, threads: bool) -> dict:
+    """The results of one layer's tasks (independent of each other; their inputs in
+    ``values``, which no thread writes meanwhile): in this thread, or (``threads``) the
+    first here and the others on the pool; every task has finished before this returns
+    or raises."""
+    if len(tasks) == 1 or not threads:
+        return {key: task(values) for key, task in tasks}
+    pool = _pool()
+    futures = [pool.submit(task, values) for _, task in tasks[1:]]
+    try:
+        first = tasks[0][1](values)
+    finally:
+        errors = [f.exception() for f in futures]  # waits for each
+    for err in errors:
+        if err is not None:
+            raise err
+    out = {tasks[0][0]: first}
+    out.update((key, f.result()) for (key, _), f in zip(tasks[1:], futures))
+    return out
+
+
+def _rebind_concrete(dsts: list[Any], name: str, chunks: dict, value: _Out) -> None:
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    hlg = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
+    for dst in dsts:
+        dst._meta = value.meta
+        dst.dask = hlg
+        dst._name = name
+        dst._chunks = value.chunks
 
 
 def _rebind(dst: Any, value: Any, graph: _Graph) -> None:
@@ -566,7 +710,7 @@ def _out_layer(value: _Out, graph: _Graph) -> str:
     """The name of the layer whose chunks are ``value`` (``getitem`` tasks, made once)."""
     if value.single:
         return value.name
-    name = f"agrad-out{value.k}-{value.name[len('agrad-block-') :]}"
+    name = _out_name(value)
     if name not in graph.layers:
         from dask._task_spec import Task, TaskRef
 
@@ -576,6 +720,10 @@ def _out_layer(value: _Out, graph: _Graph) -> str:
             tasks[key] = Task(key, operator.getitem, TaskRef((value.name, *idx)), value.k)
         graph.add(name, tasks, {value.name})
     return name
+
+
+def _out_name(value: _Out) -> str:
+    return f"agrad-out{value.k}-{value.name[len('agrad-block-') :]}"
 
 
 def _array(value: Any, graph: _Graph, name: str = "") -> Any:
@@ -752,7 +900,7 @@ def _direct(
                     args.append(src if out.single else Task(None, operator.getitem, src, out.k))
             key = (name, *idx)
             tasks[key] = Task(key, task, *args)
-        graph.add(name, tasks, deps)
+        graph.add(name, tasks, deps, math.prod(max(c) for c in chunks))
     single = len(block.outputs) == 1
     nodes = program.nodes
     return [
