@@ -632,8 +632,9 @@ def test_a_distributed_client_keeps_steps_graphs():
 
 
 def test_a_failing_chunk_task_rebinds_nothing(pool_min, monkeypatch):
-    """A chunk task that raises (here the third) makes the step raise, every other task
-    finished, and no array rebound: the next step starts from the same values."""
+    """A chunk task that raises (here the third) makes the step raise once every task
+    started has finished, and no array is rebound: the next step starts from the same
+    values."""
     from agrad.optim.program import dask_exec
 
     params, grads = leaves([(8, 6)], np.float64, 24)
@@ -658,8 +659,7 @@ def test_a_failing_chunk_task_rebinds_nothing(pool_min, monkeypatch):
     monkeypatch.setattr(dask_exec.BlockTask, "__call__", failing)
     with pytest.raises(RuntimeError, match="chunk task failed"):
         opt.step(p, gs[1], s)
-    # on threads, every task ran (or raised) before the step raised
-    assert len(calls) == (4 if dask_exec.POOL_MIN == 0 else 3)
+    assert len(calls) >= 3
     assert [x.name for x in [*p, *_dask_leaves(s)]] == names
     monkeypatch.setattr(dask_exec.BlockTask, "__call__", real)
     p, s = opt.step(p, gs[1], s)

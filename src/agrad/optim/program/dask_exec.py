@@ -25,6 +25,19 @@ in parallel threads) writing into recycled output buffers; where there is no ker
 tile by tile (``TILE`` elements), each ufunc writing with ``out=`` into its output's
 tile or a reused tile-sized scratch buffer; other chunks (CuPy) run one call of their
 namespace per node.
+
+**Eager steps.** Where every input chunk of the step's graph is concrete (persisted
+arrays: a layer of chunks, no task), every task is one of this executor's (blocks and
+sums, no Dask function between them) and Dask would run arrays on its default threaded
+scheduler (no other scheduler configured, no ``distributed`` client, no ``pool`` or
+``num_workers`` of the user's), :meth:`DaskExecutor.run` runs the chunk tasks when
+called and rebinds the arrays to the chunks made, as ``persist`` would (one layer of
+chunks each), without Dask's collection and scheduling machinery (about as long as the
+step's kernels here). The tasks run wave by wave (a layer after the layers it reads),
+each wave's tasks taken in turn by the calling thread and ``CPU_COUNT - 1`` helper
+threads (chunks of ``POOL_MIN`` elements or more; smaller ones in the caller). A task
+that raises makes the step raise, with nothing rebound. Otherwise (``eager = False``
+too) the step stays a graph, run when the caller persists or computes.
 """
 
 from __future__ import annotations
@@ -539,9 +552,11 @@ class DaskExecutor:
         state_leaves: list[Any],
         scalars: list[Any],
     ) -> None:
-        """One step, lazily: each parameter and state array written by the step is
-        rebound to its new graph (what Dask's own ``dst[...] = new`` ends with, without
-        its extra task per chunk); nothing is computed."""
+        """One step: each parameter and state array written by the step is rebound to
+        its new graph (what Dask's own ``dst[...] = new`` ends with, without its extra
+        task per chunk), computed now where the inputs are persisted and Dask's default
+        threaded scheduler applies (then rebound to the chunks made, as ``persist``
+        makes them: see the module), else nothing is computed."""
         env, destinations, graph, token = self._values(
             program, params, grads, state_leaves, scalars
         )
@@ -567,7 +582,8 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> Any:
-    """The threads eager steps run chunk tasks on (as many as Dask's default pool)."""
+    """The helper threads of eager steps: one fewer than Dask's default pool has threads
+    (the caller's thread runs tasks too)."""
     global _POOL
     if _POOL is None:
         with _POOL_LOCK:
@@ -576,7 +592,7 @@ def _pool() -> Any:
 
                 from dask.system import CPU_COUNT
 
-                _POOL = ThreadPoolExecutor(CPU_COUNT, thread_name_prefix="agrad-dask")
+                _POOL = ThreadPoolExecutor(max(CPU_COUNT - 1, 1), thread_name_prefix="agrad-dask")
     return _POOL
 
 
@@ -640,9 +656,8 @@ def _run_now(
         tasks = list(graph.layers[name].mapping.items())
         if not all(type(t) is Task for _, t in tasks):
             return False
-    for name, size in own.items():
-        tasks = list(graph.layers[name].mapping.items())
-        values.update(_run_layer(tasks, values, size >= POOL_MIN))
+    for tasks, threads in _waves(graph):
+        values.update(_run_tasks(tasks, values, threads))
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
@@ -659,25 +674,59 @@ def _run_now(
     return True
 
 
-def _run_layer(tasks: list[tuple[Any, Any]], values: dict, threads: bool) -> dict:
-    """The results of one layer's tasks (independent of each other; their inputs in
-    ``values``, which no thread writes meanwhile): in this thread, or (``threads``) the
-    first here and the others on the pool; every task has finished before this returns
-    or raises."""
-    if len(tasks) == 1 or not threads:
+def _waves(graph: _Graph) -> list[tuple[list[tuple[Any, Any]], bool]]:
+    """The tasks of the layers made here, in waves: a layer's wave follows the waves of
+    the layers it reads (LAMB's two norms, one task each, are one wave); with whether
+    the wave is worth threads (a chunk of ``POOL_MIN`` elements or more)."""
+    level: dict[str, int] = {}
+    waves: list[tuple[list, bool]] = []
+    for name, size in graph.own.items():
+        k = max((level[d] + 1 for d in graph.deps[name] if d in level), default=0)
+        level[name] = k
+        if k == len(waves):
+            waves.append(([], False))
+        tasks, threads = waves[k]
+        tasks.extend(graph.layers[name].mapping.items())
+        waves[k] = (tasks, threads or size >= POOL_MIN)
+    return waves
+
+
+def _run_tasks(tasks: list[tuple[Any, Any]], values: dict, threads: bool) -> dict:
+    """The results of ``tasks`` (independent of each other; their inputs in ``values``,
+    which no thread writes meanwhile), by key: in this thread, or (``threads``) in this
+    thread and the pool's, each taking the next task not yet taken. Where one raises,
+    no further task starts, and the first error is raised once every task started has
+    finished."""
+    n = len(tasks)
+    helpers = min(n - 1, _pool()._max_workers) if threads else 0
+    if helpers <= 0:
         return {key: task(values) for key, task in tasks}
-    pool = _pool()
-    futures = [pool.submit(task, values) for _, task in tasks[1:]]
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    todo = iter(range(n))
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = None if errors else next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = tasks[i][1](values)
+            except BaseException as err:  # raised below, in the caller
+                with lock:
+                    errors.append(err)
+
+    futures = [_pool().submit(work) for _ in range(helpers)]
     try:
-        first = tasks[0][1](values)
+        work()
     finally:
-        errors = [f.exception() for f in futures]  # waits for each
-    for err in errors:
-        if err is not None:
-            raise err
-    out = {tasks[0][0]: first}
-    out.update((key, f.result()) for (key, _), f in zip(tasks[1:], futures))
-    return out
+        for f in futures:
+            f.result()
+    if errors:
+        raise errors[0]
+    return {key: r for (key, _), r in zip(tasks, results)}
 
 
 def _rebind_concrete(dsts: list[Any], name: str, chunks: dict, value: _Out) -> None:
@@ -949,7 +998,8 @@ def _direct_sum(
     k = x.k if isinstance(x, _Out) else 0
     out = "agrad-sum-" + hashlib.sha1(f"{token}|{node}|{name}|{k}".encode()).hexdigest()
     if out not in graph.layers:
-        graph.add(out, {(out,): Task((out,), _sum_chunks, *args)}, {name})
+        size = math.prod(sum(c) for c in chunks)  # one task reads every element
+        graph.add(out, {(out,): Task((out,), _sum_chunks, *args)}, {name}, size)
     meta = x.meta if isinstance(x, _Out) else x._meta
     return _Out(out, 0, True, (), _meta_of(meta, 0, n.dtype))
 

@@ -11,9 +11,12 @@ NumPy and torch programs; one variant per outcome of the program's guards), then
   launch on one element) before the first write, so a kernel that does not compile
   declines with nothing written.
 - **Dask** (:class:`~agrad.optim.program.dask_exec.DaskExecutor`): one task per chunk
-  per block, lazily. As on the generic path (whose in-place write is Dask's
+  per block. As on the generic path (whose in-place write is Dask's
   ``dst[...] = new``), the parameter and state arrays given are rebound to the new
-  graphs and returned; nothing is computed until the caller persists or computes.
+  graphs and returned; nothing is computed until the caller persists or computes,
+  except where every input is persisted and Dask's default threaded scheduler applies:
+  then the tasks run when ``step`` is called and the arrays are rebound to the chunks
+  made (already persisted).
 
 Parameters may be :class:`agrad.Variable` s holding such arrays (the demo trains
 that way): their value arrays are written, as the generic path writes them.
@@ -208,7 +211,8 @@ def try_step(opt: Any, params: Any, grads: Any, state: Any) -> tuple[Any, Any] |
     """``opt.step(params, grads, state)`` on the CuPy or Dask executor, or ``None``.
 
     The new values are written into ``params`` and the state's arrays (CuPy: by the
-    kernels; Dask: the arrays are rebound to the new lazy graphs), which are returned
+    kernels; Dask: the arrays are rebound to the new graphs, or to the chunks made where
+    the step ran when called), which are returned
     with the state's new numbers. ``None``: nothing was written (see the module for
     what declines).
     """
