@@ -499,6 +499,7 @@ def test_lazy_count_makes_the_per_step_values_a_task(lazy_steps):
 
 # -- steps on persisted arrays run when called ------------------------------------------
 _EAGER_CASES = ("adam", "sgd", "adamax", "nadam", "rmsprop-centered", "lamb", "lars")
+_EAGER_CASES += ("chain-clip-adam",)
 
 
 def _persisted(arrays, chunks):
@@ -535,12 +536,14 @@ def test_steps_on_persisted_arrays_run_when_called(case, pool_min):
     scheduler: each step runs its chunk tasks when called (the host kernels counted then)
     and rebinds the arrays given to persisted chunks (no task left); the values are the
     generic path's on the same Dask arrays (bit for bit; to rounding where a norm is
-    summed by chunks) and agrad's NumPy step's (to rounding)."""
+    summed by chunks) and agrad's NumPy step's (to rounding), and the lazy route's bit
+    for bit (a norm's partial sums taken as each chunk is made add up as the sum task's)."""
     from agrad.optim.program import dask_exec, host_exec
 
     factory = CASES[case]
     params, grads = leaves([(8, 6), (6,)], np.float64, 21)
     chunks = [(2, 6), 3]
+    lazy, _ = _route_steps(factory, params, grads, chunks, host=True, eager=False)
     opt = factory()
     p = _persisted(params, chunks)
     s = tree_map(_persist_each, opt.init(p))
@@ -557,6 +560,8 @@ def test_steps_on_persisted_arrays_run_when_called(case, pool_min):
         if host_exec.available() and k:  # the first step reads init's broadcast zeros
             assert dask_exec.host_chunk_runs > before
         got_p, got_s = [np.asarray(x) for x in p], state_arrays(s)
+        for x, y in zip([*got_p, *got_s], [*lazy[k][0], *lazy[k][1]]):
+            np.testing.assert_array_equal(x, y)
         for x, z, w in zip(got_p, generic[k][0], want[k][0]):
             _same(x, z, case, f"{case} step {k + 1}", 1e-12)
             np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)

@@ -397,7 +397,7 @@ class _Graph:
     """The task graph of one step: the layers of its Dask inputs, one layer per block
     (its chunk tasks) and one per output handed out as an array (``getitem`` tasks)."""
 
-    __slots__ = ("deps", "layers", "own")
+    __slots__ = ("deps", "layers", "own", "sums")
 
     def __init__(self) -> None:
         self.layers: dict[str, Any] = {}
@@ -405,6 +405,9 @@ class _Graph:
         #: the layers made here (chunk tasks), in the order made (each needs only those
         #: before it), with the elements of their largest chunk
         self.own: dict[str, int] = {}
+        #: per sum layer over a block's output: the block's layer, the output's index
+        #: (None: the task's result itself) and the block's chunk keys in chunk order
+        self.sums: dict[str, tuple[str, int | None, list[tuple]]] = {}
 
     def absorb(self, x: Any) -> str | None:
         """Add Dask array ``x``'s graph; the name of its layer (None: no such layer)."""
@@ -656,7 +659,7 @@ def _run_now(
         tasks = list(graph.layers[name].mapping.items())
         if not all(type(t) is Task for _, t in tasks):
             return False
-    for tasks, threads in _waves(graph):
+    for tasks, threads in _waves(*_fold_sums(graph), graph):
         values.update(_run_tasks(tasks, values, threads))
     for node, dests in destinations.items():
         value = env[node]
@@ -674,7 +677,56 @@ def _run_now(
     return True
 
 
-def _waves(graph: _Graph) -> list[tuple[list[tuple[Any, Any]], bool]]:
+def _fold_sums(graph: _Graph) -> tuple[dict[str, list[tuple[Any, Any]]], set[str]]:
+    """Per layer made here, its tasks as ``(key, fn(values))``; where a sum reads a
+    block's output, each of the block's chunk tasks also sums its chunk of that output
+    as soon as it is made (still in cache), and the sum's task adds those partial sums
+    in chunk order: the operations of :func:`_sum_chunks`, the same bits, without
+    reading every chunk again. Also the sums so folded (quick tasks)."""
+    tasks = {name: list(graph.layers[name].mapping.items()) for name in graph.own}
+    post: dict[tuple, list[tuple[dict, int, int | None]]] = {}
+    for out, (block, k, keys) in graph.sums.items():
+        if out not in tasks or block not in tasks:
+            continue
+        partials: dict[int, Any] = {}
+        for pos, key in enumerate(keys):
+            post.setdefault(key, []).append((partials, pos, k))
+        tasks[out] = [((out,), _combine(partials, keys, k, tasks[out][0][1]))]
+    folded = {out for out in graph.sums if out in tasks and graph.sums[out][0] in tasks}
+    for name, items in tasks.items():
+        tasks[name] = [(key, _summing(t, post[key]) if key in post else t) for key, t in items]
+    return tasks, folded
+
+
+def _summing(task: Any, posts: list[tuple[dict, int, int | None]]) -> Any:
+    def run(values: dict) -> Any:
+        import array_api_compat
+
+        got = task(values)
+        for partials, pos, k in posts:
+            chunk = got if k is None else got[k]
+            partials[pos] = array_api_compat.array_namespace(chunk).sum(chunk)
+        return got
+
+    return run
+
+
+def _combine(partials: dict[int, Any], keys: list[tuple], k: int | None, task: Any) -> Any:
+    def run(values: dict) -> Any:
+        if len(partials) != len(keys):  # not every chunk summed: the whole task
+            return task(values)
+        import array_api_compat
+
+        chunks = [values[key] if k is None else values[key][k] for key in keys]
+        xp = array_api_compat.array_namespace(*chunks)  # as _sum_chunks finds it
+        return xp.sum(xp.stack([partials[i] for i in range(len(keys))]))
+
+    return run
+
+
+def _waves(
+    tasks: dict[str, list[tuple[Any, Any]]], quick: set[str], graph: _Graph
+) -> list[tuple[list, bool]]:
     """The tasks of the layers made here, in waves: a layer's wave follows the waves of
     the layers it reads (LAMB's two norms, one task each, are one wave); with whether
     the wave is worth threads (a chunk of ``POOL_MIN`` elements or more)."""
@@ -685,9 +737,9 @@ def _waves(graph: _Graph) -> list[tuple[list[tuple[Any, Any]], bool]]:
         level[name] = k
         if k == len(waves):
             waves.append(([], False))
-        tasks, threads = waves[k]
-        tasks.extend(graph.layers[name].mapping.items())
-        waves[k] = (tasks, threads or size >= POOL_MIN)
+        wave, threads = waves[k]
+        wave.extend(tasks[name])
+        waves[k] = (wave, threads or (size >= POOL_MIN and name not in quick))
     return waves
 
 
@@ -1000,6 +1052,8 @@ def _direct_sum(
     if out not in graph.layers:
         size = math.prod(sum(c) for c in chunks)  # one task reads every element
         graph.add(out, {(out,): Task((out,), _sum_chunks, *args)}, {name}, size)
+        if isinstance(x, _Out):
+            graph.sums[out] = (name, None if x.single else x.k, [(name, *i) for i in idx])
     meta = x.meta if isinstance(x, _Out) else x._meta
     return _Out(out, 0, True, (), _meta_of(meta, 0, n.dtype))
 
