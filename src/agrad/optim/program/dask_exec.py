@@ -628,8 +628,8 @@ def _concrete_layer(layer: Any, values: dict) -> bool:
             v = v.value
         elif isinstance(v, GraphNode | tuple | list | dict | str):
             return False  # a task (or what Dask may read as one)
-        if not hasattr(v, "shape") or not hasattr(v, "dtype"):
-            return False
+        if not hasattr(v, "shape") or not hasattr(v, "dtype") or hasattr(v, "__dask_graph__"):
+            return False  # not an array chunk (or a Dask collection as a value)
         values[key] = v
     return True
 
