@@ -435,3 +435,47 @@ def test_a_state_dict_saved_on_the_steady_path_loads_into_torch_optim():
     ref = torch.optim.Adam(model.parameters(), lr=0.01)
     ref.load_state_dict(opt.state_dict())
     assert all(v["step"].item() == STEPS for v in ref.state_dict()["state"].values())
+
+
+# -- every optimizer: the steady path equals the full path ----------------------------
+EVERY = {
+    "adam": {"lr": 1e-2},
+    "adamw": {"lr": 1e-2},
+    "sgd": {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+    "rmsprop": {"lr": 1e-2, "momentum": 0.5, "centered": True},
+    "adagrad": {"lr": 1e-2},
+    "adamax": {"lr": 1e-2},
+    "adadelta": {"lr": 1.0},
+    "nadam": {"lr": 1e-2},
+    "radam": {"lr": 1e-2},
+    "rprop": {"lr": 1e-2},
+    "asgd": {"lr": 1e-2},
+    "lion": {"lr": 1e-3},
+    "lamb": {"lr": 1e-2},
+    "lars": {"lr": 1e-2},
+    "adafactor": {"lr": 1e-2},
+}
+
+
+def _every(name: str, sched: bool) -> list[torch.Tensor]:
+    model = _model()
+    x, y = _data()
+    opt = TorchOptimizer(model.parameters(), getattr(agrad.optim, name), **EVERY[name])
+    lr = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5) if sched else None
+    for _ in range(12):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+        if lr is not None:
+            lr.step()
+    return [p.detach().clone() for p in model.parameters()] + [
+        v for p in model.parameters() for _, v in sorted(opt.state[p].items())
+    ]
+
+
+@pytest.mark.parametrize("sched", [False, True])
+@pytest.mark.parametrize("name", list(EVERY))
+def test_every_optimizer_steady_equals_full_path(monkeypatch, name, sched):
+    got = _every(name, sched)
+    _cache_off(monkeypatch)
+    _same(got, _every(name, sched))

@@ -31,6 +31,14 @@ How it works:
   dtype and device; a complex parameter only where the optimizer takes one) before
   any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
   torch does.
+- Steady steps. After a full step whose parameters share one step count, a group
+  keeps the detached views, state leaves and containers it passed ``opt.step``
+  (:class:`_SteadyGroup`); while a bulk check finds nothing changed but values (the
+  same group, optimizer, parameters, gradients' metadata, addresses, state tensors
+  and step counts), the next step passes the very same objects, so agrad's torch fast
+  route takes its own steady check (:mod:`agrad.optim._steady`) instead of checking
+  every tensor. Anything else (``p.data = ...``, ``load_state_dict``, a new ``lr``, a
+  ``None`` gradient) takes the full path, which makes a new record.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
   to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
