@@ -695,6 +695,8 @@ class _SteadyGroup:
         """The record of a full step of ``group`` on ``params`` (one bucket), or ``None``
         where its objects would not be the next step's (a state entry converted to
         another dtype, a step count not kept as torch's tensor) or no guard is available."""
+        if not all(_is_step(name) for _, name in layout.shared):
+            return None  # a shared entry other than a step count (NAdam's mu_product)
         states = [owner.state[p] for p in params]
         per_param = [(i, name, j) for i, (name, j) in enumerate(layout.leaves) if j is not None]
         kept = list(leaves)
@@ -707,7 +709,7 @@ class _SteadyGroup:
         shared, steps = [], []
         for i, name in layout.shared:
             column = [s.get(name) for s in states]
-            if not (_is_step(name) and _steps_kept(column)):
+            if not _steps_kept(column):
                 return None
             leaf, spec = leaves[i], layout.template[i]
             if is_array(spec) and not (type(leaf) is torch.Tensor and leaf.dtype == spec.dtype):
