@@ -678,7 +678,8 @@ class _SteadyGroup:
 
     __slots__ = (
         "arrays", "columns", "group", "group_params", "guard", "layout", "leaves", "mask",
-        "opt", "params", "pick", "plan", "ptrs", "shared", "step_tensors", "steps", "views",
+        "opt", "params", "pick", "plan", "ptrs", "shared", "step_tensors", "steps", "view_list",
+        "views",
     )  # fmt: skip
 
     @classmethod
@@ -726,6 +727,7 @@ class _SteadyGroup:
             return None
         rec = cls()
         rec.group, rec.opt, rec.params, rec.views = group, opt, list(params), views
+        rec.view_list = list(views.values())
         rec.group_params = list(group["params"])
         rec.mask = list(map(is_not, map(_GRAD, rec.group_params), repeat(None)))
         rec.pick = _steady._pick([k for k, m in enumerate(rec.mask) if m])
@@ -753,7 +755,7 @@ class _SteadyGroup:
             return None
         if not _steady.all_equal(_DATA_PTR, params, self.ptrs):
             return None
-        if not _steady.all_equal(_DATA_PTR, list(self.views.values()), self.ptrs):
+        if not _steady.all_equal(_DATA_PTR, self.view_list, self.ptrs):
             return None
         states = list(map(state.get, params))
         try:
