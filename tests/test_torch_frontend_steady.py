@@ -479,3 +479,48 @@ def test_every_optimizer_steady_equals_full_path(monkeypatch, name, sched):
     got = _every(name, sched)
     _cache_off(monkeypatch)
     _same(got, _every(name, sched))
+
+
+# -- several groups, shared memory ----------------------------------------------------
+def _groups_run(make_params: Callable[[], list[list[torch.Tensor]]], lrs: list[float]) -> list:
+    groups = make_params()
+    opt = TorchOptimizer(
+        [{"params": ps, "lr": lr} for ps, lr in zip(groups, lrs)],
+        agrad.optim.sgd,
+        lr=0.1,
+        momentum=0.9,
+    )
+    g = torch.Generator().manual_seed(3)
+    flat = [p for ps in groups for p in ps]
+    for i in range(8):
+        for p in flat:
+            p.grad = torch.randn(p.shape, generator=g)
+        if i == 4:
+            flat[1].grad = None  # one step without it
+        opt.step()
+    return [p.detach().clone() for p in flat] + [
+        v for p in flat for _, v in sorted(opt.state[p].items())
+    ]
+
+
+def _separate() -> list[list[torch.Tensor]]:
+    torch.manual_seed(0)
+    return [[torch.nn.Parameter(torch.randn(3, 4)) for _ in range(3)] for _ in range(3)]
+
+
+def _one_buffer() -> list[list[torch.Tensor]]:
+    """Parameters over one storage (a packed model): disjoint slices of one buffer."""
+    torch.manual_seed(0)
+    buf = torch.randn(9 * 12)
+    return [
+        [torch.nn.Parameter(buf[12 * (3 * k + j) :][:12].view(3, 4)) for j in range(3)]
+        for k in range(3)
+    ]
+
+
+@pytest.mark.parametrize("make", [_separate, _one_buffer])
+@pytest.mark.parametrize("lrs", [[0.1, 0.05, 0.01], [0.1, 0.1, 0.1]])  # the same optimizer
+def test_several_groups_steady_equals_full_path(monkeypatch, make, lrs):
+    got = _groups_run(make, lrs)
+    _cache_off(monkeypatch)
+    _same(got, _groups_run(make, lrs))
