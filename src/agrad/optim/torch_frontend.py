@@ -305,6 +305,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._layouts = LRUCache(_LAYOUTS_KEPT)
         # group index -> its last full step's objects, for the steady check (_SteadyGroup)
         self._steady: dict[int, _SteadyGroup] = {}
+        # group index -> (optimizer, parameter addresses) of its last full step
+        self._seen: dict[int, tuple] = {}
         super().__init__(params, dict(self._options))
 
     # -- state dicts ------------------------------------------------------------------
@@ -347,6 +349,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """Restore (``load_state_dict`` calls it); groups lacking an option get the default."""
         super().__setstate__(state)
         self._steady = {}  # new groups and state tensors: the next step takes the full path
+        self._seen = {}
         for group in self.param_groups:
             for k, v in self._options.items():
                 group.setdefault(k, v)
@@ -421,6 +424,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         groups = list(enumerate(zip(self.param_groups, opts)))
         for i in [i for i in self._steady if i >= len(groups)]:
             del self._steady[i]
+        for i in [i for i in self._seen if i >= len(groups)]:
+            del self._seen[i]
         steady = [self._steady_check(i, g, opt) for i, (g, opt) in groups]
         plans = [
             self._plan(i, g, opt) if ready is None else None
@@ -557,11 +562,20 @@ class TorchOptimizer(torch.optim.Optimizer):
             buckets.setdefault(key, []).append(p)
         for bucket in buckets.values():
             step = self._step_bucket(opt, bucket)
-        rec = None
-        if len(buckets) == 1 and not self._injected:
+        if len(buckets) == 1 and not self._injected and self._settled(gi, opt, params):
             rec = _SteadyGroup.make(self, group, opt, params, *step)
-        if rec is not None:
-            self._steady[gi] = rec
+            if rec is not None:
+                self._steady[gi] = rec
+
+    def _settled(self, gi: int, opt: GradientTransformation, params: list[Any]) -> bool:
+        """Whether group ``gi``'s last full step had this optimizer and these parameter
+        addresses too: a record costs a few passes over the tensors (the guard is built in
+        Python), not worth making where they change every step (an ``lr`` scheduled
+        per step, ``p.data`` replaced each step)."""
+        seen = self._seen.get(gi)
+        ptrs = list(map(_DATA_PTR, params))
+        self._seen[gi] = (opt, ptrs)
+        return seen is not None and seen[0] is opt and seen[1] == ptrs
 
     def _step_bucket(self, opt: GradientTransformation, params: list[Any]) -> tuple:
         """One ``opt.step`` on ``params``; returns what :class:`_SteadyGroup` keeps of it:
