@@ -524,3 +524,28 @@ def test_several_groups_steady_equals_full_path(monkeypatch, make, lrs):
     got = _groups_run(make, lrs)
     _cache_off(monkeypatch)
     _same(got, _groups_run(make, lrs))
+
+
+def test_groups_with_the_same_options_each_take_the_steady_checks(monkeypatch):
+    """Two groups with the same options share one optimizer object on the full path; their
+    steady steps each run a copy of their own, so that the fast route's steady record (one
+    per optimizer object) is not replaced by the other group's every step."""
+    groups = _separate()
+    opt = TorchOptimizer([{"params": ps} for ps in groups], agrad.optim.adam, lr=0.01)
+    calls = [0]
+    inputs = fastpath._inputs
+
+    def count_inputs(*args):
+        calls[0] += 1
+        return inputs(*args)
+
+    monkeypatch.setattr(fastpath, "_inputs", count_inputs)
+    g = torch.Generator().manual_seed(3)
+    for i in range(8):
+        if i == 4:
+            calls[0] = 0
+        for p in (p for ps in groups for p in ps):
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    assert calls[0] == 0
+    assert len({id(r.opt) for r in opt._steady.values()}) == len(groups)

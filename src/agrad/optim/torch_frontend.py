@@ -307,6 +307,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._steady: dict[int, _SteadyGroup] = {}
         # group index -> (optimizer, parameter addresses) of its last full step
         self._seen: dict[int, tuple] = {}
+        # group index -> (the optimizer of its options, a copy of its own for steady steps)
+        self._own: dict[int, tuple] = {}
         super().__init__(params, dict(self._options))
 
     # -- state dicts ------------------------------------------------------------------
@@ -350,6 +352,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._steady = {}  # new groups and state tensors: the next step takes the full path
         self._seen = {}
+        self._own = {}
         for group in self.param_groups:
             for k, v in self._options.items():
                 group.setdefault(k, v)
@@ -426,6 +429,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             del self._steady[i]
         for i in [i for i in self._seen if i >= len(groups)]:
             del self._seen[i]
+            self._own.pop(i, None)
         steady = [self._steady_check(i, g, opt) for i, (g, opt) in groups]
         plans = [
             self._plan(i, g, opt) if ready is None else None
@@ -565,7 +569,27 @@ class TorchOptimizer(torch.optim.Optimizer):
         if len(buckets) == 1 and not self._injected and self._settled(gi, opt, params):
             rec = _SteadyGroup.make(self, group, opt, params, *step)
             if rec is not None:
+                rec.opt = self._own_optimizer(gi, group, opt)
                 self._steady[gi] = rec
+
+    def _own_optimizer(
+        self, gi: int, group: dict[str, Any], opt: GradientTransformation
+    ) -> GradientTransformation:
+        """``opt``, or where another group's steady steps use it too (groups with the same
+        options), a copy built from the same options for group ``gi`` alone: the fast
+        route keeps one steady record per optimizer object, which two groups would
+        replace in turn, each step taking the full check."""
+        if self._factory is None or not any(
+            r.opt is opt for i, r in self._steady.items() if i != gi
+        ):
+            return opt
+        own = self._own.get(gi)
+        if own is None or own[0] is not opt:
+            own = self._own[gi] = (
+                opt,
+                self._factory(**{k: _plain(group[k]) for k in self._options}),
+            )
+        return own[1]
 
     def _settled(self, gi: int, opt: GradientTransformation, params: list[Any]) -> bool:
         """Whether group ``gi``'s last full step had this optimizer and these parameter
@@ -661,8 +685,9 @@ class _SteadyGroup:
     same objects (and agrad's torch fast route takes its steady check,
     :mod:`agrad.optim._steady`), after a bulk check that nothing they stand for changed.
 
-    Kept: the group and its optimizer (a changed option builds another: not the same
-    object), the group's parameters in order and which had a gradient, the detached
+    Kept: the group and its optimizer (``source``: a changed option builds another, not
+    the same object; ``opt``, what the steady steps run: ``source``, or a copy of its own
+    where another group's steady steps run ``source``), the group's parameters in order and which had a gradient, the detached
     views of those in the dict ``opt.step`` takes, the state's leaves (each
     parameter's tensors in ``self.state``, the agrad step count), and TorchDynamo's
     tensor guard over the parameters, their gradients and their ``step`` tensors.
@@ -692,8 +717,8 @@ class _SteadyGroup:
 
     __slots__ = (
         "arrays", "columns", "group", "group_params", "guard", "layout", "leaves", "mask",
-        "opt", "params", "pick", "plan", "ptrs", "shared", "step_tensors", "steps", "view_list",
-        "views",
+        "opt", "params", "pick", "plan", "ptrs", "shared", "source", "step_tensors", "steps",
+        "view_list", "views",
     )  # fmt: skip
 
     @classmethod
@@ -741,6 +766,7 @@ class _SteadyGroup:
             return None
         rec = cls()
         rec.group, rec.opt, rec.params, rec.views = group, opt, list(params), views
+        rec.source = opt
         rec.view_list = list(views.values())
         rec.group_params = list(group["params"])
         rec.mask = list(map(is_not, map(_GRAD, rec.group_params), repeat(None)))
@@ -756,7 +782,7 @@ class _SteadyGroup:
         """``(gradients, states, step counts)`` where the steady step does exactly what the
         full path would, else ``None`` (see the class)."""
         ps = group["params"]
-        if self.group is not group or self.opt is not opt or len(ps) != len(self.group_params):
+        if self.group is not group or self.source is not opt or len(ps) != len(self.group_params):
             return None
         if not all(map(is_, ps, self.group_params)):
             return None
