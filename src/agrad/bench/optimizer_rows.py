@@ -9,6 +9,10 @@ Three float32 parameter sets (4 x 2048x1024; 100 x 256x256 plus 100 biases; 1000
   most 256x256 only);
 - ``torch fused``: Adam, AdamW, SGD and Adagrad against ``torch.optim.<X>(fused=True)``
   (target 1.1);
+- ``torch frontend`` and ``torch frontend fused``: SGD-momentum and Adam through
+  :class:`agrad.optim.TorchOptimizer` (``opt.step()`` on parameters with ``.grad``, as a
+  training loop calls it) against ``torch.optim.<X>(foreach=True)`` and
+  ``torch.optim.<X>(fused=True)`` (for information);
 - ``numpy``: Adam, SGD-momentum, RMSprop and NAdam against a hand-written in-place
   NumPy loop carried here (target 1.0);
 - ``numpy vs generic``: every other optimizer against its own generic path (the
@@ -85,6 +89,8 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], str | None]] = {
     "adafactor": ({"lr": LR}, None),
 }
 FUSED = ("adam", "adamw", "sgd", "adagrad")
+#: optimizers the ``torch frontend`` rows run through agrad.optim.TorchOptimizer
+FRONTEND = ("sgd", "adam")
 #: torch.optim classes without a foreach implementation (compared with their default)
 NO_FOREACH = ("Muon",)
 #: agrad options the torch class has no name for: what torch does by default
@@ -244,10 +250,26 @@ def _torch_step(name: str, params, grads, **flags) -> Callable[[], Any]:
     import torch
 
     kw, cls = OPTIMIZERS[name]
+    return getattr(torch.optim, cls)(_torch_params(params, grads), **kw, **flags).step
+
+
+def _torch_params(params, grads) -> list[Any]:
+    """Leaf tensors that require grad, with ``.grad`` set, as a training loop has them."""
+    import torch
+
     ps = [torch.from_numpy(p.copy()).requires_grad_(True) for p in params]
     for p, g in zip(ps, grads):
         p.grad = torch.from_numpy(g.copy())
-    return getattr(torch.optim, cls)(ps, **kw, **flags).step
+    return ps
+
+
+def _frontend_step(name: str, params, grads) -> Callable[[], Any]:
+    """``agrad.optim.TorchOptimizer(params, agrad.optim.<name>, ...).step``."""
+    import agrad
+
+    kw, _ = OPTIMIZERS[name]
+    factory = getattr(agrad.optim, name)
+    return agrad.optim.TorchOptimizer(_torch_params(params, grads), factory, **kw).step
 
 
 def _numpy_loop(name: str, params, grads) -> Callable[[], None]:
@@ -317,6 +339,8 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
                 specs.append(
                     ("torch fused", name, mine_t, (f"torch.optim.{cls} fused", fused), 1.1)
                 )
+            if name in FRONTEND:
+                specs += _frontend_specs(name, cls, ps, gs)
         else:
             generic_t = partial(_agrad_step, name, tps, tgs, fast=False)
             specs.append(
@@ -340,6 +364,16 @@ def _specs(set_name: str, params, grads, t_params, t_grads, settings: Settings) 
         partial(_torch_step, "adam", params, grads, foreach=True),
     )
     specs.append(("packed", "adam", packed, foreach, None))
+    return specs
+
+
+def _frontend_specs(name: str, cls: str, params, grads) -> list[tuple]:
+    """The ``torch frontend`` rows: TorchOptimizer against torch.optim foreach and fused."""
+    front = (f"agrad TorchOptimizer({name})", partial(_frontend_step, name, params, grads))
+    specs = []
+    for flag, group in (("foreach", "torch frontend"), ("fused", "torch frontend fused")):
+        peer = partial(_torch_step, name, params, grads, **{flag: True})
+        specs.append((group, name, front, (f"torch.optim.{cls} {flag}", peer), None))
     return specs
 
 

@@ -31,6 +31,14 @@ How it works:
   dtype and device; a complex parameter only where the optimizer takes one) before
   any parameter is written; a parameter whose ``grad`` is ``None`` is skipped, as
   torch does.
+- Steady steps. After a full step whose parameters share one step count, a group
+  keeps the detached views, state leaves and containers it passed ``opt.step``
+  (:class:`_SteadyGroup`); while a bulk check finds nothing changed but values (the
+  same group, optimizer, parameters, gradients' metadata, addresses, state tensors
+  and step counts), the next step passes the very same objects, so agrad's torch fast
+  route takes its own steady check (:mod:`agrad.optim._steady`) instead of checking
+  every tensor. Anything else (``p.data = ...``, ``load_state_dict``, a new ``lr``, a
+  ``None`` gradient) takes the full path, which makes a new record.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
   to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
@@ -40,12 +48,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
+from itertools import repeat
+from operator import attrgetter, is_, is_not, itemgetter
 from typing import Any
 
 import torch
 
+from agrad.optim import _steady
 from agrad.optim._cache import LRUCache
 from agrad.optim._torch_state import group_to_torch, state_from_torch, state_to_torch
+from agrad.optim._treeplan import TreePlan
 from agrad.optim.base import GradientTransformation, is_array
 from agrad.pytree import flatten, flatten_leaves, unflatten
 
@@ -291,6 +303,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._options: dict[str, Any] = options if factory is not None or self._injected else {}
         self._built = LRUCache(_BUILT_KEPT)
         self._layouts = LRUCache(_LAYOUTS_KEPT)
+        # group index -> its last full step's objects, for the steady check (_SteadyGroup)
+        self._steady: dict[int, _SteadyGroup] = {}
+        # group index -> (optimizer, parameter addresses) of its last full step
+        self._seen: dict[int, tuple] = {}
+        # group index -> (the optimizer of its options, a copy of its own for steady steps)
+        self._own: dict[int, tuple] = {}
         super().__init__(params, dict(self._options))
 
     # -- state dicts ------------------------------------------------------------------
@@ -332,6 +350,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore (``load_state_dict`` calls it); groups lacking an option get the default."""
         super().__setstate__(state)
+        self._steady = {}  # new groups and state tensors: the next step takes the full path
+        self._seen = {}
+        self._own = {}
         for group in self.param_groups:
             for k, v in self._options.items():
                 group.setdefault(k, v)
@@ -403,10 +424,22 @@ class TorchOptimizer(torch.optim.Optimizer):
         opts = [self._optimizer_for(g) for g in self.param_groups]
         if any(_closure_driven(opt) for opt in opts):
             return self._step_closure_driven(closure)
-        plans = [self._plan(i, g, opt) for i, (g, opt) in enumerate(zip(self.param_groups, opts))]
-        for group, (opt, params) in zip(self.param_groups, plans):
-            if params:
-                self._run(opt, params, group)
+        groups = list(enumerate(zip(self.param_groups, opts)))
+        for i in [i for i in self._steady if i >= len(groups)]:
+            del self._steady[i]
+        for i in [i for i in self._seen if i >= len(groups)]:
+            del self._seen[i]
+            self._own.pop(i, None)
+        steady = [self._steady_check(i, g, opt) for i, (g, opt) in groups]
+        plans = [
+            self._plan(i, g, opt) if ready is None else None
+            for (i, (g, opt)), ready in zip(groups, steady)
+        ]
+        for (i, (group, opt)), ready, plan in zip(groups, steady, plans):
+            if ready is not None:
+                self._steady_step(i, ready)
+            elif plan[1]:
+                self._run(opt, plan[1], group, i)
         return loss
 
     def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
@@ -509,8 +542,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         for p, entries in zip(params, fresh):
             self.state[p].update({k: v for k, v in entries.items() if k not in self.state[p]})
 
-    def _run(self, opt: GradientTransformation, params: list[Any], group: dict[str, Any]) -> None:
-        """``opt.step`` on ``params``, one call per set of parameters sharing a step count."""
+    def _run(
+        self, opt: GradientTransformation, params: list[Any], group: dict[str, Any], gi: int
+    ) -> None:
+        """``opt.step`` on ``params``, one call per set of parameters sharing a step count;
+        where they all share one, the step is kept for the next steps' steady check."""
         new = [p for p in params if not self.state.get(p)]
         if new:
             self._initialize(opt, new)
@@ -529,9 +565,45 @@ class TorchOptimizer(torch.optim.Optimizer):
         for p, key in zip(params, zip(*columns) if columns else [()] * len(params)):
             buckets.setdefault(key, []).append(p)
         for bucket in buckets.values():
-            self._step_bucket(opt, bucket)
+            step = self._step_bucket(opt, bucket)
+        if len(buckets) == 1 and not self._injected and self._settled(gi, opt, params):
+            rec = _SteadyGroup.make(self, group, opt, params, *step)
+            if rec is not None:
+                rec.opt = self._own_optimizer(gi, group, opt)
+                self._steady[gi] = rec
 
-    def _step_bucket(self, opt: GradientTransformation, params: list[Any]) -> None:
+    def _own_optimizer(
+        self, gi: int, group: dict[str, Any], opt: GradientTransformation
+    ) -> GradientTransformation:
+        """``opt``, or where another group's steady steps use it too (groups with the same
+        options), a copy built from the same options for group ``gi`` alone: the fast
+        route keeps one steady record per optimizer object, which two groups would
+        replace in turn, each step taking the full check."""
+        if self._factory is None or not any(
+            r.opt is opt for i, r in self._steady.items() if i != gi
+        ):
+            return opt
+        own = self._own.get(gi)
+        if own is None or own[0] is not opt:
+            own = self._own[gi] = (
+                opt,
+                self._factory(**{k: _plain(group[k]) for k in self._options}),
+            )
+        return own[1]
+
+    def _settled(self, gi: int, opt: GradientTransformation, params: list[Any]) -> bool:
+        """Whether group ``gi``'s last full step had this optimizer and these parameter
+        addresses too: a record costs a few passes over the tensors (the guard is built in
+        Python), not worth making where they change every step (an ``lr`` scheduled
+        per step, ``p.data`` replaced each step)."""
+        seen = self._seen.get(gi)
+        ptrs = list(map(_DATA_PTR, params))
+        self._seen[gi] = (opt, ptrs)
+        return seen is not None and seen[0] is opt and seen[1] == ptrs
+
+    def _step_bucket(self, opt: GradientTransformation, params: list[Any]) -> tuple:
+        """One ``opt.step`` on ``params``; returns what :class:`_SteadyGroup` keeps of it:
+        ``(views, layout, leaves)``."""
         tree = {str(j): p for j, p in enumerate(params)}
         layout = self._layout(opt, tree)
         states = [self.state[p] for p in params]
@@ -553,21 +625,41 @@ class TorchOptimizer(torch.optim.Optimizer):
         # detached views share the parameters' memory: written in place, the parameters
         # change, and agrad's fused-kernel fast path takes them (it declines tensors that
         # require grad)
-        _, new_state = opt.step({k: p.detach() for k, p in tree.items()}, grads, state)
-        new_leaves = flatten_leaves(new_state)[0]
-        shared = []
-        for (name, j), value in zip(layout.leaves, new_leaves):
-            if j is None:
-                shared.append((name, value))
-            else:
-                states[j][name] = value
-        for (
-            name,
-            value,
-        ) in shared:  # each parameter its own copy: torch.optim writes "step" in place
-            if not _set_steps([s.get(name) for s in states], name, value):
-                for s in states:
-                    s[name] = _stored(value, name)
+        views = {k: p.detach() for k, p in tree.items()}
+        _, new_state = opt.step(views, grads, state)
+        _write_back(layout, states, flatten_leaves(new_state)[0])
+        return views, layout, leaves
+
+    def _steady_check(
+        self, gi: int, group: dict[str, Any], opt: GradientTransformation
+    ) -> tuple | None:
+        """``(record, gradients, states)`` where group ``gi`` may take its steady step
+        (nothing changed since its last step but values), else ``None`` (the record is
+        dropped; the full path runs and may make a new one)."""
+        rec = self._steady.get(gi)
+        if rec is None:
+            return None
+        got = rec.check(self.state, group, opt)
+        if got is None:
+            del self._steady[gi]
+            return None
+        return (rec, *got)
+
+    def _steady_step(self, gi: int, ready: tuple) -> None:
+        """The step of a group that passed :meth:`_steady_check`: the same views, state
+        tensors and containers as last step, the step count read from the state."""
+        rec, grads, states, counts = ready
+        leaves = list(rec.leaves)
+        for (i, name), leaf, count in zip(rec.layout.shared, rec.shared, counts):
+            leaves[i] = _count_leaf(leaf, count, rec.layout.template[i], rec.params[0], name)
+        _, new_state = rec.opt.step(rec.views, dict(zip(rec.views, grads)), rec.plan.build(leaves))
+        new_leaves = rec.plan.leaves(new_state)
+        same = new_leaves is not None and all(map(is_, rec.arrays(new_leaves), rec.arrays(leaves)))
+        if not same:  # new state arrays (the generic path): written as usual, no record
+            del self._steady[gi]
+            new_leaves = flatten_leaves(new_state)[0]
+        if not _write_back(rec.layout, states, new_leaves, same, rec.steps):
+            self._steady.pop(gi, None)
 
     def _fill(self, opt: GradientTransformation, params: list[Any]) -> None:
         """Give ``params`` the state entries they lack, with ``opt.init``'s values."""
@@ -579,6 +671,214 @@ class TorchOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+_GRAD = attrgetter("grad")
+_DTYPE = attrgetter("dtype")
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+def _is_step(name: str) -> bool:
+    return name == "step" or name.endswith(".step")
+
+
+class _SteadyGroup:
+    """A group's last full step, kept so that the next steps pass ``opt.step`` the very
+    same objects (and agrad's torch fast route takes its steady check,
+    :mod:`agrad.optim._steady`), after a bulk check that nothing they stand for changed.
+
+    Kept: the group and its optimizer (``source``: a changed option builds another, not
+    the same object; ``opt``, what the steady steps run: ``source``, or a copy of its own
+    where another group's steady steps run ``source``), the group's parameters in order and which had a gradient, the detached
+    views of those in the dict ``opt.step`` takes, the state's leaves (each
+    parameter's tensors in ``self.state``, the agrad step count), and TorchDynamo's
+    tensor guard over the parameters, their gradients and their ``step`` tensors.
+
+    :meth:`check` holds where the full path would do exactly what the steady step does:
+
+    - the same group object, optimizer, parameters (by identity, in order) and the same
+      parameters with a gradient (a ``None`` gradient is skipped by the full path);
+    - the guard: every parameter, gradient and ``step`` tensor has the recorded exact
+      type, dispatch keys (device, layout: a sparse gradient fails), dtype, device
+      index, ``requires_grad``, sizes and strides, so the full path's gradient checks
+      pass and the step counts are still tensors it writes in place;
+    - every parameter's data pointer and its view's are the recorded ones: with the
+      same metadata and memory, the view is what ``p.detach()`` would give.
+      ``p.data = x``, ``p.set_(...)``, ``resize_``, ``as_strided_`` each change the
+      parameter's metadata or address; a storage resized (``resize_(0)``, shared by
+      parameter and view) moves both pointers; and the recorded view keeps the old
+      storage alive, so no new tensor can take its address;
+    - every state entry is the very tensor recorded, of the dtype the optimizer's state
+      takes (``load_state_dict`` and entries replaced by the user give new objects);
+    - the step counts, read as the full path reads them (one ``torch.stack``), are all
+      equal: one bucket, as recorded.
+
+    Anything else (a value changed in place, ``lr`` read from the group each step
+    through the optimizer object) needs no check: the full path would read it the same.
+    """
+
+    __slots__ = (
+        "arrays", "columns", "group", "group_params", "guard", "layout", "leaves", "mask",
+        "opt", "params", "pick", "plan", "ptrs", "shared", "source", "step_tensors", "steps",
+        "view_list", "views",
+    )  # fmt: skip
+
+    @classmethod
+    def make(
+        cls,
+        owner: TorchOptimizer,
+        group: dict,
+        opt: Any,
+        params: list,
+        views: dict,
+        layout: _Layout,
+        leaves: list,
+    ) -> _SteadyGroup | None:
+        """The record of a full step of ``group`` on ``params`` (one bucket), or ``None``
+        where its objects would not be the next step's (a state entry converted to
+        another dtype, a step count not kept as torch's tensor) or no guard is available."""
+        if not all(_is_step(name) for _, name in layout.shared):
+            return None  # a shared entry other than a step count (NAdam's mu_product)
+        states = [owner.state[p] for p in params]
+        per_param = [(i, name, j) for i, (name, j) in enumerate(layout.leaves) if j is not None]
+        kept = list(leaves)
+        for i, name, j in per_param:
+            x = states[j].get(name)
+            spec = layout.template[i]
+            if type(x) is not torch.Tensor or not is_array(spec) or x.dtype != spec.dtype:
+                return None
+            kept[i] = x
+        shared, steps = [], []
+        for i, name in layout.shared:
+            column = [s.get(name) for s in states]
+            if not _steps_kept(column):
+                return None
+            leaf, spec = leaves[i], layout.template[i]
+            if is_array(spec) and not (type(leaf) is torch.Tensor and leaf.dtype == spec.dtype):
+                return None
+            shared.append(leaf)
+            steps.append((name, column))
+        grads = list(map(_GRAD, params))
+        ptrs = list(map(_DATA_PTR, params))
+        if list(map(_DATA_PTR, views.values())) != ptrs:
+            return None
+        rec_steps = [t for _, column in steps for t in column]
+        guard = _steady.tensor_guard([*params, *grads, *rec_steps])
+        if guard is None:
+            return None
+        rec = cls()
+        rec.group, rec.opt, rec.params, rec.views = group, opt, list(params), views
+        rec.source = opt
+        rec.view_list = list(views.values())
+        rec.group_params = list(group["params"])
+        rec.mask = list(map(is_not, map(_GRAD, rec.group_params), repeat(None)))
+        rec.pick = _steady._pick([k for k, m in enumerate(rec.mask) if m])
+        rec.guard, rec.ptrs, rec.layout, rec.leaves = guard, ptrs, layout, kept
+        rec.plan = TreePlan(layout.treedef)
+        rec.arrays = _steady._pick([i for i, _, _ in per_param])
+        rec.columns = _columns(per_param, kept, layout.template)
+        rec.shared, rec.steps, rec.step_tensors = shared, steps, rec_steps
+        return rec
+
+    def check(self, state: dict, group: dict, opt: Any) -> tuple | None:
+        """``(gradients, states, step counts)`` where the steady step does exactly what the
+        full path would, else ``None`` (see the class)."""
+        ps = group["params"]
+        if self.group is not group or self.source is not opt or len(ps) != len(self.group_params):
+            return None
+        if not all(map(is_, ps, self.group_params)):
+            return None
+        grads = list(map(_GRAD, ps))
+        if list(map(is_not, grads, repeat(None))) != self.mask:
+            return None
+        grads = self.pick(grads)
+        params = self.params
+        if not self.guard(*params, *grads, *self.step_tensors):
+            return None
+        if not _steady.all_equal(_DATA_PTR, params, self.ptrs):
+            return None
+        if not _steady.all_equal(_DATA_PTR, self.view_list, self.ptrs):
+            return None
+        states = list(map(state.get, params))
+        try:
+            for name, pick, column, dtypes in self.columns:
+                if not all(map(is_, map(itemgetter(name), pick(states)), column)):
+                    return None
+                if not all(map(is_, map(_DTYPE, column), dtypes)):
+                    return None
+            counts = []
+            for name, column in self.steps:
+                if not all(map(is_, map(itemgetter(name), states), column)):
+                    return None
+                values = torch.stack(column).tolist()  # as the full path buckets them
+                if values.count(values[0]) != len(values):
+                    return None
+                counts.append(column[0])
+        except (KeyError, TypeError, RuntimeError):  # an entry gone, a state emptied
+            return None
+        return grads, states, counts
+
+
+def _columns(per_param: list[tuple], leaves: list, template: list) -> list[tuple]:
+    """Per state entry name: ``(name, pick, tensors, dtypes)``, where ``pick(states)``
+    takes the states of the parameters that have the entry, ``tensors`` are those
+    entries and ``dtypes`` the ones the optimizer's state takes."""
+    by_name: dict[str, list[tuple[int, int]]] = {}
+    for i, name, j in per_param:
+        by_name.setdefault(name, []).append((j, i))
+    out = []
+    for name, pairs in by_name.items():
+        pairs.sort()
+        out.append(
+            (
+                name,
+                _steady._pick([j for j, _ in pairs]),
+                [leaves[i] for _, i in pairs],
+                [template[i].dtype for _, i in pairs],
+            )
+        )
+    return out
+
+
+def _steps_kept(steps: list[Any]) -> bool:
+    """Whether step counts are torch's distinct 0-d float tensors of one dtype and
+    device, which :func:`_set_steps` writes in place (the same objects next step)."""
+    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
+        return False
+    return (
+        len({id(t) for t in steps}) == len(steps) and len({(t.dtype, t.device) for t in steps}) == 1
+    )
+
+
+def _count_leaf(leaf: Any, step: Any, spec: Any, p: Any, name: str) -> Any:
+    """The agrad state's step count from the stored ``step`` tensor, as :func:`_as_leaf`
+    makes it; an array into ``leaf``, last step's (the same object each step)."""
+    if type(leaf) is torch.Tensor:
+        if leaf is not step:  # as_tensor made a new one: the same conversion, in place
+            leaf.copy_(step)
+        return leaf
+    return _as_leaf(step, spec, p, {}, name)
+
+
+def _write_back(
+    layout: _Layout, states: list[dict], new_leaves: list, same: bool = False, steps: Any = None
+) -> bool:
+    """Store a step's new state in each parameter's ``self.state`` entry (its arrays
+    only unless ``same``: they are the very tensors there); returns whether every
+    shared entry (the step count) was written into the existing tensors. ``steps``:
+    the step tensors per shared entry where the steady check vouched for them."""
+    if not same:
+        for (name, j), value in zip(layout.leaves, new_leaves):
+            if j is not None:
+                states[j][name] = value
+    in_place = True
+    for k, (i, name) in enumerate(layout.shared):  # torch.optim writes "step" in place
+        value = new_leaves[i]
+        if steps is not None:
+            _copy_steps(steps[k][1], value)
+        elif not _set_steps([s.get(name) for s in states], name, value):
+            in_place = False
+            for s in states:
+                s[name] = _stored(value, name)
+    return in_place
 
 
 def _inject(state: Any, params: list[Any], name: str, value: Any) -> None:
@@ -678,9 +978,14 @@ def _set_steps(steps: list[Any], name: str, value: Any) -> bool:
         return False
     if len({id(t) for t in steps}) != len(steps) or len({t.dtype for t in steps}) != 1:
         return False
+    _copy_steps(steps, value)
+    return True
+
+
+def _copy_steps(steps: list[Any], value: Any) -> None:
+    """``value`` into every tensor of ``steps`` (distinct 0-d float tensors of one dtype)."""
     src = torch.tensor(float(value), dtype=steps[0].dtype, device=steps[0].device)
     torch._foreach_copy_(steps, [src] * len(steps))
-    return True
 
 
 def _stored(value: Any, name: str) -> Any:
