@@ -226,7 +226,11 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     Each step builds the group's optimizer from ``group``'s options, so schedulers and
     manual edits of ``group["lr"]`` (or ``betas``, ``weight_decay``...) apply from the
-    next step. Example::
+    next step. Each new value builds a new optimizer, whose program the fast route
+    compiles at its first step: a scheduler that changes ``lr`` every step should be
+    given an ``inject_hyperparams`` optimizer (``lr`` then lives in the state, so a new
+    value needs no new program; docs/migrating/torch-optim.md has the numbers).
+    Example::
 
         opt = TorchOptimizer(model.parameters(), agrad.optim.adamw, lr=1e-3)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)

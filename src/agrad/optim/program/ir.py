@@ -228,12 +228,14 @@ class LaneGroup(NamedTuple):
         return self.lanes[0]
 
 
-def _lane_of(program: Program, k: int, state_lane: dict[int, int]) -> tuple[Lane, bool]:
-    """Lane ``k``'s program and whether it is purely elementwise on the parameter's shape."""
+def _lane_of(program: Program, k: int, own: list[int], states: list[int]) -> tuple[Lane, bool]:
+    """Lane ``k``'s program and whether it is purely elementwise on the parameter's shape.
+
+    ``own``: the lane's nodes, in order; ``states``: its state leaves, in order.
+    """
     nodes = program.nodes
-    own = [i for i, n in enumerate(nodes) if n.lane == k]
     columns: list[tuple[str, int]] = [("param", k), ("grad", k)]
-    columns += [("state", j) for j in sorted(j for j, lane in state_lane.items() if lane == k)]
+    columns += [("state", j) for j in states]
     col_pos = {c: i for i, c in enumerate(columns)}
     local = {node: i for i, node in enumerate(own)}
     shape, dtype = nodes[own[0]].shape if own else None, None
@@ -309,8 +311,14 @@ def lane_groups(program: Program) -> list[LaneGroup] | None:
         return None
     groups: dict[tuple, list[Lane]] = {}
     dtypes: dict[tuple, Any] = {}
+    own: dict[int, list[int]] = {}  # one pass, not one per lane (O(n^2) on 1000 parameters)
+    for i, n in enumerate(program.nodes):
+        own.setdefault(n.lane, []).append(i)
+    states: dict[int, list[int]] = {}
+    for j in sorted(state_lane):
+        states.setdefault(state_lane[j], []).append(j)
     for k in range(program.n_params):
-        lane, regular = _lane_of(program, k, state_lane)
+        lane, regular = _lane_of(program, k, own.get(k, []), states.get(k, []))
         if not regular:
             return None
         key = (lane.signature, repr(program.nodes[lane.nodes[0]].dtype))
