@@ -293,19 +293,17 @@ class _Layout:
         leaves, self.treedef, paths = flatten(template)
         keys = {f"[{str(j)!r}]": j for j in range(n)}
         self.leaves: list[tuple[str, int | None]] = []
-        for path in paths:
+        self.fed: dict[int, str] = {}
+        for i, path in enumerate(paths):
             cut = path.rfind("[")
             j = keys.get(path[cut:]) if cut >= 0 else None
             name = _entry_name(path[:cut] if j is not None else path)
             if scheduled and name.startswith(_INNER):
                 name = name[len(_INNER) :]
+            elif scheduled and j is None and name.startswith(_FED):
+                self.fed[i] = name
             self.leaves.append((name, j))
         self.template = leaves
-        self.fed: dict[int, str] = {
-            i: name
-            for i, (name, j) in enumerate(self.leaves)
-            if scheduled and j is None and name.startswith(_FED)
-        }
         self.shared = [
             (i, name) for i, (name, j) in enumerate(self.leaves) if j is None and i not in self.fed
         ]
