@@ -16,6 +16,13 @@ How it works:
   from the group's current options (a scheduler that changed ``group["lr"]`` or
   ``group["betas"]`` is seen at the next step); built optimizers are cached per
   distinct options, and building one costs about 20 us, far less than a step.
+- Schedules. A new optimizer is a new program for agrad's fast route to compile, so a
+  group whose numeric options change at two steps in a row (an lr scheduler stepped
+  per step) switches to ``inject_hyperparams`` of its constructor, built once
+  (:class:`_Scheduled`): the options that moved are 0-d tensors of its state, filled
+  from the group before each step and never kept in ``self.state``, whose entries
+  keep the plain optimizer's names. Another option changed builds it again; 64 steps
+  with the same options take the group back to the plain optimizer.
 - State. As in torch, state is per parameter and lazy: ``self.state[p]`` holds the
   parameter's slice of the agrad state under torch's names (``exp_avg``,
   ``momentum_buffer``..., ``step`` for the step count, a float tensor as torch keeps
@@ -37,8 +44,9 @@ How it works:
   same group, optimizer, parameters, gradients' metadata, addresses, state tensors
   and step counts), the next step passes the very same objects, so agrad's torch fast
   route takes its own steady check (:mod:`agrad.optim._steady`) instead of checking
-  every tensor. Anything else (``p.data = ...``, ``load_state_dict``, a new ``lr``, a
-  ``None`` gradient) takes the full path, which makes a new record.
+  every tensor (a scheduled group's new ``lr`` is a value too). Anything else
+  (``p.data = ...``, ``load_state_dict``, a new optimizer, a ``None`` gradient) takes
+  the full path, which makes a new record.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
   to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
@@ -329,10 +337,12 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     Each step builds the group's optimizer from ``group``'s options, so schedulers and
     manual edits of ``group["lr"]`` (or ``betas``, ``weight_decay``...) apply from the
-    next step. Each new value builds a new optimizer, whose program the fast route
-    compiles at its first step: a scheduler that changes ``lr`` every step should be
-    given an ``inject_hyperparams`` optimizer (``lr`` then lives in the state, so a new
-    value needs no new program; docs/migrating/torch-optim.md has the numbers).
+    next step. A new value builds a new optimizer, whose program the fast route
+    compiles at its first step; where the options change step after step (a scheduler
+    stepped per step), the group switches by itself to ``inject_hyperparams`` of the
+    constructor, built once, whose state holds the changing options as data: no new
+    program per step, and ``self.state`` and state dicts as before (torch's names;
+    docs/migrating/torch-optim.md has the numbers).
     Example::
 
         opt = TorchOptimizer(model.parameters(), agrad.optim.adamw, lr=1e-3)
