@@ -251,11 +251,46 @@ def test_no_compile_per_step_after_the_switch(monkeypatch, case):
     for i in range(20):
         if i == 5:
             assert _switched(a)
+            assert compiles  # the counter sees the fast route's compiles
             compiles.clear()
         _grads([_params_of(a)], gen)
         a.step()
         sa.step()
     assert compiles == []
+
+
+@pytest.mark.parametrize("case", ["adam", "sgd-momentum", "adamw"])
+def test_the_switched_group_takes_the_steady_checks(monkeypatch, case):
+    """After the switch, neither TorchOptimizer's per-parameter checks nor the fast
+    route's full input check run: a new lr is a value, as in a constant-lr loop."""
+    calls = {"plan": 0, "inputs": 0}
+    plan, inputs = TorchOptimizer._plan, fastpath._inputs
+
+    def count_plan(*args: Any) -> Any:
+        calls["plan"] += 1
+        return plan(*args)
+
+    def count_inputs(*args: Any) -> Any:
+        calls["inputs"] += 1
+        return inputs(*args)
+
+    monkeypatch.setattr(TorchOptimizer, "_plan", count_plan)
+    monkeypatch.setattr(fastpath, "_inputs", count_inputs)
+    a, sa, _, _ = _pair(case, torch.float32, "cosine")
+    gen = torch.Generator().manual_seed(8)
+    grads = [torch.randn(p.shape, generator=gen) for p in _params_of(a)]
+    for i in range(12):
+        if i == 6:
+            assert _switched(a)
+            calls.update(plan=0, inputs=0)
+        for p, g in zip(_params_of(a), grads):  # in place, as backward() accumulates
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+        a.step()
+        sa.step()
+    assert calls == {"plan": 0, "inputs": 0}
 
 
 def test_constant_again_goes_back_to_the_plain_optimizer():
