@@ -332,3 +332,17 @@ def test_groups_with_their_own_schedules():
     _run(a, sa, t, st, 12, gen)
     assert a._watch[0].opt is not None and a._watch[1].opt is None
     _same_as_torch(a, t, _tols("adam", torch.float32))
+
+
+def test_an_option_that_changes_the_state_keeps_the_plain_rebuild():
+    """SGD's momentum moved to 0 (the plain optimizer keeps no buffer, the injected one
+    would): the group is not switched, and still steps as torch.optim.SGD."""
+    a, sa, t, st = _pair("sgd-momentum", torch.float64, "cosine")
+    gen = torch.Generator().manual_seed(9)
+    for i in range(12):
+        momentum = 0.9 if i == 0 else 0.0
+        for opt in (a, t):
+            opt.param_groups[0]["momentum"] = momentum
+        _run(a, sa, t, st, 1, gen, start=i)
+    assert not _switched(a) and a._watch[0].refused is not None
+    _same_as_torch(a, t, _tols("sgd", torch.float64))

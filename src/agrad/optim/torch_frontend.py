@@ -583,11 +583,15 @@ class TorchOptimizer(torch.optim.Optimizer):
         try:
             if _closure_driven(plain):
                 raise TypeError("closure-driven")
+            values = {k: _plain(group[k]) for k in self._options}
             statics = tuple(k for k in self._options if k not in names)
-            opt = inject_hyperparams(self._factory, static_args=statics)(
-                **{k: _plain(group[k]) for k in self._options}
-            )
-            same = _entries(opt.init(_PROBE), True) == _entries(plain.init(_PROBE), False)
+            opt = inject_hyperparams(self._factory, static_args=statics)(**values)
+            # the state the injected rule steps on (hyperparameters as arrays) must be the
+            # plain one's: an option at 0 may keep no buffer in one and one in the other
+            as_arrays = self._factory(**{**values, **{k: _as_array(values[k]) for k in names}})
+            plain_entries = _entries(plain.init(_PROBE), False)
+            same = _entries(opt.init(_PROBE), True) == plain_entries
+            same = same and _entries(as_arrays.init(_PROBE), False) == plain_entries
         except Exception:
             same = False
         if not same:
@@ -873,6 +877,13 @@ _DATA_PTR = torch.Tensor.data_ptr
 
 
 _PROBE = {"0": torch.zeros(2, 2)}  # a parameter tree to compare two optimizers' states on
+
+
+def _as_array(value: Any) -> Any:
+    """An option's value as ``inject_hyperparams`` passes it to the rule: 0-d arrays."""
+    if isinstance(value, tuple):
+        return tuple(None if v is None else _as_array(v) for v in value)
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _entries(state: Any, scheduled: bool) -> list[tuple[str, bool]]:
