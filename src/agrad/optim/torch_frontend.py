@@ -16,6 +16,13 @@ How it works:
   from the group's current options (a scheduler that changed ``group["lr"]`` or
   ``group["betas"]`` is seen at the next step); built optimizers are cached per
   distinct options, and building one costs about 20 us, far less than a step.
+- Schedules. A new optimizer is a new program for agrad's fast route to compile, so a
+  group whose numeric options change at two steps in a row (an lr scheduler stepped
+  per step) switches to ``inject_hyperparams`` of its constructor, built once
+  (:class:`_Scheduled`): the options that moved are 0-d tensors of its state, filled
+  from the group before each step and never kept in ``self.state``, whose entries
+  keep the plain optimizer's names. Another option changed builds it again; 64 steps
+  with the same options take the group back to the plain optimizer.
 - State. As in torch, state is per parameter and lazy: ``self.state[p]`` holds the
   parameter's slice of the agrad state under torch's names (``exp_avg``,
   ``momentum_buffer``..., ``step`` for the step count, a float tensor as torch keeps
@@ -37,8 +44,9 @@ How it works:
   same group, optimizer, parameters, gradients' metadata, addresses, state tensors
   and step counts), the next step passes the very same objects, so agrad's torch fast
   route takes its own steady check (:mod:`agrad.optim._steady`) instead of checking
-  every tensor. Anything else (``p.data = ...``, ``load_state_dict``, a new ``lr``, a
-  ``None`` gradient) takes the full path, which makes a new record.
+  every tensor (a scheduled group's new ``lr`` is a value too). Anything else
+  (``p.data = ...``, ``load_state_dict``, a new optimizer, a ``None`` gradient) takes
+  the full path, which makes a new record.
 - Closure-driven optimizers (``agrad.optim.lbfgs``) take torch's ``step(closure)``:
   the closure is called at every point the optimizer tries, with the parameters set
   to it, as ``torch.optim.LBFGS`` does; one parameter group, as torch's.
@@ -184,26 +192,129 @@ def _entry_name(path: str) -> str:
     return name
 
 
+_INNER = "inner_state."  # a scheduled group's optimizer state: its entries' prefix
+_FED = "hyperparams["  # and its injected hyperparameters' (fed from the group)
+_SCHEDULE_AFTER = 2  # consecutive steps with new option values: a schedule
+_CONSTANT_AFTER = 64  # steps with the same values: constant again, back to the plain optimizer
+
+
+def _number(v: Any) -> bool:
+    """A Python ``int`` or ``float`` (not a ``bool``)."""
+    return type(v) in (int, float)
+
+
+def _injectable(v: Any) -> bool:
+    """An option value a scheduled group takes as data: a number, or a tuple of numbers
+    (``betas``; ``None`` entries stay ``None``)."""
+    if isinstance(v, tuple):
+        return bool(v) and any(map(_number, v)) and all(x is None or _number(x) for x in v)
+    return _number(v)
+
+
+class _Scheduled:
+    """A group's watch over its options, and its optimizer while they are scheduled.
+
+    Every step of a group with a factory is observed (:meth:`observe`). While its
+    options keep their values, the group runs the plain optimizer of its options, as
+    always. After :data:`_SCHEDULE_AFTER` consecutive steps with new values of numeric
+    options (an lr scheduler stepped per step), the group switches to
+    ``inject_hyperparams(factory, static_args=<the others>)`` built once (``opt``):
+    the options that moved (``names``) are 0-d float tensors in its state, fed from
+    the group at each step (:meth:`feed`), so a new value is new data, not a new
+    program for the fast route to compile. Its state's entries keep the plain
+    optimizer's names (:class:`_Layout` ``scheduled``), so ``self.state`` and state
+    dicts do not change. After :data:`_CONSTANT_AFTER` steps with unchanged options, or
+    a change of an option it holds fixed (``amsgrad``...), the group goes back to the
+    plain optimizer (one new program, as any new option value makes).
+    """
+
+    __slots__ = (
+        "calm", "changed", "current", "fixed", "key", "moved", "names", "opt", "refused", "values",
+    )  # fmt: skip
+
+    def __init__(self, key: tuple):
+        self.key = key  # the options at the last step, as _optimizer_for keys them
+        self.changed = 0  # consecutive steps with new values
+        self.calm = 0  # consecutive steps with the same values
+        self.moved: set[str] = set()  # numeric options whose value changed
+        self.opt: GradientTransformation | None = None
+        self.names: tuple[str, ...] = ()  # the injected options
+        self.fixed: tuple = ()  # the other options' values, which ``opt`` was built with
+        self.refused: tuple | None = None  # (fixed, names) that could not be injected
+        self.values: dict[tuple, Any] = {}  # (entry name, dtype, device) -> 0-d tensor
+        self.current: dict[str, Any] = {}  # the injected options' values this step
+
+    def observe(self, key: tuple) -> None:
+        """Count this step's options against the last step's."""
+        if key == self.key:
+            self.changed, self.calm = 0, self.calm + 1
+            return
+        for (k, old), (_, new) in zip(self.key, key):
+            if old != new and _injectable(old) and _injectable(new):
+                self.moved.add(k)
+        self.key, self.changed, self.calm = key, self.changed + 1, 0
+
+    def fits(self, key: tuple) -> bool:
+        """Whether ``opt`` runs the options ``key``: the same fixed options."""
+        return self.fixed == tuple(kv for kv in key if kv[0] not in self.names)
+
+    def feed(self, group: dict[str, Any]) -> None:
+        """The group's values of the injected options into their tensors, in place."""
+        self.current = {k: _plain(group[k]) for k in self.names}
+        for (name, _, _), t in self.values.items():
+            t.fill_(self._value(name))
+
+    def _value(self, name: str) -> float:
+        """The option value for the entry ``hyperparams['betas'][0]`` (or ``['lr']``)."""
+        key, _, rest = name[len(_FED) :].partition("]")
+        value = self.current[key.strip("'\"")]
+        return float(value[int(rest.strip("[]"))] if rest else value)
+
+    def leaf(self, name: str, spec: Any, device: Any) -> Any:
+        """The tensor fed to the state leaf ``name`` (made at first use, of ``spec``'s
+        dtype, on ``device``)."""
+        where = (name, spec.dtype, device)
+        t = self.values.get(where)
+        if t is None:
+            t = self.values[where] = torch.tensor(
+                self._value(name), dtype=spec.dtype, device=device
+            )
+        return t
+
+
 class _Layout:
     """Where each leaf of an agrad state for ``n`` parameters lives in ``self.state``.
 
     ``per_param[i]`` is ``(name, j)`` for the leaf that belongs to the bucket's ``j``-th
     parameter, or ``(name, None)`` for a leaf shared by the whole bucket (a step
     count), which every parameter keeps a copy of, as torch keeps ``step``.
+
+    ``scheduled``: the state is a :class:`_Scheduled` optimizer's
+    (``InjectHyperparamsState``): its ``inner_state.<x>`` entries are named ``<x>``, as
+    the plain optimizer's, and its ``hyperparams[...]`` leaves are ``fed`` (leaf index
+    -> name): fed from the group's options at each step, never kept in ``self.state``.
     """
 
-    __slots__ = ("leaves", "shared", "template", "treedef")
+    __slots__ = ("fed", "leaves", "shared", "template", "treedef")
 
-    def __init__(self, template: Any, n: int):
+    def __init__(self, template: Any, n: int, scheduled: bool = False):
         leaves, self.treedef, paths = flatten(template)
         keys = {f"[{str(j)!r}]": j for j in range(n)}
         self.leaves: list[tuple[str, int | None]] = []
-        for path in paths:
+        self.fed: dict[int, str] = {}
+        for i, path in enumerate(paths):
             cut = path.rfind("[")
             j = keys.get(path[cut:]) if cut >= 0 else None
-            self.leaves.append((_entry_name(path[:cut] if j is not None else path), j))
+            name = _entry_name(path[:cut] if j is not None else path)
+            if scheduled and name.startswith(_INNER):
+                name = name[len(_INNER) :]
+            elif scheduled and j is None and name.startswith(_FED):
+                self.fed[i] = name
+            self.leaves.append((name, j))
         self.template = leaves
-        self.shared = [(i, name) for i, (name, j) in enumerate(self.leaves) if j is None]
+        self.shared = [
+            (i, name) for i, (name, j) in enumerate(self.leaves) if j is None and i not in self.fed
+        ]
 
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -226,10 +337,12 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     Each step builds the group's optimizer from ``group``'s options, so schedulers and
     manual edits of ``group["lr"]`` (or ``betas``, ``weight_decay``...) apply from the
-    next step. Each new value builds a new optimizer, whose program the fast route
-    compiles at its first step: a scheduler that changes ``lr`` every step should be
-    given an ``inject_hyperparams`` optimizer (``lr`` then lives in the state, so a new
-    value needs no new program; docs/migrating/torch-optim.md has the numbers).
+    next step. A new value builds a new optimizer, whose program the fast route
+    compiles at its first step; where the options change step after step (a scheduler
+    stepped per step), the group switches by itself to ``inject_hyperparams`` of the
+    constructor, built once, whose state holds the changing options as data: no new
+    program per step, and ``self.state`` and state dicts as before (torch's names;
+    docs/migrating/torch-optim.md has the numbers).
     Example::
 
         opt = TorchOptimizer(model.parameters(), agrad.optim.adamw, lr=1e-3)
@@ -313,6 +426,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._seen: dict[int, tuple] = {}
         # group index -> (the optimizer of its options, a copy of its own for steady steps)
         self._own: dict[int, tuple] = {}
+        # group index -> its watch over its options (a schedule switches it, _Scheduled)
+        self._watch: dict[int, _Scheduled] = {}
+        # id of a scheduled group's optimizer -> the group's watch (its layout, fed leaves)
+        self._by_opt: dict[int, _Scheduled] = {}
         super().__init__(params, dict(self._options))
 
     # -- state dicts ------------------------------------------------------------------
@@ -357,6 +474,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._steady = {}  # new groups and state tensors: the next step takes the full path
         self._seen = {}
         self._own = {}
+        self._watch = {}
+        self._by_opt = {}
         for group in self.param_groups:
             for k, v in self._options.items():
                 group.setdefault(k, v)
@@ -397,13 +516,17 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _label(self) -> str:
         return repr(self._fixed) if self._factory is None else _name(self._factory)
 
-    def _optimizer_for(self, group: dict[str, Any]) -> GradientTransformation:
-        """The agrad optimizer for ``group``'s current options (cached per distinct options)."""
+    def _optimizer_for(
+        self, group: dict[str, Any], key: tuple | None = None
+    ) -> GradientTransformation:
+        """The agrad optimizer for ``group``'s current options (cached per distinct options;
+        ``key``: :meth:`_key` of the group, where already known)."""
         if self._factory is None:
             assert self._fixed is not None
             return self._fixed
         names = self._options
-        key = tuple((k, _frozen(group[k])) for k in names)
+        if key is None:
+            key = self._key(group)
         opt = self._built.get(key)
         if opt is None:
             opt = self._factory(**{k: _plain(group[k]) for k in names})
@@ -412,6 +535,71 @@ class TorchOptimizer(torch.optim.Optimizer):
                 raise TypeError(msg)
             self._built[key] = opt
         return opt
+
+    def _key(self, group: dict[str, Any]) -> tuple:
+        """The group's options as a hashable key (what the built optimizers are cached by)."""
+        return tuple((k, _frozen(group[k])) for k in self._options)
+
+    def _group_optimizer(self, gi: int, group: dict[str, Any]) -> GradientTransformation:
+        """The optimizer group ``gi`` steps with: the plain one of its options, or while
+        they are scheduled (new values step after step) its :class:`_Scheduled` one, fed
+        the options' current values."""
+        if self._factory is None or self._torch_name is None or self._injected:
+            return self._optimizer_for(group)  # chains, custom factories, fixed optimizers
+        key = self._key(group)
+        watch = self._watch.get(gi)
+        if watch is None:
+            self._watch[gi] = _Scheduled(key)
+            return self._optimizer_for(group, key)
+        watch.observe(key)
+        if watch.opt is not None:
+            if watch.calm < _CONSTANT_AFTER and watch.fits(key):
+                watch.feed(group)
+                return watch.opt
+            self._unschedule(watch)
+        if watch.changed >= _SCHEDULE_AFTER and watch.moved and self._schedule(watch, group, key):
+            watch.feed(group)
+            return watch.opt
+        return self._optimizer_for(group, key)
+
+    def _unschedule(self, watch: _Scheduled) -> None:
+        """Back to the plain optimizer of the group's options."""
+        self._by_opt.pop(id(watch.opt), None)
+        watch.opt, watch.names, watch.fixed, watch.values = None, (), (), {}
+
+    def _schedule(self, watch: _Scheduled, group: dict[str, Any], key: tuple) -> bool:
+        """Build the group's scheduled optimizer (``inject_hyperparams`` of the options
+        that moved); ``False`` where it cannot stand in for the plain one: an option
+        not injectable, or a state of another structure than the plain optimizer's."""
+        from agrad.optim.inject import inject_hyperparams
+
+        names = tuple(
+            k for k in self._options if k in watch.moved and _injectable(_plain(group[k]))
+        )
+        fixed = tuple(kv for kv in key if kv[0] not in names)
+        if not names or watch.refused == (fixed, names):
+            return False
+        plain = self._optimizer_for(group, key)
+        try:
+            if _closure_driven(plain):
+                raise TypeError("closure-driven")
+            values = {k: _plain(group[k]) for k in self._options}
+            statics = tuple(k for k in self._options if k not in names)
+            opt = inject_hyperparams(self._factory, static_args=statics)(**values)
+            # the state the injected rule steps on (hyperparameters as arrays) must be the
+            # plain one's: an option at 0 may keep no buffer in one and one in the other
+            as_arrays = self._factory(**{**values, **{k: _as_array(values[k]) for k in names}})
+            plain_entries = _entries(plain.init(_PROBE), False)
+            same = _entries(opt.init(_PROBE), True) == plain_entries
+            same = same and _entries(as_arrays.init(_PROBE), False) == plain_entries
+        except Exception:
+            same = False
+        if not same:
+            watch.refused = (fixed, names)
+            return False
+        watch.opt, watch.names, watch.fixed, watch.values = opt, names, fixed, {}
+        self._by_opt[id(opt)] = watch
+        return True
 
     # -- the step ---------------------------------------------------------------------
     @torch.no_grad()
@@ -425,7 +613,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        opts = [self._optimizer_for(g) for g in self.param_groups]
+        for i in [i for i in self._watch if i >= len(self.param_groups)]:
+            watch = self._watch.pop(i)
+            self._unschedule(watch)
+        opts = [self._group_optimizer(i, g) for i, g in enumerate(self.param_groups)]
         if any(_closure_driven(opt) for opt in opts):
             return self._step_closure_driven(closure)
         groups = list(enumerate(zip(self.param_groups, opts)))
@@ -530,7 +721,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                 state = template(leaves, treedef)
             else:
                 state = opt.init(params)
-            layout = self._layouts[key] = _Layout(state, len(params))
+            scheduled = id(opt) in self._by_opt
+            layout = self._layouts[key] = _Layout(state, len(params), scheduled)
         return layout
 
     def _initialize(self, opt: GradientTransformation, params: list[Any]) -> None:
@@ -540,7 +732,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         layout = self._layout(opt, tree)
         leaves = flatten(state)[0]
         fresh: list[dict[str, Any]] = [{} for _ in params]
-        for (name, j), value in zip(layout.leaves, leaves):
+        for i, ((name, j), value) in enumerate(zip(layout.leaves, leaves)):
+            if i in layout.fed:
+                continue
             for k in range(len(params)) if j is None else (j,):
                 fresh[k][name] = _stored(value, name) if j is None else value
         for p, entries in zip(params, fresh):
@@ -616,8 +810,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             self._fill(opt, [params[j] for j in sorted(lacking)])
         leaves = []
         first = states[0]
-        for (name, j), spec in zip(layout.leaves, layout.template):
-            if j is None:
+        for i, ((name, j), spec) in enumerate(zip(layout.leaves, layout.template)):
+            if i in layout.fed:
+                leaves.append(self._by_opt[id(opt)].leaf(name, spec, params[0].device))
+            elif j is None:
                 leaves.append(_as_leaf(first.get(name, _MISSING), spec, params[0], first, name))
             else:
                 x = states[j][name]
@@ -678,6 +874,27 @@ _MISSING = object()
 _GRAD = attrgetter("grad")
 _DTYPE = attrgetter("dtype")
 _DATA_PTR = torch.Tensor.data_ptr
+
+
+_PROBE = {"0": torch.zeros(2, 2)}  # a parameter tree to compare two optimizers' states on
+
+
+def _as_array(value: Any) -> Any:
+    """An option's value as ``inject_hyperparams`` passes it to the rule: 0-d arrays."""
+    if isinstance(value, tuple):
+        return tuple(None if v is None else _as_array(v) for v in value)
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _entries(state: Any, scheduled: bool) -> list[tuple[str, bool]]:
+    """A state's entries as ``self.state`` names them, and whether each is an array
+    (a scheduled state's fed hyperparameters left out)."""
+    layout = _Layout(state, 1, scheduled)
+    return [
+        (name, is_array(spec))
+        for i, ((name, _), spec) in enumerate(zip(layout.leaves, layout.template))
+        if i not in layout.fed
+    ]
 
 
 def _is_step(name: str) -> bool:
