@@ -413,6 +413,46 @@ def test_injected_change_equals_torch_param_groups(name):
         np.testing.assert_allclose(got[k], ref, rtol=1e-10, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize(
+    ("start", "later", "dampening", "nesterov"),
+    [(0.0, 0.0, 0.0, False), (0.0, 0.9, 0.0, False), (0.9, 0.0, 0.0, False), (0.9, 0.5, 0.0, True)],
+)
+def test_injected_sgd_momentum_from_zero_equals_torch(start, later, dampening, nesterov):
+    """``inject_hyperparams(sgd)(momentum=0.0)`` steps (it once raised at its first
+    step: its state had no buffer, its array rule read one), and a momentum turned
+    on or off mid-run == torch.optim.SGD with the param group's momentum changed.
+    Not covered, a known difference: momentum turned on mid-run with a nonzero
+    dampening (torch's first buffer is the gradient, agrad's 0 * momentum + (1 -
+    dampening) * g)."""
+    torch = pytest.importorskip("torch")
+    import numpy as xp
+
+    static = {"nesterov": nesterov} if nesterov else {}
+    kw = {"lr": 0.1, "momentum": start, "dampening": dampening}
+    opt = o.inject_hyperparams(o.sgd, static_args=tuple(static))(**static, **kw)
+    got, _ = _run(
+        lambda: opt,
+        xp,
+        SHAPES,
+        np.float64,
+        change_state=lambda s: s.with_hyperparams(momentum=later),
+    )
+    params, c, t = _problem(xp, SHAPES, np.float64)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    topt = torch.optim.SGD(list(tp.values()), **static, **kw)
+    for i in range(STEPS):
+        if i == AT:
+            topt.param_groups[0]["momentum"] = later
+        topt.zero_grad()
+        for k, p in tp.items():
+            p.grad = (p * torch.tensor(c[k]) - torch.tensor(t[k])).detach()
+        topt.step()
+    for k in got:
+        np.testing.assert_allclose(
+            got[k], tp[k].detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=k
+        )
+
+
 def test_injected_on_dask_equals_building_anew(xp):
     """One optimizer with several injected values on every backend, Dask included."""
     if "dask" not in xp.__name__:

@@ -131,7 +131,12 @@ def inject_hyperparams(
                 hp = {k: to_state(xp, leaves[0], v) for k, v in injected.items()}
             else:
                 hp = dict(injected)
-            return InjectHyperparamsState(hp, probe.inner_init(params))
+            # the rule with the state's arrays decides the state, as it decides the step
+            # (an injected momentum of 0 keeps the buffer the array rule steps on)
+            inner = (
+                factory(**fixed, **hp).inner_init(params) if leaves else probe.inner_init(params)
+            )
+            return InjectHyperparamsState(hp, inner)
 
         def update(updates: Any, state: InjectHyperparamsState, params: Any):
             hp = dict(state.hyperparams)
