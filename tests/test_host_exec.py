@@ -643,3 +643,34 @@ def test_expand_dims_is_recorded_and_read_in_place():
         assert plan.n_reductions == 1
     with pytest.raises(NotRecordable):
         record(with_axis(3), xp, p, p, flatten_leaves(p)[1], ())
+
+
+def test_runtime_flags_keep_rounding_and_ask_avx2_only_where_the_cpu_has_it(monkeypatch):
+    """The run-time flags never allow contraction or fast math (results stay those of
+    NumPy and torch); AVX2 is asked for only on an x86-64 CPU that lists it."""
+    import builtins
+    import io
+    import platform
+
+    from agrad.optim.program import host_c
+
+    flags = host_c.RUNTIME_CFLAGS
+    assert "-ffp-contract=off" in flags and "-fno-fast-math" in flags
+    assert not any(f in flags for f in ("-mfma", "-ffast-math", "-march=native", "-Ofast"))
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert host_c._vector_flags() == ()
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    real_open = builtins.open
+
+    def cpuinfo(flags_line):
+        def fake(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                return io.StringIO(f"processor\t: 0\nflags\t\t: {flags_line}\n")
+            return real_open(path, *a, **k)
+
+        return fake
+
+    monkeypatch.setattr(builtins, "open", cpuinfo("fpu sse sse2 avx avx2 fma"))
+    assert host_c._vector_flags() == ("-mavx2",)
+    monkeypatch.setattr(builtins, "open", cpuinfo("fpu sse sse2 avx"))
+    assert host_c._vector_flags() == ()
