@@ -15,7 +15,8 @@ How it works:
   :class:`~agrad.optim.GradientTransformation`). A step builds the group's optimizer
   from the group's current options (a scheduler that changed ``group["lr"]`` or
   ``group["betas"]`` is seen at the next step); built optimizers are cached per
-  distinct options, and building one costs about 20 us, far less than a step.
+  distinct options (building one costs about 20 us; its first step compiles a program,
+  see Schedules).
 - Schedules. A new optimizer is a new program for agrad's fast route to compile, so a
   group whose numeric options change at two steps in a row (an lr scheduler stepped
   per step) switches to ``inject_hyperparams`` of its constructor, built once
@@ -1062,11 +1063,7 @@ def _columns(per_param: list[tuple], leaves: list, template: list) -> list[tuple
 def _steps_kept(steps: list[Any]) -> bool:
     """Whether step counts are torch's distinct 0-d float tensors of one dtype and
     device, which :func:`_set_steps` writes in place (the same objects next step)."""
-    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
-        return False
-    return (
-        len({id(t) for t in steps}) == len(steps) and len({(t.dtype, t.device) for t in steps}) == 1
-    )
+    return _step_tensors(steps) and len({t.device for t in steps}) == 1
 
 
 def _count_leaf(leaf: Any, step: Any, spec: Any, p: Any, name: str) -> Any:
@@ -1193,14 +1190,18 @@ def _set_steps(steps: list[Any], name: str, value: Any) -> bool:
     """Write the new step count into each parameter's own ``step`` tensor, as torch.optim
     does (one ``_foreach_copy_``); ``False`` where they are not such tensors (then new
     ones are made)."""
-    if not (name == "step" or name.endswith(".step")):
-        return False
-    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
-        return False
-    if len({id(t) for t in steps}) != len(steps) or len({t.dtype for t in steps}) != 1:
+    if not _is_step(name) or not _step_tensors(steps):
         return False
     _copy_steps(steps, value)
     return True
+
+
+def _step_tensors(steps: list[Any]) -> bool:
+    """Whether ``steps`` are distinct 0-d float tensors of one dtype (torch's step counts,
+    which :func:`_copy_steps` writes in place)."""
+    if not all(type(t) is torch.Tensor and t.ndim == 0 and t.is_floating_point() for t in steps):
+        return False
+    return len({id(t) for t in steps}) == len(steps) and len({t.dtype for t in steps}) == 1
 
 
 def _copy_steps(steps: list[Any], value: Any) -> None:

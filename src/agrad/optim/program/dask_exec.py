@@ -781,30 +781,31 @@ def _run_tasks(tasks: list[tuple[Any, Any]], values: dict, threads: bool) -> dic
     return {key: r for (key, _), r in zip(tasks, results)}
 
 
+def _point(dst: Any, meta: Any, hlg: Any, name: str, chunks: tuple) -> None:
+    """Make Dask array ``dst`` the array of layer ``name`` in graph ``hlg``."""
+    dst._meta = meta
+    dst.dask = hlg
+    dst._name = name
+    dst._chunks = chunks
+
+
 def _rebind_concrete(dsts: list[Any], name: str, chunks: dict, value: _Out) -> None:
+    """Make each of ``dsts`` stand for ``chunks``, the finished chunks of ``value``
+    (one layer of values, what ``persist`` makes)."""
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     hlg = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
     for dst in dsts:
-        dst._meta = value.meta
-        dst.dask = hlg
-        dst._name = name
-        dst._chunks = value.chunks
+        _point(dst, value.meta, hlg, name, value.chunks)
 
 
 def _rebind(dst: Any, value: Any, graph: _Graph) -> None:
     """Make Dask array ``dst`` stand for ``value`` (an array or a block's output)."""
     if not isinstance(value, _Out):
-        dst._meta = value._meta
-        dst.dask = value.dask
-        dst._name = value.name
-        dst._chunks = value.chunks
+        _point(dst, value._meta, value.dask, value.name, value.chunks)
         return
     name = _out_layer(value, graph)
-    dst._meta = value.meta
-    dst.dask = graph.graph_of(name)
-    dst._name = name
-    dst._chunks = value.chunks
+    _point(dst, value.meta, graph.graph_of(name), name, value.chunks)
 
 
 def _out_layer(value: _Out, graph: _Graph) -> str:
