@@ -690,3 +690,158 @@ def test_eager_steps_in_several_threads_at_once(pool_min):
     with ThreadPoolExecutor(4) as ex:
         for got, want in ex.map(train, range(30, 38)):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# -- eager steps that write over the old chunks ----------------------------------------
+_DONATING_CASES = ("adam", "sgd", "nadam", "rmsprop-centered", "adamax", "lion")
+
+
+def _steady(factory, shape=(8, 6), chunks=(2, 6), seed=40, steps=6):
+    """Persisted arrays and a gradient per step; the optimizer, ``p``, ``s`` and the
+    gradients (NumPy), after two plain steps (the chunks are then the route's own)."""
+    params, _ = leaves([shape], np.float64, seed)
+    rng = np.random.default_rng(seed)
+    grads = [[rng.standard_normal(shape)] for _ in range(steps)]
+    opt = factory()
+    p = _persisted(params, [chunks])
+    s = tree_map(_persist_each, opt.init(p))
+    for g in grads[:2]:
+        p, s = opt.step(p, _persisted(g, [chunks]), s)
+    return opt, p, s, params, grads
+
+
+def _chunk_ids(x):
+    return [id(v) for v in x.dask.layers[x.name].mapping.values()]
+
+
+@pytest.mark.parametrize("case", _DONATING_CASES)
+def test_steady_steps_write_over_the_old_chunks(case, pool_min):
+    """Once a leaf's chunks are the route's own and only the array being rebound holds
+    them, a one-wave step writes each block's outputs over the chunks of the values
+    they replace (the same buffers step after step, as NumPy's in-place step): counted,
+    and equal bit for bit to agrad's in-place NumPy step (same kernels, same order)."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    if not host_exec.available():
+        pytest.skip("no C compiler: the chunk tasks run NumPy's ufuncs, nothing is donated")
+    factory = CASES[case]
+    opt, p, s, params, grads = _steady(factory)
+    ids = _chunk_ids(p[0])
+    before = dask_exec.donated_chunks
+    for g in grads[2:]:
+        p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
+    assert dask_exec.donated_chunks > before
+    assert _chunk_ids(p[0]) == ids  # the parameter's chunks written in place
+    want = _numpy_steps(factory, params, grads)[-1]
+    np.testing.assert_array_equal(np.asarray(p[0]), want[0][0])
+    for x, w in zip(state_arrays(s), want[1]):
+        np.testing.assert_array_equal(x, w)
+
+
+def _hold_lazy(p):
+    return p + 0.0
+
+
+def _hold_graph(p):
+    return da.Array(p.dask, p.name, p.chunks, meta=p._meta)
+
+
+def _hold_chunk(p):
+    return p.dask[(p.name, 1, 0)]
+
+
+def _hold_view(p):
+    return p.dask[(p.name, 2, 0)][1:]
+
+
+_HOLDERS = {
+    "lazy expression": _hold_lazy,
+    "same graph": _hold_graph,
+    "copy": lambda p: p.copy(),
+    "one block": lambda p: p.blocks[1],
+    "a chunk": _hold_chunk,
+    "a view of a chunk": _hold_view,
+    "a computed block": lambda p: p.blocks[3].compute(),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(_HOLDERS))
+def test_old_values_held_elsewhere_are_never_written(holder):
+    """Anything that can still read the parameter's old value (a lazy expression, an
+    array on its graph, a chunk, a view, a computed block) keeps its values through the
+    steps: those chunks are not written over; the steps are still agrad's NumPy steps."""
+    factory = CASES["adam"]
+    opt, p, s, params, grads = _steady(factory)
+    held = _HOLDERS[holder](p[0])
+    snapshot = np.array(held, copy=True)
+    for g in grads[2:]:
+        p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
+        np.testing.assert_array_equal(np.asarray(held), snapshot, err_msg=holder)
+    want = _numpy_steps(factory, params, grads)[-1]
+    np.testing.assert_array_equal(np.asarray(p[0]), want[0][0])
+
+
+def test_not_in_place_steps_keep_their_inputs():
+    """``inplace=False`` on the route's own chunks: the arrays given keep their values
+    (nothing written over), the new ones are the in-place steps'."""
+    factory = CASES["adam"]
+    opt, p, s, params, grads = _steady(factory)
+    before = [np.asarray(x).copy() for x in [*p, *_dask_leaves(s)]]
+    new_p, new_s = opt.step(p, _persisted(grads[2], [(2, 6)]), s, inplace=False)
+    for x, y in zip([*p, *_dask_leaves(s)], before):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    want = _numpy_steps(factory, params, grads[:3])[-1]
+    np.testing.assert_array_equal(np.asarray(new_p[0]), want[0][0])
+
+
+def test_one_graph_as_two_leaves_is_not_written_over():
+    """Two Dask arrays of one graph (the same name) as two parameters: their chunks are
+    the old value of both, so neither block writes over them; each leaf gets its step."""
+    opt = ao.sgd(lr=0.1)
+    x = _persisted([np.arange(12.0).reshape(4, 3)], [(2, 3)])[0]
+    g = _persisted([np.ones((4, 3))], [(2, 3)])[0]
+    p = [x]
+    s = opt.init(p)
+    for _ in range(3):  # the chunks are then the route's own
+        p, s = opt.step(p, [g], s)
+    p = [x, da.Array(x.dask, x.name, x.chunks, meta=x._meta)]
+    s = opt.init(p)
+    p, s = opt.step(p, [g, g], s)
+    p, s = opt.step(p, [g, g], s)
+    want = np.arange(12.0).reshape(4, 3) - 0.5
+    np.testing.assert_allclose(np.asarray(p[0]), want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(p[1]), want, rtol=1e-12)
+
+
+def test_a_failing_donating_step_writes_nothing(pool_min, monkeypatch):
+    """A block task that raises while the step is prepared (here the third), in a step
+    that would write over the old chunks: the step raises, no array is rebound and no
+    chunk is written (every C call comes after every task is prepared); the next step
+    starts from the same values."""
+    from agrad.optim.program import dask_exec
+
+    factory = CASES["adam"]
+    opt, p, s, params, grads = _steady(factory)
+    names = [x.name for x in [*p, *_dask_leaves(s)]]
+    before = [np.asarray(x).copy() for x in [*p, *_dask_leaves(s)]]
+    calls = []
+    real = dask_exec.BlockTask.prepare
+
+    def failing(self, inputs, donated=frozenset()):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("no room for a chunk")
+        return real(self, inputs, donated)
+
+    monkeypatch.setattr(dask_exec.BlockTask, "prepare", failing)
+    with pytest.raises(MemoryError, match="no room"):
+        opt.step(p, _persisted(grads[2], [(2, 6)]), s)
+    assert len(calls) == 3
+    assert [x.name for x in [*p, *_dask_leaves(s)]] == names
+    for x, y in zip([*p, *_dask_leaves(s)], before):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    monkeypatch.setattr(dask_exec.BlockTask, "prepare", real)
+    for g in grads[2:]:
+        p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
+    want = _numpy_steps(factory, params, grads)[-1]
+    np.testing.assert_array_equal(np.asarray(p[0]), want[0][0])

@@ -69,7 +69,7 @@ from agrad.optim.program.fusion import (
 )
 from agrad.optim.program.ir import Program, pre_nodes
 
-__all__ = ["DaskExecutor", "BlockTask", "host_chunk_runs"]
+__all__ = ["DaskExecutor", "BlockTask", "donated_chunks", "host_chunk_runs"]
 
 _PLANS_KEPT = 64
 #: Elements per tile of a NumPy chunk (256 KiB of float32: a few tiles fit in L2).
@@ -103,6 +103,9 @@ class BlockTask:
             for a in program.nodes[i].args:
                 if a[0] == "n":
                     last[a[1]] = pos
+        #: ``(k, pos)``: output ``k`` may be written into input ``pos``'s chunk where the
+        #: step donates that chunk (:func:`_donations`); set by the executor's plan
+        self.donors: tuple[tuple[int, int], ...] = ()
         keep = set(block.outputs)
         self._dying = [
             tuple(
@@ -171,27 +174,44 @@ class BlockTask:
         return f"BlockTask({len(self.block.nodes)} nodes -> {len(self.block.outputs)})"
 
     def __call__(self, *inputs: Any) -> Any:
-        arrays = [x for r, x in zip(self.block.inputs, inputs) if r[0] == "n"]
-        np = sys.modules.get("numpy")
-        if np is not None and self.block.shape and arrays:
-            # NumPy chunks, and 0-d values NumPy may hand out as scalars (np.float32)
-            if all(type(x) is np.ndarray or isinstance(x, np.generic) for x in arrays):
-                shape = next((x.shape for x in arrays if x.ndim), ())
-                if shape and all(
-                    x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
-                ):
-                    outs = self._host(np, inputs, shape)
-                    if outs is None:
-                        outs = self._tiled(np, inputs, shape)
-                    return outs[0] if len(outs) == 1 else tuple(outs)
-        outs = self._whole(inputs)
+        got = self.prepare(inputs)
+        if got is not None:
+            outs, run = got
+            run()
+        else:
+            np = sys.modules.get("numpy")
+            shape = self._numpy_shape(np, inputs)
+            outs = self._tiled(np, inputs, shape) if shape else self._whole(inputs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def _host(self, np: Any, inputs: tuple, shape: tuple) -> list[Any] | None:
-        """The block on NumPy chunks as one call of its host C function, into recycled
-        output buffers (the GIL released); ``None`` where there is no such function or a
-        chunk is not of the block's dtypes and shape (then :meth:`_tiled` runs)."""
-        if not host_exec.enabled:
+    def _numpy_shape(self, np: Any, inputs: tuple) -> tuple:
+        """The chunks' shape where the array inputs are NumPy chunks of one shape,
+        C-contiguous (and 0-d values, which NumPy may hand out as scalars); else ``()``."""
+        if np is None or not self.block.shape:
+            return ()
+        arrays = [x for r, x in zip(self.block.inputs, inputs) if r[0] == "n"]
+        if not arrays or not all(
+            type(x) is np.ndarray or isinstance(x, np.generic) for x in arrays
+        ):
+            return ()
+        shape = next((x.shape for x in arrays if x.ndim), ())
+        if shape and all(
+            x.ndim == 0 or (x.shape == shape and x.flags.c_contiguous) for x in arrays
+        ):
+            return shape
+        return ()
+
+    def prepare(self, inputs: tuple | list, donated: set[int] = frozenset()) -> Any:
+        """The block on one chunk of each input as one call of its host C function, not
+        yet made: ``(outputs, run)``, where ``run()`` (which cannot raise) writes the
+        outputs. An output goes into the chunk of the input it replaces (``donors``)
+        where that chunk's ``id`` is in ``donated`` (taken from it), else into a
+        recycled buffer. ``None`` where there is no C function or the chunks do not fit
+        it (:meth:`_tiled` or :meth:`_whole` runs then); nothing is written either way
+        until ``run``."""
+        np = sys.modules.get("numpy")
+        shape = self._numpy_shape(np, tuple(inputs))
+        if not shape or not host_exec.enabled:
             return None
         roles, out_dtypes = self._roles
         types = tuple(scalar_dtype(x) for role, x in zip(roles, inputs) if role[0] == "s")
@@ -215,12 +235,24 @@ class BlockTask:
             sv = (ctypes.c_double * max(len(values), 1))(*values)
         except TypeError:  # a host scalar that is not a number: the ufuncs say what
             return None
-        outs = [_BUFFERS.empty(np, shape, dtype) for dtype in out_dtypes]
+        outs: list[Any] = [None] * len(out_dtypes)
+        for k, pos in self.donors if donated else ():
+            if id(inputs[pos]) in donated:
+                donated.discard(id(inputs[pos]))  # type: ignore[attr-defined]
+                outs[k] = inputs[pos]  # this chunk's old value, read by this block only
+        outs = [
+            _BUFFERS.empty(np, shape, dtype) if o is None else o
+            for o, dtype in zip(outs, out_dtypes)
+        ]
         addresses += [o.ctypes.data for o in outs]
-        size = outs[0].size if outs else 0
-        fn(1, (ctypes.c_longlong * 1)(size), (ctypes.c_void_p * len(addresses))(*addresses), sv, 0)
-        _count_host_chunk()
-        return outs
+        size = (ctypes.c_longlong * 1)(outs[0].size if outs else 0)
+        table = (ctypes.c_void_p * len(addresses))(*addresses)
+
+        def run() -> None:
+            fn(1, size, table, sv, 0)
+            _count_host_chunk()
+
+        return outs, run
 
     def _split(self, inputs: tuple) -> tuple[dict[int, Any], dict[int, Any]]:
         env: dict[int, Any] = {}
@@ -304,6 +336,9 @@ _COUNT_LOCK = threading.Lock()
 #: Chunks this process ran with a block's host C function (what the tests check the
 #: route with; the other chunk tasks run NumPy's ufuncs tile by tile).
 host_chunk_runs = 0
+#: Chunks eager steps wrote their new values over (the old value's chunk, which only
+#: the array being rebound held: see :func:`_donations`).
+donated_chunks = 0
 
 
 def _count_host_chunk() -> None:
@@ -338,6 +373,11 @@ class _Recycler:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[tuple, list[Any]] = {}
+        self._ids: set[int] = set()  # of the buffers in the pools
+
+    def holds(self, buf: Any) -> bool:
+        """Whether ``buf`` is one of the pools' buffers (a chunk a block made)."""
+        return id(buf) in self._ids
 
     def empty(self, np: Any, shape: tuple, dtype: Any) -> Any:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
@@ -351,8 +391,9 @@ class _Recycler:
                     return buf
             buf = np.empty(shape, dtype=dtype)
             pool.append(buf)
+            self._ids.add(id(buf))
             if len(pool) > max(1, min(self.KEEP, self.KEEP_BYTES // max(buf.nbytes, 1))):
-                del pool[0]
+                self._ids.discard(id(pool.pop(0)))
             return buf
 
 
@@ -376,6 +417,7 @@ class _Plan(NamedTuple):
     pre_leaves: list[int]  # the state leaves they read
     pre_0d: bool  # all of them 0-d
     token: str  # the program's
+    donor_leaves: tuple[tuple[str, int], ...]  # leaves whose old chunks a block may reuse
 
 
 class _Out(NamedTuple):
@@ -468,15 +510,18 @@ class DaskExecutor:
             steps = partition(program)
             tasks = [BlockTask(program, s) if isinstance(s, Block) else None for s in steps]
             pre = pre_nodes(program)
+            destinations = final_destinations(program)
+            inputs = input_nodes(program)
             plan = _Plan(
                 steps,
-                input_nodes(program),
-                final_destinations(program),
+                inputs,
+                destinations,
                 tasks,
                 pre,
                 [program.nodes[i].attr("leaf") for i in pre if program.nodes[i].op == "input"],
                 all(program.nodes[i].shape == () for i in pre),
                 tokenize(program.nodes),
+                _donors(program, steps, tasks, inputs, destinations),
             )
             got = (program, plan)
             self._plans[id(program)] = got
@@ -563,8 +608,8 @@ class DaskExecutor:
         env, destinations, graph, token = self._values(
             program, params, grads, state_leaves, scalars
         )
-        columns = {"param": params, "state": state_leaves}
-        if eager and _run_now(env, destinations, graph, token, columns):
+        columns = {"param": params, "state": state_leaves, "grad": grads}
+        if eager and _run_now(env, destinations, graph, token, columns, self._plan(program)):
             return
         for node, dests in destinations.items():
             value = (
@@ -635,7 +680,12 @@ def _concrete_layer(layer: Any, values: dict) -> bool:
 
 
 def _run_now(
-    env: dict[int, Any], destinations: dict, graph: _Graph, token: str, columns: dict
+    env: dict[int, Any],
+    destinations: dict,
+    graph: _Graph,
+    token: str,
+    columns: dict,
+    plan: _Plan,
 ) -> bool:
     """Run the step's chunk tasks now and rebind its arrays to the chunks they made (what
     ``persist`` would make of them), where every input chunk is concrete (persisted),
@@ -659,8 +709,17 @@ def _run_now(
         tasks = list(graph.layers[name].mapping.items())
         if not all(type(t) is Task for _, t in tasks):
             return False
-    for tasks, threads in _waves(*_fold_sums(graph), graph):
-        values.update(_run_tasks(tasks, values, threads))
+    waves = _waves(*_fold_sums(graph), graph)
+    done = None
+    if len(waves) == 1:  # nothing runs after this wave: its blocks may write in place
+        donated = _donations(plan, columns, graph)
+        if donated:
+            done = _run_donating(waves[0][0], values, donated, waves[0][1])
+    if done is not None:
+        values.update(done)
+    else:
+        for tasks, threads in waves:
+            values.update(_run_tasks(tasks, values, threads))
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
@@ -675,6 +734,135 @@ def _run_now(
             chunks[(name, *idx)] = got if value.single else got[value.k]
         _rebind_concrete([columns[c][leaf] for c, leaf in dests], name, chunks, value)
     return True
+
+
+def _donors(
+    program: Program,
+    steps: list[Step],
+    tasks: list[BlockTask | None],
+    inputs: dict[tuple[str, int], int],
+    destinations: dict[int, list[tuple[str, int]]],
+) -> tuple[tuple[str, int], ...]:
+    """Set each block task's ``donors`` and return the leaves they may reuse: a block
+    output that is the step's new value of a parameter or state leaf may be written
+    over that leaf's old chunk where this block is the only step reading the old value
+    (and no leaf receives the old value itself), as the NumPy route writes in place."""
+    readers: dict[int, set[int]] = {}
+    for s, step in enumerate(steps):
+        for i in (step.node,) if isinstance(step, Eager) else step.nodes:
+            for a in program.nodes[i].args:
+                if a[0] == "n":
+                    readers.setdefault(a[1], set()).add(s)
+    leaves = []
+    for s, (step, task) in enumerate(zip(steps, tasks)):
+        if task is None or not step.shape:
+            continue
+        pairs = []
+        for k, o in enumerate(step.outputs):
+            for column, leaf in destinations.get(o, ()):
+                n = inputs.get((column, leaf))
+                if n is None or n in destinations or readers.get(n) != {s}:
+                    continue
+                if ("n", n) not in step.inputs:
+                    continue
+                old, new = program.nodes[n], program.nodes[o]
+                if old.shape != step.shape or dtype_name(old.dtype) != dtype_name(new.dtype):
+                    continue
+                pairs.append((k, step.inputs.index(("n", n))))
+                leaves.append((column, leaf))
+                break
+        task.donors = tuple(pairs)
+    return tuple(leaves)
+
+
+#: References to a chunk of a leaf's old value while a step decides whether to donate
+#: it: its graph layer's mapping, the step's ``values``, the pool's list and
+#: ``sys.getrefcount``'s argument (see :func:`_donations`).
+_CHUNK_REFS = 4
+_LAYER_REFS = 3  # its graph's layers, the step's _Graph and getrefcount's argument
+_MAPPING_REFS = 2  # its layer and getrefcount's argument
+
+
+def _donations(plan: _Plan, columns: dict, graph: _Graph) -> set[int]:
+    """The chunks (by ``id``) of the leaves' old values that this step may write over
+    (``columns``: the step's arrays, which ``values`` has the chunks of): only where
+    nothing but the array being rebound can reach them, by ``sys.getrefcount`` on each
+    link (the array's graph, its one layer, the layer's mapping and every chunk, a pool
+    buffer a previous step made). A graph another array holds (a lazy ``p + 1``,
+    ``p.blocks[0]``, ``p.copy()``, an earlier ``inplace=False`` step's input), a chunk
+    a view or a ``compute()`` result holds, or an array given as two leaves keeps its
+    chunks, and the block writes new ones."""
+    if not plan.donor_leaves:
+        return set()
+    np = sys.modules["numpy"]
+    names: dict[str, int] = {}
+    for arrays in columns.values():
+        for x in arrays:
+            name = getattr(x, "name", None)
+            names[name] = names.get(name, 0) + 1
+    donated: set[int] = set()
+    for column, leaf in plan.donor_leaves:
+        x = columns[column][leaf]
+        name = getattr(x, "name", None)
+        if names.get(name) != 1:
+            continue
+        hlg = x.dask
+        # the array, ``hlg`` and getrefcount's argument: no other graph holds it
+        if sys.getrefcount(hlg) != 3 or len(getattr(hlg, "layers", ())) != 1:
+            continue
+        layer = hlg.layers.get(name)
+        if layer is None or graph.layers.get(name) is not layer:
+            continue
+        if sys.getrefcount(layer) != _LAYER_REFS + 1:  # + ``layer``
+            continue
+        mapping = getattr(layer, "mapping", None)
+        if type(mapping) is not dict or sys.getrefcount(mapping) != _MAPPING_REFS + 1:
+            continue
+        chunks = []
+        for v in mapping.values():
+            if type(v) is not np.ndarray or not _BUFFERS.holds(v):
+                break
+            if sys.getrefcount(v) != _CHUNK_REFS + 1:  # + ``v``
+                break
+            chunks.append(id(v))
+        else:
+            donated.update(chunks)
+    return donated
+
+
+def _run_donating(
+    tasks: list[tuple[Any, Any]], values: dict, donated: set[int], threads: bool
+) -> dict | None:
+    """The results of one wave of block tasks, some writing over the chunks in
+    ``donated``: first every task's call is prepared (inputs read, outputs chosen and
+    allocated: anything that can raise), then the C calls run (in this thread and the
+    pool's, as :func:`_run_tasks`), which cannot raise; so a step that raises has
+    written nothing. ``None`` (nothing run, nothing written) where a task is not a block
+    task on NumPy chunks with a host C function: the caller runs the wave as usual."""
+    global donated_chunks
+    from dask._task_spec import GraphNode, Task, TaskRef
+
+    def arg(a: Any) -> Any:
+        if isinstance(a, TaskRef):
+            return values[a.key]
+        if isinstance(a, GraphNode):
+            return a({k: values[k] for k in a.dependencies})
+        return a
+
+    offered = len(donated)
+    prepared = []
+    for key, task in tasks:
+        fn = getattr(task, "func", None)
+        if type(task) is not Task or type(fn) is not BlockTask or task.kwargs:
+            return None
+        got = fn.prepare([arg(a) for a in task.args], donated)
+        if got is None:
+            return None
+        prepared.append((key, got))
+    calls = [(key, lambda _values, run=run: run()) for key, (_, run) in prepared]
+    _run_tasks(calls, values, threads)
+    donated_chunks += offered - len(donated)
+    return {key: outs[0] if len(outs) == 1 else tuple(outs) for key, (outs, _) in prepared}
 
 
 def _fold_sums(graph: _Graph) -> tuple[dict[str, list[tuple[Any, Any]]], set[str]]:
