@@ -845,3 +845,51 @@ def test_a_failing_donating_step_writes_nothing(pool_min, monkeypatch):
         p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
     want = _numpy_steps(factory, params, grads)[-1]
     np.testing.assert_array_equal(np.asarray(p[0]), want[0][0])
+
+
+def _summed_and_read():
+    """A user rule whose ``u * u`` is only summed (the C function sums it, never writes
+    it) and whose ``u`` is summed and read by a later block too (written, and summed
+    by NumPy)."""
+    import agrad
+
+    def init(params):
+        return ()
+
+    def update(grads, state, params=None):
+        def one(g):
+            xp = agrad.array_namespace(g)
+            u = g * 2.0
+            return u / (xp.sum(u * u) + 1.0) * -0.1 + 0.01 * xp.sum(u)
+
+        return tree_map(one, grads), state
+
+    return ao.GradientTransformation("summed-and-read", init, update, {}, needs_params=False)
+
+
+@pytest.mark.parametrize("case", ["lamb", "lars", "chain-clip-adam", "summed-and-read"])
+def test_sums_of_values_made_in_a_step_run_in_the_kernel(case, pool_min):
+    """Eager steps whose norms sum a block's value only the sum reads: the block's C
+    function sums each chunk as it makes it and never writes the value (counted); the
+    results are the lazy route's bit for bit (NumPy's pairwise sum of each chunk, the
+    chunks' sums added in order) and agrad's NumPy step's to rounding."""
+    from agrad.optim.program import dask_exec, host_exec
+
+    if not host_exec.available():
+        pytest.skip("no C compiler: NumPy sums the chunks")
+    factory = _summed_and_read if case == "summed-and-read" else CASES[case]
+    params, grads = leaves([(8, 6), (6,)], np.float32, 50)
+    chunks = [(2, 6), 3]
+    lazy, _ = _route_steps(factory, params, grads, chunks, host=True, eager=False)
+    want = _numpy_steps(factory, params, grads)
+    opt = factory()
+    p = _persisted(params, chunks)
+    s = tree_map(_persist_each, opt.init(p))
+    before = dask_exec.summed_in_kernel
+    for k, g in enumerate(grads):
+        p, s = opt.step(p, _persisted(g, chunks), s)
+        for x, y in zip([*p, *state_arrays(s)], [*lazy[k][0], *lazy[k][1]]):
+            np.testing.assert_array_equal(np.asarray(x), y, err_msg=f"{case} step {k + 1}")
+        for x, w in zip(p, want[k][0]):
+            np.testing.assert_allclose(np.asarray(x), w, rtol=2e-6, atol=2e-6)
+    assert dask_exec.summed_in_kernel > before

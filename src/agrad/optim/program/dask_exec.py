@@ -69,7 +69,7 @@ from agrad.optim.program.fusion import (
 )
 from agrad.optim.program.ir import Program, pre_nodes
 
-__all__ = ["DaskExecutor", "BlockTask", "donated_chunks", "host_chunk_runs"]
+__all__ = ["DaskExecutor", "BlockTask", "donated_chunks", "host_chunk_runs", "summed_in_kernel"]
 
 _PLANS_KEPT = 64
 #: Elements per tile of a NumPy chunk (256 KiB of float32: a few tiles fit in L2).
@@ -106,6 +106,10 @@ class BlockTask:
         #: ``(k, pos)``: output ``k`` may be written into input ``pos``'s chunk where the
         #: step donates that chunk (:func:`_donations`); set by the executor's plan
         self.donors: tuple[tuple[int, int], ...] = ()
+        #: output index -> how many steps read it, where every reader is a sum over all
+        #: of its elements (the eager path then has the C function sum it instead of
+        #: writing it: see :func:`_summing`); set by the executor's plan
+        self.summed: dict[int, int] = {}
         keep = set(block.outputs)
         self._dying = [
             tuple(
@@ -133,17 +137,21 @@ class BlockTask:
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("_ufunc_list", "_kernels")}
 
-    def kernel(self, types: tuple[str, ...]) -> Any:
-        """The block's host C function for host scalars of kinds ``types``
-        (:func:`~agrad.optim.program.host_exec.block_kernel`), built once (under a lock:
+    def kernel(self, types: tuple[str, ...], sums: tuple[int, ...] = ()) -> Any:
+        """The block's host C function for host scalars of kinds ``types`` (``sums``: the
+        outputs it sums instead of writing; see
+        :func:`~agrad.optim.program.host_exec.block_kernel`), built once (under a lock:
         chunk tasks run in threads); ``None`` where there is none."""
         kernels = self.__dict__.setdefault("_kernels", {})
-        fn = kernels.get(types, _MISSING)
+        key = (types, sums)
+        fn = kernels.get(key, _MISSING)
         if fn is _MISSING:
             with _BUILD_LOCK:
-                fn = kernels.get(types, _MISSING)
+                fn = kernels.get(key, _MISSING)
                 if fn is _MISSING:
-                    fn = kernels[types] = host_exec.block_kernel(self.program, self.block, types)
+                    fn = kernels[key] = host_exec.block_kernel(
+                        self.program, self.block, types, sums
+                    )
         return fn
 
     @property
@@ -201,13 +209,17 @@ class BlockTask:
             return shape
         return ()
 
-    def prepare(self, inputs: tuple | list, donated: set[int] = frozenset()) -> Any:
+    def prepare(
+        self, inputs: tuple | list, donated: set[int] = frozenset(), sums: tuple[int, ...] = ()
+    ) -> Any:
         """The block on one chunk of each input as one call of its host C function, not
         yet made: ``(outputs, run)``, where ``run()`` (which cannot raise) writes the
         outputs. An output goes into the chunk of the input it replaces (``donors``)
         where that chunk's ``id`` is in ``donated`` (taken from it), else into a
-        recycled buffer. ``None`` where there is no C function or the chunks do not fit
-        it (:meth:`_tiled` or :meth:`_whole` runs then); nothing is written either way
+        recycled buffer; an output in ``sums`` (indices) is not written at all: it is
+        the sum of its elements (a 0-d array, bitwise ``numpy.sum`` of the chunk).
+        ``None`` where there is no C function or the chunks do not fit it
+        (:meth:`_tiled` or :meth:`_whole` runs then); nothing is written either way
         until ``run``."""
         np = sys.modules.get("numpy")
         shape = self._numpy_shape(np, tuple(inputs))
@@ -215,7 +227,7 @@ class BlockTask:
             return None
         roles, out_dtypes = self._roles
         types = tuple(scalar_dtype(x) for role, x in zip(roles, inputs) if role[0] == "s")
-        fn = self.kernel(types)
+        fn = self.kernel(types, sums)
         if fn is None:
             return None
         addresses = []
@@ -240,12 +252,16 @@ class BlockTask:
             if id(inputs[pos]) in donated:
                 donated.discard(id(inputs[pos]))  # type: ignore[attr-defined]
                 outs[k] = inputs[pos]  # this chunk's old value, read by this block only
+        for k in sums:
+            outs[k] = np.empty((), dtype=out_dtypes[k])
         outs = [
             _BUFFERS.empty(np, shape, dtype) if o is None else o
             for o, dtype in zip(outs, out_dtypes)
         ]
-        addresses += [o.ctypes.data for o in outs]
-        size = (ctypes.c_longlong * 1)(outs[0].size if outs else 0)
+        n = math.prod(shape)
+        addresses += [o.ctypes.data for k, o in enumerate(outs) if k not in sums]
+        addresses += [outs[k].ctypes.data for k in sums]
+        size = (ctypes.c_longlong * 5)(n, 1, n, 0, 0) if sums else (ctypes.c_longlong * 1)(n)
         table = (ctypes.c_void_p * len(addresses))(*addresses)
 
         def run() -> None:
@@ -339,6 +355,8 @@ host_chunk_runs = 0
 #: Chunks eager steps wrote their new values over (the old value's chunk, which only
 #: the array being rebound held: see :func:`_donations`).
 donated_chunks = 0
+#: Sums of a chunk that a block's C function took as it made the values (not written).
+summed_in_kernel = 0
 
 
 def _count_host_chunk() -> None:
@@ -710,16 +728,13 @@ def _run_now(
         if not all(type(t) is Task for _, t in tasks):
             return False
     waves = _waves(*_fold_sums(graph), graph)
-    done = None
-    if len(waves) == 1:  # nothing runs after this wave: its blocks may write in place
+    for tasks, threads in waves[:-1]:
+        values.update(_run_tasks(tasks, values, threads))
+    if waves:  # nothing runs after the last wave: its blocks may write in place
+        tasks, threads = waves[-1]
         donated = _donations(plan, columns, graph)
-        if donated:
-            done = _run_donating(waves[0][0], values, donated, waves[0][1])
-    if done is not None:
-        values.update(done)
-    else:
-        for tasks, threads in waves:
-            values.update(_run_tasks(tasks, values, threads))
+        done = _run_donating(tasks, values, donated, threads) if donated else None
+        values.update(_run_tasks(tasks, values, threads) if done is None else done)
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
@@ -745,8 +760,10 @@ def _donors(
 ) -> tuple[tuple[str, int], ...]:
     """Set each block task's ``donors`` and return the leaves they may reuse: a block
     output that is the step's new value of a parameter or state leaf may be written
-    over that leaf's old chunk where this block is the only step reading the old value
-    (and no leaf receives the old value itself), as the NumPy route writes in place."""
+    over that leaf's old chunk where this block is the last step reading the old value
+    and no leaf receives the old value itself, as the NumPy route writes in place
+    (:func:`_run_donating` checks, when the block runs in a step's last wave, that no
+    other task of that wave reads the chunk)."""
     readers: dict[int, set[int]] = {}
     for s, step in enumerate(steps):
         for i in (step.node,) if isinstance(step, Eager) else step.nodes:
@@ -761,7 +778,7 @@ def _donors(
         for k, o in enumerate(step.outputs):
             for column, leaf in destinations.get(o, ()):
                 n = inputs.get((column, leaf))
-                if n is None or n in destinations or readers.get(n) != {s}:
+                if n is None or n in destinations or max(readers.get(n, ())) != s:
                     continue
                 if ("n", n) not in step.inputs:
                     continue
@@ -772,7 +789,20 @@ def _donors(
                 leaves.append((column, leaf))
                 break
         task.donors = tuple(pairs)
+        task.summed = {}
+        for k, o in enumerate(step.outputs):
+            sums = [r for r in readers.get(o, ()) if r != s]
+            if o not in destinations and sums and all(_whole_sum(program, steps[r]) for r in sums):
+                task.summed[k] = len(sums)  # read by sums only (and inside this block)
     return tuple(leaves)
+
+
+def _whole_sum(program: Program, step: Step) -> bool:
+    """Whether ``step`` is a sum over all elements (what :func:`_direct_sum` runs)."""
+    if not isinstance(step, Eager):
+        return False
+    n = program.nodes[step.node]
+    return n.op == "sum" and dict(n.attrs) == {"axis": None, "keepdims": False}
 
 
 #: References to a chunk of a leaf's old value while a step decides whether to donate
@@ -830,6 +860,20 @@ def _donations(plan: _Plan, columns: dict, graph: _Graph) -> set[int]:
     return donated
 
 
+def _arguments(task: Any, values: dict) -> list[Any]:
+    """The arguments Dask's ``Task.__call__`` would call ``task``'s function with."""
+    from dask._task_spec import GraphNode, TaskRef
+
+    def arg(a: Any) -> Any:
+        if isinstance(a, TaskRef):
+            return values[a.key]
+        if isinstance(a, GraphNode):
+            return a({k: values[k] for k in a.dependencies})
+        return a
+
+    return [arg(a) for a in task.args]
+
+
 def _run_donating(
     tasks: list[tuple[Any, Any]], values: dict, donated: set[int], threads: bool
 ) -> dict | None:
@@ -840,22 +884,24 @@ def _run_donating(
     written nothing. ``None`` (nothing run, nothing written) where a task is not a block
     task on NumPy chunks with a host C function: the caller runs the wave as usual."""
     global donated_chunks
-    from dask._task_spec import GraphNode, Task, TaskRef
+    from dask._task_spec import Task
 
-    def arg(a: Any) -> Any:
-        if isinstance(a, TaskRef):
-            return values[a.key]
-        if isinstance(a, GraphNode):
-            return a({k: values[k] for k in a.dependencies})
-        return a
-
-    offered = len(donated)
-    prepared = []
+    resolved = []
+    readers: dict[int, int] = {}
     for key, task in tasks:
         fn = getattr(task, "func", None)
         if type(task) is not Task or type(fn) is not BlockTask or task.kwargs:
             return None
-        got = fn.prepare([arg(a) for a in task.args], donated)
+        inputs = _arguments(task, values)
+        for x in inputs:
+            readers[id(x)] = readers.get(id(x), 0) + 1
+        resolved.append((key, fn, inputs))
+    # a chunk another task of the wave reads (or this one twice) is not written over
+    donated.intersection_update(i for i, n in readers.items() if n == 1)
+    offered = len(donated)
+    prepared = []
+    for key, fn, inputs in resolved:
+        got = fn.prepare(inputs, donated)
         if got is None:
             return None
         prepared.append((key, got))
@@ -887,14 +933,41 @@ def _fold_sums(graph: _Graph) -> tuple[dict[str, list[tuple[Any, Any]]], set[str
 
 
 def _summing(task: Any, posts: list[tuple[dict, int, int | None]]) -> Any:
+    """``task`` that also puts its chunk's sum of each output in ``posts`` into the
+    partials. Where every reader of those outputs is such a sum (``BlockTask.summed``),
+    the block's C function sums them as it makes them and never writes them (the
+    task's result holds each sum, 0-d, in their place); otherwise NumPy sums the chunks
+    made."""
+    from dask._task_spec import Task
+
+    fn = getattr(task, "func", None)
+    fused: tuple[int, ...] = ()
+    if type(task) is Task and type(fn) is BlockTask and not task.kwargs:
+        ks = [0 if k is None else k for _, _, k in posts]
+        fused = tuple(sorted(k for k in set(ks) if fn.summed.get(k) == ks.count(k)))
+
     def run(values: dict) -> Any:
         import array_api_compat
 
-        got = task(values)
+        got = fn.prepare(_arguments(task, values), sums=fused) if fused else None
+        if got is None:
+            result = task(values)
+            outs = [result] if any(k is None for _, _, k in posts) else result
+            done: tuple[int, ...] = ()
+        else:
+            global summed_in_kernel
+            outs, call = got
+            call()
+            with _COUNT_LOCK:
+                summed_in_kernel += len(fused)
+            result = outs[0] if len(outs) == 1 else tuple(outs)
+            done = fused
         for partials, pos, k in posts:
-            chunk = got if k is None else got[k]
-            partials[pos] = array_api_compat.array_namespace(chunk).sum(chunk)
-        return got
+            k = 0 if k is None else k
+            partials[pos] = (
+                outs[k] if k in done else array_api_compat.array_namespace(outs[k]).sum(outs[k])
+            )
+        return result
 
     return run
 

@@ -722,16 +722,23 @@ def _call(batch: _Batch, ptrs: int, value: Any, where: dict, scalars: list, np: 
     batch.fn(len(batch.blocks), batch.n, ptrs, sv, ss)
 
 
-def block_kernel(program: Program, block: Block, types: tuple[str, ...]) -> Any | None:
+def block_kernel(
+    program: Program, block: Block, types: tuple[str, ...], sums: tuple[int, ...] = ()
+) -> Any | None:
     """``block`` compiled alone, for one chunk at a time (the Dask executor's chunk tasks).
 
     The C function is :func:`~agrad.optim.program.c_codegen.host_batch_source`'s entry
     point (called with ``nb = 1``, ``ss = 0``) over distinct buffers: first the block's
     array inputs (inputs of the block's shape), then its outputs, in order; its scalar
     values (host scalars, whose kinds are ``types``, and 0-d inputs), in
-    ``block.inputs`` order, come in ``sv``. ``None`` where the route does not apply:
-    switched off, no compiler, a 0-d block, a dtype other than float32/float64/bool,
-    an input of another shape, an operation with no C form, or a failed build.
+    ``block.inputs`` order, come in ``sv``. With ``sums`` (indices into
+    ``block.outputs``), those outputs are not written: the sum of each over the chunk's
+    elements is, into a one-element buffer each, after the other outputs (NumPy's
+    pairwise sum: bitwise ``numpy.sum`` of the chunk), and the function takes
+    :func:`~agrad.optim.program.c_codegen.host_rows_source`'s five sizes ``(N, 1, N,
+    0, 0)``. ``None`` where the route does not apply: switched off, no compiler, a 0-d
+    block, a dtype other than float32/float64/bool, an input of another shape, an
+    operation with no C form, or a failed build.
     """
     if not available() or not block.shape:
         return None
@@ -749,8 +756,10 @@ def block_kernel(program: Program, block: Block, types: tuple[str, ...]) -> Any 
             buffers.append(x.dtype)
         else:
             return None
-    cb = CBlock(new_inputs, cb.statements, cb.outputs)
-    buffers += [dtype_name(nodes[o].dtype) for o in block.outputs]
+    kept = [k for k in range(len(block.outputs)) if k not in sums]
+    reds = [CReduction(f"r{k}", cb.outputs[k][1], "all") for k in sums]
+    cb = CBlock(new_inputs, cb.statements, [cb.outputs[k] for k in kept], reds)
+    buffers += [dtype_name(nodes[block.outputs[k]].dtype) for k in [*kept, *sums]]
     try:
         text = host_batch_source("KERNEL", cb, range(len(buffers)), buffers)
     except UnsupportedOp:
