@@ -222,27 +222,38 @@ class BlockTask:
         (:meth:`_tiled` or :meth:`_whole` runs then); nothing is written either way
         until ``run``."""
         np = sys.modules.get("numpy")
-        shape = self._numpy_shape(np, tuple(inputs))
-        if not shape or not host_exec.enabled:
+        if np is None or not host_exec.enabled or not self.block.shape:
             return None
         roles, out_dtypes = self._roles
-        types = tuple(scalar_dtype(x) for role, x in zip(roles, inputs) if role[0] == "s")
-        fn = self.kernel(types, sums)
-        if fn is None:
-            return None
+        ndarray = np.ndarray
+        shape = None
         addresses = []
         values = []
+        types = []
         for role, x in zip(roles, inputs):
-            if role[0] == "a":
-                if x.shape != shape or x.dtype != role[1] or not x.flags.c_contiguous:
+            kind = role[0]
+            if kind == "a":  # a chunk of the block's shape, C-contiguous
+                if type(x) is not ndarray or x.dtype != role[1] or not x.flags.c_contiguous:
                     return None
-                addresses.append(x.ctypes.data)
-            elif role[0] == "z":
-                if x.ndim:
+                if shape is None:
+                    shape = x.shape
+                    if not shape:
+                        return None
+                elif x.shape != shape:
+                    return None
+                addresses.append(_address(x))
+            elif kind == "z":  # 0-d: by value (NumPy may hand out a scalar)
+                if not (type(x) is ndarray or isinstance(x, np.generic)) or x.ndim:
                     return None
                 values.append(float(x))
             else:
                 values.append(x)
+                types.append(scalar_dtype(x))
+        if shape is None:
+            return None
+        fn = self.kernel(tuple(types), sums)
+        if fn is None:
+            return None
         try:
             sv = (ctypes.c_double * max(len(values), 1))(*values)
         except TypeError:  # a host scalar that is not a number: the ufuncs say what
@@ -258,10 +269,9 @@ class BlockTask:
             _BUFFERS.empty(np, shape, dtype) if o is None else o
             for o, dtype in zip(outs, out_dtypes)
         ]
-        n = math.prod(shape)
-        addresses += [o.ctypes.data for k, o in enumerate(outs) if k not in sums]
-        addresses += [outs[k].ctypes.data for k in sums]
-        size = (ctypes.c_longlong * 5)(n, 1, n, 0, 0) if sums else (ctypes.c_longlong * 1)(n)
+        addresses += [_address(o) for k, o in enumerate(outs) if k not in sums]
+        addresses += [_address(outs[k]) for k in sums]
+        size = _sizes(math.prod(shape), bool(sums))
         table = (ctypes.c_void_p * len(addresses))(*addresses)
 
         def run() -> None:
@@ -357,6 +367,33 @@ host_chunk_runs = 0
 donated_chunks = 0
 #: Sums of a chunk that a block's C function took as it made the values (not written).
 summed_in_kernel = 0
+
+
+_CHAR = ctypes.c_char
+
+
+def _address(x: Any) -> int:
+    """The address of C-contiguous NumPy array ``x``'s first element (``x.ctypes.data``,
+    read through the buffer protocol where it is writable: 3x quicker)."""
+    try:
+        return ctypes.addressof(_CHAR.from_buffer(x))
+    except (TypeError, ValueError, BufferError):  # read-only, or no element
+        return x.ctypes.data
+
+
+_SIZES: dict[tuple[int, bool], Any] = {}
+
+
+def _sizes(n: int, rows: bool) -> Any:
+    """What a block's C function is told of a chunk of ``n`` elements: ``(n,)``, or
+    ``(n, 1, n, 0, 0)`` where it sums outputs (one row). Made once per size and kept:
+    the C functions only read it."""
+    got = _SIZES.get((n, rows))
+    if got is None:
+        got = (ctypes.c_longlong * 5)(n, 1, n, 0, 0) if rows else (ctypes.c_longlong * 1)(n)
+        if len(_SIZES) < 4096:
+            _SIZES[(n, rows)] = got
+    return got
 
 
 def _count_host_chunk() -> None:
@@ -738,9 +775,9 @@ def _run_now(
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
-            array = _data_array(value, f"{token}-{node}")
+            hlg, key, chunks, meta = _data_graph(value, f"{token}-{node}")
             for column, leaf in dests:
-                _rebind(columns[column][leaf], array, graph)
+                _point(columns[column][leaf], meta, hlg, key, chunks)
             continue
         name = value.name if value.single else _out_name(value)
         chunks = {}
@@ -1113,6 +1150,13 @@ def _data_array(value: Any, name: str) -> Any:
     graph time (a new step count). Its key is the hash of ``name`` (the program and the
     node) and the value, so equal values of different state leaves never share a key."""
     import dask.array as da
+
+    graph, key, chunks, meta = _data_graph(value, name)
+    return da.Array(graph, key, chunks, meta=meta)
+
+
+def _data_graph(value: Any, name: str) -> tuple[Any, str, tuple, Any]:
+    """The graph, name, chunks and meta of :func:`_data_array`'s array."""
     import numpy as np
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
@@ -1123,12 +1167,8 @@ def _data_array(value: Any, name: str) -> Any:
     key = f"agrad-value-{digest}"
     chunk_key = (key, *(0,) * value.ndim)
     graph = HighLevelGraph({key: MaterializedLayer({chunk_key: value})}, {key: set()})
-    return da.Array(
-        graph,
-        key,
-        tuple((d,) for d in value.shape),
-        meta=value[:0] if value.ndim else np.empty((), value.dtype),
-    )
+    meta = value[:0] if value.ndim else np.empty((), value.dtype)
+    return graph, key, tuple((d,) for d in value.shape), meta
 
 
 def _concrete(x: Any) -> Any:

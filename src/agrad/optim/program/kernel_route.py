@@ -104,10 +104,23 @@ def _namespace(lib: str) -> Any:
     return xp
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype_name(x: Any) -> str:
     import numpy as np
 
-    return np.dtype(x.dtype).name
+    dtype = x.dtype
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable
+        return np.dtype(dtype).name
+    name = np.dtype(dtype).name
+    if len(_DTYPE_NAMES) < 256:
+        _DTYPE_NAMES[dtype] = name
+    return name
 
 
 def _state_key(leaves: list[Any], cls: type) -> tuple | None:
