@@ -893,3 +893,25 @@ def test_sums_of_values_made_in_a_step_run_in_the_kernel(case, pool_min):
         for x, w in zip(p, want[k][0]):
             np.testing.assert_allclose(np.asarray(x), w, rtol=2e-6, atol=2e-6)
     assert dask_exec.summed_in_kernel > before
+
+
+@pytest.mark.parametrize("case", ["adam", "adafactor", "rmsprop-centered", "chain-clip-adam"])
+def test_state_persisted_together_right_after_init(case):
+    """``dask.persist(params, state)`` right after ``init`` (one call, as users write it):
+    every state leaf is still its own array (equal zero moments are named apart at
+    init), so in-place steps run, and equal agrad's NumPy steps."""
+    factory = CASES[case]
+    params, grads = leaves([(8, 6), (6,)], np.float64, 60)
+    opt = factory()
+    p = [da.from_array(x.copy(), chunks=c) for x, c in zip(params, [(2, 6), 3])]
+    p, s = dask.persist(p, opt.init(p))
+    arrays = _dask_leaves(s)
+    assert len({id(x) for x in arrays}) == len(arrays)
+    assert len({x.name for x in [*p, *arrays]}) == len(p) + len(arrays)
+    for g in grads:
+        p, s = opt.step(p, _persisted(g, [(2, 6), 3]), s)
+    want = _numpy_steps(factory, params, grads)[-1]
+    for x, w in zip(p, want[0]):
+        np.testing.assert_allclose(np.asarray(x), w, rtol=1e-12, atol=1e-12)
+    for x, w in zip(state_arrays(s), want[1]):
+        np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)

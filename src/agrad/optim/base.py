@@ -470,7 +470,10 @@ class GradientTransformation:
     def init(self, params: Any, *, xp: ModuleType | None = None) -> Any:
         """The initial state for ``params`` (arrays with each parameter's dtype and device)."""
         c = self._check(f"{self.name}.init", params, None, None, xp)
-        return self.inner_init(unflatten(c.treedef, c.raw_params))
+        state = self.inner_init(unflatten(c.treedef, c.raw_params))
+        if array_api_compat.is_dask_namespace(c.xp):
+            state = _distinct_dask_names(state, c.raw_params)
+        return state
 
     def update(
         self, grads: Any, state: Any, params: Any = None, *, xp: ModuleType | None = None
@@ -663,6 +666,46 @@ def _same_structure(a: Any, b: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _distinct_dask_names(state: Any, params: list[Any]) -> Any:
+    """``state`` with each Dask array leaf named apart from the others and from the
+    parameters. Equal lazy arrays (Adam's two ``zeros_like(p)``) share a name, and
+    ``dask.persist`` hands back one object for one name: persisted together right after
+    ``init``, two state leaves would be one array, which an in-place step cannot
+    write twice. A leaf whose name was seen gets a new name: one alias per chunk of
+    the array it equals (no copy, no computation)."""
+    leaves, treedef = flatten_leaves(state)
+    seen = {getattr(p, "name", None) for p in params}
+    out = []
+    renamed = False
+    for k, x in enumerate(leaves):
+        name = getattr(x, "name", None)
+        if hasattr(x, "dask") and name in seen:
+            x = _dask_alias(x, k)
+            name = x.name
+            renamed = True
+        seen.add(name)
+        out.append(x)
+    return unflatten(treedef, out) if renamed else state
+
+
+def _dask_alias(x: Any, k: int) -> Any:
+    """Dask array ``x`` under a new name (its ``k`` in the state's leaves in the name)."""
+    import itertools
+
+    import dask.array as da
+    from dask._task_spec import Alias
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"agrad-state-{k}-{tokenize(x.name, k)}"
+    layer = {}
+    for idx in itertools.product(*(range(len(c)) for c in x.chunks)):
+        key = (name, *idx)
+        layer[key] = Alias(key, (x.name, *idx))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
+    return da.Array(graph, name, x.chunks, meta=x._meta)
 
 
 def _is_numpy(xp: ModuleType) -> bool:
