@@ -86,9 +86,20 @@ def _python_float_rules(xp: Any, args: list[Any]) -> list[Any]:
     ]
 
 
+_INTEGER: dict[Any, bool] = {}
+
+
 def _is_integer(dtype: Any) -> bool:
-    name = str(dtype).rsplit(".", 1)[-1]
-    return "int" in name
+    try:
+        return _INTEGER[dtype]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable
+        return "int" in str(dtype).rsplit(".", 1)[-1]
+    got = "int" in str(dtype).rsplit(".", 1)[-1]
+    if len(_INTEGER) < 256:
+        _INTEGER[dtype] = got
+    return got
 
 
 def as_number(x: Any) -> Any:
