@@ -15,15 +15,18 @@ bitwise torch.optim's in general (both within 3e-7 of each tensor's magnitude he
 from __future__ import annotations
 
 import copy
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+import agrad  # noqa: E402
 import agrad.optim  # noqa: E402
 from agrad.optim import TorchOptimizer, fastpath  # noqa: E402
 from agrad.optim import torch_frontend as tf  # noqa: E402
+from agrad.pytree import tree_map  # noqa: E402
 
 CASES = {
     "adam": ("Adam", "adam", dict(lr=1e-2, weight_decay=1e-2)),
@@ -346,3 +349,103 @@ def test_an_option_that_changes_the_state_keeps_the_plain_rebuild():
         _run(a, sa, t, st, 1, gen, start=i)
     assert not _switched(a) and a._watch[0].refused is not None
     _same_as_torch(a, t, _tols("sgd", torch.float64))
+
+
+# -- a custom factory (docs/custom-optimizer.md) under a per-step scheduler --------------
+class MomentumState(NamedTuple):
+    momentum: Any
+
+
+def momentum_sgd(lr: float, beta: float = 0.9, *, python_lr: bool = False) -> Any:
+    """A user's rule, written as docs/custom-optimizer.md shows: ``m = beta m + g``,
+    ``u = -lr m``. ``python_lr``: it refuses an ``lr`` that is not a Python number (a
+    rule that needs its options as numbers)."""
+
+    def init(params: Any) -> MomentumState:
+        return MomentumState(tree_map(lambda p: agrad.array_namespace(p).zeros_like(p), params))
+
+    def update(grads: Any, state: MomentumState, params: Any = None) -> Any:
+        if python_lr and not isinstance(lr, (int, float)):  # only when it steps
+            raise TypeError(f"momentum_sgd needs lr as a number, got {type(lr).__name__}")
+        m = tree_map(lambda m, g: beta * m + g, state.momentum, grads)
+        return tree_map(lambda m: -lr * m, m), MomentumState(m)
+
+    hyper = {"lr": lr, "beta": beta}
+    return agrad.optim.GradientTransformation(
+        "momentum_sgd", init, update, hyper, needs_params=False
+    )
+
+
+def _custom_run(factory: Any, dtype: Any, steps: int = 14) -> tuple[list[Any], Any]:
+    """``TorchOptimizer(params, factory, lr=...)`` under ``CosineAnnealingLR`` for
+    ``steps`` steps; the parameters after, and the optimizer."""
+    gen = torch.Generator().manual_seed(11)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in _SHAPES]
+    opt = TorchOptimizer(params, factory, lr=0.0137)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+        sched.step()
+    return [p.detach().clone() for p in params], opt
+
+
+def _custom_reference(dtype: Any, steps: int = 14) -> list[Any]:
+    """The same steps as agrad steps of a new ``momentum_sgd(lr=<the scheduled lr>)``
+    each, on the generic path (fast route off): what TorchOptimizer did before the
+    switch existed."""
+    gen = torch.Generator().manual_seed(11)
+    params = [torch.randn(s, generator=gen, dtype=dtype) for s in _SHAPES]
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0137)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(dummy, T_max=20)
+    state = None
+    saved = fastpath.enabled
+    fastpath.enabled = False
+    try:
+        for _ in range(steps):
+            grads = [torch.randn(p.shape, generator=gen, dtype=dtype) for p in params]
+            opt = momentum_sgd(lr=dummy.param_groups[0]["lr"])
+            state = opt.init(params) if state is None else state
+            params, state = opt.step(params, grads, state)
+            dummy.step()
+            sched.step()
+    finally:
+        fastpath.enabled = saved
+    return params
+
+
+_SHAPES = [(5, 3), (7,), (64, 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_a_custom_factory_under_a_per_step_schedule_is_built_once(monkeypatch, dtype):
+    """A user's factory with an lr scheduled per step switches to ``inject_hyperparams``
+    of it, as the built-ins do: built once, no program compiled per step (it was one
+    optimizer and one compile per step, about 60x a constant lr's step), its steps on
+    the fast route; bit for bit the plain rebuild-per-lr steps (a 0-d float64 lr meets
+    a float32 tensor as a float32 value, as the Python number does)."""
+    compiles = []
+    real = fastpath._compile
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        compiles.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "_compile", counting)
+    got, opt = _custom_run(momentum_sgd, dtype)
+    assert _switched(opt)
+    assert len(opt._built) <= 3 and len(compiles) <= 4, (len(opt._built), len(compiles))
+    for x, y in zip(got, _custom_reference(dtype)):
+        assert torch.equal(x, y)
+
+
+def test_a_custom_factory_that_needs_numbers_keeps_rebuilding():
+    """A factory whose rule refuses its options as 0-d tensors when it steps: the
+    switched step fails before anything is written, and the group goes on with the
+    plain optimizer of each lr (the same results as never switching)."""
+    factory = functools.partial(momentum_sgd, python_lr=True)
+    got, opt = _custom_run(factory, torch.float64)
+    assert not _switched(opt)
+    for x, y in zip(got, _custom_reference(torch.float64)):
+        assert torch.equal(x, y)

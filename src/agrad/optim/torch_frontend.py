@@ -23,7 +23,10 @@ How it works:
   (:class:`_Scheduled`): the options that moved are 0-d tensors of its state, filled
   from the group before each step and never kept in ``self.state``, whose entries
   keep the plain optimizer's names. Another option changed builds it again; 64 steps
-  with the same options take the group back to the plain optimizer.
+  with the same options take the group back to the plain optimizer. A factory of
+  your own switches too; where its rule cannot take an option as a 0-d tensor (it
+  raises when it steps, before anything is written), the group keeps building the
+  plain optimizer of each value.
 - State. As in torch, state is per parameter and lazy: ``self.state[p]`` holds the
   parameter's slice of the agrad state under torch's names (``exp_avg``,
   ``momentum_buffer``..., ``step`` for the step count, a float tensor as torch keeps
@@ -545,8 +548,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         """The optimizer group ``gi`` steps with: the plain one of its options, or while
         they are scheduled (new values step after step) its :class:`_Scheduled` one, fed
         the options' current values."""
-        if self._factory is None or self._torch_name is None or self._injected:
-            return self._optimizer_for(group)  # chains, custom factories, fixed optimizers
+        if self._factory is None or self._injected:
+            return self._optimizer_for(group)  # chains, fixed optimizers
         key = self._key(group)
         watch = self._watch.get(gi)
         if watch is None:
@@ -635,8 +638,26 @@ class TorchOptimizer(torch.optim.Optimizer):
             if ready is not None:
                 self._steady_step(i, ready)
             elif plan[1]:
-                self._run(opt, plan[1], group, i)
+                self._run_group(opt, plan[1], group, i)
         return loss
+
+    def _run_group(
+        self, opt: GradientTransformation, params: list[Any], group: dict[str, Any], gi: int
+    ) -> None:
+        """:meth:`_run`; where a custom factory's scheduled optimizer (its options as 0-d
+        tensors) fails, the plain one of the group's options instead, and for these
+        options from then on: a rule may need an option as a Python number. Nothing was
+        written by the failed step (an agrad step runs its rule before any write)."""
+        watch = self._by_opt.get(id(opt)) if self._torch_name is None else None
+        if watch is None:
+            self._run(opt, params, group, gi)
+            return
+        try:
+            self._run(opt, params, group, gi)
+        except Exception:
+            watch.refused = (watch.fixed, watch.names)
+            self._unschedule(watch)
+            self._run(self._optimizer_for(group), params, group, gi)
 
     def _step_closure_driven(self, closure: Callable[[], Any] | None) -> Any:
         """A step of an optimizer that evaluates the loss itself (``lbfgs``), as torch's LBFGS.

@@ -421,12 +421,16 @@ class RecordingNamespace:
 
     # -- helpers --------------------------------------------------------------------
     def _result_dtype(self, args: tuple) -> Any:
-        dtypes = [self._recorder.operand_info(a)[1] for a in args]
-        arrays = [d for d in dtypes if d is not None]
+        infos = [self._recorder.operand_info(a) for a in args]
+        arrays = [(shape, d) for shape, d in infos if d is not None]
         if not arrays:
             raise NotRecordable("an operation on Python numbers only")
-        out = arrays[0]
-        for d in arrays[1:]:
+        if len({d for _, d in arrays}) == 1:
+            return arrays[0][1]
+        if _is_torch(self._xp):
+            return _torch_result_type(arrays)
+        out = arrays[0][1]
+        for _, d in arrays[1:]:
             if d != out:
                 out = self._xp.result_type(out, d)
         return out
@@ -582,6 +586,28 @@ def _reduction(op: str) -> Callable[..., SymArray]:
 
 for _op in _REDUCTIONS:
     setattr(RecordingNamespace, _op, _reduction(_op))
+
+
+def _is_torch(xp: Any) -> bool:
+    import array_api_compat
+
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def _torch_result_type(arrays: list[tuple[tuple, Any]]) -> Any:
+    """The dtype torch gives an operation on tensors of these shapes and dtypes: a 0-d
+    tensor does not promote tensors with dimensions of its category or above (a 0-d
+    float64 learning rate times a float32 tensor is float32), unlike the standard's
+    rule. Asked of torch itself, on empty tensors of the same dimensionality."""
+    import torch
+
+    probes = [torch.empty((0,) if shape else (), dtype=d) for shape, d in arrays]
+    out = probes[0]
+    for p in probes[1:]:
+        dtype = torch.result_type(out, p)
+        out = torch.empty((0,) if out.ndim or p.ndim else (), dtype=dtype)
+    return out.dtype
+
 
 _PASSTHROUGH = frozenset({"isdtype", "finfo", "iinfo", "result_type", "can_cast"})
 
