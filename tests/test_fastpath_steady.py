@@ -152,6 +152,11 @@ def _storage_freed(p, g, s):
     p[1].untyped_storage().resize_(0)  # torch raises on it: mid-step, in the kernel
 
 
+def _grad_storage_shrunk(p, g, s):
+    storage = g[1].untyped_storage()
+    storage.resize_(storage.nbytes() // 2)  # torch does not check: it reads past the end
+
+
 DECLINES = [
     _resize_param,
     _transpose_param,
@@ -171,6 +176,7 @@ DECLINES = [
     _data_negative_view,
     _grad_negative_view,
     _storage_freed,
+    _grad_storage_shrunk,
 ]
 
 
@@ -181,6 +187,24 @@ def test_changed_tensor_declines_with_nothing_written(name, change):
     change(params, grads, state)
     before = _snapshot(params, state)
     assert fastpath.try_step(opt, params, grads, state) is None
+    _assert_unchanged(before)
+
+
+@pytest.mark.parametrize("which", ["param", "grad", "state"])
+def test_a_shrunk_storage_is_refused_before_anything_is_written(which):
+    """A tensor whose storage was resized smaller after it was made (torch's own
+    operations would read and write past its end): the step raises, naming it, and
+    writes nothing (the other tensors keep their values)."""
+    opt, params, grads, state = _setup(OPTIMIZERS["adam (fused kernel)"])
+    arrays = [x for x in flatten_leaves(state)[0] if isinstance(x, torch.Tensor) and x.ndim]
+    shrunk = {"param": params[2], "grad": grads[2], "state": arrays[-1]}[which]
+    others = [x for x in [*params, *arrays] if x is not shrunk]
+    before = _snapshot(others)
+    storage = shrunk.untyped_storage()
+    storage.resize_(storage.nbytes() // 2)
+    where = {"param": r"params\[2\]", "grad": r"grads\[2\]", "state": r"exp_avg_sq\[3\]"}[which]
+    with pytest.raises(TypeError, match=where + " cannot be used: its storage holds 256 bytes"):
+        opt.step(params, grads, state)
     _assert_unchanged(before)
 
 

@@ -549,3 +549,26 @@ def test_groups_with_the_same_options_each_take_the_steady_checks(monkeypatch):
         opt.step()
     assert calls[0] == 0
     assert len({id(r.opt) for r in opt._steady.values()}) == len(groups)
+
+
+@pytest.mark.parametrize("name", list(OPTS))
+def test_a_parameter_whose_storage_shrank_is_refused(name):
+    """A parameter whose storage was resized smaller during training (torch.optim would
+    write past its end): the step raises, naming it, and writes no other parameter."""
+    factory, _, options = OPTS[name]
+    model = _model()
+    x, y = _data()
+    opt = agrad.optim.TorchOptimizer(model.parameters(), factory, **options)
+    for _ in range(4):  # steady steps
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    others = [p.detach().clone() for p in model.parameters()][1:]
+    storage = _first(model).untyped_storage()
+    storage.resize_(storage.nbytes() // 2)
+    with pytest.raises(TypeError, match="storage holds 80 bytes but its elements reach byte 160"):
+        opt.step()
+    for p, before in zip(list(model.parameters())[1:], others):
+        assert torch.equal(p.detach(), before)

@@ -28,6 +28,11 @@ the guard each step; their overlap with the written tensors is checked again unl
 they are the same tensors (by ``id``) at the same addresses as last step (an ``id``
 reused by a new tensor at the same address overlaps exactly what the old one did),
 against the written ranges kept sorted (:class:`~agrad.optim._overlap.WrittenRanges`).
+A gradient that is last step's object at a new address (its storage replaced:
+``resize_``, ``set_``) must have a storage that holds all its elements; a storage
+shrunk under a written tensor changes its address, so the full check sees it. New
+gradient tensors (``backward()``'s, each step) are not asked for their storage's
+size: half a microsecond a tensor, and autograd makes them whole.
 
 Where the guard is not available (a torch without TorchDynamo's guards), no record
 is made and every step takes the full check. The record holds the parameter and
@@ -160,6 +165,11 @@ def make(torch, compiled, params, p, g, s_leaves, s_def, written) -> SteadyRecor
     return SteadyRecord(compiled, params, p, g, s_leaves, s_def, written, guard, exact)
 
 
+def _fits(t: Any) -> bool:
+    """Whether contiguous tensor ``t``'s storage holds all its elements."""
+    return t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() >= t.nbytes
+
+
 def check(rec: SteadyRecord, params: Any, grads: Any, state: Any) -> tuple | None:
     """``(p, g, s_leaves, g_ptrs)`` of a step that passes the record's bulk checks, or
     ``None`` (the step takes the full check). ``g_ptrs`` is ``rec.g_ptrs`` itself where
@@ -180,9 +190,12 @@ def check(rec: SteadyRecord, params: Any, grads: Any, state: Any) -> tuple | Non
     written, data_ptr = rec.written, torch.Tensor.data_ptr
     if not rec.guard(*written, *g) or not all_equal(data_ptr, written, rec.w_ptrs):
         return None
-    if all_equal(data_ptr, g, rec.g_ptrs) and all_equal(id, g, rec.g_ids):
+    same_ids = all_equal(id, g, rec.g_ids)
+    if same_ids and all_equal(data_ptr, g, rec.g_ptrs):
         return p, g, s_leaves, rec.g_ptrs  # the same gradients as last step
     g_ptrs = list(map(data_ptr, g))
+    if same_ids and not all(map(_fits, (x for x, a, b in zip(g, g_ptrs, rec.g_ptrs) if a != b))):
+        return None  # a gradient's storage swapped under it and shrunk (resize_)
     if rec.ranges.meets(g_ptrs, rec.w_sizes[: len(g)]):
         return None
     return p, g, s_leaves, g_ptrs

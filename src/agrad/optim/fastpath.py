@@ -863,7 +863,10 @@ def _torch_memory_ok(
         return False  # sparse, mkldnn, nested ... layouts (no strides, no data pointer)
     sizes = list(map(_NBYTES, flat))
     if 0 in starts and any(s == 0 and n for s, n in zip(starts, sizes)):
-        return False  # a storage freed (``resize_(0)``): torch raises there, mid-step
+        return False  # a storage freed (``resize_(0)``): the generic path says so
+    for t, n in zip(flat, sizes):  # dense: its elements span its nbytes from its start
+        if n and t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() < n:
+            return False  # a storage shrunk after the tensor was made: the generic path says so
     if starts_out is not None:
         starts_out += starts  # the host kernels' pointer tables reuse them
     return _disjoint(starts, sizes, len(written)) and result

@@ -137,7 +137,7 @@ class TorchAdapter(Adapter):
             return f"it is a {x.layout} tensor; agrad updates need dense tensors (x.to_dense())"
         if x.is_meta:
             return "it is on the meta device, which holds no data"
-        return None
+        return short_storage_reason(x)
 
     def memory_span(self, dst: Any) -> tuple[Any, int, int] | None:
         if not isinstance(dst, torch.Tensor) or dst.numel() == 0:
@@ -151,6 +151,24 @@ class TorchAdapter(Adapter):
         with torch.no_grad():
             dst.copy_(new)
         return dst
+
+
+def short_storage_reason(x: torch.Tensor) -> str | None:
+    """Why strided tensor ``x`` cannot be read or written: its storage ends before its
+    last element (``x.untyped_storage().resize_(...)`` after ``x`` was made, which
+    torch does not check: its own operations would read and write past the end);
+    ``None`` where it fits."""
+    if x.numel() == 0:
+        return None
+    size = x.element_size()
+    span = (sum((n - 1) * st for n, st in zip(x.shape, x.stride())) + 1 + x.storage_offset()) * size
+    have = x.untyped_storage().nbytes()
+    if have >= span:
+        return None
+    return (
+        f"its storage holds {have} bytes but its elements reach byte {span} (the storage "
+        "was resized after the tensor was made); torch would read and write past its end"
+    )
 
 
 def _autograd_function(spec: Any) -> type[torch.autograd.Function]:
