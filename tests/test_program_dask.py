@@ -915,3 +915,28 @@ def test_state_persisted_together_right_after_init(case):
         np.testing.assert_allclose(np.asarray(x), w, rtol=1e-12, atol=1e-12)
     for x, w in zip(state_arrays(s), want[1]):
         np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", [True, False], ids=["kernel-route", "generic"])
+def test_two_optimizers_persisted_together_stay_apart(route, monkeypatch):
+    """Two optimizers of one program (over the same parameters, then others), their
+    states persisted in one ``dask.persist`` call, step after step: equal lazy arrays
+    (the counts, the moments of the same parameters) would be one object there, and a
+    step of one would rebind the other's state. Each state stays its own: a step of
+    the first leaves the second as it was."""
+    monkeypatch.setattr(kernel_route, "enabled", route)
+    params, grads = leaves([(8, 6)], np.float64, 70)
+    p1 = _persisted(params, [(2, 6)])
+    p2 = _persisted([params[0] * 2.0], [(2, 6)])
+    o1, o2 = CASES["adam"](), CASES["adam"]()
+    s1, s2 = dask.persist(o1.init(p1), o2.init(p1))
+    for g in grads[:2]:
+        p1, s1 = o1.step(p1, _persisted(g, [(2, 6)]), s1)
+        p2, s2 = o2.step(p2, _persisted(g, [(2, 6)]), s2)
+        s1, s2 = dask.persist(s1, s2)
+    assert not {id(x) for x in _dask_leaves(s1)} & {id(x) for x in _dask_leaves(s2)}
+    before = state_arrays(s2)
+    p1, s1 = o1.step(p1, _persisted(grads[2], [(2, 6)]), s1)
+    for x, y in zip(state_arrays(s2), before):
+        np.testing.assert_array_equal(x, y)
+    assert int(np.asarray(s1.count)) == 3 and int(np.asarray(s2.count)) == 2

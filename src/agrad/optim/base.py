@@ -472,7 +472,7 @@ class GradientTransformation:
         c = self._check(f"{self.name}.init", params, None, None, xp)
         state = self.inner_init(unflatten(c.treedef, c.raw_params))
         if array_api_compat.is_dask_namespace(c.xp):
-            state = _distinct_dask_names(state, c.raw_params)
+            state = _distinct_dask_names(state)
         return state
 
     def update(
@@ -668,42 +668,47 @@ def _same_structure(a: Any, b: Any) -> bool:
     return True
 
 
-def _distinct_dask_names(state: Any, params: list[Any]) -> Any:
-    """``state`` with each Dask array leaf named apart from the others and from the
-    parameters. Equal lazy arrays (Adam's two ``zeros_like(p)``) share a name, and
-    ``dask.persist`` hands back one object for one name: persisted together right after
-    ``init``, two state leaves would be one array, which an in-place step cannot
-    write twice. A leaf whose name was seen gets a new name: one alias per chunk of
-    the array it equals (no copy, no computation)."""
+def _distinct_dask_names(state: Any) -> Any:
+    """``state`` with each Dask array leaf under a name of its own, made for this
+    ``init``. Equal lazy arrays share a name (Adam's two ``zeros_like(p)``; the step
+    counts of two optimizers, or the moments of two optimizers of the same
+    parameters), and ``dask.persist`` hands back one object for one name: persisted
+    together, two state leaves would be one array, and an in-place step of one
+    optimizer would rebind the other's too. Each leaf becomes one alias per chunk of
+    the array it equals (no copy, no computation); the names a step gives its new
+    arrays derive from these, so they stay apart too."""
+    import uuid
+
     leaves, treedef = flatten_leaves(state)
-    seen = {getattr(p, "name", None) for p in params}
-    out = []
-    renamed = False
-    for k, x in enumerate(leaves):
-        name = getattr(x, "name", None)
-        if hasattr(x, "dask") and name in seen:
-            x = _dask_alias(x, k)
-            name = x.name
-            renamed = True
-        seen.add(name)
-        out.append(x)
-    return unflatten(treedef, out) if renamed else state
+    if not any(hasattr(x, "dask") for x in leaves):
+        return state
+    tag = uuid.uuid4().hex
+    out = [_dask_alias(x, f"{k}-{tag}") if hasattr(x, "dask") else x for k, x in enumerate(leaves)]
+    return unflatten(treedef, out)
 
 
-def _dask_alias(x: Any, k: int) -> Any:
-    """Dask array ``x`` under a new name (its ``k`` in the state's leaves in the name)."""
+def _dask_alias(x: Any, tag: str) -> Any:
+    """Dask array ``x`` under the new name ``agrad-state-<tag>``: its chunks themselves
+    where it holds values only (a count made by ``asarray``, a persisted array: still
+    values, so a step reads it at once), else one alias per chunk."""
     import itertools
 
     import dask.array as da
-    from dask._task_spec import Alias
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
+    from dask._task_spec import Alias, DataNode
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-    name = f"agrad-state-{k}-{tokenize(x.name, k)}"
-    layer = {}
-    for idx in itertools.product(*(range(len(c)) for c in x.chunks)):
-        key = (name, *idx)
-        layer[key] = Alias(key, (x.name, *idx))
+    name = f"agrad-state-{tag}"
+    indices = list(itertools.product(*(range(len(c)) for c in x.chunks)))
+    layers = getattr(x.dask, "layers", {})
+    mapping = getattr(layers.get(x.name), "mapping", None) if len(layers) == 1 else None
+    if isinstance(mapping, dict):
+        values = [mapping.get((x.name, *idx)) for idx in indices]
+        values = [v.value if isinstance(v, DataNode) else v for v in values]
+        if all(hasattr(v, "shape") and not hasattr(v, "__dask_graph__") for v in values):
+            chunks = {(name, *idx): v for idx, v in zip(indices, values)}
+            graph = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
+            return da.Array(graph, name, x.chunks, meta=x._meta)
+    layer = {(name, *idx): Alias((name, *idx), (x.name, *idx)) for idx in indices}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
     return da.Array(graph, name, x.chunks, meta=x._meta)
 

@@ -641,10 +641,12 @@ class DaskExecutor:
         env, destinations, graph, token = self._values(
             program, params, grads, state_leaves, scalars
         )
+        old = {"param": params, "state": state_leaves}
         new = {"param": list(params), "state": list(state_leaves)}
         for node, dests in destinations.items():
             for column, leaf in dests:
-                new[column][leaf] = _array(env[node], graph, f"{token}-{node}")
+                name = _value_name(token, node, [(column, leaf)], old)
+                new[column][leaf] = _array(env[node], graph, name)
         return new["param"], new["state"]
 
     def run(
@@ -667,9 +669,9 @@ class DaskExecutor:
         if eager and _run_now(env, destinations, graph, token, columns, self._plan(program)):
             return
         for node, dests in destinations.items():
-            value = (
-                _array(env[node], graph, f"{token}-{node}") if _is_numpy(env[node]) else env[node]
-            )
+            value = env[node]
+            if _is_numpy(value):
+                value = _array(value, graph, _value_name(token, node, dests, columns))
             for column, leaf in dests:
                 _rebind(columns[column][leaf], value, graph)
 
@@ -775,7 +777,7 @@ def _run_now(
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
-            hlg, key, chunks, meta = _data_graph(value, f"{token}-{node}")
+            hlg, key, chunks, meta = _data_graph(value, _value_name(token, node, dests, columns))
             for column, leaf in dests:
                 _point(columns[column][leaf], meta, hlg, key, chunks)
             continue
@@ -1153,6 +1155,16 @@ def _data_array(value: Any, name: str) -> Any:
 
     graph, key, chunks, meta = _data_graph(value, name)
     return da.Array(graph, key, chunks, meta=meta)
+
+
+def _value_name(token: str, node: int, dests: list[tuple[str, int]], columns: dict) -> str:
+    """What names a new value computed at graph time (a step count) for the leaves
+    ``dests``: the program, the node and the names of the arrays it replaces. Two
+    optimizers of one program step their counts to equal values; named after the
+    arrays they replace (named apart at ``init``), the new counts stay two arrays,
+    which ``dask.persist`` does not merge into one."""
+    olds = (getattr(columns[c][leaf], "name", "") for c, leaf in dests)
+    return f"{token}-{node}-" + "-".join(map(str, olds))
 
 
 def _data_graph(value: Any, name: str) -> tuple[Any, str, tuple, Any]:
