@@ -466,3 +466,56 @@ def test_numpy_step_memory_is_flat_and_small():
     param_bytes = sum(p.nbytes for p in params)
     assert current - base < 64 * 1024  # no growth
     assert peak - base < param_bytes
+
+
+class _CopyState(NamedTuple):
+    last: Any
+    total: Any
+
+
+def _copies_an_input():
+    """A rule whose new state values are another column's inputs, not computed: the last
+    gradient, and (swapped each step) the parameter's old value."""
+
+    def init(params):
+        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
+        return _CopyState(tree_map(zeros, params), tree_map(zeros, params))
+
+    def update(grads, state, params):
+        updates = tree_map(lambda g, t: -0.1 * g - 0.01 * t, grads, state.total)
+        return updates, _CopyState(grads, params)
+
+    return optim.GradientTransformation("copies-an-input", init, update, {})
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host-kernels", "executors"])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_a_state_value_that_is_another_input_is_copied(lib, host, monkeypatch):
+    """A state leaf whose new value is the gradient, or the parameter's old value, gets
+    it on every executor. It was left as it was on NumPy's and torch's executors where
+    the input's leaf index equalled the state leaf's (the check for "returned
+    unchanged" compared the leaf index, not the column), and it got the parameter's
+    new value on the host kernels and the generic path (copied after the parameter
+    was written). Bit for bit the generic path, which now copies first."""
+    monkeypatch.setattr(host_exec, "enabled", host)
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((4, 3)), rng.standard_normal(5)]
+    grads = [[rng.standard_normal(x.shape) for x in arrays] for _ in range(3)]
+    to = np.asarray if lib == "numpy" else torch.asarray
+
+    def run(fast: bool) -> list[Any]:
+        monkeypatch.setattr(fastpath, "enabled", fast)
+        opt = _copies_an_input()
+        p = [to(x.copy()) for x in arrays]
+        s = opt.init(p)
+        with np.errstate(all="ignore"):  # NumPy's host kernels run where no fp error raises
+            for g in grads:
+                p, s = opt.step(p, [to(x) for x in g], s)
+        return [np.asarray(x) for x in [*p, *flatten_leaves(s)[0]]]
+
+    runs = host_exec.runs
+    got, want = run(True), run(False)
+    assert (host_exec.runs > runs) == (host and HOST)
+    np.testing.assert_array_equal(got[2], np.asarray(grads[-1][0]))  # last = the gradient
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x, y)

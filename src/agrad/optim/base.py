@@ -838,9 +838,21 @@ def _write_all(
     _check_overlap(
         fn, adapter, [(where, dst) for (where, dst, _), w in zip(pairs, plan) if w], label
     )
+    # a new value that is itself a destination (a rule returning the parameters as new
+    # state) is read before anything is written: a copy of it, made now
+    written = {id(dst) for (_, dst, _), w in zip(pairs, plan) if w}
+    pairs = [
+        (where, dst, _copy(new) if new is not dst and id(new) in written else new)
+        for where, dst, new in pairs
+    ]
     with _interrupts_held():
         out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
     return out[:n_params], (out[n_params:] if len(pairs) > n_params else None)
+
+
+def _copy(x: Any) -> Any:
+    """A copy of array ``x`` (of its library, dtype and device)."""
+    return array_api_compat.array_namespace(x).asarray(x, copy=True)
 
 
 def _check_overlap(

@@ -82,6 +82,8 @@ class _Plan:
             for o in step.outputs:
                 for dest in self.destinations.get(o, ()):
                     source = self.inputs.get(dest)
+                    if source in self.destinations:
+                        continue  # its old value is another leaf's new value, copied at the end
                     if source is None or last.get(source, -1) <= s:
                         self.in_place[(s, o)] = dest
                         break
@@ -226,10 +228,19 @@ class CupyExecutor:
                     outs.append(self.cupy.empty(n.shape, dtype=dtype_name(n.dtype)))
             kernel(*args, *outs)
             env.update(zip(step.outputs, outs))
-        for node, dests in plan.destinations.items():
-            value = env[node]
-            for column, leaf in dests:
-                buf = columns[column][leaf]
-                if buf is not value:
-                    buf[...] = value
+        copies = [
+            (env[node], columns[column][leaf])
+            for node, dests in plan.destinations.items()
+            for column, leaf in dests
+        ]
+        # a leaf's old value that is another leaf's new value (the parameters returned
+        # as new state) is read before any leaf is written: a copy of it, made now
+        written = {id(buf) for value, buf in copies if buf is not value}
+        copies = [
+            (value.copy() if buf is not value and id(value) in written else value, buf)
+            for value, buf in copies
+        ]
+        for value, buf in copies:
+            if buf is not value:
+                buf[...] = value
         return True

@@ -668,12 +668,20 @@ class DaskExecutor:
         columns = {"param": params, "state": state_leaves, "grad": grads}
         if eager and _run_now(env, destinations, graph, token, columns, self._plan(program)):
             return
+        # an input array that is also rebound (the parameters returned as new state) is
+        # read as it is now, before any rebinding
+        rebound = {id(columns[c][leaf]) for dests in destinations.values() for c, leaf in dests}
+        new = {}
         for node, dests in destinations.items():
             value = env[node]
             if _is_numpy(value):
                 value = _array(value, graph, _value_name(token, node, dests, columns))
+            elif id(value) in rebound:
+                value = _snapshot(value)
+            new[node] = value
+        for node, dests in destinations.items():
             for column, leaf in dests:
-                _rebind(columns[column][leaf], value, graph)
+                _rebind(columns[column][leaf], new[node], graph)
 
 
 #: Set to ``False`` to keep every step lazy (the chunk tasks then run when the caller
@@ -817,9 +825,9 @@ def _donors(
         for k, o in enumerate(step.outputs):
             for column, leaf in destinations.get(o, ()):
                 n = inputs.get((column, leaf))
-                if n is None or n in destinations or max(readers.get(n, ())) != s:
+                if n is None or n in destinations or ("n", n) not in step.inputs:
                     continue
-                if ("n", n) not in step.inputs:
+                if max(readers[n]) != s:  # read by a later step
                     continue
                 old, new = program.nodes[n], program.nodes[o]
                 if old.shape != step.shape or dtype_name(old.dtype) != dtype_name(new.dtype):
@@ -1097,6 +1105,13 @@ def _rebind_concrete(dsts: list[Any], name: str, chunks: dict, value: _Out) -> N
     hlg = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
     for dst in dsts:
         _point(dst, value.meta, hlg, name, value.chunks)
+
+
+def _snapshot(x: Any) -> Any:
+    """A new Dask array object for ``x``'s graph as it is now (``x`` may be rebound)."""
+    import dask.array as da
+
+    return da.Array(x.dask, x.name, x.chunks, meta=x._meta)
 
 
 def _rebind(dst: Any, value: Any, graph: _Graph) -> None:

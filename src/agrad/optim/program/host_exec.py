@@ -581,9 +581,21 @@ def run(
         }
         for i in members:
             args[i] = env[i] = run_node(xp, program, i, args, scalars)
-    for node, (column, leaf) in plan.final_copies:
-        src = value(where[node])
-        dst = columns[column][leaf]
+    copies = [
+        (value(where[node]), columns[column][leaf]) for node, (column, leaf) in plan.final_copies
+    ]
+    if len(copies) > 1:  # a leaf's old value copied to another leaf, before it is written
+        written = {id(dst) for src, dst in copies if src is not dst}
+        copies = [
+            (
+                (src.clone() if is_torch else src.copy())
+                if src is not dst and id(src) in written
+                else src,
+                dst,
+            )
+            for src, dst in copies
+        ]
+    for src, dst in copies:
         if src is dst:
             continue
         if is_torch:

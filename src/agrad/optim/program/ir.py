@@ -274,8 +274,9 @@ def _lane_of(program: Program, k: int, own: list[int], states: list[int]) -> tup
         if ref[0] != "n" or ref[1] not in local:
             regular = False
             continue
-        if nodes[ref[1]].op == "input" and nodes[ref[1]].attr("leaf") == columns[pos][1]:
-            continue  # returned unchanged
+        n = nodes[ref[1]]
+        if n.op == "input" and (n.attr("column"), n.attr("leaf")) == columns[pos]:
+            continue  # returned unchanged (another column's input is a copy to make)
         outputs.append((pos, local[ref[1]]))
     signature = (tuple(sig), tuple(outputs), len(columns))
     return Lane(k, tuple(columns), tuple(own), tuple(outputs), signature), regular
