@@ -26,6 +26,27 @@ class SignumState(NamedTuple):
     momentum: Any
 
 
+class InputsAsState(NamedTuple):
+    last: Any  # the gradient (the old value never read)
+    before: Any  # the parameters' old values
+
+
+def inputs_as_state() -> ao.GradientTransformation:
+    """A user's rule whose new state values are its inputs, not computed: the gradient
+    (``last``, whose old value it never reads) and the parameters it was given
+    (``before``: their old values, where the same step writes their new ones)."""
+
+    def init(params: Any) -> InputsAsState:
+        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
+        return InputsAsState(tree_map(zeros, params), tree_map(zeros, params))
+
+    def update(grads: Any, state: InputsAsState, params: Any) -> tuple[Any, InputsAsState]:
+        updates = tree_map(lambda g, b: -0.1 * g - 0.01 * b, grads, state.before)
+        return updates, InputsAsState(grads, params)
+
+    return ao.GradientTransformation("inputs-as-state", init, update, {})
+
+
 def signum(lr: float = 1e-2, beta: float = 0.9) -> ao.GradientTransformation:
     """docs/custom-optimizer.md's Signum, as a user writes it."""
 

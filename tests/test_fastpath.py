@@ -25,6 +25,7 @@ from agrad.optim.program import host_exec
 from agrad.optim.program.ir import lane_groups
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves, tree_map
+from program_cases import inputs_as_state
 
 torch = pytest.importorskip("torch")
 
@@ -468,26 +469,6 @@ def test_numpy_step_memory_is_flat_and_small():
     assert peak - base < param_bytes
 
 
-class _CopyState(NamedTuple):
-    last: Any
-    total: Any
-
-
-def _copies_an_input():
-    """A rule whose new state values are another column's inputs, not computed: the last
-    gradient, and (swapped each step) the parameter's old value."""
-
-    def init(params):
-        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
-        return _CopyState(tree_map(zeros, params), tree_map(zeros, params))
-
-    def update(grads, state, params):
-        updates = tree_map(lambda g, t: -0.1 * g - 0.01 * t, grads, state.total)
-        return updates, _CopyState(grads, params)
-
-    return optim.GradientTransformation("copies-an-input", init, update, {})
-
-
 @pytest.mark.parametrize("host", [True, False], ids=["host-kernels", "executors"])
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_a_state_value_that_is_another_input_is_copied(lib, host, monkeypatch):
@@ -505,7 +486,7 @@ def test_a_state_value_that_is_another_input_is_copied(lib, host, monkeypatch):
 
     def run(fast: bool) -> list[Any]:
         monkeypatch.setattr(fastpath, "enabled", fast)
-        opt = _copies_an_input()
+        opt = inputs_as_state()
         p = [to(x.copy()) for x in arrays]
         s = opt.init(p)
         with np.errstate(all="ignore"):  # NumPy's host kernels run where no fp error raises

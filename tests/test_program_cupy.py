@@ -37,7 +37,14 @@ from agrad.optim.program.ir import evaluate_scalars
 from agrad.optim.program.recorder import NotRecordable, record
 from agrad.pytree import flatten_leaves
 from agrad.testing import load_backend
-from program_cases import CASES, leaves, reference, state_arrays, state_numbers
+from program_cases import (
+    CASES,
+    inputs_as_state,
+    leaves,
+    reference,
+    state_arrays,
+    state_numbers,
+)
 
 pytestmark = pytest.mark.skipif(find_c_compiler() is None, reason="no host C compiler")
 
@@ -260,36 +267,13 @@ def test_cupy_step_matches_generic_path():
                 np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), rtol=rtol, atol=rtol)
 
 
-def _parameters_as_state():
-    """A user rule whose new state is the gradient and the parameters' old values."""
-    from typing import Any, NamedTuple
-
-    import agrad
-    import agrad.optim as ao
-    from agrad.pytree import tree_map
-
-    class State(NamedTuple):
-        last: Any
-        before: Any
-
-    def init(params):
-        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
-        return State(tree_map(zeros, params), tree_map(zeros, params))
-
-    def update(grads, state, params):
-        updates = tree_map(lambda g, b: -0.1 * g - 0.01 * b, grads, state.before)
-        return updates, State(grads, params)
-
-    return ao.GradientTransformation("parameters-as-state", init, update, {})
-
-
 def test_the_parameters_old_values_as_new_state(host_cupy):
     """A rule returning the parameters it was given as new state: the state gets their
     old values (the kernel no longer writes a parameter in place whose old value a
     state leaf receives; the final copies read before they write), as the reference."""
     params, grads = leaves([(4, 3), (5,)], np.float64, 12)
-    expected = reference(_parameters_as_state, params, grads)
-    opt = _parameters_as_state()
+    expected = reference(inputs_as_state, params, grads)
+    opt = inputs_as_state()
     p = [x.copy() for x in params]
     s = opt.init(p)
     for k, g in enumerate(grads):

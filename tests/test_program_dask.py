@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import pickle
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 import agrad.optim as ao
 from agrad.optim.program import kernel_route
 from agrad.pytree import flatten_leaves, tree_map, unflatten
-from program_cases import CASES, leaves, reference, state_arrays
+from program_cases import CASES, inputs_as_state, leaves, reference, state_arrays
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -943,82 +942,24 @@ def test_two_optimizers_persisted_together_stay_apart(route, monkeypatch):
     assert int(np.asarray(s1.count)) == 3 and int(np.asarray(s2.count)) == 2
 
 
-def _last_gradient():
-    """A user rule with a state leaf whose new value never reads its old one (the last
-    gradient), and one that does (a running sum)."""
-    from typing import NamedTuple
-
-    import agrad
-
-    class State(NamedTuple):
-        last: Any
-        total: Any
-
-    def init(params):
-        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
-        return State(tree_map(zeros, params), tree_map(zeros, params))
-
-    def update(grads, state, params=None):
-        total = tree_map(lambda t, g: t + g, state.total, grads)
-        return tree_map(lambda g, t: -0.1 * g - 0.01 * t, grads, total), State(grads, total)
-
-    return ao.GradientTransformation("last-gradient", init, update, {}, needs_params=False)
-
-
-def _last_parameters():
-    """A user rule whose new state is the parameters' old values (and the gradient)."""
-    from typing import NamedTuple
-
-    import agrad
-
-    class State(NamedTuple):
-        last: Any
-        before: Any
-
-    def init(params):
-        zeros = lambda p: agrad.array_namespace(p).zeros_like(p)  # noqa: E731
-        return State(tree_map(zeros, params), tree_map(zeros, params))
-
-    def update(grads, state, params):
-        updates = tree_map(lambda g, b: -0.1 * g - 0.01 * b, grads, state.before)
-        return updates, State(grads, params)
-
-    return ao.GradientTransformation("last-parameters", init, update, {})
-
-
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
 def test_the_parameters_old_values_as_new_state(eager, monkeypatch):
-    """A rule whose new state is the parameters it was given: the state gets their old
-    values, not the new ones the same step rebinds the parameters to (the rebinding
-    used to read the parameter after it was rebound); agrad's NumPy steps' values."""
+    """A rule whose new state is the parameters it was given and the gradient: the state
+    gets the parameters' old values, not the new ones the same step rebinds them to
+    (the rebinding used to read the parameter after it was rebound), and the gradient
+    (the old ``last``, never read, is dropped); agrad's NumPy steps' values."""
     from agrad.optim.program import dask_exec
 
     monkeypatch.setattr(dask_exec, "eager", eager)
     params, grads = leaves([(8, 6)], np.float64, 81)
-    opt = _last_parameters()
+    opt = inputs_as_state()
     p = _persisted(params, [(2, 6)])
     s = tree_map(_persist_each, opt.init(p))
     for g in grads:
         p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
         p, s = _persist_each(p), tree_map(_persist_each, s)
-    want = _numpy_steps(_last_parameters, params, grads)
+    want = _numpy_steps(inputs_as_state, params, grads)
     np.testing.assert_allclose(np.asarray(p[0]), want[-1][0][0], rtol=1e-12)
     np.testing.assert_allclose(np.asarray(s.before[0]), want[-2][0][0], rtol=1e-12)
     for x, w in zip(state_arrays(s), want[-1][1]):
-        np.testing.assert_allclose(x, w, rtol=1e-12)
-
-
-def test_a_state_leaf_replaced_without_being_read(pool_min):
-    """A state leaf the rule replaces without reading it (the last gradient): eager
-    steps on persisted arrays equal agrad's NumPy steps (its old chunks are nobody's
-    input: not written over, simply dropped)."""
-    params, grads = leaves([(8, 6)], np.float64, 80)
-    opt = _last_gradient()
-    p = _persisted(params, [(2, 6)])
-    s = tree_map(_persist_each, opt.init(p))
-    for g in grads:
-        p, s = opt.step(p, _persisted(g, [(2, 6)]), s)
-    want = _numpy_steps(_last_gradient, params, grads)[-1]
-    np.testing.assert_allclose(np.asarray(p[0]), want[0][0], rtol=1e-12)
-    for x, w in zip(state_arrays(s), want[1]):
         np.testing.assert_allclose(x, w, rtol=1e-12)

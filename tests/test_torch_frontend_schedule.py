@@ -153,6 +153,20 @@ def _run(a, sa, t, st, steps: int, gen: Any, start: int = 0) -> None:
         _advance(st, i)
 
 
+@pytest.fixture
+def compiles(monkeypatch) -> list[int]:
+    """One entry per program the fast route compiles during the test."""
+    made: list[int] = []
+    real = fastpath._compile
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "_compile", counting)
+    return made
+
+
 def _switched(opt: Any) -> bool:
     return any(w.opt is not None for w in opt._watch.values())
 
@@ -239,16 +253,8 @@ def test_the_switched_state_dict_has_the_plain_keys(case):
 
 
 @pytest.mark.parametrize("case", ["adam", "sgd-momentum", "nadam"])
-def test_no_compile_per_step_after_the_switch(monkeypatch, case):
+def test_no_compile_per_step_after_the_switch(compiles, case):
     """After the switch, a new lr is data: the fast route compiles nothing more."""
-    compiles = []
-    real = fastpath._compile
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        compiles.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fastpath, "_compile", counting)
     a, sa, _, _ = _pair(case, torch.float32, "onecycle")
     gen = torch.Generator().manual_seed(4)
     for i in range(20):
@@ -419,20 +425,12 @@ _SHAPES = [(5, 3), (7,), (64, 33)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_a_custom_factory_under_a_per_step_schedule_is_built_once(monkeypatch, dtype):
+def test_a_custom_factory_under_a_per_step_schedule_is_built_once(compiles, dtype):
     """A user's factory with an lr scheduled per step switches to ``inject_hyperparams``
     of it, as the built-ins do: built once, no program compiled per step (it was one
     optimizer and one compile per step, about 60x a constant lr's step), its steps on
     the fast route; bit for bit the plain rebuild-per-lr steps (a 0-d float64 lr meets
     a float32 tensor as a float32 value, as the Python number does)."""
-    compiles = []
-    real = fastpath._compile
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        compiles.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fastpath, "_compile", counting)
     got, opt = _custom_run(momentum_sgd, dtype)
     assert _switched(opt)
     assert len(opt._built) <= 3 and len(compiles) <= 4, (len(opt._built), len(compiles))
