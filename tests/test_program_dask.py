@@ -724,6 +724,8 @@ def test_steady_steps_write_over_the_old_chunks(case, pool_min):
 
     if not host_exec.available():
         pytest.skip("no C compiler: the chunk tasks run NumPy's ufuncs, nothing is donated")
+    if not dask_exec._EXACT_REFCOUNTS:
+        pytest.skip("this Python's sys.getrefcount is not exact: nothing is written over")
     factory = CASES[case]
     opt, p, s, params, grads = _steady(factory)
     ids = _chunk_ids(p[0])

@@ -852,6 +852,14 @@ def _whole_sum(program: Program, step: Step) -> bool:
     return n.op == "sum" and dict(n.attrs) == {"axis": None, "keepdims": False}
 
 
+#: Whether ``sys.getrefcount`` counts every reference the checks below expect: CPython
+#: up to 3.13 with the GIL (3.14 may leave a local variable's reference uncounted, and
+#: the free-threaded build counts differently): elsewhere no chunk is written over.
+_EXACT_REFCOUNTS = (
+    sys.implementation.name == "cpython"
+    and sys.version_info < (3, 14)
+    and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
 #: References to a chunk of a leaf's old value while a step decides whether to donate
 #: it: its graph layer's mapping, the step's ``values``, the pool's list and
 #: ``sys.getrefcount``'s argument (see :func:`_donations`).
@@ -869,7 +877,7 @@ def _donations(plan: _Plan, columns: dict, graph: _Graph) -> set[int]:
     ``p.blocks[0]``, ``p.copy()``, an earlier ``inplace=False`` step's input), a chunk
     a view or a ``compute()`` result holds, or an array given as two leaves keeps its
     chunks, and the block writes new ones."""
-    if not plan.donor_leaves:
+    if not plan.donor_leaves or not _EXACT_REFCOUNTS:
         return set()
     np = sys.modules["numpy"]
     names: dict[str, int] = {}
