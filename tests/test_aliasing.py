@@ -132,6 +132,21 @@ PATTERNS: dict[str, Any] = {
     ),
 }
 
+#: Every rule above, and chains in which a rule's incoming updates (another
+#: transform's output) or the parameters are returned as its state
+FACTORIES: dict[str, Any] = {name: _rule(name, f) for name, f in PATTERNS.items()}
+FACTORIES |= {
+    "chain-stores-incoming": lambda: ao.chain(
+        ao.trace(0.9), _rule("keep", lambda g, a, b, p: (g, Pair(g, p)))(), ao.scale_values(-0.1)
+    ),
+    "chain-both-store-parameters": lambda: ao.chain(
+        FACTORIES["parameter-through-state"](), FACTORIES["parameter-state-exchange"]()
+    ),
+    "chain-swap-after-decay": lambda: ao.chain(
+        ao.add_decayed_weights(0.01), FACTORIES["swap"](), FACTORIES["update-is-gradient"]()
+    ),
+}
+
 #: Two parameters alike (the across-leaves rules swap leaves): small (NumPy's executor
 #: gathers them into one buffer), over ``fastpath.CHUNK`` (run chunk by chunk), 0-d;
 #: with their Dask chunks.
@@ -140,7 +155,7 @@ SHAPES = {"small": ([(4, 3)] * 2, (2, 3)), "large": ([(70000,)] * 2, 30000), "0-
 
 def _expected(name: str, shapes: str) -> tuple[list, list]:
     params, grads = leaves(SHAPES[shapes][0], np.float64, 5)
-    want = reference(_rule(name, PATTERNS[name]), params, grads)
+    want = reference(FACTORIES[name], params, grads)
     return params, grads, [(p, state_arrays(s)) for p, s in want]
 
 
@@ -174,7 +189,7 @@ def _snapshot(p: list, s: Any) -> tuple[list, list]:
     return [np.array(np.asarray(x)) for x in p], [np.array(x) for x in state_arrays(s)]
 
 
-@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("shapes", sorted(SHAPES))
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_generic_path_in_place(name, shapes, lib, monkeypatch):
@@ -184,7 +199,7 @@ def test_generic_path_in_place(name, shapes, lib, monkeypatch):
     monkeypatch.setattr(fastpath, "enabled", False)
     params, grads, want = _expected(name, shapes)
     to = np.asarray if lib == "numpy" else torch.asarray
-    opt = _rule(name, PATTERNS[name])()
+    opt = FACTORIES[name]()
     p = [to(x.copy()) for x in params]
     s = opt.init(p)
     got = []
@@ -194,7 +209,7 @@ def test_generic_path_in_place(name, shapes, lib, monkeypatch):
     _compare(got, want)
 
 
-@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("shapes", sorted(SHAPES))
 @pytest.mark.parametrize("host", [True, False], ids=["host-kernels", "executors"])
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
@@ -209,7 +224,7 @@ def test_fast_route(name, shapes, lib, host, monkeypatch):
     monkeypatch.setattr(host_exec, "enabled", host)
     params, grads, want = _expected(name, shapes)
     to = np.asarray if lib == "numpy" else torch.asarray
-    opt = _rule(name, PATTERNS[name])()
+    opt = FACTORIES[name]()
     p = [to(x.copy()) for x in params]
     s = opt.init(p)
     got = []
@@ -228,7 +243,7 @@ def test_fast_route(name, shapes, lib, host, monkeypatch):
     _compare(got, want, rounding=lib == "torch" and not host)
 
 
-@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("shapes", sorted(SHAPES))
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
 def test_dask(name, shapes, eager, monkeypatch):
@@ -239,7 +254,7 @@ def test_dask(name, shapes, eager, monkeypatch):
 
     monkeypatch.setattr(dask_exec, "eager", eager)
     params, grads, want = _expected(name, shapes)
-    opt = _rule(name, PATTERNS[name])()
+    opt = FACTORIES[name]()
     persist = lambda x: dask.persist(x, scheduler="sync")[0]  # noqa: E731
     p = [persist(da.from_array(x.copy(), chunks=SHAPES[shapes][1])) for x in params]
     s = tree_map(persist, opt.init(p))
@@ -255,12 +270,12 @@ def test_dask(name, shapes, eager, monkeypatch):
     _compare(got, want)
 
 
-@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("shapes", sorted(SHAPES))
 def test_cupy_kernels(name, shapes, host_cupy):  # noqa: F811
     """CuPy's route, its kernels compiled for the host, on NumPy arrays."""
     params, grads, want = _expected(name, shapes)
-    opt = _rule(name, PATTERNS[name])()
+    opt = FACTORIES[name]()
     p = [x.copy() for x in params]
     s = opt.init(p)
     got = []
