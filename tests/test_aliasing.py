@@ -245,9 +245,15 @@ def test_fast_route(name, shapes, lib, host, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("shapes", sorted(SHAPES))
+@pytest.mark.parametrize("together", [True, False], ids=["persist-together", "persist-each"])
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
-def test_dask(name, shapes, eager, monkeypatch):
-    """Dask's kernel route, on persisted arrays: eager (run when called) or lazy."""
+def test_dask(name, shapes, eager, together, monkeypatch):
+    """Dask's kernel route, on persisted arrays: eager (run when called) or lazy; the
+    results persisted leaf by leaf, or all in one ``dask.persist`` call (which hands
+    back one object for one name). Two leaves given one value (``State(m, m)``, the
+    gradient twice, the parameters as the state of two transforms) used to be rebound
+    to one name: persisted together they became one array, and the next step declined
+    and the generic path refused to write it twice."""
     import dask
 
     from agrad.optim.program import dask_exec
@@ -265,7 +271,10 @@ def test_dask(name, shapes, eager, monkeypatch):
         if out is None:
             assert name in VIEWS
             out = opt.step(p, g, s)
-        p, s = [persist(x) for x in out[0]], tree_map(persist, out[1])
+        if together:
+            p, s = dask.persist(list(out[0]), out[1], scheduler="sync")
+        else:
+            p, s = [persist(x) for x in out[0]], tree_map(persist, out[1])
         got.append(_snapshot(p, s))
     _compare(got, want)
 
