@@ -74,6 +74,15 @@ PATTERNS: dict[str, Any] = {
         _each(lambda g, a: -0.1 * (g + a), g, a),
         Pair(_each(lambda a, g: 0.5 * a + g, a, g), a),
     ),
+    # one leaf returned unchanged, its old value also given to the other
+    "a-kept-and-copied": lambda g, a, b, p: (
+        _each(lambda g, b: -0.1 * g * b, g, b),
+        Pair(a, a),
+    ),
+    "b-kept-and-copied": lambda g, a, b, p: (
+        _each(lambda g, a: -0.1 * (g + a), g, a),
+        Pair(b, b),
+    ),
     # the update is the gradient itself, or a state leaf's old value, or the parameters'
     "update-is-gradient": lambda g, a, b, p: (g, Pair(_each(lambda a, g: a + g, a, g), b)),
     "update-is-old-state": lambda g, a, b, p: (
@@ -241,6 +250,29 @@ def test_fast_route(name, shapes, lib, host, monkeypatch):
     if host and host_exec.available() and name not in VIEWS:
         assert host_exec.runs > runs
     _compare(got, want, rounding=lib == "torch" and not host)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("shapes", sorted(SHAPES))
+def test_numpy_executor_where_errors_raise(name, shapes):
+    """NumPy's executor where a floating-point error raises (pytest's warnings are
+    errors): no host kernels; the kernels run first on copies (gathered, chunk copies),
+    then in place: the reference's values."""
+    params, grads, want = _expected(name, shapes)
+    opt = FACTORIES[name]()
+    p = [x.copy() for x in params]
+    s = opt.init(p)
+    got = []
+    runs = host_exec.runs
+    for g in grads:
+        out = fastpath.try_step(opt, p, [x.copy() for x in g], s)
+        if out is None:
+            assert name in VIEWS | ACROSS_LEAVES | {"state-is-parameters-astype"}
+            out = opt.step(p, [x.copy() for x in g], s)
+        p, s = out
+        got.append(_snapshot(p, s))
+    assert host_exec.runs == runs
+    _compare(got, want)
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

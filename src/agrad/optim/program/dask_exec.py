@@ -674,13 +674,14 @@ class DaskExecutor:
         new = {}
         for node, dests in destinations.items():
             value = env[node]
+            made = isinstance(value, _Out) or _is_numpy(value)  # by this step
             if _is_numpy(value):
                 value = _array(value, graph, _value_name(token, node, dests, columns))
             elif id(value) in rebound:
                 value = _snapshot(value)
-            new[node] = value
+            new[node] = value, made
         for node, dests in destinations.items():
-            _rebind_apart([columns[c][leaf] for c, leaf in dests], new[node], graph)
+            _rebind_apart([columns[c][leaf] for c, leaf in dests], *new[node], graph)
 
 
 #: Set to ``False`` to keep every step lazy (the chunk tasks then run when the caller
@@ -1126,18 +1127,24 @@ def _rebind(dst: Any, value: Any, graph: _Graph) -> None:
     _point(dst, value.meta, graph.graph_of(name), name, value.chunks)
 
 
-def _rebind_apart(dsts: list[Any], value: Any, graph: _Graph) -> None:
-    """Make each of ``dsts`` stand for ``value``, under a name of its own: the first
-    under ``value``'s, the others as aliases of its chunks (no copy, no task run).
+def _rebind_apart(dsts: list[Any], value: Any, made: bool, graph: _Graph) -> None:
+    """Make each of ``dsts`` stand for ``value``, under a name of its own: a value
+    ``made`` by this step (a block's output, a count) under its name for the first,
+    and aliases of its chunks (no copy, no task run) for the others, and for every one
+    where ``value`` is an input array (the gradient, a state leaf returned unchanged,
+    which keeps its name).
 
-    Two leaves receiving one value (a rule returning ``State(m, m)``, the parameters
-    as the state of two transforms of a chain) would otherwise share a name, and
-    ``dask.persist`` hands back one object for one name: persisted together, the two
-    leaves would be one array, which the next in-place step refuses to write twice.
+    Two leaves of one value (a rule returning ``State(m, m)`` or ``State(a, a)``, the
+    parameters as the state of two transforms of a chain) would otherwise share a
+    name, and ``dask.persist`` hands back one object for one name: persisted
+    together, the two leaves would be one array, which the next in-place step
+    refuses to write twice.
     """
-    _rebind(dsts[0], value, graph)
-    first = dsts[0]
-    for k, dst in enumerate(dsts[1:], 1):
+    first = value
+    if made:
+        _rebind(dsts[0], value, graph)
+        first, dsts = dsts[0], dsts[1:]
+    for k, dst in enumerate(dsts, 1):
         alias = _renamed(first, f"{first.name}-{k}")
         _point(dst, alias._meta, alias.dask, alias.name, alias.chunks)
 
