@@ -328,3 +328,32 @@ def test_cupy_kernels(name, shapes, host_cupy):  # noqa: F811
         s = out[1]
         got.append(_snapshot(p, s))
     _compare(got, want)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "parameter-through-state",
+        "parameter-state-exchange",
+        "state-is-a-view-of-parameters",
+        "update-is-parameters",
+        "chain-both-store-parameters",
+    ],
+)
+@pytest.mark.parametrize("route", ["generic", "host-kernels", "executors"])
+def test_numpy_variables(name, route, monkeypatch):
+    """Parameters held by :class:`agrad.Variable` s (their arrays written): the rule
+    sees the arrays, so a new state that is one (or a view of one) is compared with
+    the Variables' arrays before the writes; the reference's values."""
+    monkeypatch.setattr(fastpath, "enabled", route != "generic")
+    monkeypatch.setattr(host_exec, "enabled", route == "host-kernels")
+    params, grads, want = _expected(name, "small")
+    opt = FACTORIES[name]()
+    p = [agrad.Variable(x.copy()) for x in params]
+    s = opt.init(p)
+    got = []
+    for g in grads:
+        with np.errstate(all="ignore"):
+            p, s = opt.step(p, [x.copy() for x in g], s)
+        got.append(_snapshot([x.value for x in p], s))
+    _compare(got, want)
