@@ -151,6 +151,9 @@ FACTORIES |= {
     "chain-both-store-parameters": lambda: ao.chain(
         FACTORIES["parameter-through-state"](), FACTORIES["parameter-state-exchange"]()
     ),
+    "chain-stores-outgoing": lambda: ao.chain(
+        FACTORIES["state-is-the-update-object"](), ao.scale_values(2.0), ao.trace(0.5)
+    ),
     "chain-swap-after-decay": lambda: ao.chain(
         ao.add_decayed_weights(0.01), FACTORIES["swap"](), FACTORIES["update-is-gradient"]()
     ),
