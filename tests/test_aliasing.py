@@ -360,3 +360,28 @@ def test_numpy_variables(name, route, monkeypatch):
             p, s = opt.step(p, [x.copy() for x in g], s)
         got.append(_snapshot([x.value for x in p], s))
     _compare(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(set(FACTORIES) - VIEWS))
+def test_dask_eager_steps_in_a_row(name):
+    """Eager Dask steps, one after another on what the last returned (no persist between
+    them): from the third step on, the chunks are the route's own and a block may write
+    over the chunks of the values it replaces; never over a chunk another leaf still
+    holds (two leaves of one value, a leaf's old value moved to another). Six steps,
+    the reference's values after each."""
+    params, _ = leaves(SHAPES["small"][0], np.float64, 5)
+    rng = np.random.default_rng(6)
+    grads = [[rng.standard_normal(x.shape) for x in params] for _ in range(6)]
+    want = [(p, state_arrays(s)) for p, s in reference(FACTORIES[name], params, grads)]
+    opt = FACTORIES[name]()
+    p = [da.from_array(x.copy(), chunks=(2, 3)).persist() for x in params]
+    s = opt.init(p)
+    got = []
+    for g in grads:
+        out = kernel_route.try_step(
+            opt, p, [da.from_array(x, chunks=(2, 3)).persist() for x in g], s
+        )
+        assert out is not None
+        p, s = out
+        got.append(_snapshot(p, s))
+    _compare(got, want)
