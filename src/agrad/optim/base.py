@@ -16,6 +16,7 @@ namespace; transforms composed by :func:`chain` call each other's inner function
 
 from __future__ import annotations
 
+import bisect
 import signal
 import sys
 import threading
@@ -838,16 +839,54 @@ def _write_all(
     _check_overlap(
         fn, adapter, [(where, dst) for (where, dst, _), w in zip(pairs, plan) if w], label
     )
-    # a new value that is itself a destination (a rule returning the parameters as new
-    # state) is read before anything is written: a copy of it, made now
-    written = {id(dst) for (_, dst, _), w in zip(pairs, plan) if w}
+    # a new value that is a destination, or a view of one (a rule returning the
+    # parameters, or a reshape of them, as new state) is read before anything is
+    # written: a copy of it, made now
+    reads_written = _reads_written(adapter, [dst for (_, dst, _), w in zip(pairs, plan) if w])
     pairs = [
-        (where, dst, _copy(new) if new is not dst and id(new) in written else new)
+        (where, dst, _copy(new) if new is not dst and reads_written(new) else new)
         for where, dst, new in pairs
     ]
     with _interrupts_held():
         out = [adapter.write(dst, new) if w else new for (_, dst, new), w in zip(pairs, plan)]
     return out[:n_params], (out[n_params:] if len(pairs) > n_params else None)
+
+
+def _reads_written(adapter: Any, written: list[Any]) -> Callable[[Any], bool]:
+    """Whether an array is one of the ``written`` destinations or shares memory with one.
+
+    The destinations' byte spans (disjoint where they do not share memory, as
+    :func:`_check_overlap` has checked) are sorted by start; an array's span is looked
+    up by bisection, and the exact check runs on the spans it reaches into, so a step
+    of many parameters checks each new value in about log(n) comparisons.
+    """
+    ids = {id(dst) for dst in written}
+    spans = []
+    for dst in written:
+        span = adapter.memory_span(dst)
+        if span is not None:
+            spans.append((repr(span[0]), span[1], span[2], dst))
+    spans.sort(key=lambda s: s[:2])
+    keys = [s[:2] for s in spans]
+    reach = []  # the furthest end of spans[: i + 1] in spans[i]'s buffer
+    for i, (buffer, _, end, _) in enumerate(spans):
+        reach.append(max(end, reach[-1]) if i and spans[i - 1][0] == buffer else end)
+
+    def reads(x: Any) -> bool:
+        if id(x) in ids:
+            return True
+        span = adapter.memory_span(x) if spans else None
+        if span is None:
+            return False
+        buffer, start, end = repr(span[0]), span[1], span[2]
+        i = bisect.bisect_left(keys, (buffer, end)) - 1
+        while i >= 0 and spans[i][0] == buffer and reach[i] > start:
+            if spans[i][2] > start and adapter.shares_memory(x, spans[i][3]):
+                return True
+            i -= 1
+        return False
+
+    return reads
 
 
 def _copy(x: Any) -> Any:

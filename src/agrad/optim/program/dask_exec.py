@@ -674,14 +674,14 @@ class DaskExecutor:
         new = {}
         for node, dests in destinations.items():
             value = env[node]
+            made = isinstance(value, _Out) or _is_numpy(value)  # by this step
             if _is_numpy(value):
                 value = _array(value, graph, _value_name(token, node, dests, columns))
             elif id(value) in rebound:
                 value = _snapshot(value)
-            new[node] = value
+            new[node] = value, made
         for node, dests in destinations.items():
-            for column, leaf in dests:
-                _rebind(columns[column][leaf], new[node], graph)
+            _rebind_apart([columns[c][leaf] for c, leaf in dests], *new[node], graph)
 
 
 #: Set to ``False`` to keep every step lazy (the chunk tasks then run when the caller
@@ -785,16 +785,20 @@ def _run_now(
     for node, dests in destinations.items():
         value = env[node]
         if _is_numpy(value):
-            hlg, key, chunks, meta = _data_graph(value, _value_name(token, node, dests, columns))
-            for column, leaf in dests:
+            for column, leaf in dests:  # a key of its own each (see _rebind_apart)
+                name = _value_name(token, node, [(column, leaf)], columns)
+                hlg, key, chunks, meta = _data_graph(value, name)
                 _point(columns[column][leaf], meta, hlg, key, chunks)
             continue
         name = value.name if value.single else _out_name(value)
-        chunks = {}
+        got = {}
         for idx in _indices(value.chunks):
-            got = values[(value.name, *idx)]
-            chunks[(name, *idx)] = got if value.single else got[value.k]
-        _rebind_concrete([columns[c][leaf] for c, leaf in dests], name, chunks, value)
+            chunk = values[(value.name, *idx)]
+            got[idx] = chunk if value.single else chunk[value.k]
+        for k, (column, leaf) in enumerate(dests):  # a name of its own each
+            own = name if k == 0 else f"{name}-{k}"
+            chunks = {(own, *idx): chunk for idx, chunk in got.items()}
+            _rebind_concrete([columns[column][leaf]], own, chunks, value)
     return True
 
 
@@ -1129,6 +1133,39 @@ def _rebind(dst: Any, value: Any, graph: _Graph) -> None:
         return
     name = _out_layer(value, graph)
     _point(dst, value.meta, graph.graph_of(name), name, value.chunks)
+
+
+def _rebind_apart(dsts: list[Any], value: Any, made: bool, graph: _Graph) -> None:
+    """Make each of ``dsts`` stand for ``value``, under a name of its own: a value
+    ``made`` by this step (a block's output, a count) under its name for the first,
+    and aliases of its chunks (no copy, no task run) for the others, and for every one
+    where ``value`` is an input array (the gradient, a state leaf returned unchanged,
+    which keeps its name).
+
+    Two leaves of one value (a rule returning ``State(m, m)`` or ``State(a, a)``, the
+    parameters as the state of two transforms of a chain) would otherwise share a
+    name, and ``dask.persist`` hands back one object for one name: persisted
+    together, the two leaves would be one array, which the next in-place step
+    refuses to write twice.
+    """
+    first = value
+    if made:
+        _rebind(dsts[0], value, graph)
+        first, dsts = dsts[0], dsts[1:]
+    for k, dst in enumerate(dsts, 1):
+        alias = _renamed(first, f"{first.name}-{k}")
+        _point(dst, alias._meta, alias.dask, alias.name, alias.chunks)
+
+
+def _renamed(x: Any, name: str) -> Any:
+    """Dask array ``x`` under the new name ``name``: an alias of each of its chunks."""
+    import dask.array as da
+    from dask._task_spec import Alias
+    from dask.highlevelgraph import HighLevelGraph
+
+    layer = {(name, *idx): Alias((name, *idx), (x.name, *idx)) for idx in _indices(x.chunks)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
+    return da.Array(graph, name, x.chunks, meta=x._meta)
 
 
 def _out_layer(value: _Out, graph: _Graph) -> str:

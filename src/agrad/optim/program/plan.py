@@ -14,7 +14,8 @@ the nodes once and gives every node a buffer:
 - an input node lives in its column, ``("col", c)``, until that column is
   overwritten.
 
-The plan ends with the copies of final values that could not be computed in place.
+The plan ends with the copies of final values that could not be computed in place,
+ordered so that none reads a column an earlier one wrote (:func:`_order_copies`).
 """
 
 from __future__ import annotations
@@ -132,8 +133,41 @@ def plan_lane(program: Program, lane: Lane) -> LanePlan:
         for c in cols:
             if where[local] != ("col", c):
                 copies.append((c, where[local]))
-    # a copy must not read a column that an earlier copy overwrote
-    copies.sort(key=lambda cs: cs[1][0] == "tmp")
+    copies, saves = _order_copies(copies, n_temps)
+    instrs += saves
     return LanePlan(
-        tuple(instrs), n_temps, tuple(copies), len(lane.columns), tuple(sorted(written))
+        tuple(instrs),
+        n_temps + len(saves),
+        tuple(copies),
+        len(lane.columns),
+        tuple(sorted(written)),
     )
+
+
+def _order_copies(copies: list, n_temps: int) -> tuple[list, list[Instr]]:
+    """The final copies in an order where none reads a column an earlier one wrote,
+    and the instructions saving a column to new scratch first where they form a cycle.
+
+    The copies are one parallel assignment: every column receives a value as it was
+    when the last instruction ran. A column's old value may be another column's new
+    one (a rule swapping two state leaves, or returning the parameter as new state
+    while the parameter's new value was computed into that state's column); each
+    copy runs once no pending copy still reads its column. Where every pending copy's
+    column is still read (a cycle), that column is first saved to a new scratch
+    buffer (``where`` on a constant condition: a copy, on every executor) and its
+    readers read the scratch.
+    """
+    ordered: list = []
+    saves: list[Instr] = []
+    pending = list(copies)
+    while pending:
+        read = {src for _, src in pending}
+        ready = [cs for cs in pending if ("col", cs[0]) not in read]
+        if not ready:  # a cycle
+            col, tmp = ("col", pending[0][0]), ("tmp", n_temps + len(saves))
+            saves.append(Instr("where", (("c", True), col, col), (), tmp))
+            pending = [(c, tmp if src == col else src) for c, src in pending]
+            continue
+        ordered += ready
+        pending = [cs for cs in pending if cs not in ready]
+    return ordered, saves
