@@ -16,13 +16,15 @@ a column or a dead value, and a few peephole fusions cut passes over memory:
   decay and NAdam's two terms record) updates ``p`` in place instead
   (:func:`_in_place_update`), as torch.optim's foreach code does.
 
-The addcmul, unscaled addcdiv and negative fusions compute the same roundings as the
-separate operations (torch's kernels evaluate ``x + (s*a)*b``, ``x + 1*(a/b)`` and
-``x - a``), so a program with only those is bitwise the generic path's (Lion, a chain
-of transforms); ``lerp`` rounds as torch's ``lerp`` does (it may fuse a multiply-add),
-a scale folded into ``addcdiv`` computes ``x + s*(a/b)`` for ``x + (a*s)/b``, and the
-in-place update rounds ``p`` once less: programs with those (RMSprop, NAdam, AdamW,
-Adam) agree with the generic path to rounding, as torch.optim's foreach code does.
+The unscaled addcdiv and negative fusions compute the same roundings as the separate
+operations (torch's kernels evaluate ``x + 1*(a/b)`` and ``x - a``), so a program with
+only those is bitwise the generic path's; ``addcmul`` may fuse its multiply-add (torch
+2.13's CPU kernel does on an AVX2 machine: it differs from ``x + a*b`` in the last bit
+for about a quarter of the elements), ``lerp`` rounds as torch's ``lerp`` does (it may
+fuse a multiply-add too), a scale folded into ``addcdiv`` computes ``x + s*(a/b)`` for
+``x + (a*s)/b``, and the in-place update rounds ``p`` once less: programs with those
+(RMSprop, NAdam, AdamW, Adam, any rule with ``x + a*b``) agree with the generic path to
+rounding, as torch.optim's foreach code does.
 
 :func:`recognise_fused` finds programs that are exactly one of torch's fused
 optimizers (``_fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``, ``_fused_adagrad_``):
