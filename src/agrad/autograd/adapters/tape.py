@@ -211,16 +211,16 @@ class TapeAdapter(Adapter):
         return None
 
     def memory_span(self, dst: Any) -> tuple[Any, int, int] | None:
-        x = dst.value if isinstance(dst, Variable) else dst
-        np = sys.modules.get("numpy")
-        if np is None or type(x) is not np.ndarray or x.size == 0:
-            return None  # Dask, array-api-strict and CuPy: not checked
+        x = _host_array(dst.value if isinstance(dst, Variable) else dst)
+        if x is None or x.size == 0:
+            return None  # Dask and CuPy: not checked
         low, high = _byte_bounds(x)
         return "host", low, high
 
     def shares_memory(self, a: Any, b: Any) -> bool:
         np = sys.modules["numpy"]
-        return bool(np.shares_memory(self.read(a), self.read(b)))
+        x, y = _host_array(self.read(a)), _host_array(self.read(b))
+        return x is None or y is None or bool(np.shares_memory(x, y))
 
     def write(self, dst: Any, new: Any) -> Any:
         if isinstance(dst, Variable):
@@ -282,6 +282,20 @@ def _custom_rules(spec: Any, nargs: int) -> list[Any]:
         return rule
 
     return [rule_for(i) for i in range(nargs)]
+
+
+def _host_array(x: Any) -> Any:
+    """The NumPy array holding ``x``'s memory: ``x`` itself, or the one an
+    array-api-strict array wraps; ``None`` for other arrays (Dask, CuPy)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    if type(x) is np.ndarray:
+        return x
+    inner = getattr(x, "_array", None)  # array_api_strict.Array keeps its data there
+    if type(inner) is np.ndarray and type(x).__module__.startswith("array_api_strict"):
+        return inner
+    return None
 
 
 def _byte_bounds(x: Any) -> tuple[int, int]:
