@@ -689,29 +689,10 @@ def _distinct_dask_names(state: Any) -> Any:
 
 
 def _dask_alias(x: Any, tag: str) -> Any:
-    """Dask array ``x`` under the new name ``agrad-state-<tag>``: its chunks themselves
-    where it holds values only (a count made by ``asarray``, a persisted array: still
-    values, so a step reads it at once), else one alias per chunk."""
-    import itertools
+    """Dask array ``x`` under the new name ``agrad-state-<tag>`` (nothing computed)."""
+    from agrad.optim.program.dask_exec import renamed
 
-    import dask.array as da
-    from dask._task_spec import Alias, DataNode
-    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-
-    name = f"agrad-state-{tag}"
-    indices = list(itertools.product(*(range(len(c)) for c in x.chunks)))
-    layers = getattr(x.dask, "layers", {})
-    mapping = getattr(layers.get(x.name), "mapping", None) if len(layers) == 1 else None
-    if isinstance(mapping, dict):
-        values = [mapping.get((x.name, *idx)) for idx in indices]
-        values = [v.value if isinstance(v, DataNode) else v for v in values]
-        if all(hasattr(v, "shape") and not hasattr(v, "__dask_graph__") for v in values):
-            chunks = {(name, *idx): v for idx, v in zip(indices, values)}
-            graph = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
-            return da.Array(graph, name, x.chunks, meta=x._meta)
-    layer = {(name, *idx): Alias((name, *idx), (x.name, *idx)) for idx in indices}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
-    return da.Array(graph, name, x.chunks, meta=x._meta)
+    return renamed(x, f"agrad-state-{tag}")
 
 
 def _is_numpy(xp: ModuleType) -> bool:

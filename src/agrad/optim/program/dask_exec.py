@@ -1153,17 +1153,30 @@ def _rebind_apart(dsts: list[Any], value: Any, made: bool, graph: _Graph) -> Non
         _rebind(dsts[0], value, graph)
         first, dsts = dsts[0], dsts[1:]
     for k, dst in enumerate(dsts, 1):
-        alias = _renamed(first, f"{first.name}-{k}")
+        alias = renamed(first, f"{first.name}-{k}")
         _point(dst, alias._meta, alias.dask, alias.name, alias.chunks)
 
 
-def _renamed(x: Any, name: str) -> Any:
-    """Dask array ``x`` under the new name ``name``: an alias of each of its chunks."""
+def renamed(x: Any, name: str) -> Any:
+    """Dask array ``x`` under the new name ``name``, nothing computed or copied: its
+    chunks themselves where it holds values only (an array made by ``asarray``, a
+    persisted one: still values, so an eager step reads it), else one alias per
+    chunk."""
     import dask.array as da
-    from dask._task_spec import Alias
-    from dask.highlevelgraph import HighLevelGraph
+    from dask._task_spec import Alias, DataNode
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-    layer = {(name, *idx): Alias((name, *idx), (x.name, *idx)) for idx in _indices(x.chunks)}
+    indices = list(_indices(x.chunks))
+    layers = getattr(x.dask, "layers", {})
+    mapping = getattr(layers.get(x.name), "mapping", None) if len(layers) == 1 else None
+    if isinstance(mapping, dict):
+        values = [mapping.get((x.name, *idx)) for idx in indices]
+        values = [v.value if isinstance(v, DataNode) else v for v in values]
+        if all(hasattr(v, "shape") and not hasattr(v, "__dask_graph__") for v in values):
+            chunks = {(name, *idx): v for idx, v in zip(indices, values)}
+            graph = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
+            return da.Array(graph, name, x.chunks, meta=x._meta)
+    layer = {(name, *idx): Alias((name, *idx), (x.name, *idx)) for idx in indices}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
     return da.Array(graph, name, x.chunks, meta=x._meta)
 
