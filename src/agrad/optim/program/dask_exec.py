@@ -614,7 +614,11 @@ class DaskExecutor:
                     for a in program.nodes[step.node].args
                     if a[0] == "n"
                 }
-                env[step.node] = run_node(self.xp, program, step.node, args, scalars)
+                # Dask runs the node's functions on empty "meta" arrays to learn the
+                # result's type, some of them uninitialised memory (a 0-d array's
+                # mean): a floating-point warning there says nothing of the data
+                with _meta_errors_ignored():
+                    env[step.node] = run_node(self.xp, program, step.node, args, scalars)
                 continue
             outs = _direct(program, step, task, env, scalars, graph)
             if outs is None:
@@ -707,6 +711,14 @@ def _pool() -> Any:
 
                 _POOL = ThreadPoolExecutor(max(CPU_COUNT - 1, 1), thread_name_prefix="agrad-dask")
     return _POOL
+
+
+def _meta_errors_ignored() -> Any:
+    """NumPy's floating-point errors ignored (a context manager), while Dask builds a
+    graph: what it computes then are metas, not data."""
+    import numpy as np
+
+    return np.errstate(all="ignore")
 
 
 def _threaded_default() -> bool:
