@@ -629,30 +629,6 @@ class DaskExecutor:
             env.update(zip(step.outputs, outs))
         return env, plan.destinations, graph, plan.token
 
-    def evaluate(
-        self,
-        program: Program,
-        params: list[Any],
-        grads: list[Any],
-        state_leaves: list[Any],
-        scalars: list[Any],
-    ) -> tuple[list[Any], list[Any]]:
-        """The new parameters and state leaves (lazy Dask arrays) of one step.
-
-        A state leaf the step leaves unchanged, or that is not an array, comes back as it
-        was given; nothing is computed (``dask.persist`` the results to run the step).
-        """
-        env, destinations, graph, token = self._values(
-            program, params, grads, state_leaves, scalars
-        )
-        old = {"param": params, "state": state_leaves}
-        new = {"param": list(params), "state": list(state_leaves)}
-        for node, dests in destinations.items():
-            for column, leaf in dests:
-                name = _value_name(token, node, [(column, leaf)], old)
-                new[column][leaf] = _array(env[node], graph, name)
-        return new["param"], new["state"]
-
     def run(
         self,
         program: Program,
@@ -810,7 +786,7 @@ def _run_now(
         for k, (column, leaf) in enumerate(dests):  # a name of its own each
             own = name if k == 0 else f"{name}-{k}"
             chunks = {(own, *idx): chunk for idx, chunk in got.items()}
-            _rebind_concrete([columns[column][leaf]], own, chunks, value)
+            _rebind_concrete(columns[column][leaf], own, chunks, value)
     return True
 
 
@@ -1121,14 +1097,13 @@ def _point(dst: Any, meta: Any, hlg: Any, name: str, chunks: tuple) -> None:
     dst._chunks = chunks
 
 
-def _rebind_concrete(dsts: list[Any], name: str, chunks: dict, value: _Out) -> None:
-    """Make each of ``dsts`` stand for ``chunks``, the finished chunks of ``value``
-    (one layer of values, what ``persist`` makes)."""
+def _rebind_concrete(dst: Any, name: str, chunks: dict, value: _Out) -> None:
+    """Make ``dst`` stand for ``chunks``, the finished chunks of ``value`` (one layer of
+    values, what ``persist`` makes)."""
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     hlg = HighLevelGraph({name: MaterializedLayer(chunks)}, {name: set()})
-    for dst in dsts:
-        _point(dst, value.meta, hlg, name, value.chunks)
+    _point(dst, value.meta, hlg, name, value.chunks)
 
 
 def _snapshot(x: Any) -> Any:
