@@ -28,6 +28,7 @@ operation text with the host C compiler
 from __future__ import annotations
 
 import hashlib
+from operator import methodcaller
 from typing import Any
 
 from agrad.optim._cache import LRUCache
@@ -45,6 +46,7 @@ from agrad.optim.program.fusion import (
     last_reads,
     partition,
     run_node,
+    sources_first,
 )
 from agrad.optim.program.ir import Program, pre_nodes
 
@@ -233,14 +235,7 @@ class CupyExecutor:
             for node, dests in plan.destinations.items()
             for column, leaf in dests
         ]
-        # a leaf's old value that is another leaf's new value (the parameters returned
-        # as new state) is read before any leaf is written: a copy of it, made now
-        written = {id(buf) for value, buf in copies if buf is not value}
-        copies = [
-            (value.copy() if buf is not value and id(value) in written else value, buf)
-            for value, buf in copies
-        ]
-        for value, buf in copies:
+        for value, buf in sources_first(copies, methodcaller("copy")):
             if buf is not value:
                 buf[...] = value
         return True

@@ -30,7 +30,7 @@ A block reads its *inputs* (refs to nodes outside it, host scalars) and writes i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from agrad.optim.program.ir import ELEMENTWISE, NO_LANE, Program
@@ -47,6 +47,7 @@ __all__ = [
     "node_args",
     "partition",
     "run_node",
+    "sources_first",
 ]
 
 #: Elementwise operations a block may hold (``ir.ELEMENTWISE`` plus ``full_like``).
@@ -251,3 +252,16 @@ def last_reads(program: Program, steps: list[Step]) -> dict[int, int]:
                 if a[0] == "n":
                     last[a[1]] = s
     return last
+
+
+def sources_first(
+    copies: list[tuple[Any, Any]], copy: Callable[[Any], Any]
+) -> list[tuple[Any, Any]]:
+    """The final ``(source, destination)`` copies of a step, as one parallel assignment:
+    a source that is itself a destination written here (a leaf's old value that is
+    another leaf's new one: the parameters returned as new state) is replaced by
+    ``copy(source)``, made now, before any destination is written."""
+    written = {id(dst) for src, dst in copies if src is not dst}
+    return [
+        (copy(src) if src is not dst and id(src) in written else src, dst) for src, dst in copies
+    ]

@@ -86,6 +86,7 @@ from agrad.optim.program.fusion import (
     input_nodes,
     partition,
     run_node,
+    sources_first,
 )
 from agrad.optim.program.ir import Program, pre_nodes
 
@@ -585,16 +586,7 @@ def run(
         (value(where[node]), columns[column][leaf]) for node, (column, leaf) in plan.final_copies
     ]
     if len(copies) > 1:  # a leaf's old value copied to another leaf, before it is written
-        written = {id(dst) for src, dst in copies if src is not dst}
-        copies = [
-            (
-                (src.clone() if is_torch else src.copy())
-                if src is not dst and id(src) in written
-                else src,
-                dst,
-            )
-            for src, dst in copies
-        ]
+        copies = sources_first(copies, methodcaller("clone" if is_torch else "copy"))
     for src, dst in copies:
         if src is dst:
             continue
